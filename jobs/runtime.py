@@ -1,0 +1,154 @@
+"""What every stage job shares: its run config, the store, progress reporting, stop signals and exit codes.
+
+Jobs know nothing of Kubernetes (ARCHITECTURE decision 4): the same code runs in a pod, under `kubetune run`, or by
+hand with `python -m kubetune.jobs <stage> --run run.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kubetune.runconfig import RunConfig
+from kubetune.store import Manifest, Store, fetch, open_store, publish, read_manifest
+
+log = logging.getLogger("kubetune.jobs")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STOPPED = 143
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+class ConfigError(Exception):
+    """Bad configuration or input: retrying cannot help (exit 2, never retried)."""
+
+
+class Stopped(Exception):
+    """The job was asked to stop and saved what it could (exit 143, resumed later)."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JobContext:
+    """A running stage: where it reads, where it writes, how it reports."""
+
+    PROGRESS_MIN_INTERVAL_S = 2.0
+
+    def __init__(self, run: RunConfig, stage: str, *, store: Store | None = None, workdir: Path | None = None) -> None:
+        if stage not in run.stages:
+            raise ConfigError(f"run config has no entry for stage {stage!r} (stages: {', '.join(run.stages)})")
+        self.run = run
+        self.stage = stage
+        self.key = run.stages[stage].key
+        self.prefix = run.stages[stage].prefix
+        self.store = store or open_store(
+            run.store.uri, endpoint=run.store.endpoint, region=run.store.region, path_style=run.store.path_style
+        )
+        self.workdir = workdir or _scratch_dir(stage)
+        self.stop = threading.Event()
+        self._progress: dict[str, Any] = {"stage": stage}
+        self._progress_written_at = 0.0
+
+    def progress(self, phase: str = "Running", *, force: bool = False, **fields: Any) -> None:
+        """Merge `fields` into progress.json and write it (at most every few seconds unless the phase changes)."""
+        changed_phase = self._progress.get("phase") != phase
+        self._progress.update({k: v for k, v in fields.items() if v is not None}, phase=phase, updatedAt=utc_now())
+        now = time.monotonic()
+        if force or changed_phase or now - self._progress_written_at >= self.PROGRESS_MIN_INTERVAL_S:
+            self.store.put_bytes(f"{self.prefix}/progress.json", json.dumps(self._progress, sort_keys=True).encode())
+            self._progress_written_at = now
+
+    def upstream_manifest(self, stage: str) -> Manifest:
+        ref = self.run.stages.get(stage)
+        if ref is None:
+            raise ConfigError(f"run config has no entry for upstream stage {stage!r}")
+        manifest = read_manifest(self.store, ref.prefix)
+        if manifest is None or manifest.input_key != ref.key:
+            raise ConfigError(f"the {stage} stage has no complete output at {self.store.uri_for(ref.prefix)}")
+        return manifest
+
+    def fetch(self, stage: str, dest: Path) -> Manifest:
+        """Download an upstream stage's output into `dest`, verifying every file's sha256."""
+        manifest = self.upstream_manifest(stage)
+        return fetch(self.store, self.run.stages[stage].prefix, dest, manifest)
+
+    def publish(self, outputs: Path, metadata: dict[str, Any]) -> Manifest:
+        """Upload `outputs` and write manifest.json last: only then does the stage's output exist."""
+        manifest = publish(self.store, self.prefix, outputs, stage=self.stage, input_key=self.key, metadata=metadata)
+        self.progress("Succeeded", force=True)
+        return manifest
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (pod deletion, preemption, suspend) and SIGINT (Ctrl-C locally) ask the stage to stop cleanly."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            if self.stop.is_set():
+                raise KeyboardInterrupt  # a second signal: stop now
+            log.warning("received %s: saving and stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _scratch_dir(stage: str) -> Path:
+    root = os.environ.get("KUBETUNE_WORKDIR")
+    if root:
+        path = Path(root) / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix=f"kubetune-{stage}-"))
+
+
+def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> int:
+    """Run a stage body and map its outcome to the exit-code contract (docs/contracts.md)."""
+    ctx: JobContext | None = None
+    try:
+        ctx = JobContext(RunConfig.load(run_path), stage)
+        ctx.install_signal_handlers()
+        ctx.progress("Running", force=True, startedAt=utc_now())
+        body(ctx)
+        return EXIT_OK
+    except Stopped as exc:
+        return _fail(ctx, EXIT_STOPPED, "Stopped", str(exc) or "stopped by signal after saving a checkpoint")
+    except ConfigError as exc:
+        return _fail(ctx, EXIT_CONFIG, "Failed", str(exc))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        # Raised while reading the run config itself: nothing a retry would change.
+        if ctx is None:
+            return _fail(ctx, EXIT_CONFIG, "Failed", f"cannot read run config {run_path}: {exc}")
+        log.exception("stage %s failed", stage)
+        return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the job's last word must be a one-line reason, whatever failed
+        log.exception("stage %s failed", stage)
+        return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
+
+
+def _fail(ctx: JobContext | None, code: int, phase: str, reason: str) -> int:
+    reason = " ".join(reason.split())[:1000]
+    if ctx is not None:
+        try:
+            ctx.progress(phase, force=True, message=reason, exitCode=code)
+        except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
+            log.warning("could not write progress.json", exc_info=True)
+    try:
+        TERMINATION_LOG.write_text(reason)
+    except OSError:
+        pass  # not in a pod
+    print(f"kubetune-job: {phase.lower()}: {reason}", file=sys.stderr, flush=True)
+    return code

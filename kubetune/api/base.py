@@ -1,0 +1,46 @@
+"""The base every API model shares: camelCase on the wire, unknown fields rejected, CEL rules attached."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class CelRule:
+    """A CEL rule that becomes an `x-kubernetes-validations` entry on the model's schema.
+
+    `field_path` points the error at the field the rule is about (as the API server reports it), relative to the
+    object the rule sits on.
+    """
+
+    def __init__(self, rule: str, message: str, field_path: str | None = None) -> None:
+        self.rule = rule
+        self.message = message
+        self.field_path = field_path
+
+    def to_schema(self) -> dict[str, str]:
+        entry = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    # Cross-field rules, evaluated by the API server (CEL) and by `kubetune validate` (cel-python).
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The camelCase JSON form, defaults included, as it travels to jobs and the API server."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,526 @@
+"""FineTuneRun spec and status: the single source of truth for the CRD, `kubetune validate` and the jobs.
+
+Field docstrings become the CRD's descriptions (`kubectl explain finetunerun.spec.training`), so they are written
+for users. Bounds and enums live in the annotations; cross-field rules are CEL (`cel_rules`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from kubetune.api.base import ApiModel, CelRule
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+KIND = "FineTuneRun"
+PLURAL = "finetuneruns"
+SINGULAR = "finetunerun"
+SHORT_NAMES = ("ftr",)
+CATEGORIES = ("kubetune",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+STAGES = ("dataset", "train", "merge", "convert", "evaluate")
+Stage = Literal["dataset", "train", "merge", "convert", "evaluate"]
+
+# A run's name becomes part of Job, ConfigMap and label values (`<run>-<stage>-<key8>` ≤ 63) and of store keys.
+RUN_NAME_MAX = 40
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+
+def no_dotdot(field: str) -> CelRule:
+    """No `..` path segment anywhere: such a URI would escape its bucket prefix or folder."""
+    return CelRule(
+        f"!has(self.{field}) || !self.{field}.matches('(^|/)\\\\.\\\\.(/|$)')",
+        "must not contain '..' path segments",
+        f".{field}",
+    )
+
+
+BASE_MODEL_URI = (
+    r"^(bundled://[a-z0-9][-a-z0-9.]*"
+    r"|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?"
+    r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_./]+)?"
+    r"|file:///[^\s]*|/[^\s]*)$"
+)
+DATASET_URI = r"^(bundled|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$"
+STORAGE_URI = r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$"
+HTTP_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
+QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([eE][0-9]+|[munkMGTPE]|[KMGTPE]i)?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+PLACEHOLDER_NAME = r"^[A-Z][A-Z0-9_]*$"
+CATEGORY_NAME = r"^[a-z0-9_]+$"
+CHECKPOINT_NAME = r"^checkpoint-[0-9]{8}$"
+IMAGE = r"^[^\s]+$"
+
+Dtype16 = Literal["bfloat16", "float16", "float32"]
+GgufType = Literal[
+    "f32", "f16", "bf16", "q8_0",
+    "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k",
+]
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the run's namespace. The operator never reads it; it reaches jobs as an env var."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """Name of the Secret."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+    """Key within the Secret."""
+
+
+class BaseModelSpec(ApiModel):
+    """The model to fine-tune."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        no_dotdot("uri"),
+        CelRule(
+            "!has(self.tokenSecret) || self.uri.startsWith('hf://')",
+            "tokenSecret applies only to hf:// models",
+            ".tokenSecret",
+        ),
+        CelRule(
+            "!has(self.revision) || self.uri.startsWith('hf://')",
+            "revision applies only to hf:// models (write it as hf://org/name@revision or here)",
+            ".revision",
+        ),
+    )
+
+    uri: Annotated[str, Field(max_length=1024, pattern=BASE_MODEL_URI)] = "bundled://smollm2-135m-instruct"
+    """Where the Hugging Face model folder comes from: `bundled://smollm2-135m-instruct` (shipped with kubetune),
+    `s3://bucket/path`, an absolute local path or `file:///path`, or `hf://org/name@revision` (needs Hub access)."""
+    revision: Annotated[str | None, Field(default=None, max_length=255, pattern=r"^[-A-Za-z0-9_./]+$")]
+    """Hub revision (branch, tag or commit) for hf:// models; overrides an `@revision` in the URI."""
+    sha256: Annotated[str | None, Field(default=None, pattern=r"^[a-f0-9]{64}$")]
+    """Expected digest of the model folder (sha256 of its sorted `path size sha256` listing); checked when fetched."""
+    token_secret: SecretKeyRef | None = None
+    """Secret key holding a Hugging Face token for gated hf:// models (passed to jobs as HF_TOKEN)."""
+
+
+class DatasetSpec(ApiModel):
+    """The hierarchical dataset (datasets_new layout) and how to turn it into training records."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        no_dotdot("uri"),
+        no_dotdot("structure"),
+    )
+
+    uri: Annotated[str, Field(max_length=1024, pattern=DATASET_URI)] = "bundled"
+    """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path."""
+    structure: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\s][^\s]*\.json$")] = (
+        "structure.enriched.json"
+    )
+    """Structure file, relative to the tree root."""
+    placeholders: Annotated[dict[Annotated[str, Field(pattern=PLACEHOLDER_NAME)], str], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    """Values for identity placeholders such as `${NAME}` and `${SPEC}` in the samples."""
+    categories: Annotated[list[Annotated[str, Field(pattern=CATEGORY_NAME)]], Field(max_length=256)] = Field(
+        default_factory=list
+    )
+    """Only these categories (empty: all)."""
+    max_seq_length: Annotated[int, Field(ge=32, le=131072)] = 1024
+    """Longest training sequence in tokens; longer samples are truncated."""
+    eval_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    """Fraction of samples held out for evaluation (stable: decided by each sample's id)."""
+    token_stats: bool = True
+    """Compute token-length statistics with the base model's tokenizer."""
+
+
+class LoraSpec(ApiModel):
+    """LoRA adapter shape."""
+
+    r: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Rank of the adapter matrices."""
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[-A-Za-z0-9_.*]+$")]],
+        Field(min_length=1, max_length=64),
+    ] = Field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: names like `q_proj`, or `all-linear` for every linear layer but the output head."""
+
+
+class QuantizationSpec(ApiModel):
+    """4-bit quantization of the frozen base (QLoRA, bitsandbytes)."""
+
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit per parameter)."""
+    compute_dtype: Dtype16 = "bfloat16"
+    """Dtype the 4-bit weights are dequantized to for matrix multiplies."""
+
+
+class CheckpointSpec(ApiModel):
+    """How often training state is saved to the store."""
+
+    every_steps: Annotated[int, Field(ge=1, le=1_000_000)] = 50
+    """Save a checkpoint every this many optimizer steps (and on SIGTERM)."""
+    keep: Annotated[int, Field(ge=1, le=100)] = 3
+    """How many of the newest checkpoints to keep."""
+
+
+class TrainingSpec(ApiModel):
+    """QLoRA / LoRA training."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "self.method == 'qlora' || !has(self.quantization)",
+            "quantization applies only to method qlora",
+            ".quantization",
+        ),
+        CelRule(
+            "!has(self.maxSteps) || self.extraEpochs == 0.0",
+            "extraEpochs continues an epoch-based run; it cannot be combined with maxSteps",
+            ".extraEpochs",
+        ),
+    )
+
+    method: Literal["qlora", "lora"] = "qlora"
+    """qlora: 4-bit base + LoRA (bitsandbytes); lora: 16/32-bit base + LoRA."""
+    epochs: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
+    """Passes over the training data."""
+    extra_epochs: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    """Epochs added to a finished run: training continues from its last checkpoint."""
+    max_steps: Annotated[int | None, Field(default=None, ge=1, le=10_000_000)]
+    """Stop after this many optimizer steps (overrides epochs)."""
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-4
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    """Fraction of steps spent warming the learning rate up."""
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    """Sequences per device per micro-batch."""
+    gradient_accumulation: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Micro-batches per optimizer step."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    """Seed for data order, adapter init and dropout."""
+    packing: bool = False
+    """Pack several samples into each sequence (attention stays within each sample)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+    logging_steps: Annotated[int, Field(ge=1, le=100_000)] = 1
+    """Write progress and metrics every this many steps."""
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    """Adapter shape."""
+    quantization: QuantizationSpec | None = None
+    """4-bit settings (qlora only; defaults apply when omitted)."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpoint interval and retention."""
+    added_special_tokens: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=256)
+    ] = Field(default_factory=list)
+    """Special tokens added to the tokenizer (embeddings are resized and trained), e.g. `<think>`, `</output>`."""
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=16)] = Field(
+        default_factory=lambda: ["</output>"]
+    )
+    """Generation stops at any of these (training-time eval and the evaluate gate)."""
+    eval_prompts: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(max_length=64)] = Field(
+        default_factory=list
+    )
+    """Prompts answered at every checkpoint, to watch the model learn."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 128
+    """Longest answer generated for eval prompts."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: auto picks CUDA when present."""
+
+
+class MergeSpec(ApiModel):
+    """Merging the adapter into the 16-bit base."""
+
+    dtype: Dtype16 = "bfloat16"
+    """Dtype of the merged weights."""
+    checkpoint: Annotated[str | None, Field(default=None, pattern=CHECKPOINT_NAME)]
+    """Merge this checkpoint (e.g. `checkpoint-00000050`) instead of the final adapter."""
+
+
+class ExportSpec(ApiModel):
+    """GGUF files to produce."""
+
+    types: Annotated[list[GgufType], Field(min_length=1, max_length=13)] = Field(default_factory=lambda: ["q8_0"])
+    """GGUF types: f32, f16, bf16, q8_0 written directly; k-quants (q4_k_m, …) quantized from f16 by llama.cpp."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule("self.types.all(t, self.types.exists_one(u, u == t))", "must not repeat a type", ".types"),
+    )
+
+
+class EvalPrompt(ApiModel):
+    """A prompt the fine-tuned GGUF must answer acceptably."""
+
+    prompt: Annotated[str, Field(min_length=1, max_length=4096)]
+    """The user message."""
+    expect_contains: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=32)] = Field(
+        default_factory=list
+    )
+    """The answer must contain each of these (case-insensitive; placeholders like `${NAME}` are substituted)."""
+    expect_not_contains: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=32)] = Field(
+        default_factory=list
+    )
+    """The answer must contain none of these (case-insensitive)."""
+
+
+class EvaluateSpec(ApiModel):
+    """The smoke gate: every GGUF answers curated prompts in llama.cpp with the training chat template."""
+
+    enabled: bool = True
+    """Run the gate; a failed gate fails the run."""
+    prompts: Annotated[list[EvalPrompt], Field(max_length=256)] = Field(default_factory=list)
+    """Prompts with expectations."""
+    min_pass_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Fraction of prompts that must pass, per GGUF."""
+    max_tokens: Annotated[int, Field(ge=1, le=8192)] = 96
+    """Longest answer generated."""
+    min_top1_agreement: Annotated[float | None, Field(default=None, ge=0.0, le=1.0)]
+    """Minimum top-1 next-token agreement between each GGUF and the merged model on a fixed text."""
+    reference_text: Annotated[str | None, Field(default=None, min_length=1, max_length=65536)]
+    """Fixed text for the agreement checks (a built-in paragraph when omitted)."""
+
+
+class StorageSpec(ApiModel):
+    """Where checkpoints and artifacts live."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        no_dotdot("uri"),
+        CelRule("!has(self.endpoint) || has(self.uri) && self.uri.startsWith('s3://')", "endpoint applies only to s3:// storage",
+                ".endpoint"),
+        CelRule(
+            "!has(self.credentialsSecret) || has(self.uri) && self.uri.startsWith('s3://')",
+            "credentialsSecret applies only to s3:// storage",
+            ".credentialsSecret",
+        ),
+    )
+
+    uri: Annotated[str | None, Field(default=None, max_length=1024, pattern=STORAGE_URI)]
+    """`s3://bucket/prefix` or a local folder. Omitted: the operator's default (Helm value) or, locally, .kubetune/store."""
+    endpoint: Annotated[str | None, Field(default=None, max_length=1024, pattern=HTTP_URL)]
+    """S3 endpoint URL for MinIO, Ceph, R2 and other S3-compatible stores."""
+    region: Annotated[str | None, Field(default=None, max_length=64, pattern=r"^[a-z0-9-]+$")]
+    """S3 region."""
+    path_style: bool = False
+    """Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted stores."""
+    credentials_secret: Annotated[str | None, Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optionally AWS_SESSION_TOKEN)."""
+    keep_on_delete: bool = True
+    """Keep the run's artifacts in the store when the FineTuneRun is deleted."""
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration."""
+
+    key: Annotated[str | None, Field(default=None, max_length=316)]
+    """Taint key (empty with operator Exists: every taint)."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """How key and value are compared."""
+    value: Annotated[str | None, Field(default=None, max_length=63)]
+    """Taint value."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate (empty: all)."""
+    toleration_seconds: Annotated[int | None, Field(default=None, ge=0)]
+    """How long a NoExecute taint is tolerated."""
+
+
+class StageResources(ApiModel):
+    """Scheduling and resources for one stage's Job."""
+
+    gpus: Annotated[int | None, Field(default=None, ge=0, le=64)]
+    """`nvidia.com/gpu` per pod."""
+    nodes: Annotated[int | None, Field(default=None, ge=1, le=256)]
+    """Pods for multi-node training (train only)."""
+    cpu: Annotated[str | None, Field(default=None, max_length=32, pattern=QUANTITY)]
+    """CPU request, e.g. `4` or `500m`."""
+    memory: Annotated[str | None, Field(default=None, max_length=32, pattern=QUANTITY)]
+    """Memory request and limit, e.g. `32Gi`."""
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=32)] | None = None
+    """Node labels the pod must match."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
+    """Taints the pod tolerates."""
+    priority_class_name: Annotated[str | None, Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """PriorityClass of the pod."""
+    queue_name: Annotated[str | None, Field(default=None, max_length=63, pattern=DNS_LABEL)]
+    """Kueue LocalQueue: the Job is created suspended and admitted by Kueue."""
+    image: Annotated[str | None, Field(default=None, max_length=512, pattern=IMAGE)]
+    """Container image (default: the operator's job image)."""
+    active_deadline_seconds: Annotated[int | None, Field(default=None, ge=60)]
+    """Fail the Job after this long."""
+    backoff_limit: Annotated[int | None, Field(default=None, ge=0, le=100)]
+    """Pod retries for failures that may succeed on retry (preemption does not count)."""
+    shm_size: Annotated[str | None, Field(default=None, max_length=32, pattern=QUANTITY)]
+    """Size of the memory-backed /dev/shm (train defaults to 8Gi)."""
+
+
+class ResourcesSpec(ApiModel):
+    """Per-stage scheduling; `defaults` applies to every stage and each stage's block overrides it field by field."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = tuple(
+        CelRule(
+            f"!has(self.{stage}) || !has(self.{stage}.nodes) || self.{stage}.nodes == 1",
+            "nodes > 1 applies only to the train stage",
+            f".{stage}.nodes",
+        )
+        for stage in ("defaults", "dataset", "merge", "convert", "evaluate")
+    )
+
+    defaults: StageResources = Field(default_factory=StageResources)
+    """Applied to every stage."""
+    dataset: StageResources | None = None
+    """The dataset stage."""
+    train: StageResources | None = None
+    """The train stage (defaults to one GPU on a cluster)."""
+    merge: StageResources | None = None
+    """The merge stage."""
+    convert: StageResources | None = None
+    """The convert stage."""
+    evaluate: StageResources | None = None
+    """The evaluate stage."""
+
+
+class FineTuneRunSpec(ApiModel):
+    """A fine-tuning run: base model + dataset → QLoRA adapter → merged model → GGUF files gated in llama.cpp."""
+
+    suspend: bool = False
+    """Stop creating Jobs and suspend the running one (training checkpoints first); false resumes."""
+    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    """The model to fine-tune."""
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    """The training data."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Training method and hyper-parameters."""
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    """Merging the adapter."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """GGUF export."""
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    """The llama.cpp gate."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Object storage for checkpoints and artifacts."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Scheduling and resources per stage."""
+
+
+# --- status -------------------------------------------------------------------------------------------------------
+
+RunPhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+StagePhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Cached", "Failed", "Skipped"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition."""
+
+    type: Annotated[str, Field(max_length=316)]
+    """Ready, Progressing or Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: Annotated[str, Field(max_length=1024)]
+    """CamelCase reason."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable detail."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: Annotated[int, Field(ge=0)] = 0
+    """The spec generation this condition was computed from."""
+
+
+class Artifact(ApiModel):
+    """A file a stage produced."""
+
+    name: str
+    """Path of the file within the stage output."""
+    uri: str
+    """Full store URI of the file."""
+    size: Annotated[int, Field(ge=0)]
+    """Bytes."""
+    sha256: str
+    """Content digest."""
+
+
+class TrainingProgress(ApiModel):
+    """Live training progress mirrored from the train job's progress.json."""
+
+    step: int | None = None
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+    epoch: float | None = None
+    """Epochs done (fractional)."""
+    loss: float | None = None
+    """Latest training loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Real (non-padding) tokens per second."""
+    eta_seconds: int | None = None
+    """Estimated seconds left."""
+    last_checkpoint: str | None = None
+    """Newest complete checkpoint."""
+    percent: int | None = None
+    """step / totalSteps in percent."""
+
+
+class StageStatus(ApiModel):
+    """What one stage did."""
+
+    phase: StagePhase = "Pending"
+    """Pending, Queued, Running, Suspended, Succeeded, Cached (output reused), Failed or Skipped."""
+    job_name: str | None = None
+    """The stage's Job."""
+    attempts: int = 0
+    """Jobs started for this stage and input key."""
+    start_time: str | None = None
+    """When the stage started (RFC 3339)."""
+    completion_time: str | None = None
+    """When the stage finished (RFC 3339)."""
+    input_key: str | None = None
+    """Content key of the stage's inputs: same key, same output."""
+    output_digest: str | None = None
+    """sha256 of the stage's output manifest."""
+    outputs: list[Artifact] = Field(default_factory=list)
+    """Files the stage published (large stages list their main files)."""
+    message: str | None = None
+    """Why the stage is in this phase."""
+
+
+class StagesStatus(ApiModel):
+    """One block per stage."""
+
+    dataset: StageStatus | None = None
+    """The dataset stage."""
+    train: StageStatus | None = None
+    """The train stage."""
+    merge: StageStatus | None = None
+    """The merge stage."""
+    convert: StageStatus | None = None
+    """The convert stage."""
+    evaluate: StageStatus | None = None
+    """The evaluate stage."""
+
+
+class FineTuneRunStatus(ApiModel):
+    """Observed state, written by the operator (or `kubetune run`)."""
+
+    phase: RunPhase | None = None
+    """Pending, Queued, Running, Suspended, Succeeded or Failed."""
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    current_stage: Stage | None = None
+    """The stage running, queued or last finished."""
+    progress_text: str | None = None
+    """Short progress for `kubectl get`, e.g. `train 120/400 (30%)`."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Progressing and Failed conditions."""
+    stages: StagesStatus = Field(default_factory=StagesStatus)
+    """One block per stage."""
+    progress: TrainingProgress | None = None
+    """Live training progress."""
+    artifacts: list[Artifact] = Field(default_factory=list)
+    """The GGUF files and other final artifacts."""
+    message: str | None = None
+    """Why the run is in this phase."""

@@ -1,0 +1,78 @@
+"""The `kubetune` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kubetune.api.crd import render as render_crd
+from kubetune.api.validate import InvalidManifest, load_runs
+
+EXIT_INVALID = 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            runs = load_runs(path)
+        except InvalidManifest as exc:
+            failed = True
+            for error in exc.errors:
+                print(f"{exc.source}: {error}", file=sys.stderr)
+            continue
+        except OSError as exc:
+            failed = True
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            continue
+        for run in runs:
+            print(f"{path}: FineTuneRun {run.namespace}/{run.name} is valid")
+    return EXIT_INVALID if failed else 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    text = render_crd()
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kubetune.local import run_locally  # local executor: imports the job runtime
+
+    return run_locally(args.file, store=args.store, from_stage=args.from_stage)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Kubernetes-native LLM fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check FineTuneRun manifests against the API (exit 1 on any error)")
+    validate.add_argument("files", nargs="+", type=Path)
+    validate.set_defaults(func=cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API types")
+    crd.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    crd.set_defaults(func=cmd_crd)
+
+    run = sub.add_parser("run", help="run a FineTuneRun on this machine, stage by stage")
+    run.add_argument("file", type=Path)
+    run.add_argument("--store", help="store folder or URI (default: .kubetune/store)")
+    run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
+                     help="re-run this stage and the ones after it even if cached")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""`kubetune run`: the local executor. Walks the same planner as the operator and runs each stage's job code as a
+subprocess with the same contract as in the cluster (`python -m kubetune.jobs <stage> --run run.json`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetune.api.types import STAGES
+from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
+from kubetune.planner import CreateJob, Done, Fail, Idle, JobState, Lookup, Observed, Output, plan
+from kubetune.progress_view import ProgressView
+from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.stages import StageRef
+from kubetune.store import Store, manifest_digest, open_store, read_manifest
+
+EXIT_CONFIG, EXIT_STOPPED = 2, 143
+STATE_DIR = Path(".kubetune")
+
+
+@dataclass
+class LocalRun:
+    """One FineTuneRun being executed here, with what has been observed so far."""
+
+    run: FineTuneRun
+    store_config: StoreConfig
+    store: Store
+    state_dir: Path
+    outputs: dict[str, Output] = field(default_factory=dict)
+    looked_up: set[str] = field(default_factory=set)
+    jobs: list[JobState] = field(default_factory=list)
+    refs: dict[str, StageRef] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def observed(self) -> Observed:
+        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
+
+
+def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None) -> int:
+    try:
+        runs = load_runs(path)
+    except InvalidManifest as exc:
+        for error in exc.errors:
+            print(f"{exc.source}: {error}", file=sys.stderr)
+        return 1
+    for run in runs:
+        code = _execute(_prepare(run, store), from_stage)
+        if code != 0:
+            return code
+    return 0
+
+
+def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
+    default_store = (STATE_DIR / "store").resolve()
+    uri = store or run.spec.storage.uri or str(default_store)
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    config = StoreConfig.from_spec(run.spec.storage, uri)
+    config = StoreConfig(uri=uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
+    state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return LocalRun(run, config, open_store(uri, endpoint=config.endpoint, region=config.region,
+                                            path_style=config.path_style), state_dir)
+
+
+def _execute(local: LocalRun, from_stage: str | None) -> int:
+    run = local.run
+    forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
+    view = ProgressView(run.name, sys.stderr)
+    print(f"kubetune: running FineTuneRun {run.namespace}/{run.name} (store: {local.store_config.uri})", file=sys.stderr)
+    while True:
+        step = plan(run.namespace, run.name, run.spec, local.observed())
+        action = step.action
+        if isinstance(action, Lookup):
+            local.refs[action.stage] = action.ref
+            if action.stage not in forced:
+                _look_up(local, action.ref)
+            local.looked_up.add(action.ref.key)
+        elif isinstance(action, CreateJob):
+            local.refs[action.stage] = action.ref
+            if action.stage in forced:
+                local.store.delete_prefix(action.ref.prefix)  # start the stage afresh, checkpoints included
+                forced.discard(action.stage)
+            code = _run_stage(local, action, view, step)
+            if code == EXIT_STOPPED:
+                print("kubetune: stopped; run the same command again to resume.", file=sys.stderr)
+                return 130
+        elif isinstance(action, Done):
+            view.final(step, local.durations)
+            _print_summary(local)
+            return 0
+        elif isinstance(action, Fail):
+            view.final(step, local.durations)
+            print(f"kubetune: stage {action.stage} failed: {action.reason}", file=sys.stderr)
+            print(f"kubetune: earlier stages' outputs are kept in {local.store_config.uri}; logs: {local.state_dir}",
+                  file=sys.stderr)
+            return 1
+        elif isinstance(action, Idle):
+            print(f"kubetune: {run.name} is suspended (spec.suspend: true); nothing to do.", file=sys.stderr)
+            return 0
+        else:  # Wait / SuspendJob / ResumeJob need a cluster; local jobs run to completion one at a time.
+            raise RuntimeError(f"unexpected action for the local executor: {action}")
+
+
+def _look_up(local: LocalRun, ref: StageRef) -> None:
+    manifest = read_manifest(local.store, ref.prefix)
+    if manifest is not None and manifest.input_key == ref.key:
+        local.outputs[ref.key] = Output(ref.key, manifest_digest(manifest))
+
+
+def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: object) -> int:
+    stage = action.stage
+    if importlib.util.find_spec(f"kubetune.jobs.{stage}") is None:
+        raise SystemExit(f"kubetune: the {stage} stage is not built yet in this version of kubetune; "
+                         f"stages before it completed and are kept in {local.store_config.uri}.")
+    config = RunConfig(
+        name=local.run.name,
+        namespace=local.run.namespace,
+        uid=local.run.uid,
+        spec=local.run.spec,
+        store=local.store_config,
+        stages={s: local.refs[s] for s in STAGES[: STAGES.index(stage) + 1] if s in local.refs},
+    )
+    run_json = local.state_dir / f"{stage}.run.json"
+    run_json.write_text(config.dumps(), encoding="utf-8")
+    log_path = local.state_dir / f"{stage}.log"
+    env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
+        )
+        try:
+            while process.poll() is None:
+                view.update(stage, local.store, action.ref.prefix)
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            # The job got the same SIGINT: it saves a checkpoint and exits; wait for it.
+            print("\nkubetune: interrupted; letting the stage save its state…", file=sys.stderr)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            return EXIT_STOPPED
+    local.durations[stage] = local.durations.get(stage, 0.0) + time.monotonic() - started
+    code = process.returncode
+    view.update(stage, local.store, action.ref.prefix, done=True)
+    reason = _last_reason(log_path)
+    phase = "Succeeded" if code == 0 else "Failed"
+    local.jobs.append(JobState(action.name, stage, action.ref.key, action.attempt, phase,
+                               config_error=code == EXIT_CONFIG, message=reason))
+    if code == 0:
+        _look_up(local, action.ref)
+        local.looked_up.add(action.ref.key)
+    elif code != EXIT_STOPPED:
+        print(f"kubetune: {stage} exited with {code}: {reason} (log: {log_path})", file=sys.stderr)
+    return code
+
+
+def _last_reason(log_path: Path) -> str:
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("kubetune-job: "):
+            return line.split(": ", 2)[-1]
+    return lines[-1] if lines else ""
+
+
+def _print_summary(local: LocalRun) -> None:
+    out = sys.stdout
+    print(f"\nFineTuneRun {local.run.namespace}/{local.run.name}: Succeeded", file=out)
+    for stage in STAGES:
+        ref = local.refs.get(stage)
+        if ref is None:
+            continue
+        manifest = read_manifest(local.store, ref.prefix)
+        if manifest is None:
+            continue
+        took = local.durations.get(stage)
+        timing = f"{took:7.1f}s" if took is not None else " cached "
+        print(f"  {stage:<9} {timing}  {local.store.uri_for(ref.prefix)}", file=out)
+        if stage in ("convert", "train"):
+            for entry in manifest.files:
+                if entry.path.endswith((".gguf", "loss.png")):
+                    print(f"      {entry.path}  {entry.size / 1e6:8.1f} MB  sha256:{entry.sha256[:16]}…", file=out)
+        if stage == "evaluate" and manifest.metadata:
+            print(f"      {manifest.metadata.get('summary', '')}", file=out)
