@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kubetune.api.types import STAGES
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
-from kubetune.planner import CreateJob, Done, Fail, Idle, JobState, Lookup, Observed, Output, plan
+from kubetune.planner import CreateJob, Done, Fail, Idle, JobPhase, JobState, Lookup, Observed, Output, plan
 from kubetune.progress_view import ProgressView
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import StageRef
@@ -151,7 +151,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     code = process.returncode
     view.update(stage, local.store, action.ref.prefix, done=True)
     reason = _last_reason(log_path)
-    phase = "Succeeded" if code == 0 else "Failed"
+    phase: JobPhase = "Succeeded" if code == 0 else "Failed"
     local.jobs.append(JobState(action.name, stage, action.ref.key, action.attempt, phase,
                                config_error=code == EXIT_CONFIG, message=reason))
     if code == 0:

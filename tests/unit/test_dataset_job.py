@@ -1,0 +1,102 @@
+"""The dataset job stage and the bundled starter dataset: the same library code as the CLI, published to the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.datasets_new.builder import BuildOptions, build_dataset
+from kubetune.jobs import dataset as dataset_stage
+from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, run_job
+
+from kubetune.api.validate import validate_spec
+from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.stages import stage_ref
+from kubetune.store import open_store, read_manifest
+
+BUNDLED = Path(__file__).resolve().parents[2] / "datasets_new"
+IDENTITY_VALUES = {"NAME": "Nova", "SPEC": "a fine-tuned assistant for Kubernetes operators"}
+
+
+def write_run(tmp_path: Path, dataset: dict[str, Any]) -> Path:
+    spec = validate_spec({"dataset": dataset})
+    config = RunConfig("demo", "default", spec, StoreConfig(str(tmp_path / "store")),
+                       {"dataset": stage_ref("default", "demo", spec, "dataset", {})})
+    path = tmp_path / "run.json"
+    path.write_text(config.dumps())
+    return path
+
+
+def write_tree(root: Path, output: str) -> None:
+    topic = root / "topics" / "identity" / "who" / "identity.who.reasoning.json"
+    topic.parent.mkdir(parents=True)
+    topic.write_text(json.dumps([
+        {"id": "a", "question": "Who are you?", "think": "Name.", "output": output, "difficulty": 1},
+        {"id": "b", "question": "What can you do?", "think": "Skills.", "output": "Help with ${SPEC}.",
+         "difficulty": "easy"}]), encoding="utf-8")
+    (root / "structure.enriched.json").write_text(json.dumps({
+        "version": 1, "name": "t", "description": "t", "categories": [
+            {"name": "identity", "description": "who", "tags": ["identity"], "subcategories": [
+                {"name": "who", "description": "who", "tags": [], "content_types": ["reasoning"]}]}]}))
+
+
+def test_dataset_stage_publishes_train_eval_and_stats(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    run = write_run(tmp_path, {"uri": str(tmp_path / "tree"), "tokenStats": False, "evalSplit": 0.5,
+                               "placeholders": IDENTITY_VALUES})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_OK
+    config = RunConfig.load(run)
+    store = open_store(config.store.uri)
+    prefix = config.stages["dataset"].prefix
+    manifest = read_manifest(store, prefix)
+    assert manifest is not None and manifest.input_key == config.stages["dataset"].key
+    names = sorted(file.path for file in manifest.files)
+    assert names == ["eval_data.jsonl", "stats.json", "train_data.jsonl"]
+    records = [json.loads(line) for name in ("train_data.jsonl", "eval_data.jsonl")
+               for line in store.get_bytes(f"{prefix}/{name}").decode().splitlines()]
+    assert sorted(record["messages"][1]["content"] for record in records) == [
+        "<think>Name.</think>\n<output>I am Nova.</output>",
+        "<think>Skills.</think>\n<output>Help with a fine-tuned assistant for Kubernetes operators.</output>"]
+    assert manifest.metadata["train"] + manifest.metadata["eval"] == 2
+    assert json.loads(store.get_bytes(f"{prefix}/progress.json"))["phase"] == "Succeeded"
+
+
+def test_dataset_stage_fails_with_exit_2_on_malformed_samples(tmp_path: Path, monkeypatch: Any,
+                                                              capsys: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NICK}.")
+    run = write_run(tmp_path, {"uri": f"file://{tmp_path / 'tree'}", "tokenStats": False,
+                               "placeholders": IDENTITY_VALUES})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "identity.who.reasoning.json:1:" in err and "unknown placeholder ${NICK}" in err
+    config = RunConfig.load(run)
+    assert read_manifest(open_store(config.store.uri), config.stages["dataset"].prefix) is None
+
+
+def test_the_bundled_starter_dataset_builds_and_is_big_enough() -> None:
+    # No skip: the starter dataset is part of the product; its absence is a failure.
+    assert (BUNDLED / "structure.enriched.json").is_file(), "datasets_new/structure.enriched.json is missing"
+    result = build_dataset(BuildOptions(BUNDLED / "structure.enriched.json", BUNDLED / "topics",
+                                        placeholders=IDENTITY_VALUES))
+    records = result.train + result.eval
+    categories = {record.category for record in records}
+    identity = [record for record in records if record.category == "identity"]
+    assert len(categories) >= 8, sorted(categories)
+    assert len(records) >= 400
+    assert len(identity) >= 60
+    assert {record.difficulty for record in records} == {1, 2, 3, 4, 5, 6}
+    assert any("Nova" in record.assistant for record in identity)
+    assert not any("${" in record.user + record.assistant for record in identity)
+
+
+def test_dataset_stage_builds_the_bundled_tree(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    run = write_run(tmp_path, {"uri": "bundled", "tokenStats": False, "placeholders": IDENTITY_VALUES})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_OK
+    config = RunConfig.load(run)
+    manifest = read_manifest(open_store(config.store.uri), config.stages["dataset"].prefix)
+    assert manifest is not None and manifest.metadata["train"] >= 400
+    assert "identity" in manifest.metadata["categories"]
