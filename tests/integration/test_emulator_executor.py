@@ -39,6 +39,13 @@ def wait_condition(kube: KubeEmulator, name: str, kind: str, timeout: float = 20
     return obj
 
 
+def settle(kube: KubeEmulator) -> None:  # noqa: F811
+    """The executor handles watch events in order, so once a Job created now has completed, every event about the
+    Jobs before it has been handled, and any attempt such an event started has been recorded."""
+    kube.create(job("barrier", instant_command()))
+    wait_condition(kube, "barrier", "Complete")
+
+
 def wait_until(check: Any, timeout: float = 20) -> None:
     """Poll a condition on the executor's side (process output), which no API change signals."""
     deadline = time.monotonic() + timeout
@@ -161,11 +168,44 @@ def test_pod_failure_policy_on_exit_codes(
                         {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}}]}
     kube.create(job("policy", instant_command(exit_code=exit_code), backoff_limit=1, podFailurePolicy=policy))
     failed = wait_condition(kube, "policy", "Failed")
+    settle(kube)
     assert len(job_executor.attempts("policy")) == attempts
+    assert failed["status"]["failed"] == attempts  # FailJob counts its pod too, in the same update as the condition
+    assert kube.get("jobs", "policy")["status"] == failed["status"]
     message = condition(failed, "Failed")
     assert message is not None and message["reason"] == reason
     if reason == "PodFailurePolicy":
         assert "failed with exit code 2 matching FailJob rule at index 0" in message["message"]
+
+
+@pytest.mark.parametrize(("exit_code", "backoff_limit", "outcome", "attempts", "counts"), [
+    (0, 0, "Complete", 1, {"succeeded": 1}),
+    (1, 0, "Failed", 1, {"failed": 1}),
+    (1, 2, "Failed", 3, {"failed": 3}),
+])
+def test_a_finished_job_never_runs_again_and_its_final_status_stays(
+    kube: KubeEmulator, job_executor: JobExecutor,  # noqa: F811
+    exit_code: int, backoff_limit: int, outcome: str, attempts: int, counts: dict[str, int],
+) -> None:
+    """The watch events of the executor's own status writes arrive after the Job has finished; none of them may
+    start another attempt or roll the status back (a second controller would restart counting from zero)."""
+    kube.create(job("once", instant_command(exit_code=exit_code), backoff_limit=backoff_limit))
+    finished = wait_condition(kube, "once", outcome)
+    settle(kube)
+    assert len(job_executor.attempts("once")) == attempts
+    assert {key: finished["status"].get(key) for key in counts} == counts
+    assert kube.get("jobs", "once")["status"] == finished["status"]
+
+
+def test_a_retry_waits_its_backoff_delay_although_status_writes_wake_the_controller(
+    kube: KubeEmulator, tmp_path: Any,  # noqa: F811
+) -> None:
+    stamps_its_start = "import sys,time;print(time.monotonic(),flush=True);sys.exit(1)"  # one clock for all processes
+    with JobExecutor(kube, tmp_path / "executor", retry_delay=0.5) as executor:
+        kube.create(job("backoff", ["python", "-c", stamps_its_start], backoff_limit=1))
+        wait_condition(kube, "backoff", "Failed")
+        first, second = (float(attempt.stdout.read_text()) for attempt in executor.attempts("backoff"))
+    assert second - first >= 0.5  # retry_delay * 2**(failures-1) after the first failure
 
 
 def test_preemption_with_an_ignore_rule_retries_without_counting_a_failure(

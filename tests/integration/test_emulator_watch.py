@@ -41,11 +41,20 @@ def test_watch_replays_every_change_after_a_resource_version_in_order(api: KubeH
 def test_watch_without_resource_version_starts_with_the_current_state_then_streams(api: KubeHttp) -> None:
     api.post(WIDGETS_URL, widget("existing"))
     events: list[dict] = []
-    reader = threading.Thread(target=lambda: events.extend(api.watch(WIDGETS_URL, timeoutSeconds=1)))
+    current_state_arrived = threading.Event()
+
+    def read() -> None:
+        for event in api.watch(WIDGETS_URL, timeoutSeconds=30):
+            events.append(event)
+            current_state_arrived.set()
+            if len(events) == 2:
+                return
+
+    reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.3)
-    api.post(WIDGETS_URL, widget("new"))
-    reader.join()
+    assert current_state_arrived.wait(30), "the watch never sent the current state"
+    api.post(WIDGETS_URL, widget("new"))  # created while the watch is open: it can only arrive streamed
+    reader.join(30)
     assert summary(events) == [("ADDED", "existing"), ("ADDED", "new")]
 
 
@@ -122,7 +131,8 @@ def test_many_objects_and_watches_stay_fast(kube: KubeEmulator, api: KubeHttp) -
     counts = [0] * 20
 
     def watch(index: int) -> None:
-        for _ in KubeHttp(kube.url).watch(WIDGETS_URL, resourceVersion=start, timeoutSeconds=8):
+        # Each watcher stops once it has every event; the server-side timeout is only a safety net.
+        for _ in KubeHttp(kube.url).watch(WIDGETS_URL, resourceVersion=start, timeoutSeconds=60):
             counts[index] += 1
             if counts[index] == 1500:
                 return

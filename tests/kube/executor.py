@@ -93,7 +93,9 @@ class JobExecutor:
         self.retry_delay = retry_delay
         self.rewrite_command = rewrite_command
         self.extra_env = dict(extra_env or {})
-        self._controllers: dict[str, _JobController] = {}  # by Job uid
+        # By Job uid, from its first event until its DELETED event (and its task's end): a finished controller stays
+        # so that late watch events about its Job can never start a second controller for the same uid.
+        self._controllers: dict[str, _JobController] = {}
         self._attempts: dict[tuple[str, str], list[Attempt]] = {}  # (namespace, name) -> attempts, all uids
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,16 +168,17 @@ class JobExecutor:
         if event.type == "DELETED":
             if controller is not None:
                 controller.interrupt("Deleted")
+                if controller.task is not None:
+                    controller.task.add_done_callback(lambda _: self._controllers.pop(uid, None))
             return
-        if controller is None:
-            if _finished(job):
-                return
-            controller = _JobController(self, job)
-            self._controllers[uid] = controller
-            controller.task = asyncio.ensure_future(controller.run())
-            controller.task.add_done_callback(lambda _: self._controllers.pop(uid, None))
-        else:
-            controller.observe(job)
+        if controller is not None:
+            controller.observe(job)  # once its run has ended this changes nothing: a Job is controlled once
+            return
+        if _finished(job):
+            return
+        controller = _JobController(self, job)
+        self._controllers[uid] = controller
+        controller.task = asyncio.ensure_future(controller.run())
 
     # ----------------------------------------------------------------------------------------------- inspection
 
@@ -208,6 +211,11 @@ def _finished(job: Obj) -> bool:
     )
 
 
+def _resource_version(obj: Obj) -> int:
+    """The emulator's resourceVersions are one global counter, so they order the changes of an object."""
+    return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+
+
 def _exit_code(returncode: int) -> int:
     """As a container runtime reports it: killed by signal N -> 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -224,7 +232,7 @@ class _JobController:
         self.running = False
         self._changed = asyncio.Event()
         self._interrupt: tuple[str, float | None] | None = None
-        self._failed = 0
+        self._failed = int((job.get("status") or {}).get("failed") or 0)  # the count survives a new controller
         self._attempt_index = 0
 
     @property
@@ -236,7 +244,10 @@ class _JobController:
         return str(self.job["metadata"]["namespace"])
 
     def observe(self, job: Obj) -> None:
-        self.job = job
+        """A watch event. Events of our own status writes arrive after the write returned the newer object, so an
+        event older than what we hold is stale and must not roll our view back; waiters re-check either way."""
+        if _resource_version(job) > _resource_version(self.job):
+            self.job = job
         self._changed.set()
 
     def interrupt(self, reason: str, grace: float | None = None) -> None:
@@ -271,9 +282,12 @@ class _JobController:
             },
         ]
 
-    def _finish(self, kind: str, reason: str, message: str) -> None:
+    def _finish(self, kind: str, reason: str, message: str, **counts: int) -> None:
+        """Write the final condition together with the final counts, in one status update."""
         extra: Obj = {"completionTime": now_rfc3339(), "succeeded": 1} if kind == "Complete" else {}
-        self._write_status(active=0, ready=0, conditions=self._condition(kind, "True", reason, message), **extra)
+        self._write_status(
+            active=0, ready=0, conditions=self._condition(kind, "True", reason, message), **extra, **counts
+        )
         ttl = (self.job.get("spec") or {}).get("ttlSecondsAfterFinished")
         if ttl is not None:
             asyncio.get_running_loop().call_later(float(ttl), self._expire)
@@ -352,26 +366,37 @@ class _JobController:
         """Apply podFailurePolicy and backoffLimit; True when the Job retries."""
         action, index = self._policy_action(attempt, spec)
         container = ((spec.get("template") or {}).get("spec") or {}).get("containers", [{}])[0].get("name", "")
-        if action == "FailJob":
-            self._write_status(failed=self._failed + 1)
-            self._finish(
-                "Failed",
-                "PodFailurePolicy",
-                f"Container {container} for pod {self._namespace}/{attempt.pod_name} failed with exit code "
-                f"{attempt.exit_code} matching FailJob rule at index {index}",
-            )
-            return False
         if action == "Ignore":
-            self._write_status(active=0)
-        else:
+            self._write_status(active=0, ready=0)
+        else:  # FailJob and Count both count the failed pod
             self._failed += 1
-            self._write_status(failed=self._failed, active=0)
-            if self._failed > int(spec.get("backoffLimit", 6)):
-                self._finish("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            if action == "FailJob":
+                self._finish(
+                    "Failed",
+                    "PodFailurePolicy",
+                    f"Container {container} for pod {self._namespace}/{attempt.pod_name} failed with exit code "
+                    f"{attempt.exit_code} matching FailJob rule at index {index}",
+                    failed=self._failed,
+                )
                 return False
-        delay = min(_MAX_RETRY_DELAY, self.executor.retry_delay * 2 ** max(0, self._failed - 1))
-        await self._wait_for_change(delay)
+            if self._failed > int(spec.get("backoffLimit", 6)):
+                self._finish(
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    failed=self._failed,
+                )
+                return False
+            self._write_status(failed=self._failed, active=0, ready=0)
+        await self._backoff(min(_MAX_RETRY_DELAY, self.executor.retry_delay * 2 ** max(0, self._failed - 1)))
         return True
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait before the next attempt. Only a deletion, a suspension or the deadline cuts the wait short; other
+        changes (our own status writes among them) do not."""
+        until = time.monotonic() + delay
+        while (remaining := until - time.monotonic()) > 0 and self._stop_reason() is None:
+            await self._wait_for_change(remaining)
 
     @staticmethod
     def _policy_action(attempt: Attempt, spec: Obj) -> tuple[str, int]:
