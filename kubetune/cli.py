@@ -34,9 +34,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_crd(args: argparse.Namespace) -> int:
     text = render_crd()
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    else:
+    for output in args.output or []:
+        output.write_text(text, encoding="utf-8")
+    if not args.output:
         sys.stdout.write(text)
     return 0
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API types")
-    crd.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    crd.add_argument("-o", "--output", type=Path, action="append",
+                     help="write to this file instead of stdout (repeatable: crds/ and the Helm chart's crds/)")
     crd.set_defaults(func=cmd_crd)
 
     run = sub.add_parser("run", help="run a FineTuneRun on this machine, stage by stage")

@@ -1,0 +1,1 @@
+"""The kubetune operator: kopf drives each FineTuneRun through its stage Jobs (`python -m kubetune.operator`)."""

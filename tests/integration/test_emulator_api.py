@@ -335,3 +335,19 @@ def test_python_api_reads_and_writes_the_same_state(kube: KubeEmulator) -> None:
     assert [event["reason"] for event in kube.events(involved_name="w1")] == ["Created", "Done"]
     kube.delete("wg", "w1")
     assert kube.wait_for("wg", "w1", lambda obj: obj is None, timeout=1) is None
+
+
+def test_the_generated_finetunerun_crd_rules_run_server_side_with_metadata_name(kube: KubeEmulator) -> None:  # noqa: F811
+    from pathlib import Path
+
+    from tests.kube.errors import ApiError
+
+    kube.apply_crd_file(Path(__file__).resolve().parents[2] / "crds" / "kubetune.dev_finetuneruns.yaml")
+    run = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun", "spec": {}}
+    created = kube.create({**run, "metadata": {"name": "ok", "namespace": "default"}})
+    assert created["spec"]["training"]["lora"]["r"] == 16  # CRD defaults applied
+    with pytest.raises(ApiError, match="at most 40 characters"):
+        kube.create({**run, "metadata": {"name": "n" * 41, "namespace": "default"}})
+    with pytest.raises(ApiError, match="only to method qlora"):
+        kube.create({**run, "metadata": {"name": "lora", "namespace": "default"},
+                     "spec": {"training": {"method": "lora", "quantization": {"type": "nf4"}}}})

@@ -38,10 +38,20 @@ def admit(root: Schema, obj: dict[str, Any], old: dict[str, Any] | None = None) 
             obj[key] = _prune_and_default(properties.get(key, {}), obj[key])
     _apply_defaults(root, obj)
     causes: list[str] = []
-    body = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "metadata")}
-    old_body = None if old is None else {k: v for k, v in old.items() if k not in ("apiVersion", "kind", "metadata")}
+    body = _cel_view(obj)
+    old_body = None if old is None else _cel_view(old)
     _validate(root, body, old_body, "", causes)
     return causes
+
+
+def _cel_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as root-level CEL rules see it: like the API server, only name and generateName of metadata."""
+    body = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "metadata")}
+    metadata = obj.get("metadata") or {}
+    visible = {key: metadata[key] for key in ("name", "generateName") if key in metadata}
+    if visible:
+        body["metadata"] = visible
+    return body
 
 
 def _prune_and_default(schema: Schema, value: Any) -> Any:

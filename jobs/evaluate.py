@@ -1,0 +1,141 @@
+"""The evaluate stage: the smoke gate. Every GGUF answers the spec's prompts in llama.cpp with the training chat
+template and stop sequences; answers are checked against expectations, and each GGUF's next-token distributions are
+compared with the merged model's. A failed gate fails the run with the prompt and answer in the reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.types import EvalPrompt
+from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.llama.checks import generate_chat, greedy_agreement, load, logits_agreement
+
+log = logging.getLogger(__name__)
+
+# Used for the agreement checks when the spec gives no reference text: plain prose any tokenizer handles.
+DEFAULT_REFERENCE_TEXT = (
+    "The history of computing is a story of abstraction. Early machines were programmed by rewiring circuits; "
+    "later, stored programs let the same hardware run many tasks. Compilers translated readable code into machine "
+    "instructions, and operating systems shared one computer among many users. Today, clusters schedule thousands "
+    "of jobs across many machines, and a single declarative file can describe a whole training pipeline."
+)
+GREEDY_TOKENS = 24
+
+
+class GateFailed(ConfigError):
+    """The model does not pass the gate: deterministic, so never retried."""
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    prompt: str
+    answer: str
+    passed: bool
+    reason: str
+
+
+def substitute(text: str, placeholders: dict[str, str]) -> str:
+    for name, value in placeholders.items():
+        text = text.replace("${" + name + "}", value)
+    return text
+
+
+def check_answer(answer: str, prompt: EvalPrompt, placeholders: dict[str, str]) -> PromptResult:
+    """Case-insensitive expectations, with `${NAME}`-style placeholders filled in."""
+    lowered = answer.lower()
+    for expected in prompt.expect_contains:
+        wanted = substitute(expected, placeholders)
+        if wanted.lower() not in lowered:
+            return PromptResult(prompt.prompt, answer, False, f"answer lacks {wanted!r}")
+    for unwanted in prompt.expect_not_contains:
+        banned = substitute(unwanted, placeholders)
+        if banned.lower() in lowered:
+            return PromptResult(prompt.prompt, answer, False, f"answer contains {banned!r}")
+    return PromptResult(prompt.prompt, answer, True, "ok")
+
+
+def chat_template(model_dir: Path) -> str:
+    """The template the model was trained with: chat_template.jinja, else the tokenizer config's."""
+    template_file = model_dir / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    template = config.get("chat_template")
+    if not isinstance(template, str):
+        raise ConfigError(f"the merged model in {model_dir} has no chat template")
+    return template
+
+
+def evaluate_gguf(ctx: JobContext, gguf: Path, merged: Path, template: str) -> dict[str, Any]:
+    spec = ctx.run.spec
+    placeholders = dict(spec.dataset.placeholders)
+    llm = load(gguf, n_ctx=2048)
+    try:
+        results = []
+        for prompt in spec.evaluate.prompts:
+            if ctx.stop.is_set():
+                raise Stopped("stopped during evaluation")
+            answer = generate_chat(llm, [{"role": "user", "content": prompt.prompt}], template,
+                                   stop=spec.training.stop_sequences, max_tokens=spec.evaluate.max_tokens)
+            result = check_answer(answer, prompt, placeholders)
+            log.info("%s | %s → %r (%s)", gguf.name, prompt.prompt, answer, result.reason)
+            results.append(result)
+    finally:
+        llm.close()
+    reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
+    logits = logits_agreement(gguf, merged, reference)
+    greedy = greedy_agreement(gguf, merged, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
+    passed = sum(r.passed for r in results)
+    return {
+        "file": gguf.name,
+        "prompts": [asdict(r) for r in results],
+        "passRate": passed / len(results) if results else 1.0,
+        "top1Agreement": logits.top1_agreement,
+        "meanKl": logits.mean_kl,
+        "greedyAgreement": greedy.fraction,
+    }
+
+
+def gate_failure(report: dict[str, Any], min_pass_rate: float, min_top1: float | None) -> str | None:
+    """Why this GGUF fails the gate, or None."""
+    if report["passRate"] < min_pass_rate:
+        failed = next(p for p in report["prompts"] if not p["passed"])
+        return (f"{report['file']}: {report['passRate']:.0%} of prompts passed (need {min_pass_rate:.0%}); "
+                f"{failed['prompt']!r} → {failed['answer']!r}: {failed['reason']}")
+    if min_top1 is not None and report["top1Agreement"] < min_top1:
+        return (f"{report['file']}: top-1 agreement with the merged model {report['top1Agreement']:.1%} "
+                f"< {min_top1:.0%}")
+    return None
+
+
+def run(ctx: JobContext) -> None:
+    spec = ctx.run.spec
+    merged, ggufs = ctx.workdir / "merged", ctx.workdir / "gguf"
+    ctx.progress(message="fetching the merged model and GGUF files")
+    ctx.fetch("merge", merged)
+    ctx.fetch("convert", ggufs)
+    template = chat_template(merged)
+    files = sorted(ggufs.glob("*.gguf"))
+    if not files:
+        raise ConfigError("the convert stage published no GGUF file")
+    reports = []
+    for index, gguf in enumerate(files):
+        ctx.progress(step=index, totalSteps=len(files), message=f"gating {gguf.name}")
+        reports.append(evaluate_gguf(ctx, gguf, merged, template))
+    outputs = ctx.workdir / "report"
+    outputs.mkdir(parents=True, exist_ok=True)
+    (outputs / "results.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    failures = [f for r in reports if (f := gate_failure(r, spec.evaluate.min_pass_rate, spec.evaluate.min_top1_agreement))]
+    summary = "; ".join(
+        f"{r['file']}: {r['passRate']:.0%} prompts, top-1 {r['top1Agreement']:.1%}, KL {r['meanKl']:.4f}" for r in reports
+    )
+    if failures:
+        # Kept for inspection, but without a manifest: a failed gate is not a stage output.
+        ctx.store.put_file(f"{ctx.prefix}/results.json", outputs / "results.json")
+        raise GateFailed("gate failed: " + " | ".join(failures))
+    ctx.publish(outputs, {"summary": summary, "results": [{k: v for k, v in r.items() if k != "prompts"} for r in reports],
+                          "answers": {r["file"]: [p["answer"] for p in r["prompts"]] for r in reports}})

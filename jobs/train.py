@@ -1,0 +1,267 @@
+"""The train stage: LoRA / QLoRA on the dataset's conversations, checkpointed to the store, resumable, stoppable.
+
+`train()` is the whole job on plain inputs (a model folder, a jsonl file, the training spec, a checkpoint store);
+`run(ctx)` only gathers those inputs from the run config and publishes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from kubetune.api.types import TrainingSpec
+from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, folder_digest, resolve_base_model
+from kubetune.jobs.checkpoints import (
+    BaseModelRef,
+    CheckpointStore,
+    checkpoint_name,
+    load_adapter_weights,
+    write_adapter_folder,
+)
+from kubetune.jobs.generation import Generation, generate_answers
+from kubetune.jobs.plots import plot_loss, write_metrics_csv
+from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.jobs.train_data import (
+    DataError,
+    default_chat_template,
+    load_conversations,
+    make_batcher,
+    tokenize_dataset,
+)
+from kubetune.jobs.train_loop import (
+    STATE_FILE,
+    LoopSettings,
+    Outcome,
+    TrainerState,
+    TrainLoop,
+    load_trainer_state,
+    make_optimizer,
+    planned_steps,
+    restore_training_state,
+    save_training_state,
+)
+from kubetune.jobs.train_model import LoadedModel, build_model, load_tokenizer, pad_token_id, resolve_device
+from kubetune.store import open_store
+
+log = logging.getLogger("kubetune.jobs.train")
+
+DATASET_FILE = "train_data.jsonl"
+GENERATIONS_FILE = "generations.jsonl"
+
+ProgressReporter = Callable[..., None]  # JobContext.progress: (phase="Running", *, force=False, **fields)
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    model_dir: Path
+    base: BaseModelRef
+    data_path: Path
+    training: TrainingSpec
+    max_seq_length: int
+    workdir: Path
+    chat_template: str = field(default_factory=default_chat_template)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    outcome: Outcome
+    state: TrainerState
+    added_tokens: list[str]
+
+
+def write_generations(generations: Sequence[Generation], path: Path) -> None:
+    path.write_text("".join(json.dumps(g.to_json(), ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")
+
+
+class CheckpointingHooks:
+    """The loop's hooks: progress reports, and checkpoints (with eval generations) published to the store."""
+
+    def __init__(
+        self,
+        inputs: TrainInputs,
+        loaded: LoadedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        loop: TrainLoop,
+        checkpoints: CheckpointStore,
+        progress: ProgressReporter,
+    ) -> None:
+        self.inputs = inputs
+        self.loaded = loaded
+        self.tokenizer = tokenizer
+        self.loop = loop
+        self.checkpoints = checkpoints
+        self.progress = progress
+        self.generations: tuple[int, list[Generation]] | None = None  # (step, answers) of the latest eval
+
+    def on_log(self, state: TrainerState, row: dict[str, float], eta_seconds: float) -> None:
+        log.info("step %d/%d epoch %.3f loss %.4f lr %.3g %.0f tok/s", state.step, state.total_steps, row["epoch"],
+                 row["loss"], row["learning_rate"], row["tokens_per_second"])
+        self.progress(
+            step=state.step, totalSteps=state.total_steps, epoch=row["epoch"], loss=row["loss"],
+            learningRate=row["learning_rate"], tokensPerSecond=round(row["tokens_per_second"], 1),
+            etaSeconds=round(eta_seconds), lastCheckpoint=state.last_checkpoint,
+        )
+
+    def evaluate(self, step: int) -> list[Generation]:
+        if self.generations is None or self.generations[0] != step:
+            training = self.inputs.training
+            devices = [self.loaded.device] if self.loaded.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # eval must not shift the training RNG streams
+                answers = generate_answers(
+                    self.loaded.model, self.tokenizer, training.eval_prompts, stop_sequences=training.stop_sequences,
+                    max_new_tokens=training.max_new_tokens, device=self.loaded.device,
+                )
+            for answer in answers:
+                log.info("eval at step %d: %r -> %r", step, answer.prompt, answer.answer)
+            self.generations = (step, answers)
+        return self.generations[1]
+
+    def on_checkpoint(self, state: TrainerState, *, stopping: bool) -> None:
+        name = checkpoint_name(state.step)
+        folder = self.inputs.workdir / "checkpoints" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        write_adapter_folder(folder, self.loaded.model, self.tokenizer, self.inputs.model_dir, self.inputs.base)
+        state.last_checkpoint = name
+        save_training_state(folder, self.loop.optimizer, self.loop.scheduler, state)
+        # Under SIGTERM the grace period is for saving, not for generating.
+        if self.inputs.training.eval_prompts and not stopping:
+            write_generations(self.evaluate(state.step), folder / GENERATIONS_FILE)
+        self.checkpoints.publish(folder, name, {"step": state.step, "epoch": state.epoch,
+                                                "loss": state.metrics[-1]["loss"] if state.metrics else None})
+        shutil.rmtree(folder)
+        log.info("saved %s", name)
+        self.progress(force=True, step=state.step, lastCheckpoint=name)
+
+
+def loop_settings(training: TrainingSpec) -> LoopSettings:
+    return LoopSettings(
+        learning_rate=training.learning_rate,
+        lr_scheduler=training.lr_scheduler,
+        warmup_ratio=training.warmup_ratio,
+        gradient_accumulation=training.gradient_accumulation,
+        seed=training.seed,
+        logging_steps=training.logging_steps,
+        checkpoint_every=training.checkpoint.every_steps,
+    )
+
+
+def train(
+    inputs: TrainInputs,
+    checkpoints: CheckpointStore,
+    output_dir: Path,
+    *,
+    stop: threading.Event,
+    progress: ProgressReporter,
+) -> TrainResult:
+    """Train (resuming from the latest complete checkpoint) and, when finished, write the outputs to `output_dir`."""
+    training = inputs.training
+    set_seed(training.seed)
+    tokenizer, added_tokens = load_tokenizer(inputs.model_dir, inputs.chat_template, training.added_special_tokens)
+    samples = tokenize_dataset(tokenizer, load_conversations(inputs.data_path), inputs.max_seq_length)
+    batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
+                           max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer))
+    batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
+    total_steps = planned_steps(batches_per_epoch, training.gradient_accumulation, epochs=training.epochs,
+                                extra_epochs=training.extra_epochs, max_steps=training.max_steps)
+    loaded = build_model(
+        inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
+        lora=training.lora, device=resolve_device(training.device),
+        gradient_checkpointing=training.gradient_checkpointing,
+    )
+    settings = loop_settings(training)
+    optimizer, scheduler = make_optimizer(loaded.model, settings, total_steps)
+    state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)
+    restored = checkpoints.restore_latest(inputs.workdir / "resume")
+    if restored is not None:
+        name, folder = restored
+        load_adapter_weights(loaded.model, folder)
+        restore_training_state(folder, optimizer, scheduler)
+        state = load_trainer_state(folder)
+        state.total_steps = total_steps
+        log.info("resuming from %s at step %d of %d (epoch %.3f)", name, state.step, total_steps, state.epoch)
+        shutil.rmtree(folder)
+    progress(force=True, step=state.step, totalSteps=total_steps, epoch=state.epoch,
+             lastCheckpoint=state.last_checkpoint, message=f"{len(samples)} samples, {total_steps} steps")
+    loop = TrainLoop(loaded.model, optimizer, scheduler, samples, batcher, settings, loaded.device,
+                     autocast_dtype=loaded.autocast_dtype)
+    hooks = CheckpointingHooks(inputs, loaded, tokenizer, loop, checkpoints, progress)
+    outcome = loop.run(state, hooks, stop)
+    if outcome == "finished":
+        write_outputs(output_dir, inputs, loaded, tokenizer, state, hooks)
+    return TrainResult(outcome, state, added_tokens)
+
+
+def write_outputs(
+    output_dir: Path,
+    inputs: TrainInputs,
+    loaded: LoadedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: TrainerState,
+    hooks: CheckpointingHooks,
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_adapter_folder(output_dir / "adapter", loaded.model, tokenizer, inputs.model_dir, inputs.base)
+    (output_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
+    write_metrics_csv(state.metrics, output_dir / "metrics.csv")
+    plot_loss(state.metrics, output_dir / "loss.png", f"{inputs.training.method} training loss")
+    if inputs.training.eval_prompts:
+        write_generations(hooks.evaluate(state.step), output_dir / GENERATIONS_FILE)
+
+
+def output_metadata(result: TrainResult) -> dict[str, Any]:
+    state = result.state
+    return {
+        "steps": state.step,
+        "epoch": round(state.epoch, 6),
+        "finalLoss": state.metrics[-1]["loss"] if state.metrics else None,
+        "tokens": state.real_tokens,
+        "addedTokens": result.added_tokens,
+        "lastCheckpoint": state.last_checkpoint,
+    }
+
+
+def run(ctx: JobContext) -> None:
+    spec = ctx.run.spec
+    dataset_dir = ctx.workdir / "dataset"
+    ctx.fetch("dataset", dataset_dir)
+    data_path = dataset_dir / DATASET_FILE
+    if not data_path.is_file():
+        raise ConfigError(f"the dataset output has no {DATASET_FILE}")
+    store = ctx.run.store
+    try:
+        model_dir = resolve_base_model(
+            spec.base_model,
+            store_factory=lambda uri: open_store(uri, endpoint=store.endpoint, region=store.region,
+                                                 path_style=store.path_style),
+            cache_dir=default_cache_dir(),
+        )
+    except BaseModelError as error:
+        raise ConfigError(str(error)) from error
+    inputs = TrainInputs(
+        model_dir=model_dir,
+        base=BaseModelRef(spec.base_model.uri, spec.base_model.sha256 or folder_digest(model_dir)),
+        data_path=data_path,
+        training=spec.training,
+        max_seq_length=spec.dataset.max_seq_length,
+        workdir=ctx.workdir,
+    )
+    checkpoints = CheckpointStore(ctx.store, ctx.prefix, stage=ctx.stage, input_key=ctx.key,
+                                  keep=spec.training.checkpoint.keep)
+    output_dir = ctx.workdir / "outputs"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    try:
+        result = train(inputs, checkpoints, output_dir, stop=ctx.stop, progress=ctx.progress)
+    except DataError as error:
+        raise ConfigError(str(error)) from error
+    if result.outcome == "stopped":
+        raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
+    ctx.publish(output_dir, output_metadata(result))

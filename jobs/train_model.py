@@ -1,0 +1,215 @@
+"""The model under training: tokenizer with the chat markers and added tokens, base model (4-bit for QLoRA), LoRA.
+
+New token rows are trained with peft's trainable tokens (only those rows, saved in the adapter), which replace the
+base rows on merge: the merge only has to resize the base embeddings to `len(tokenizer)` before loading the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+from bitsandbytes.nn import Linear4bit
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.tokenization_utils_base import AddedToken
+
+from kubetune.jobs.train_data import CHAT_MARKERS
+
+Method = Literal["qlora", "lora"]
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class LoraSettings(Protocol):
+    """What LoRA needs (the spec's `training.lora` fits; kept structural so benchmarks need no API models)."""
+
+    @property
+    def r(self) -> int: ...
+    @property
+    def alpha(self) -> int: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def target_modules(self) -> Sequence[str]: ...
+
+
+class QuantizationSettings(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def double_quant(self) -> bool: ...
+    @property
+    def compute_dtype(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DefaultQuantization:
+    """QLoRA's quantization when the spec leaves it out (the API's defaults)."""
+
+    type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+
+
+class ModelSetupError(RuntimeError):
+    """The requested training setup cannot run here (e.g. CUDA asked for but absent)."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise ModelSetupError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device("cpu")
+
+
+def load_tokenizer(
+    model_dir: Path, chat_template: str, added_special_tokens: list[str]
+) -> tuple[PreTrainedTokenizerBase, list[str]]:
+    """The base tokenizer with our chat template and every needed special token; returns the tokens it added."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelSetupError(f"{model_dir}: a fast tokenizer (tokenizer.json) is required for label masking")
+    tokenizer.chat_template = chat_template
+    vocab = tokenizer.get_vocab()
+    wanted = list(dict.fromkeys([*CHAT_MARKERS, *added_special_tokens]))
+    missing = [token for token in wanted if token not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in missing],
+                             special_tokens=True)
+    return tokenizer, missing
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+@dataclass
+class LoadedModel:
+    model: PeftModel
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # mixed precision for the forward pass, None for plain fp32
+    new_token_ids: list[int]
+
+
+def load_base_model(
+    model_dir: Path,
+    method: Method,
+    quantization: QuantizationSettings | None,
+    device: torch.device,
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, torch.dtype | None]:
+    """The frozen base model on `device` and the dtype its forward pass runs in."""
+    if method == "qlora":
+        quant = quantization or DefaultQuantization()
+        compute = DTYPES[quant.compute_dtype]
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.type,
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), quantization_config=config, dtype=compute if device.type == "cuda" else torch.float32,
+                device_map={"": str(device)}, attn_implementation=attn_implementation,
+            )
+        except (ImportError, RuntimeError, ValueError) as error:
+            raise ModelSetupError(f"cannot load {model_dir} in 4-bit on {device} (bitsandbytes): {error}") from error
+        keep_4bit_weights_trainable(model)
+        return model, (compute if device.type == "cuda" and compute != torch.float32 else None)
+    # Plain LoRA: bf16 on GPUs, fp32 on CPU (faster and more stable there than emulated half precision).
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, device_map={"": str(device)}, attn_implementation=attn_implementation
+    )
+    return model, (dtype if dtype != torch.float32 else None)
+
+
+def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
+    """bitsandbytes on CPUs with AVX512-BF16 repacks a 4-bit weight, for good, into an inference-only layout the
+    first time it runs in eval mode without grad (eval generation); backward through that kernel is not
+    implemented and silently yields wrong input gradients. Training never wants that layout."""
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def embedding_weight(layer: torch.nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def add_token_rows(model: PreTrainedModel, new_vocab_size: int) -> list[int]:
+    """Grow the embeddings (and an untied output head) to `new_vocab_size`; new rows start at the mean of the old
+    ones (deterministic, and a neutral start for a token the model has never seen)."""
+    old = embedding_weight(model.get_input_embeddings()).shape[0]
+    if new_vocab_size <= old:
+        return []
+    model.resize_token_embeddings(new_vocab_size, mean_resizing=False)
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    with torch.no_grad():
+        for weight in {id(w): w for w in (embedding_weight(layer) for layer in layers if layer is not None)}.values():
+            weight[old:] = weight[:old].float().mean(dim=0).to(weight.dtype)
+    return list(range(old, new_vocab_size))
+
+
+def module_name(model: PreTrainedModel, target: torch.nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if module is target).rsplit(".", 1)[-1]
+
+
+def lora_config(model: PreTrainedModel, lora: LoraSettings, new_token_ids: list[int]) -> LoraConfig:
+    targets: str | list[str] = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    trainable_tokens: dict[str, list[int]] | None = None
+    if new_token_ids:
+        embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+        trainable_tokens = {module_name(model, embeddings): new_token_ids}
+        if head is not None and head.weight is not embeddings.weight:
+            trainable_tokens[module_name(model, head)] = new_token_ids
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        trainable_token_indices=trainable_tokens,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_model(
+    model_dir: Path,
+    vocab_size: int,
+    *,
+    method: Method,
+    quantization: QuantizationSettings | None,
+    lora: LoraSettings,
+    device: torch.device,
+    gradient_checkpointing: bool,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attn_implementation)
+    new_token_ids = add_token_rows(base, vocab_size)
+    base.config.use_cache = False
+    for parameter in base.parameters():
+        parameter.requires_grad_(False)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input grads, so the frozen embeddings stay out of autograd.
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(base, lora_config(base, lora, new_token_ids))
+    assert isinstance(model, PeftModel)
+    return LoadedModel(model, device, autocast_dtype, new_token_ids)

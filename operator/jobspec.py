@@ -1,0 +1,255 @@
+"""The Job builder: one stage of a run → its ConfigMap (the resolved run.json) and batch/v1 Job. Pure.
+
+Same inputs, same manifests: the names come from the planner (`CreateJob.name`), so creating them again after an
+operator restart hits "already exists" instead of starting a second Job for the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubetune.operator import labels
+from kubetune.operator.runstore import credentials_secret, resolve_store
+from kubetune.operator.settings import OperatorSettings
+
+from kubetune.api import types as t
+from kubetune.api.validate import FineTuneRun
+from kubetune.planner import CreateJob
+from kubetune.runconfig import RunConfig
+from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
+
+CONFIG_DIR = "/etc/kubetune"
+RUN_JSON = "run.json"
+SCRATCH = "/scratch"
+EXIT_CONFIG_ERROR = 2  # jobs/runtime.py: bad configuration or input, retrying cannot help
+JOB_UID = 65532  # "nonroot" in distroless-style images
+DEFAULT_SHM = "8Gi"
+GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
+DEFAULT_GRACE_SECONDS = 60
+GPU_RESOURCE = "nvidia.com/gpu"
+
+Manifest = dict[str, Any]
+
+
+class JobSpecError(ValueError):
+    """The run asks for something no Job can express (the run fails with this message)."""
+
+
+def config_map_name(job_name: str) -> str:
+    return f"{job_name}-run"
+
+
+def effective_resources(resources: t.ResourcesSpec, stage: str) -> t.StageResources:
+    """`resources.defaults` overridden field by field by the stage's own block."""
+    merged = resources.defaults.model_dump(exclude_none=True)
+    block: t.StageResources | None = getattr(resources, stage)
+    if block is not None:
+        merged.update(block.model_dump(exclude_none=True))
+    return t.StageResources.model_validate(merged)
+
+
+def gpu_count(spec: t.FineTuneRunSpec, stage: str, settings: OperatorSettings) -> int:
+    """Train gets the operator's default (one GPU) unless the spec says otherwise or trains on CPU; the other
+    stages get GPUs only when asked."""
+    asked = effective_resources(spec.resources, stage).gpus
+    if asked is not None:
+        return asked
+    if stage == "train" and spec.training.device != "cpu":
+        return settings.train_gpus
+    return 0
+
+
+def build(
+    run: FineTuneRun, action: CreateJob, settings: OperatorSettings, upstream: Mapping[str, StageRef]
+) -> list[Manifest]:
+    """The ConfigMap and the Job for `action.stage`; `upstream` holds the refs of the stages before it."""
+    stage = action.stage
+    if stage not in t.STAGES:
+        raise JobSpecError(f"unknown stage {stage!r}")
+    resources = effective_resources(run.spec.resources, stage)
+    if resources.nodes is not None and resources.nodes > 1:
+        raise JobSpecError("multi-node training (resources.train.nodes > 1) is not supported yet")
+    stages = {s: upstream[s] for s in t.STAGES[: t.STAGES.index(stage)] if s in upstream}
+    stages[stage] = action.ref
+    config = RunConfig(name=run.name, namespace=run.namespace, uid=run.uid, spec=run.spec,
+                       store=resolve_store(run.spec.storage, settings), stages=stages)
+    meta_labels = _labels(run, action)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(run, config_map_name(action.name), meta_labels, action),
+        "data": {RUN_JSON: config.dumps()},
+    }
+    return [config_map, _job(run, action, settings, resources, meta_labels)]
+
+
+def _labels(run: FineTuneRun, action: CreateJob) -> dict[str, str]:
+    return {
+        labels.RUN: run.name,
+        labels.STAGE: action.stage,
+        labels.KEY: action.ref.key[:KEY_PREFIX_LENGTH],
+        labels.ATTEMPT: str(action.attempt),
+        "app.kubernetes.io/name": labels.APP_NAME,
+        "app.kubernetes.io/instance": run.name,
+        "app.kubernetes.io/component": action.stage,
+        "app.kubernetes.io/managed-by": labels.MANAGED_BY,
+        "app.kubernetes.io/part-of": labels.APP_NAME,
+    }
+
+
+def _metadata(run: FineTuneRun, name: str, meta_labels: Mapping[str, str], action: CreateJob) -> Manifest:
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": dict(meta_labels),
+        "annotations": {labels.INPUT_KEY: action.ref.key, labels.PREFIX: action.ref.prefix},
+        "ownerReferences": [{
+            "apiVersion": t.API_VERSION,
+            "kind": t.KIND,
+            "name": run.name,
+            "uid": run.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }],
+    }
+
+
+def _job(
+    run: FineTuneRun, action: CreateJob, settings: OperatorSettings, resources: t.StageResources,
+    meta_labels: Mapping[str, str],
+) -> Manifest:
+    stage = action.stage
+    metadata = _metadata(run, action.name, meta_labels, action)
+    queue = resources.queue_name or settings.queue_name
+    if queue:
+        metadata["labels"][labels.KUEUE_QUEUE] = queue
+    spec: Manifest = {
+        # Kueue admits a queued Job by unsuspending it; without a queue the Job starts at once.
+        "suspend": bool(queue),
+        "backoffLimit": resources.backoff_limit if resources.backoff_limit is not None else settings.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_CONFIG_ERROR]}},
+            # Preemption, eviction, node drain: not the job's fault, retried without counting.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "template": {
+            "metadata": {"labels": dict(meta_labels), "annotations": {labels.INPUT_KEY: action.ref.key}},
+            "spec": _pod_spec(run, action, settings, resources),
+        },
+    }
+    if resources.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = resources.active_deadline_seconds
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, resources: t.StageResources) -> Manifest:
+    stage = action.stage
+    volumes: list[Manifest] = [
+        {"name": "run-config", "configMap": {"name": config_map_name(action.name),
+                                             "items": [{"key": RUN_JSON, "path": RUN_JSON}]}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    shm = resources.shm_size or (DEFAULT_SHM if stage == "train" else None)
+    if shm:
+        # PyTorch data loaders and NCCL share tensors through /dev/shm; the container default is 64Mi.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    container: Manifest = {
+        "name": stage,
+        "image": resources.image or settings.job_image,
+        "imagePullPolicy": settings.job_image_pull_policy,
+        "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
+        "env": _env(run, settings),
+        "resources": _container_resources(run.spec, stage, settings, resources),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: Manifest = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.job_service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS.get(stage, DEFAULT_GRACE_SECONDS),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": JOB_UID,
+            "runAsGroup": JOB_UID,
+            "fsGroup": JOB_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    node_selector = {**settings.node_selector, **(resources.node_selector or {})}
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    tolerations = resources.tolerations if resources.tolerations is not None else list(settings.tolerations)
+    if tolerations:
+        pod["tolerations"] = [tol.to_manifest() for tol in tolerations]
+    priority = resources.priority_class_name or settings.priority_class_name
+    if priority:
+        pod["priorityClassName"] = priority
+    return pod
+
+
+def _env(run: FineTuneRun, settings: OperatorSettings) -> list[Manifest]:
+    env: list[Manifest] = [
+        {"name": "KUBETUNE_WORKDIR", "value": f"{SCRATCH}/work"},
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/.cache"},
+        {"name": "HF_HOME", "value": f"{SCRATCH}/.cache/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if not run.spec.base_model.uri.startswith("hf://"):
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # nothing may come from a hub at run time
+    secret = credentials_secret(run.spec.storage, settings)
+    if secret:
+        for name, optional in (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False),
+                               ("AWS_SESSION_TOKEN", True)):
+            ref: Manifest = {"name": secret, "key": name}
+            if optional:
+                ref["optional"] = True
+            env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+    token = run.spec.base_model.token_secret
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    return env
+
+
+def _container_resources(
+    spec: t.FineTuneRunSpec, stage: str, settings: OperatorSettings, resources: t.StageResources
+) -> Manifest:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if resources.cpu:
+        requests["cpu"] = resources.cpu
+    if resources.memory:
+        # Limit = request: a training job that outgrows its memory should fail loudly, not squeeze its node.
+        requests["memory"] = limits["memory"] = resources.memory
+    gpus = gpu_count(spec, stage, settings)
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out

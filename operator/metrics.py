@@ -1,0 +1,71 @@
+"""Prometheus metrics of the operator, on their own registry (tests run several operators in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from kubetune.operator.status import Transition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from kubetune.api.types import RunPhase
+
+RUN_PHASES: tuple[RunPhase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
+# Stages take from seconds (dataset) to days (train).
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, float("inf"))
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.runs = Gauge("kubetune_runs", "FineTuneRuns by phase", ["phase"], registry=self.registry)
+        self.stage_duration = Histogram("kubetune_stage_duration_seconds", "Wall time of stages that succeeded",
+                                        ["stage"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.job_creations = Counter("kubetune_job_creations_total", "Stage Jobs created", ["stage"],
+                                     registry=self.registry)
+        self.retries = Counter("kubetune_job_retries_total", "Stage Jobs created after an earlier attempt failed",
+                               ["stage"], registry=self.registry)
+        self.failures = Counter("kubetune_stage_failures_total", "Stages that ended the run Failed", ["stage"],
+                                registry=self.registry)
+        self.reconciles = Counter("kubetune_reconciles_total", "Reconciles by outcome", ["outcome"],
+                                  registry=self.registry)
+        self._phases: dict[tuple[str, str], str] = {}
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+    def job_created(self, stage: str, attempt: int) -> None:
+        self.job_creations.labels(stage).inc()
+        if attempt > 1:
+            self.retries.labels(stage).inc()
+
+    def run_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Record a run's phase (None: the run is gone) and refresh the per-phase gauge."""
+        if phase is None:
+            self._phases.pop((namespace, name), None)
+        else:
+            self._phases[(namespace, name)] = phase
+        for known in RUN_PHASES:
+            self.runs.labels(known).set(sum(1 for p in self._phases.values() if p == known))
+
+    def transitions(self, transitions: tuple[Transition, ...], stages: Mapping[str, Mapping[str, object]]) -> None:
+        for transition in transitions:
+            stage = transition.stage
+            if stage is None:
+                continue
+            block = stages.get(stage) or {}
+            if transition.reason == "StageSucceeded":
+                seconds = _seconds_between(block.get("startTime"), block.get("completionTime"))
+                if seconds is not None:
+                    self.stage_duration.labels(stage).observe(seconds)
+            elif transition.reason == "StageFailed":
+                self.failures.labels(stage).inc()
+
+
+def _seconds_between(start: object, end: object) -> float | None:
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    try:
+        return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+    except ValueError:
+        return None

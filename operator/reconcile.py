@@ -1,0 +1,286 @@
+"""One reconcile of a FineTuneRun: observe (its Jobs, the store) → plan → act → status, events, metrics.
+
+The loop is the local executor's (kubetune/local.py) with Kubernetes Jobs: it runs the planner until the plan
+asks to wait, doing lookups, creating at most one Job per stage and suspending or resuming Jobs on the way, then
+writes the status once, and only if it changed. Reconciles of one run never overlap; requests that arrive while
+one runs are folded into one more pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune.operator import labels
+from kubetune.operator.jobspec import JobSpecError, build
+from kubetune.operator.kube import KubeApi, Obj
+from kubetune.operator.mergepatch import merge_patch
+from kubetune.operator.metrics import Metrics
+from kubetune.operator.observe import has_condition, latest_attempts, observe_jobs
+from kubetune.operator.runstore import NoStoreConfigured, resolve_store
+from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan
+
+from kubetune.api.types import STAGES, FineTuneRunSpec
+from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
+from kubetune.planner import (
+    CreateJob,
+    Fail,
+    JobState,
+    Lookup,
+    Observed,
+    Output,
+    Plan,
+    ResumeJob,
+    StageView,
+    SuspendJob,
+    plan,
+)
+from kubetune.runconfig import StoreConfig
+from kubetune.stages import StageRef
+from kubetune.store import (
+    Manifest,
+    ManifestError,
+    ObjectNotFoundError,
+    Store,
+    manifest_digest,
+    open_store,
+    read_manifest,
+)
+
+log = logging.getLogger("kubetune.operator")
+
+# Lookups and one action per stage, with room to spare; a plan that never settles is a bug, not a reason to spin.
+MAX_STEPS = 4 * len(STAGES) + 4
+SETTLED_PHASES = ("Succeeded", "Failed")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_settled(status: dict[str, Any] | None, generation: int) -> bool:
+    """Finished for this spec: nothing to do until the spec changes."""
+    status = status or {}
+    return status.get("phase") in SETTLED_PHASES and status.get("observedGeneration") == generation
+
+
+@dataclass
+class _Serial:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    again: bool = False
+
+
+@dataclass
+class _Pass:
+    """What one reconcile has observed and done so far."""
+
+    jobs: list[JobState]
+    outputs: dict[str, Output] = field(default_factory=dict)
+    looked_up: set[str] = field(default_factory=set)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    notes: list[Transition] = field(default_factory=list)  # actions taken, posted as Events
+
+    def observed(self) -> Observed:
+        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
+
+    def set_phase(self, job_name: str, phase: Any) -> None:
+        self.jobs = [replace(j, phase=phase) if j.name == job_name else j for j in self.jobs]
+
+
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, kube: KubeApi, metrics: Metrics, *,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics
+        self.clock = clock
+        self._stores: dict[StoreConfig, Store] = {}
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
+        self._serial: dict[tuple[str, str], _Serial] = {}
+
+    async def request(self, namespace: str, name: str) -> None:
+        """Reconcile now, or once more right after the reconcile of this run that is running."""
+        serial = self._serial.setdefault((namespace, name), _Serial())
+        serial.again = True
+        if serial.lock.locked():
+            return
+        phase: str | None = None
+        async with serial.lock:
+            while serial.again:
+                serial.again = False
+                phase = await self.reconcile(namespace, name)
+                self.metrics.reconciles.labels("ok").inc()
+        if phase is None and not serial.again:
+            self._serial.pop((namespace, name), None)  # the run is gone
+
+    def known_runs(self) -> int:
+        return len(self._serial)
+
+    async def reconcile(self, namespace: str, name: str) -> str | None:
+        """Returns the run's phase (None once the run is gone)."""
+        body = await self.kube.get_run(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.run_phase(namespace, name, None)
+            return None
+        generation = int(body["metadata"].get("generation") or 0)
+        previous: dict[str, Any] = body.get("status") or {}
+        if is_settled(previous, generation):
+            self.metrics.run_phase(namespace, name, previous["phase"])
+            return str(previous["phase"])
+        try:
+            run = parse_run(body)
+        except InvalidManifest as error:
+            return await self._write(body, _invalid_spec_plan(str(error)), _Pass([]), None, "", previous)
+        try:
+            store_config = resolve_store(run.spec.storage, self.settings)
+        except NoStoreConfigured as error:
+            first = plan(namespace, name, run.spec, Observed())
+            return await self._write(body, failed_plan(first, "dataset", str(error)), _Pass([]), run, "", previous)
+        store = self._store(store_config)
+        jobs = await self.kube.list_jobs(namespace, name)
+        observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
+        state = _Pass([job.state for job in observed_jobs])
+        step = await self._advance(run, store, state)
+        return await self._write(body, step, state, run, store_config.uri, previous,
+                                 training=await self._training(store, step, previous),
+                                 times={job.state.name: job for job in observed_jobs})
+
+    async def delete_artifacts(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """The finalizer's work for runs with storage.keepOnDelete: false."""
+        run = parse_run({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun",
+                         "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+        store = self._store(resolve_store(run.spec.storage, self.settings))
+        await asyncio.to_thread(store.delete_prefix, f"{namespace}/{name}")
+
+    # --- observe → plan → act ---------------------------------------------------------------------------------
+
+    async def _advance(self, run: FineTuneRun, store: Store, state: _Pass) -> Plan:
+        for _ in range(MAX_STEPS):
+            step = plan(run.namespace, run.name, run.spec, state.observed())
+            action = step.action
+            if isinstance(action, Lookup):
+                manifest = await self._lookup(store, action.ref)
+                if manifest is not None:
+                    state.outputs[action.ref.key] = Output(action.ref.key, manifest_digest(manifest))
+                    state.manifests[action.stage] = manifest
+                state.looked_up.add(action.ref.key)
+            elif isinstance(action, CreateJob):
+                upstream = {stage: view.ref for stage, view in step.stages.items() if view.ref is not None}
+                try:
+                    await self._create(run, action, upstream, state)
+                except (JobSpecError, NoStoreConfigured) as error:
+                    return failed_plan(step, action.stage, str(error))
+            elif isinstance(action, SuspendJob):
+                await self.kube.patch_job(run.namespace, action.job, {
+                    "metadata": {"annotations": {labels.SUSPENDED: "true"}}, "spec": {"suspend": True}})
+                state.set_phase(action.job, "Suspended")
+                state.notes.append(Transition("Normal", "JobSuspended", f"{action.stage}: suspended Job {action.job}",
+                                              action.stage))
+            elif isinstance(action, ResumeJob):
+                # A Kueue-managed Job goes back to its queue: Kueue suspends it again until it is admitted.
+                await self.kube.patch_job(run.namespace, action.job, {
+                    "metadata": {"annotations": {labels.SUSPENDED: None}}, "spec": {"suspend": False}})
+                state.set_phase(action.job, "Running")
+                state.notes.append(Transition("Normal", "JobResumed", f"{action.stage}: resumed Job {action.job}",
+                                              action.stage))
+            else:
+                return step
+        raise RuntimeError(f"the plan for {run.namespace}/{run.name} did not settle in {MAX_STEPS} steps")
+
+    async def _create(self, run: FineTuneRun, action: CreateJob, upstream: dict[str, StageRef], state: _Pass) -> None:
+        config_map, job = build(run, action, self.settings, upstream)
+        await self.kube.create(config_map)
+        created = await self.kube.create(job)
+        queued = bool(job["spec"].get("suspend"))
+        state.jobs.append(JobState(action.name, action.stage, action.ref.key, action.attempt,
+                                   "Queued" if queued else "Running"))
+        if created:
+            self.metrics.job_created(action.stage, action.attempt)
+            retry = f", attempt {action.attempt}" if action.attempt > 1 else ""
+            state.notes.append(Transition("Normal", "JobCreated", f"{action.stage}: created Job {action.name}{retry}",
+                                          action.stage))
+
+    # --- the store --------------------------------------------------------------------------------------------
+
+    def _store(self, config: StoreConfig) -> Store:
+        if config not in self._stores:
+            self._stores[config] = open_store(config.uri, endpoint=config.endpoint, region=config.region,
+                                              path_style=config.path_style)
+        return self._stores[config]
+
+    async def _lookup(self, store: Store, ref: StageRef) -> Manifest | None:
+        cache_key = (store.uri_for(ref.prefix), ref.prefix, ref.key)
+        if cache_key in self._manifests:
+            return self._manifests[cache_key]
+        try:
+            manifest = await asyncio.to_thread(read_manifest, store, ref.prefix)
+        except ManifestError as error:
+            log.warning("ignoring %s: the stage will run again and publish a valid one", error)
+            return None
+        if manifest is None or manifest.input_key != ref.key:
+            return None
+        self._manifests[cache_key] = manifest
+        return manifest
+
+    async def _read_json(self, store: Store, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(await asyncio.to_thread(store.get_bytes, key))
+        except ObjectNotFoundError:
+            return None
+        except ValueError:
+            return None  # caught mid-rewrite on a store without atomic writes: next pass reads it
+        return data if isinstance(data, dict) else None
+
+    async def _failure_reports(self, store: Store, jobs: list[Obj]) -> dict[str, dict[str, Any]]:
+        """progress.json of each stage's last Job that failed: the job's own one-line reason and exit code."""
+        reports = {}
+        for job in latest_attempts(jobs):
+            prefix = (job["metadata"].get("annotations") or {}).get(labels.PREFIX)
+            if prefix and has_condition(job, "Failed"):
+                report = await self._read_json(store, f"{prefix}/progress.json")
+                if report is not None:
+                    reports[job["metadata"]["name"]] = report
+        return reports
+
+    async def _training(self, store: Store, step: Plan, previous: dict[str, Any]) -> dict[str, Any] | None:
+        """The train stage's progress.json while it runs, and once more when it finished."""
+        view = step.stages["train"]
+        if view.ref is None:
+            return None
+        before = (previous.get("stages") or {}).get("train") or {}
+        if view.phase in ("Succeeded", "Cached") and (before.get("phase"), before.get("inputKey")) == (
+                view.phase, view.ref.key):
+            return None
+        return await self._read_json(store, f"{view.ref.prefix}/progress.json")
+
+    # --- status and events ------------------------------------------------------------------------------------
+
+    async def _write(
+        self, body: Obj, step: Plan, state: _Pass, run: FineTuneRun | None, store_uri: str,
+        previous: dict[str, Any], *, training: dict[str, Any] | None = None, times: dict[str, Any] | None = None,
+    ) -> str:
+        meta = body["metadata"]
+        now = self.clock()
+        spec = run.spec if run is not None else FineTuneRunSpec()
+        update = compute_status(StatusInputs(
+            spec=spec, generation=int(meta.get("generation") or 0), plan=step, now=now, store_uri=store_uri,
+            jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
+        ))
+        if update.changed(previous):
+            await self.kube.patch_run_status(meta["namespace"], meta["name"], merge_patch(previous, update.status))
+        for transition in (*state.notes, *update.transitions):
+            await self.kube.post_event(body, transition.type, transition.reason, transition.message, now)
+        self.metrics.transitions(update.transitions, update.status.get("stages") or {})
+        phase = str(update.status["phase"])
+        self.metrics.run_phase(meta["namespace"], meta["name"], phase)
+        return phase
+
+
+def _invalid_spec_plan(reason: str) -> Plan:
+    return Plan(Fail("dataset", f"invalid spec: {reason}"), {stage: StageView("Pending") for stage in STAGES})

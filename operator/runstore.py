@@ -1,0 +1,33 @@
+"""Which store a run uses and which Secret holds its credentials: the run's spec, else the operator's defaults."""
+
+from __future__ import annotations
+
+from kubetune.operator.settings import OperatorSettings
+
+from kubetune.api.types import StorageSpec
+from kubetune.runconfig import StoreConfig
+
+
+class NoStoreConfigured(ValueError):
+    """Neither the run nor the operator names a store."""
+
+
+def resolve_store(storage: StorageSpec, settings: OperatorSettings) -> StoreConfig:
+    """A run that names its store gets exactly that; one that does not gets the operator's default store whole
+    (its endpoint, region and addressing belong to it)."""
+    if storage.uri:
+        return StoreConfig(uri=storage.uri, endpoint=storage.endpoint, region=storage.region,
+                           path_style=storage.path_style)
+    if not settings.store_uri:
+        raise NoStoreConfigured(
+            "spec.storage.uri is not set and the operator has no default store (Helm value store.uri)")
+    return StoreConfig(uri=settings.store_uri, endpoint=storage.endpoint or settings.store_endpoint,
+                       region=storage.region or settings.store_region,
+                       path_style=storage.path_style or settings.store_path_style)
+
+
+def credentials_secret(storage: StorageSpec, settings: OperatorSettings) -> str | None:
+    """The Secret whose AWS_* keys reach the jobs; none for a local-folder store."""
+    if not resolve_store(storage, settings).uri.startswith("s3://"):
+        return None
+    return storage.credentials_secret or settings.credentials_secret

@@ -1,0 +1,263 @@
+"""The FineTuneRun status (ARCHITECTURE.md §6) from a plan and what was observed, and the transitions since the
+previous status (each becomes a Kubernetes Event). Pure: the clock comes in as `now`.
+
+Conditions keep their lastTransitionTime while their status value holds, so recomputing an unchanged run gives an
+identical status and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from kubetune.operator.observe import ObservedJob
+
+from kubetune.api import types as t
+from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
+from kubetune.store import Manifest, ManifestFile, manifest_digest
+
+MAX_STAGE_OUTPUTS = 20
+# The files that say what a stage produced, listed first when a stage has many (checkpoints, tokenizer files…).
+MAIN_SUFFIXES = (".gguf", ".safetensors", ".jsonl", ".png", ".json", ".md")
+ACTIVE_PHASES = ("Pending", "Queued", "Running")
+TRAINING_FIELDS = {
+    "step": "step", "totalSteps": "total_steps", "epoch": "epoch", "loss": "loss", "learningRate": "learning_rate",
+    "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds", "lastCheckpoint": "last_checkpoint",
+}
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something that changed since the previous status: one Kubernetes Event."""
+
+    type: EventType
+    reason: str
+    message: str
+    stage: str | None = None  # the stage it is about; None for the run as a whole
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    spec: t.FineTuneRunSpec
+    generation: int
+    plan: Plan
+    now: str  # RFC 3339
+    store_uri: str = ""  # root of the run's store, for artifact URIs
+    jobs: Mapping[str, ObservedJob] = field(default_factory=dict)  # by Job name
+    manifests: Mapping[str, Manifest] = field(default_factory=dict)  # by stage, outputs that exist
+    training: Mapping[str, Any] | None = None  # the train stage's progress.json
+    previous: Mapping[str, Any] = field(default_factory=dict)  # the run's .status as it is now
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: dict[str, Any]
+    transitions: tuple[Transition, ...]
+
+    def changed(self, previous: Mapping[str, Any]) -> bool:
+        return self.status != dict(previous)
+
+
+def compute_status(inputs: StatusInputs) -> StatusUpdate:
+    previous = inputs.previous
+    phase, stage, message = _run_phase(inputs.plan, inputs.spec)
+    stages = {name: _stage_status(inputs, name) for name in t.STAGES}
+    training = _training(inputs.training, previous.get("progress"))
+    status = t.FineTuneRunStatus(
+        phase=phase,
+        observed_generation=inputs.generation,
+        current_stage=stage,
+        progress_text=_progress_text(phase, stage, stages, training),
+        conditions=_conditions(phase, stage, message, inputs),
+        stages=t.StagesStatus(**stages),
+        progress=training,
+        artifacts=_artifacts(inputs),
+        message=message,
+    ).to_manifest()
+    return StatusUpdate(status, tuple(_transitions(previous, status)))
+
+
+def failed_plan(plan: Plan, stage: str, reason: str) -> Plan:
+    """The plan as it must read when acting on it failed for a reason no retry can fix."""
+    view = plan.stages.get(stage) or StageView("Pending")
+    return Plan(Fail(stage, reason), {**plan.stages, stage: StageView("Failed", view.ref, view.job, view.attempts,
+                                                                      reason)})
+
+
+# --- run -------------------------------------------------------------------------------------------------------
+
+
+def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage | None, str | None]:
+    action = plan.action
+    enabled = [s for s in t.STAGES if s != "evaluate" or spec.evaluate.enabled]
+    if isinstance(action, Done):
+        return "Succeeded", cast(t.Stage, enabled[-1]), None
+    stage = cast(t.Stage, action.stage)
+    if isinstance(action, Fail):
+        return "Failed", stage, f"stage {stage} failed: {action.reason}"
+    if isinstance(action, (Idle, SuspendJob)):
+        return "Suspended", stage, "suspended (spec.suspend: true)"
+    if isinstance(action, Wait):
+        view = plan.stages[stage]
+        job_phase = view.job.phase if view.job is not None else "Running"
+        if spec.suspend and job_phase == "Suspended":
+            return "Suspended", stage, "suspended (spec.suspend: true)"
+        stale = view.job is not None and view.ref is not None and view.job.key != view.ref.key
+        message = (view.message or None) if stale else None
+        if job_phase == "Queued":
+            return "Queued", stage, message
+        return "Running", stage, message
+    if isinstance(action, ResumeJob):
+        return "Running", stage, None
+    assert isinstance(action, (CreateJob, Lookup))
+    started = any(v.phase not in ("Pending",) for v in plan.stages.values())
+    return ("Running" if started else "Pending"), stage, None
+
+
+def _progress_text(phase: str, stage: str | None, stages: Mapping[str, t.StageStatus],
+                   training: t.TrainingProgress | None) -> str:
+    if phase == "Succeeded":
+        done = sum(1 for s in stages.values() if s.phase in ("Succeeded", "Cached"))
+        return f"done ({done} stages)"
+    if stage is None:
+        return phase.lower()
+    if phase == "Running" and stage == "train" and training is not None and training.percent is not None:
+        return f"train {training.step}/{training.total_steps} ({training.percent}%)"
+    return f"{stage} {phase.lower()}"
+
+
+def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, inputs: StatusInputs) -> list[t.Condition]:
+    doing = f"stage {stage} is {phase.lower()}" if stage else f"the run is {phase.lower()}"
+    values = {
+        "Ready": ("True", "Succeeded", "every stage has its output") if phase == "Succeeded"
+        else ("False", phase, message or doing),
+        "Progressing": ("True", f"Stage{phase}", message or doing) if phase in ACTIVE_PHASES
+        else ("False", phase, message or "every stage has its output"),
+        "Failed": ("True", "StageFailed", message or doing) if phase == "Failed" else ("False", phase, ""),
+    }
+    previous = {c.get("type"): c for c in inputs.previous.get("conditions") or [] if isinstance(c, dict)}
+    conditions = []
+    for kind, (value, reason, text) in values.items():
+        before = previous.get(kind) or {}
+        since = before.get("lastTransitionTime") if before.get("status") == value else None
+        conditions.append(t.Condition(type=kind, status=value, reason=reason, message=text,
+                                      last_transition_time=since or inputs.now,
+                                      observed_generation=inputs.generation))
+    return conditions
+
+
+# --- stages ----------------------------------------------------------------------------------------------------
+
+
+def _stage_status(inputs: StatusInputs, stage: str) -> t.StageStatus:
+    if stage == "evaluate" and not inputs.spec.evaluate.enabled:
+        return t.StageStatus(phase="Skipped", message="evaluate.enabled is false")
+    view = inputs.plan.stages[stage]
+    if view.ref is None:
+        return t.StageStatus(phase=view.phase)
+    before = (inputs.previous.get("stages") or {}).get(stage) or {}
+    same_key = before.get("inputKey") == view.ref.key
+    kept = before if same_key else {}
+    job = inputs.jobs.get(view.job.name) if view.job is not None else None
+    manifest = inputs.manifests.get(stage)
+    phase = view.phase
+    if phase == "Cached" and kept.get("phase") == "Succeeded":
+        phase = "Succeeded"  # its Job was cleaned up (ttlSecondsAfterFinished); it still ran for this key
+    finished = job.completion_time if job is not None else None
+    if finished is None and manifest is not None:
+        finished = kept.get("completionTime") or manifest.created_at
+    return t.StageStatus(
+        phase=phase,
+        job_name=view.job.name if view.job is not None else kept.get("jobName"),
+        attempts=max(view.attempts, int(kept.get("attempts") or 0)),
+        start_time=(job.start_time if job is not None else None) or kept.get("startTime"),
+        completion_time=finished if phase in ("Succeeded", "Cached", "Failed") else None,
+        input_key=view.ref.key,
+        output_digest=manifest_digest(manifest) if manifest is not None else None,
+        outputs=_outputs(inputs.store_uri, view.ref.prefix, manifest) if manifest is not None else [],
+        message=view.message or ("output reused: same inputs as an earlier run" if phase == "Cached" else None),
+    )
+
+
+def _outputs(store_uri: str, prefix: str, manifest: Manifest) -> list[t.Artifact]:
+    def rank(entry: ManifestFile) -> tuple[int, int, str]:
+        suffix = next((i for i, s in enumerate(MAIN_SUFFIXES) if entry.path.endswith(s)), len(MAIN_SUFFIXES))
+        return (entry.path.count("/"), suffix, entry.path)
+
+    chosen = sorted(manifest.files, key=rank)[:MAX_STAGE_OUTPUTS]
+    return [_artifact(store_uri, prefix, entry) for entry in sorted(chosen, key=lambda e: e.path)]
+
+
+def _artifact(store_uri: str, prefix: str, entry: ManifestFile) -> t.Artifact:
+    root = store_uri.rstrip("/")
+    if "://" not in root:
+        root = f"file://{root}"
+    return t.Artifact(name=entry.path, uri=f"{root}/{prefix}/{entry.path}", size=entry.size, sha256=entry.sha256)
+
+
+def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
+    """The run's deliverables: the GGUF files, and the gate's report once it passed."""
+    found: list[t.Artifact] = []
+    for stage, wanted in (("convert", (".gguf",)), ("evaluate", (".json", ".md", ".txt"))):
+        manifest, view = inputs.manifests.get(stage), inputs.plan.stages[stage]
+        if manifest is None or view.ref is None:
+            continue
+        found.extend(_artifact(inputs.store_uri, view.ref.prefix, entry)
+                     for entry in manifest.files if entry.path.endswith(wanted) and "/" not in entry.path)
+    return found
+
+
+def _training(progress: Mapping[str, Any] | None, previous: Any) -> t.TrainingProgress | None:
+    if not progress:
+        return t.TrainingProgress.model_validate(previous) if isinstance(previous, dict) else None
+    fields = {attr: progress[name] for name, attr in TRAINING_FIELDS.items() if progress.get(name) is not None}
+    step, total = fields.get("step"), fields.get("total_steps")
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        fields["percent"] = min(100, 100 * step // total)
+    if isinstance(fields.get("eta_seconds"), float):
+        fields["eta_seconds"] = round(fields["eta_seconds"])
+    return t.TrainingProgress(**fields) if fields else None
+
+
+# --- transitions -----------------------------------------------------------------------------------------------
+
+
+def _transitions(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Transition]:
+    found: list[Transition] = []
+    before_stages, stages = previous.get("stages") or {}, status.get("stages") or {}
+    for stage in t.STAGES:
+        before, now = before_stages.get(stage) or {}, stages.get(stage) or {}
+        old, new = before.get("phase", "Pending"), now.get("phase", "Pending")
+        if old == new and before.get("inputKey") == now.get("inputKey"):
+            continue
+        transition = _stage_transition(stage, old, new, now)
+        if transition is not None:
+            found.append(transition)
+    old_phase, phase = previous.get("phase"), status.get("phase")
+    if phase != old_phase:
+        kind: EventType = "Warning" if phase == "Failed" else "Normal"
+        text = status.get("message") or f"FineTuneRun is {str(phase).lower()} ({status.get('progressText', '')})"
+        found.append(Transition(kind, str(phase), text))
+    return found
+
+
+def _stage_transition(stage: str, old: str, new: str, now: Mapping[str, Any]) -> Transition | None:
+    job = f" (Job {now['jobName']})" if now.get("jobName") else ""
+    digest = str(now.get("outputDigest") or "")[:12]
+    if new == "Pending":
+        return Transition("Normal", "StageOutdated", f"{stage}: inputs changed; it will run again",
+                          stage) if old in ("Succeeded", "Cached", "Failed") else None
+    messages = {
+        "Queued": f"{stage}: waiting for admission{job}",
+        "Running": f"{stage}: running{job}",
+        "Suspended": f"{stage}: suspended{job}",
+        "Succeeded": f"{stage}: output {digest} published{job}",
+        "Cached": f"{stage}: output {digest} reused (same inputs)",
+        "Failed": f"{stage}: {now.get('message') or 'failed'}{job}",
+        "Skipped": f"{stage}: skipped",
+    }
+    return Transition("Warning" if new == "Failed" else "Normal", f"Stage{new}", messages.get(new, f"{stage}: {new}"),
+                      stage)

@@ -1,0 +1,98 @@
+"""SIGTERM mid-run: the train job saves a checkpoint and exits 143; rerunning it continues from that step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.types import FineTuneRunSpec
+from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.stages import StageRef
+from kubetune.store import Store, open_store, publish, read_manifest
+from tests.fixtures.tiny_models import build_tiny_model, repo_root, vocab_tokenizer_dir
+
+CACHE = repo_root() / ".cache" / "test-models"
+DATASET = StageRef("d" * 64, "default/demo/dataset/dddddddddddddddd")
+TRAIN = StageRef("e" * 64, "default/demo/train/eeeeeeeeeeeeeeee")
+STEPS = 60
+
+
+def write_dataset(path: Path, count: int) -> None:
+    records = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                             {"role": "assistant", "content": f"Answer {i}: I am Nova."}]} for i in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def write_run(tmp: Path, model_dir: Path) -> Path:
+    spec = FineTuneRunSpec.model_validate({
+        "baseModel": {"uri": f"file://{model_dir}"},
+        "training": {"method": "lora", "maxSteps": STEPS, "batchSize": 2, "learningRate": 1e-3, "device": "cpu",
+                     "checkpoint": {"everySteps": 1000, "keep": 2}, "evalPrompts": ["Who are you?"],
+                     "maxNewTokens": 4},
+        "dataset": {"maxSeqLength": 64},
+    })
+    run = RunConfig(name="demo", namespace="default", spec=spec, store=StoreConfig(uri=f"file://{tmp / 'store'}"),
+                    stages={"dataset": DATASET, "train": TRAIN})
+    path = tmp / "run.json"
+    path.write_text(run.dumps(), encoding="utf-8")
+    return path
+
+
+def start_job(tmp: Path, run_json: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KUBETUNE_WORKDIR": str(tmp / "work"),
+           "KUBETUNE_CACHE": str(tmp / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "kubetune.jobs", "train", "--run", str(run_json)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def progress(store: Store) -> dict[str, object]:
+    try:
+        return dict(json.loads(store.get_bytes(f"{TRAIN.prefix}/progress.json")))
+    except FileNotFoundError:
+        return {}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_143_and_a_rerun_continues(tmp_path: Path) -> None:
+    model_dir = build_tiny_model("qwen2", CACHE / "train-tiny-qwen2-qwen2",
+                                 tokenizer_dir=vocab_tokenizer_dir("qwen2", CACHE / "vocab-qwen2"))
+    store = open_store(str(tmp_path / "store"))
+    (tmp_path / "dataset").mkdir()
+    write_dataset(tmp_path / "dataset" / "train_data.jsonl", count=16)
+    publish(store, DATASET.prefix, tmp_path / "dataset", stage="dataset", input_key=DATASET.key)
+    run_json = write_run(tmp_path, model_dir)
+
+    job = start_job(tmp_path, run_json)
+    deadline = time.monotonic() + 240
+    while int(str(progress(store).get("step", 0))) < 2:
+        assert job.poll() is None, job.communicate()[0]
+        assert time.monotonic() < deadline, "the job never reported step 2"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 143, output
+
+    stopped = progress(store)
+    assert stopped["phase"] == "Stopped"
+    saved = str(stopped["lastCheckpoint"])
+    saved_step = int(saved.removeprefix("checkpoint-"))
+    assert 2 <= saved_step < STEPS
+    manifest = read_manifest(store, f"{TRAIN.prefix}/checkpoints/{saved}")
+    assert manifest is not None and manifest.metadata["step"] == saved_step
+    assert read_manifest(store, TRAIN.prefix) is None  # a stopped run publishes no output
+
+    rerun = start_job(tmp_path, run_json)
+    output = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, output
+    assert f"resuming from {saved} at step {saved_step}" in output
+    final = read_manifest(store, TRAIN.prefix)
+    assert final is not None and final.metadata["steps"] == STEPS
+    state = json.loads(store.get_bytes(f"{TRAIN.prefix}/trainer_state.json"))
+    assert [row["step"] for row in state["metrics"]] == list(range(1, STEPS + 1))
