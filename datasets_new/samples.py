@@ -1,9 +1,13 @@
-"""Reading one topic file into built records: schema checks, ids, difficulty, placeholders, serialisation."""
+"""Reading one topic file into built records: schema checks, ids, difficulty, placeholders, serialisation.
+
+A file is read on a fast path that assumes every sample is valid: a generated schema predicate per sample, and the
+record lines written from pre-encoded parts. At the first problem it stops; the file is then gone through again on
+the reporting path, which collects every violation of every sample so they can be located and reported together.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -13,12 +17,18 @@ from kubetune.datasets_new.errors import DatasetIssue
 from kubetune.datasets_new.jsonsource import PositionIndex, format_path, read_json_document
 from kubetune.datasets_new.layout import TopicFile
 from kubetune.datasets_new.placeholders import PlaceholderError, Placeholders
-from kubetune.datasets_new.schema import Check, Violation, compile_schema, load_bundled_schema
+from kubetune.datasets_new.recordline import RecordLineWriter
+from kubetune.datasets_new.schema import (
+    Check,
+    Predicate,
+    Violation,
+    compile_predicate,
+    compile_schema,
+    load_bundled_schema,
+)
 from kubetune.datasets_new.structure import CONTENT_TYPE_SCHEMAS
 
 _TEXT_FIELDS = ("question", "think", "output")
-# One encoder for every record: the same bytes on every machine (UTF-8 text, the contract's separators).
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class BuiltRecord(NamedTuple):
@@ -56,7 +66,9 @@ class _ContentType:
     """A content type's compiled sample schema and the difficulty scale (compiled once per process)."""
 
     def __init__(self, schema_name: str) -> None:
-        self.check: Check = compile_schema(load_bundled_schema(schema_name))
+        schema = load_bundled_schema(schema_name)
+        self.is_valid: Predicate = compile_predicate(schema)
+        self.check: Check = compile_schema(schema)
         difficulty_schema = load_bundled_schema("difficulty_schema.json")
         self.scale = DifficultyScale.from_schema(difficulty_schema)
         self.difficulty_hint = str(difficulty_schema["x-hint"])
@@ -83,28 +95,73 @@ def read_topic_file(topic: TopicFile, rules: SampleRules) -> FileOutcome:
              rules)
         return outcome
     outcome.empty = not samples
-    violations = _build_records(topic, samples, rules, outcome)
-    if violations:
+    outcome.samples_read = len(samples)
+    if not _build_records(topic, samples, rules, outcome):
+        violations = _find_violations(topic, samples, rules)
+        if not violations:
+            raise AssertionError(f"{topic.shown}: the fast path stopped at a sample the full checks accept")
         _report_violations(topic.shown, document.text, samples, violations, outcome, rules)
     return outcome
 
 
-def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, outcome: FileOutcome) -> list[Violation]:
+def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, outcome: FileOutcome) -> bool:
+    """The fast path: build every sample's record into `outcome`; False (and no records) at the first problem."""
     content_type = _content_type(topic.content_type)
-    check, scale, clamp, placeholders = (content_type.check, content_type.scale, rules.clamp_difficulty,
-                                         rules.placeholders)
+    is_valid, scale, clamp = content_type.is_valid, content_type.scale, rules.clamp_difficulty
+    lowest, highest = scale.minimum, scale.maximum
+    substitute = rules.placeholders.substitute
+    category, subcategory = topic.category.name, topic.subcategory.name
+    lines = RecordLineWriter(category, subcategory, topic.content_type,
+                             list(dict.fromkeys(topic.category.tags + topic.subcategory.tags)), topic.source)
+    record_prefix = f"{category}.{subcategory}.{topic.content_type}."
+    seen_ids: set[str] = set()
+    records: list[BuiltRecord] = []
+    normalisations: Counter[str] = Counter()
+    with_placeholders = 0
+    for sample in samples:
+        if not is_valid(sample):
+            return False
+        # The predicate guarantees the required fields and their types from here on.
+        sample_id = sample["id"]
+        if sample_id in seen_ids:
+            return False
+        seen_ids.add(sample_id)
+        level = sample["difficulty"]
+        if type(level) is not int or not lowest <= level <= highest:  # else: a plain in-range level, as is
+            try:
+                normalised = scale.normalise(level, clamp)
+            except DifficultyError:
+                return False
+            level = normalised.level
+            normalisations[normalised.kind] += 1
+        question, think, output = sample["question"], sample["think"], sample["output"]
+        if "${" in question or "${" in think or "${" in output:
+            try:
+                question, think, output = substitute(question), substitute(think), substitute(output)
+            except PlaceholderError:
+                return False
+            with_placeholders += 1
+        record_id = record_prefix + sample_id
+        assistant = f"<think>{think}</think>\n<output>{output}</output>"
+        line = lines.line(record_id, level, question, assistant, sample.get("tags"), sample.get("metadata"))
+        records.append(BuiltRecord(record_id, category, subcategory, level, question, assistant, line))
+    outcome.records = records
+    outcome.normalisations = normalisations
+    outcome.samples_with_placeholders = with_placeholders
+    return True
+
+
+def _find_violations(topic: TopicFile, samples: list[Any], rules: SampleRules) -> list[Violation]:
+    """The reporting path: every schema violation, duplicate id, unreadable difficulty and placeholder error."""
+    content_type = _content_type(topic.content_type)
+    is_valid, check, scale = content_type.is_valid, content_type.check, content_type.scale
     violations: list[Violation] = []
     first_index_of: dict[str, int] = {}
-    category, subcategory = topic.category.name, topic.subcategory.name
-    record_prefix = f"{category}.{subcategory}.{topic.content_type}."
-    base_tags = list(dict.fromkeys(topic.category.tags + topic.subcategory.tags))
-    records = outcome.records
     for index, sample in enumerate(samples):
-        errors_before = len(violations)
-        check(sample, (index,), violations)
+        if not is_valid(sample):
+            check(sample, (index,), violations)
         if type(sample) is not dict:
             continue
-        schema_ok = len(violations) == errors_before
         # Checks beyond the schema run on whichever fields have the right type, so one pass reports them all.
         sample_id = sample.get("id")
         if type(sample_id) is str:
@@ -112,60 +169,25 @@ def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, out
             if first != index:
                 violations.append(Violation((index, "id"), f"duplicate id {sample_id!r}, already used by sample "
                                             f"{first}", "ids must be unique within a file; rename this one"))
-        difficulty = None
         raw_difficulty = sample.get("difficulty")
         if type(raw_difficulty) in (int, float, str):
             try:
-                difficulty = scale.normalise(raw_difficulty, clamp)
+                scale.normalise(raw_difficulty, rules.clamp_difficulty)
             except DifficultyError as error:
                 violations.append(Violation((index, "difficulty"), str(error), content_type.difficulty_hint))
-        texts = _substituted_texts(sample, index, placeholders, violations)
-        if not schema_ok or texts is None or difficulty is None or violations:
-            continue  # keep validating the file, but build no more records from it
-        if difficulty.kind is not None:
-            outcome.normalisations[difficulty.kind] += 1
-        question, think, output, substituted = texts
-        if substituted:
-            outcome.samples_with_placeholders += 1
-        record_id = f"{record_prefix}{sample_id}"
-        assistant = f"<think>{think}</think>\n<output>{output}</output>"
-        tags = sample.get("tags")
-        line = _ENCODE({
-            "id": record_id,
-            "category": category,
-            "subcategory": subcategory,
-            "content_type": topic.content_type,
-            "tags": list(dict.fromkeys(base_tags + tags)) if tags else base_tags,
-            "difficulty": difficulty.level,
-            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": assistant}],
-            "metadata": {"source": topic.source, **sample.get("metadata", {})},
-        })
-        records.append(BuiltRecord(record_id, category, subcategory, difficulty.level, question, assistant, line))
-    outcome.samples_read = len(samples)
-    if violations:
-        outcome.records.clear()
+        _check_placeholders(sample, index, rules.placeholders, violations)
     return violations
 
 
-def _substituted_texts(sample: dict[str, Any], index: int, placeholders: Placeholders,
-                       violations: list[Violation]) -> tuple[str, str, str, bool] | None:
-    """(question, think, output, whether any placeholder was used), or None when a field is missing or wrong."""
-    question, think, output = sample.get("question"), sample.get("think"), sample.get("output")
-    if type(question) is str and type(think) is str and type(output) is str and \
-            "${" not in question and "${" not in think and "${" not in output:
-        return question, think, output, False  # fast path: the common case
-    substituted: list[str] = []
+def _check_placeholders(sample: dict[str, Any], index: int, placeholders: Placeholders,
+                        violations: list[Violation]) -> None:
     for name in _TEXT_FIELDS:
         text = sample.get(name)
-        if type(text) is not str:
-            continue
-        try:
-            substituted.append(placeholders.substitute(text))
-        except PlaceholderError as error:
-            violations.append(Violation((index, name), str(error), error.hint))
-    if len(substituted) != len(_TEXT_FIELDS):
-        return None
-    return substituted[0], substituted[1], substituted[2], True
+        if type(text) is str:
+            try:
+                placeholders.substitute(text)
+            except PlaceholderError as error:
+                violations.append(Violation((index, name), str(error), error.hint))
 
 
 def _add(outcome: FileOutcome, issue: DatasetIssue, rules: SampleRules) -> None:

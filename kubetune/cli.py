@@ -47,6 +47,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_locally(args.file, store=args.store, from_stage=args.from_stage)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from kubetune.status_view import load_status, render_describe, render_get
+
+    try:
+        document = load_status(args.run, args.namespace)
+    except FileNotFoundError as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_get(document))
+    sys.stdout.write("\n" + render_describe(document))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from kubetune.ask import ask, resolve_target
+
+    try:
+        target = resolve_target(args.target, base=args.base, store=args.store)
+    except (ValueError, FileNotFoundError, InvalidManifest) as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return 1
+    answer = ask(target, args.prompt, args.max_tokens)
+    print(f"[{target.label}] {args.prompt}\n  → {answer}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Kubernetes-native LLM fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
                      help="re-run this stage and the ones after it even if cached")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="a local run's status, as `kubectl get ftr -o wide` and `kubectl describe`")
+    status.add_argument("run", help="the run's metadata.name")
+    status.add_argument("-n", "--namespace", default="default")
+    status.set_defaults(func=cmd_status)
+
+    ask = sub.add_parser("ask", help="ask a run's fine-tuned GGUF (or its bundled base model, or a GGUF) in llama.cpp")
+    ask.add_argument("target", type=Path, help="a FineTuneRun manifest that ran locally, or a .gguf file")
+    ask.add_argument("prompt")
+    ask.add_argument("--base", action="store_true", help="ask the run's base model instead (bundled models)")
+    ask.add_argument("--store", help="the store the run used, if not the default")
+    ask.add_argument("--max-tokens", type=int, default=96)
+    ask.set_defaults(func=cmd_ask)
     return parser
 
 

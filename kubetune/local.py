@@ -7,17 +7,22 @@ import importlib.util
 import os
 import subprocess
 import sys
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubetune.api.types import STAGES
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
-from kubetune.planner import CreateJob, Done, Fail, Idle, JobPhase, JobState, Lookup, Observed, Output, plan
+from kubetune.jobs.runtime import utc_now
+from kubetune.operator.observe import ObservedJob
+from kubetune.operator.status import StatusInputs, compute_status
+from kubetune.planner import CreateJob, Done, Fail, Idle, JobPhase, JobState, Lookup, Observed, Output, Plan, plan
 from kubetune.progress_view import ProgressView
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import StageRef
-from kubetune.store import Store, manifest_digest, open_store, read_manifest
+from kubetune.store import Manifest, Store, manifest_digest, open_store, read_manifest
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 143
 STATE_DIR = Path(".kubetune")
@@ -34,8 +39,12 @@ class LocalRun:
     outputs: dict[str, Output] = field(default_factory=dict)
     looked_up: set[str] = field(default_factory=set)
     jobs: list[JobState] = field(default_factory=list)
+    job_times: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # job name → (start, end)
     refs: dict[str, StageRef] = field(default_factory=dict)
+    manifests: dict[str, Manifest] = field(default_factory=dict)  # by stage, outputs found for the current keys
     durations: dict[str, float] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_created: str = field(default_factory=utc_now)
 
     def observed(self) -> Observed:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
@@ -83,6 +92,7 @@ def _execute(local: LocalRun, from_stage: str | None) -> int:
             local.looked_up.add(action.ref.key)
         elif isinstance(action, CreateJob):
             local.refs[action.stage] = action.ref
+            record_status(local, step)
             if action.stage in forced:
                 local.store.delete_prefix(action.ref.prefix)  # start the stage afresh, checkpoints included
                 forced.discard(action.stage)
@@ -91,16 +101,19 @@ def _execute(local: LocalRun, from_stage: str | None) -> int:
                 print("kubetune: stopped; run the same command again to resume.", file=sys.stderr)
                 return 130
         elif isinstance(action, Done):
+            record_status(local, step)
             view.final(step, local.durations)
             _print_summary(local)
             return 0
         elif isinstance(action, Fail):
+            record_status(local, step)
             view.final(step, local.durations)
             print(f"kubetune: stage {action.stage} failed: {action.reason}", file=sys.stderr)
             print(f"kubetune: earlier stages' outputs are kept in {local.store_config.uri}; logs: {local.state_dir}",
                   file=sys.stderr)
             return 1
         elif isinstance(action, Idle):
+            record_status(local, step)
             print(f"kubetune: {run.name} is suspended (spec.suspend: true); nothing to do.", file=sys.stderr)
             return 0
         else:  # Wait / SuspendJob / ResumeJob need a cluster; local jobs run to completion one at a time.
@@ -111,6 +124,30 @@ def _look_up(local: LocalRun, ref: StageRef) -> None:
     manifest = read_manifest(local.store, ref.prefix)
     if manifest is not None and manifest.input_key == ref.key:
         local.outputs[ref.key] = Output(ref.key, manifest_digest(manifest))
+        local.manifests[manifest.stage] = manifest
+
+
+def record_status(local: LocalRun, step: Plan) -> None:
+    """Write the run's status as the operator would put it on the resource (read by `kubetune status`)."""
+    training = None
+    train = local.refs.get("train")
+    if train is not None:
+        try:
+            training = json.loads(local.store.get_bytes(f"{train.prefix}/progress.json"))
+        except Exception:  # noqa: BLE001 - no progress yet
+            training = None
+    jobs = {j.name: ObservedJob(j, *local.job_times.get(j.name, (None, None))) for j in local.jobs}
+    manifests = {stage: m for stage, m in local.manifests.items()
+                 if stage in local.refs and m.input_key == local.refs[stage].key}
+    update = compute_status(StatusInputs(
+        spec=local.run.spec, generation=max(local.run.generation, 1), plan=step, now=utc_now(),
+        store_uri=local.store_config.uri, jobs=jobs, manifests=manifests, training=training, previous=local.status,
+    ))
+    local.status = update.status
+    document = {**local.run.manifest(), "status": update.status}
+    document["metadata"]["creationTimestamp"] = local.status_created
+    path = local.state_dir / "status.json"
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: object) -> int:
@@ -131,6 +168,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     log_path = local.state_dir / f"{stage}.log"
     env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
     started = time.monotonic()
+    local.job_times[action.name] = (utc_now(), None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
@@ -148,6 +186,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
                 process.kill()
             return EXIT_STOPPED
     local.durations[stage] = local.durations.get(stage, 0.0) + time.monotonic() - started
+    local.job_times[action.name] = (local.job_times[action.name][0], utc_now())
     code = process.returncode
     view.update(stage, local.store, action.ref.prefix, done=True)
     reason = _last_reason(log_path)

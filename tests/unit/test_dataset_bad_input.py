@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubetune.datasets_new.builder import BuildOptions
 from kubetune.datasets_new.errors import DatasetError, DatasetIssue
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write

@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+
 from kubetune.datasets_new.builder import BuildOptions, build_dataset, eval_fraction
 from kubetune.datasets_new.create_dataset_by_structure import scaffold
 from kubetune.datasets_new.errors import IssueCollector

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.validate import validate_spec
 from kubetune.datasets_new.builder import BuildOptions, build_dataset
 from kubetune.jobs import dataset as dataset_stage
 from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, run_job
-
-from kubetune.api.validate import validate_spec
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import stage_ref
 from kubetune.store import open_store, read_manifest
