@@ -1,0 +1,183 @@
+"""GGUF checks through llama.cpp: loading, chat generation with our chat template, and agreement with transformers.
+
+The evaluate stage and the CLI use these. Prompts are rendered with jinja2 exactly as transformers'
+`apply_chat_template` renders them (sandboxed, trim_blocks, lstrip_blocks) and tokenized without adding BOS, so
+llama.cpp sees the same tokens the model was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+
+def load(gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_threads: int | None = None) -> Llama:
+    """Open a GGUF on the CPU with llama.cpp, quietly."""
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(gguf_path),
+        n_ctx=n_ctx,
+        logits_all=logits_all,
+        n_threads=n_threads,
+        n_gpu_layers=0,
+        seed=0,
+        verbose=False,
+    )
+
+
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
+
+
+def render_chat(
+    chat_template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    **variables: Any,
+) -> str:
+    """Render a chat template the way transformers does (same jinja settings and helpers)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    environment.globals["raise_exception"] = _raise_exception
+    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    template = environment.from_string(chat_template)
+    return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **variables)
+
+
+def generate_chat(
+    llm: Llama,
+    messages: Sequence[Mapping[str, Any]],
+    chat_template: str,
+    stop: Sequence[str] = (),
+    max_tokens: int = 256,
+    **template_variables: Any,
+) -> str:
+    """Greedy answer to `messages`: the rendered prompt is completed as raw text until a stop sequence."""
+    # transformers hands templates their special tokens; so do we, from the GGUF's vocabulary.
+    for name, token_id in (("bos_token", llm.token_bos()), ("eos_token", llm.token_eos())):
+        if token_id >= 0:
+            template_variables.setdefault(name, llm.detokenize([token_id], special=True).decode("utf-8", "replace"))
+    prompt = render_chat(chat_template, messages, add_generation_prompt=True, **template_variables)
+    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    result = llm.create_completion(
+        prompt=tokens,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        top_k=1,
+        stop=list(stop) or None,
+        stream=False,
+    )
+    return str(result["choices"][0]["text"])  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class LogitsAgreement:
+    positions: int
+    top1_agreement: float  # fraction of positions where both pick the same next token
+    mean_kl: float  # mean KL(transformers ‖ llama.cpp) of the next-token distributions, in nats
+
+
+@dataclass(frozen=True)
+class GreedyAgreement:
+    new_tokens: int
+    matching_prefix: int  # tokens generated identically before the first difference
+    hf_text: str
+    gguf_text: str
+
+    @property
+    def fraction(self) -> float:
+        return self.matching_prefix / self.new_tokens if self.new_tokens else 1.0
+
+
+def _context_for(n_tokens: int) -> int:
+    return max(64, -(-n_tokens // 64) * 64)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _hf_model_and_tokenizer(hf_model_dir: Path) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def compare_logits(hf_logits: np.ndarray, gguf_logits: np.ndarray) -> LogitsAgreement:
+    """Agreement of two (positions × vocab) logit matrices."""
+    if hf_logits.shape != gguf_logits.shape:
+        raise ValueError(f"logit shapes differ: transformers {hf_logits.shape}, llama.cpp {gguf_logits.shape}")
+    top1 = float(np.mean(hf_logits.argmax(-1) == gguf_logits.argmax(-1)))
+    log_p, log_q = _log_softmax(hf_logits), _log_softmax(gguf_logits)
+    kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+    return LogitsAgreement(positions=hf_logits.shape[0], top1_agreement=top1, mean_kl=kl)
+
+
+def logits_agreement(gguf_path: Path, hf_model_dir: Path, text: str) -> LogitsAgreement:
+    """Next-token distributions of llama.cpp (GGUF) and transformers (HF folder) over the tokens of `text`."""
+    import torch
+
+    model, tokenizer = _hf_model_and_tokenizer(hf_model_dir)
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    with torch.no_grad():
+        hf_logits = model(torch.tensor([ids])).logits[0].float().numpy()
+    # logits_all keeps a (n_ctx × vocab) array: size the context to the text.
+    llm = load(gguf_path, n_ctx=_context_for(len(ids)), logits_all=True)
+    try:
+        llm.eval(ids)
+        gguf_logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    return compare_logits(hf_logits, gguf_logits)
+
+
+def greedy_agreement(gguf_path: Path, hf_model_dir: Path, prompt: str, *, max_new_tokens: int = 32) -> GreedyAgreement:
+    """Greedy continuations of `prompt` by transformers and by llama.cpp, token by token (no early stop at EOS)."""
+    import torch
+
+    model, tokenizer = _hf_model_and_tokenizer(hf_model_dir)
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    hf_new: list[int] = []
+    with torch.no_grad():
+        past = None
+        step_input = torch.tensor([ids])
+        for _ in range(max_new_tokens):
+            output = model(step_input, past_key_values=past, use_cache=True)
+            past = output.past_key_values
+            next_id = int(output.logits[0, -1].argmax())
+            hf_new.append(next_id)
+            step_input = torch.tensor([[next_id]])
+    llm = load(gguf_path, n_ctx=_context_for(len(ids) + max_new_tokens), logits_all=True)
+    gguf_new: list[int] = []
+    try:
+        llm.eval(ids)
+        for _ in range(max_new_tokens):
+            next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            gguf_new.append(next_id)
+            llm.eval([next_id])
+    finally:
+        llm.close()
+    matching = next((i for i, (a, b) in enumerate(zip(hf_new, gguf_new, strict=True)) if a != b), max_new_tokens)
+    return GreedyAgreement(
+        new_tokens=max_new_tokens,
+        matching_prefix=matching,
+        hf_text=tokenizer.decode(hf_new),
+        gguf_text=tokenizer.decode(gguf_new),
+    )

@@ -1,0 +1,157 @@
+"""Hugging Face folder → GGUF files: the converter's public entry point.
+
+Everything that can be checked is checked before the first byte is written (architecture, weights, tokenizer,
+vocabulary size, tensor names and shapes). Each output is written to `<name>.gguf.partial` and renamed when complete;
+if anything fails, the call removes its partial file and the outputs it already finished, so a failed conversion
+leaves no `.gguf` behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConversionError
+from .gguf_writer import write_gguf
+from .hf_config import read_model_spec
+from .quantize import LLAMA_CPP_FTYPES, quantize_with_llama_cpp
+from .safetensors_io import index_tensors
+from .tensors import DIRECT_WEIGHT_TYPES, TensorPlan, plan_tensors
+from .tokenizer_export import load_vocab
+
+DIRECT_OUTTYPES = tuple(DIRECT_WEIGHT_TYPES)  # written by us
+LLAMA_CPP_OUTTYPES = tuple(LLAMA_CPP_FTYPES)  # quantized by llama.cpp from an f16 GGUF
+OUTTYPES = DIRECT_OUTTYPES + LLAMA_CPP_OUTTYPES
+
+
+@dataclass(frozen=True)
+class ConvertedFile:
+    path: Path
+    outtype: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ConvertProgress:
+    outtype: str
+    stage: Literal["write", "quantize"]
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int  # source bytes converted so far (for "quantize": 0 until done)
+    bytes_total: int
+
+
+ProgressCallback = Callable[[ConvertProgress], None]
+
+
+def normalize_outtypes(outtypes: Sequence[str]) -> list[str]:
+    """Lower-cased, de-duplicated, validated output types in the order given."""
+    normalized: list[str] = []
+    for outtype in outtypes:
+        key = outtype.strip().lower()
+        if key not in OUTTYPES:
+            raise ConversionError(f"unknown output type {outtype!r}; choose from {', '.join(OUTTYPES)}")
+        if key not in normalized:
+            normalized.append(key)
+    if not normalized:
+        raise ConversionError("no output type requested")
+    return normalized
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _atomic_output(path: Path) -> Iterator[Path]:
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def convert(
+    model_dir: Path,
+    out_dir: Path,
+    outtypes: Sequence[str],
+    *,
+    progress: ProgressCallback | None = None,
+    basename: str | None = None,
+) -> list[ConvertedFile]:
+    """Convert the Hugging Face folder `model_dir` to one GGUF per output type in `out_dir`.
+
+    Files are named `<basename>-<outtype>.gguf` (basename: the folder's name). K-quants reuse one f16 GGUF: the
+    requested f16 output when there is one, else a temporary file in `out_dir`.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    wanted = normalize_outtypes(outtypes)
+    spec = read_model_spec(model_dir)
+    stored = index_tensors(model_dir)
+    direct = [t for t in wanted if t in DIRECT_OUTTYPES]
+    quantized = [t for t in wanted if t in LLAMA_CPP_OUTTYPES]
+    to_write = direct + (["f16"] if quantized and "f16" not in direct else [])
+    plans = {outtype: plan_tensors(spec, stored, outtype) for outtype in to_write}
+    vocab = load_vocab(model_dir, spec.vocab_size)
+    if quantized:
+        try:
+            import llama_cpp  # noqa: F401  (fail before writing when k-quants cannot be made)
+        except ImportError as exc:
+            raise ConversionError(f"{', '.join(quantized)} need llama-cpp-python, which is not installed") from exc
+    stem = basename or spec.name
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finished: dict[str, Path] = {}
+    scratch = tempfile.TemporaryDirectory(prefix=".kubetune-convert-", dir=out_dir)
+    try:
+        for outtype in to_write:
+            target = out_dir / f"{stem}-{outtype}.gguf" if outtype in direct else Path(scratch.name) / "f16.gguf"
+            with _atomic_output(target) as partial:
+                write_gguf(partial, spec, vocab, outtype, plans[outtype], _tensor_progress(progress, outtype))
+            finished[outtype] = target
+        for outtype in quantized:
+            target = out_dir / f"{stem}-{outtype}.gguf"
+            _report(progress, ConvertProgress(outtype, "quantize", 0, 1, 0, _source_bytes(plans["f16"])))
+            with _atomic_output(target) as partial:
+                quantize_with_llama_cpp(finished["f16"], partial, outtype)
+            finished[outtype] = target
+            _report(progress, ConvertProgress(outtype, "quantize", 1, 1, *(2 * [_source_bytes(plans["f16"])])))
+    except BaseException:
+        for path in finished.values():
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        scratch.cleanup()
+    return [ConvertedFile(finished[t], t, finished[t].stat().st_size, sha256_of(finished[t])) for t in wanted]
+
+
+def _source_bytes(plans: list[TensorPlan]) -> int:
+    return sum(plan.n_source_bytes for plan in plans)
+
+
+def _report(progress: ProgressCallback | None, event: ConvertProgress) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _tensor_progress(progress: ProgressCallback | None, outtype: str) -> Callable[[int, int, int, int], None] | None:
+    if progress is None:
+        return None
+    callback = progress
+
+    def report(done: int, total: int, bytes_done: int, bytes_total: int) -> None:
+        callback(ConvertProgress(outtype, "write", done, total, bytes_done, bytes_total))
+
+    return report

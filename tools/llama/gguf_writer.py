@@ -1,0 +1,93 @@
+"""Streaming GGUF writing: header, metadata and tensor infos first, then each tensor's data chunk by chunk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
+
+from .hf_config import ModelSpec
+from .tensors import TensorPlan, encoded_chunks
+from .tokenizer_export import Vocab
+
+FILE_TYPES: dict[str, LlamaFileType] = {
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+}
+
+# Called with (tensors written, tensors in total, source bytes read so far, source bytes in total).
+TensorProgress = Callable[[int, int, int, int], None]
+
+
+def add_model_metadata(writer: GGUFWriter, spec: ModelSpec, vocab: Vocab, outtype: str) -> None:
+    writer.add_type("model")
+    writer.add_name(spec.name)
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.hidden_size)
+    writer.add_feed_forward_length(spec.intermediate_size)
+    writer.add_block_count(spec.n_layers)
+    writer.add_head_count(spec.n_heads)
+    writer.add_head_count_kv(spec.n_kv_heads)
+    if spec.head_dim != spec.hidden_size // spec.n_heads:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
+    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_freq_base(spec.rope_theta)
+    scaling = spec.rope_scaling
+    if scaling is not None and scaling.kind in ("linear", "yarn"):
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR if scaling.kind == "linear" else RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(scaling.factor)
+        if scaling.original_context_length:
+            writer.add_rope_scaling_orig_ctx_len(scaling.original_context_length)
+    # llama3 scaling travels as the rope_freqs.weight tensor instead.
+    writer.add_layer_norm_rms_eps(spec.rms_norm_eps)
+    writer.add_vocab_size(spec.vocab_size)
+    writer.add_file_type(FILE_TYPES[outtype])
+    if outtype == "q8_0":
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+    vocab.add_to_gguf(writer)
+
+
+def write_gguf(
+    path: Path,
+    spec: ModelSpec,
+    vocab: Vocab,
+    outtype: str,
+    plans: list[TensorPlan],
+    progress: TensorProgress | None = None,
+) -> None:
+    """Write the GGUF to `path` (the caller handles atomic renaming). Memory: one chunk of one tensor."""
+    writer = GGUFWriter(path=None, arch=spec.arch_name)
+    add_model_metadata(writer, spec, vocab, outtype)
+    for plan in plans:
+        writer.add_tensor_info(plan.gguf_name, plan.shape, np.dtype(np.float32), plan.nbytes, raw_dtype=plan.qtype)
+    total_bytes = sum(plan.n_source_bytes for plan in plans)
+    try:
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        assert writer.fout is not None and len(writer.fout) == 1
+        out = writer.fout[0]
+        alignment = writer.data_alignment
+        done_bytes = 0
+        for index, plan in enumerate(plans):
+            out.write(b"\0" * (-out.tell() % alignment))
+            written = 0
+            for chunk in encoded_chunks(plan):
+                out.write(chunk)
+                written += len(chunk)
+            if written != plan.nbytes:
+                raise RuntimeError(f"{plan.gguf_name}: wrote {written} bytes, expected {plan.nbytes}")
+            done_bytes += plan.n_source_bytes
+            if progress is not None:
+                progress(index + 1, len(plans), done_bytes, total_bytes)
+        out.write(b"\0" * (-out.tell() % alignment))
+        out.flush()
+        os.fsync(out.fileno())
+    finally:
+        writer.close()

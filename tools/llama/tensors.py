@@ -1,0 +1,156 @@
+"""Which tensors a GGUF gets, under which names and types, and how each is converted chunk by chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import (
+    GGML_QUANT_SIZES,
+    MODEL_TENSOR,
+    MODEL_TENSORS,
+    TENSOR_NAMES,
+    GGMLQuantizationType,
+    get_tensor_name_map,
+    quants,
+)
+
+from .errors import ConversionError
+from .hf_config import ModelSpec, llama3_rope_freq_factors
+from .safetensors_io import FLOAT_DTYPES, StoredTensor
+
+Q = GGMLQuantizationType
+# Output types written directly, and the GGML type of their 2-D weights.
+DIRECT_WEIGHT_TYPES: dict[str, GGMLQuantizationType] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
+# About 32 MiB of float32 per chunk: large enough for fast numpy, small against the largest tensors.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+# Tensors a checkpoint may carry that llama.cpp recomputes.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    gguf_name: str
+    shape: tuple[int, ...]  # numpy order: (rows, columns)
+    qtype: GGMLQuantizationType
+    source: StoredTensor | None  # None for tensors we compute (rope_freqs)
+    permute_head_dim: int = 0  # llama Q/K rows: reorder each head from rotate-half to interleaved pairs
+    computed: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        block, block_bytes = GGML_QUANT_SIZES[self.qtype]
+        elements = int(np.prod(self.shape, dtype=np.int64))
+        return elements // block * block_bytes
+
+    @property
+    def n_source_bytes(self) -> int:
+        return self.source.nbytes if self.source is not None else 0
+
+
+def weight_type(gguf_name: str, shape: tuple[int, ...], outtype: str) -> GGMLQuantizationType:
+    """1-D tensors (norms, biases) stay float32 as llama.cpp expects; 2-D ones take the output type."""
+    if len(shape) < 2:
+        return Q.F32
+    qtype = DIRECT_WEIGHT_TYPES[outtype]
+    block, _ = GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block != 0:
+        return Q.F16  # rows that do not split into quantization blocks
+    return qtype
+
+
+def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str) -> list[TensorPlan]:
+    """The GGUF tensors for `outtype`, checked against the architecture; raises ConversionError before any writing."""
+    name_map = get_tensor_name_map(spec.arch, spec.n_layers)
+    allowed = set(MODEL_TENSORS[spec.arch])
+    plans: list[TensorPlan] = []
+    unknown: list[str] = []
+    for name, tensor in stored.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise ConversionError(
+                f"tensor {name} is stored as {tensor.dtype}: only 16/32-bit float weights can be converted "
+                "(is this a bitsandbytes/GPTQ-quantized folder? merge into the unquantized base model first)"
+            )
+        mapped = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None or mapped[0] not in allowed:
+            unknown.append(name)
+            continue
+        kind, gguf_name = mapped
+        if kind == MODEL_TENSOR.OUTPUT and spec.tie_embeddings:
+            continue  # tied: llama.cpp reuses token_embd.weight
+        permute = spec.head_dim if spec.permutes_qk and kind in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K) else 0
+        plans.append(
+            TensorPlan(gguf_name, tensor.shape, weight_type(gguf_name, tensor.shape, outtype), tensor, permute)
+        )
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
+        raise ConversionError(f"{len(unknown)} tensor(s) have no {spec.arch_name} GGUF name: {shown}")
+    if spec.rope_scaling is not None and spec.rope_scaling.kind == "llama3":
+        factors = llama3_rope_freq_factors(spec)
+        name = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        plans.append(TensorPlan(name, factors.shape, Q.F32, None, computed=factors))
+    _check_shapes(spec, plans)
+    return plans
+
+
+def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
+    by_name = {plan.gguf_name: plan for plan in plans}
+    embedding = by_name.get("token_embd.weight")
+    if embedding is None:
+        raise ConversionError("the model has no token embedding (model.embed_tokens.weight)")
+    if embedding.shape != (spec.vocab_size, spec.hidden_size):
+        raise ConversionError(
+            f"token embedding is {embedding.shape}, but config.json says vocab_size={spec.vocab_size}, "
+            f"hidden_size={spec.hidden_size}"
+        )
+    for layer in range(spec.n_layers):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+            if f"blk.{layer}.{part}.weight" not in by_name:
+                raise ConversionError(f"layer {layer} lacks its {part} weight")
+    for plan in plans:
+        if plan.permute_head_dim and plan.shape[0] % plan.permute_head_dim:
+            raise ConversionError(f"{plan.gguf_name}: {plan.shape[0]} rows are not whole heads of {spec.head_dim}")
+
+
+def _permute_rows(rows: np.ndarray, head_dim: int) -> np.ndarray:
+    """Rotate-half order (pairs i, i+d/2) → interleaved order (pairs 2i, 2i+1), per head."""
+    shape = rows.shape
+    return rows.reshape(-1, 2, head_dim // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _encode(values: np.ndarray, qtype: GGMLQuantizationType, name: str) -> bytes:
+    if qtype == Q.F32:
+        return values.astype("<f4", copy=False).tobytes()
+    if qtype == Q.F16:
+        half = values.astype("<f2")
+        if not np.isfinite(half).all():
+            raise ConversionError(f"{name}: values overflow float16; choose bf16 or f32")
+        return half.tobytes()
+    return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype).tobytes()
+
+
+def encoded_chunks(plan: TensorPlan) -> Iterator[bytes]:
+    """The tensor's GGUF data, produced a few rows at a time so memory stays at one chunk."""
+    if plan.computed is not None:
+        yield _encode(plan.computed, plan.qtype, plan.gguf_name)
+        return
+    source = plan.source
+    assert source is not None
+    if len(plan.shape) < 2:
+        values = source.read_rows()
+        if plan.permute_head_dim:
+            values = _permute_rows(values, plan.permute_head_dim)
+        yield _encode(values, plan.qtype, plan.gguf_name)
+        return
+    rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))
+    step = max(1, CHUNK_ELEMENTS // row_elements)
+    if plan.permute_head_dim:
+        step = max(plan.permute_head_dim, step // plan.permute_head_dim * plan.permute_head_dim)
+    for start in range(0, rows, step):
+        values = source.read_rows(start, min(rows, start + step))
+        if plan.permute_head_dim:
+            values = _permute_rows(values, plan.permute_head_dim)
+        yield _encode(values, plan.qtype, plan.gguf_name)
