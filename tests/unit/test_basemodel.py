@@ -7,15 +7,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
 from kubetune.jobs.basemodel import (
     BaseModelError,
     BundledGguf,
     folder_digest,
     resolve_base_model,
 )
-
 from kubetune.store import Store, open_store
 from kubetune.store.hashing import sha256_file
 
@@ -209,9 +210,9 @@ def test_bundled_smollm2_is_converted_once_to_a_cached_hf_folder(tmp_path: Path)
             "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "bfloat16"
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(folder))
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.bos_token == "<|im_start|>"
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     answer = model.generate(**prompt, max_new_tokens=12, do_sample=False)[0, prompt["input_ids"].shape[1]:]
