@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kubetune.jobs.runtime import ConfigError, JobContext
-from kubetune.llama.convert import ConversionError, convert
+from kubetune.llama.convert import ConversionError, ConvertProgress, convert
 
 
 def run(ctx: JobContext) -> None:
@@ -14,8 +14,9 @@ def run(ctx: JobContext) -> None:
     outputs.mkdir(parents=True, exist_ok=True)
     types = list(ctx.run.spec.export.types)
 
-    def report(done: int, total: int) -> None:
-        ctx.progress(step=done, totalSteps=total, message=f"writing {', '.join(types)}")
+    def report(event: ConvertProgress) -> None:
+        verb = "quantizing to" if event.stage == "quantize" else "writing"
+        ctx.progress(step=event.tensors_done, totalSteps=event.tensors_total, message=f"{verb} {event.outtype}")
 
     try:
         files = convert(merged, outputs, types, progress=report)

@@ -19,7 +19,7 @@ from kubetune.jobs.runtime import utc_now
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.status import StatusInputs, compute_status
 from kubetune.planner import CreateJob, Done, Fail, Idle, JobPhase, JobState, Lookup, Observed, Output, Plan, plan
-from kubetune.progress_view import ProgressView
+from kubetune.progress_view import ProgressView, format_size
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import StageRef
 from kubetune.store import Manifest, Store, manifest_digest, open_store, read_manifest
@@ -225,6 +225,6 @@ def _print_summary(local: LocalRun) -> None:
         if stage in ("convert", "train"):
             for entry in manifest.files:
                 if entry.path.endswith((".gguf", "loss.png")):
-                    print(f"      {entry.path}  {entry.size / 1e6:8.1f} MB  sha256:{entry.sha256[:16]}…", file=out)
+                    print(f"      {entry.path}  {format_size(entry.size):>9}  sha256:{entry.sha256[:16]}…", file=out)
         if stage == "evaluate" and manifest.metadata:
             print(f"      {manifest.metadata.get('summary', '')}", file=out)

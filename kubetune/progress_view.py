@@ -25,6 +25,17 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1000
+        if value < 1000 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
+
+
 def progress_line(stage: str, progress: Mapping[str, Any]) -> str:
     """`train  ██████░░░░  12/40  30%  loss 1.234  412 tok/s  eta 1m20s` (fields shown when present)."""
     parts = [f"{stage:<9}"]
