@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.types import EvalPrompt
+from kubetune.api.types import EvalPrompt, FineTuneRunSpec
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.llama.checks import generate_chat, greedy_agreement, load, logits_agreement
 
@@ -70,14 +71,15 @@ def chat_template(model_dir: Path) -> str:
     return template
 
 
-def evaluate_gguf(ctx: JobContext, gguf: Path, merged: Path, template: str) -> dict[str, Any]:
-    spec = ctx.run.spec
+def evaluate_gguf(gguf: Path, merged: Path | None, spec: FineTuneRunSpec, template: str,
+                  stop: threading.Event | None = None) -> dict[str, Any]:
+    """Answers to the spec's prompts, checked; agreement with the merged model when one is given."""
     placeholders = dict(spec.dataset.placeholders)
     llm = load(gguf, n_ctx=2048)
     try:
         results = []
         for prompt in spec.evaluate.prompts:
-            if ctx.stop.is_set():
+            if stop is not None and stop.is_set():
                 raise Stopped("stopped during evaluation")
             answer = generate_chat(llm, [{"role": "user", "content": prompt.prompt}], template,
                                    stop=spec.training.stop_sequences, max_tokens=spec.evaluate.max_tokens)
@@ -86,18 +88,28 @@ def evaluate_gguf(ctx: JobContext, gguf: Path, merged: Path, template: str) -> d
             results.append(result)
     finally:
         llm.close()
-    reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
-    logits = logits_agreement(gguf, merged, reference)
-    greedy = greedy_agreement(gguf, merged, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
     passed = sum(r.passed for r in results)
-    return {
+    report: dict[str, Any] = {
         "file": gguf.name,
         "prompts": [asdict(r) for r in results],
         "passRate": passed / len(results) if results else 1.0,
-        "top1Agreement": logits.top1_agreement,
-        "meanKl": logits.mean_kl,
-        "greedyAgreement": greedy.fraction,
+        "top1Agreement": None,
+        "meanKl": None,
+        "greedyAgreement": None,
     }
+    if merged is not None:
+        reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
+        logits = logits_agreement(gguf, merged, reference)
+        greedy = greedy_agreement(gguf, merged, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
+        report.update(top1Agreement=logits.top1_agreement, meanKl=logits.mean_kl, greedyAgreement=greedy.fraction)
+    return report
+
+
+def summarize(report: dict[str, Any]) -> str:
+    line = f"{report['file']}: {report['passRate']:.0%} prompts"
+    if report["top1Agreement"] is not None:
+        line += f", top-1 {report['top1Agreement']:.1%}, KL {report['meanKl']:.4f}"
+    return line
 
 
 def gate_failure(report: dict[str, Any], min_pass_rate: float, min_top1: float | None) -> str | None:
@@ -106,6 +118,8 @@ def gate_failure(report: dict[str, Any], min_pass_rate: float, min_top1: float |
         failed = next(p for p in report["prompts"] if not p["passed"])
         return (f"{report['file']}: {report['passRate']:.0%} of prompts passed (need {min_pass_rate:.0%}); "
                 f"{failed['prompt']!r} → {failed['answer']!r}: {failed['reason']}")
+    if min_top1 is not None and report["top1Agreement"] is None:
+        return f"{report['file']}: top-1 agreement needs the merged model to compare with"
     if min_top1 is not None and report["top1Agreement"] < min_top1:
         return (f"{report['file']}: top-1 agreement with the merged model {report['top1Agreement']:.1%} "
                 f"< {min_top1:.0%}")
@@ -125,14 +139,12 @@ def run(ctx: JobContext) -> None:
     reports = []
     for index, gguf in enumerate(files):
         ctx.progress(step=index, totalSteps=len(files), message=f"gating {gguf.name}")
-        reports.append(evaluate_gguf(ctx, gguf, merged, template))
+        reports.append(evaluate_gguf(gguf, merged, spec, template, ctx.stop))
     outputs = ctx.workdir / "report"
     outputs.mkdir(parents=True, exist_ok=True)
     (outputs / "results.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     failures = [f for r in reports if (f := gate_failure(r, spec.evaluate.min_pass_rate, spec.evaluate.min_top1_agreement))]
-    summary = "; ".join(
-        f"{r['file']}: {r['passRate']:.0%} prompts, top-1 {r['top1Agreement']:.1%}, KL {r['meanKl']:.4f}" for r in reports
-    )
+    summary = "; ".join(summarize(r) for r in reports)
     if failures:
         # Kept for inspection, but without a manifest: a failed gate is not a stage output.
         ctx.store.put_file(f"{ctx.prefix}/results.json", outputs / "results.json")

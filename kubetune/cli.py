@@ -73,6 +73,30 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from kubetune.check import check
+    from kubetune.jobs.evaluate import summarize
+
+    try:
+        run = load_runs(args.run)[0]
+        result = check(args.target, run, args.workdir)
+    except InvalidManifest as exc:
+        for error in exc.errors:
+            print(f"{exc.source}: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return 1
+    for report in result.reports:
+        print(summarize(report))
+        for prompt in report["prompts"]:
+            mark = "pass" if prompt["passed"] else "FAIL"
+            print(f"  [{mark}] {prompt['prompt']!r} → {prompt['answer']!r} ({prompt['reason']})")
+    for failure in result.failures:
+        print(f"gate failed: {failure}", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Kubernetes-native LLM fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--store", help="the store the run used, if not the default")
     ask.add_argument("--max-tokens", type=int, default=96)
     ask.set_defaults(func=cmd_ask)
+
+    gate = sub.add_parser("check", help="run a run's evaluate gate on an adapter checkpoint, a merged folder or a GGUF")
+    gate.add_argument("target", type=Path, help="adapter folder, merged model folder or .gguf file")
+    gate.add_argument("--run", type=Path, required=True, help="the FineTuneRun whose prompts and export types apply")
+    gate.add_argument("--workdir", type=Path, help="keep the merged model and GGUF files here (default: a temp dir)")
+    gate.set_defaults(func=cmd_check)
     return parser
 
 
