@@ -1,8 +1,9 @@
 """A compact training loop: gradient accumulation, clipping, LR schedule, exact resume, cooperative stop.
 
 What is pluggable for speed work: the batcher (padding or packing, `train_data`), the loss (`LossFunction`: any
-callable returning the summed token loss of a batch) and the attention implementation (chosen when the model loads).
-The loop itself only plans data positions, steps the optimizer and calls the hooks.
+callable returning the summed token loss of a batch, `train_loss`) and the attention implementation (chosen when the
+model loads, `train_attention`). The loop itself only plans data positions, steps the optimizer and calls the hooks;
+it waits on the GPU once per optimizer step (the loss it must check), never per micro-batch.
 """
 
 from __future__ import annotations
@@ -12,36 +13,24 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
 from kubetune.jobs.train_data import IGNORE_INDEX, Batch, Batcher, Sample
-
-LossFunction = Callable[[torch.nn.Module, Batch], torch.Tensor]
+from kubetune.jobs.train_loss import LossFunction, chunked_causal_lm_loss_sum
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng_state.pt"
-
-
-def causal_lm_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled tokens (fp32 logits), so accumulation can normalise exactly."""
-    # No KV cache: with one, transformers would not derive the packed-sample mask from position_ids.
-    logits = model(**batch.model_inputs(), use_cache=False).logits
-    shifted = logits[:, :-1, :].float()
-    targets = batch.labels[:, 1:]
-    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
 
 
 def labelled_tokens(batch: Batch) -> int:
@@ -107,7 +96,9 @@ def make_optimizer(model: torch.nn.Module, settings: LoopSettings, total_steps: 
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise RuntimeError("the model has no trainable parameters")
-    optimizer = AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # One fused kernel for all LoRA tensors on CUDA rather than a few launches per tensor group.
+    fused = all(p.is_cuda for p in trainable)
+    optimizer = AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=fused or None)
     scheduler = get_scheduler(
         settings.lr_scheduler, optimizer,
         num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps), num_training_steps=total_steps,
@@ -163,7 +154,7 @@ class TrainLoop:
         device: torch.device,
         *,
         autocast_dtype: torch.dtype | None = None,
-        loss_function: LossFunction = causal_lm_loss_sum,
+        loss_function: LossFunction = chunked_causal_lm_loss_sum,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -184,13 +175,14 @@ class TrainLoop:
         return self._plan
 
     def _next_batch(self, state: TrainerState) -> Batch:
+        """The next micro-batch, still on the CPU."""
         plan = self._epoch_plan(state.epoch_index)
         rows = plan[state.batch_index]
         state.batches_per_epoch = len(plan)  # packing may plan a slightly different row count per epoch
         state.batch_index += 1
         if state.batch_index == len(plan):
             state.epoch_index, state.batch_index = state.epoch_index + 1, 0
-        return self.batcher.collate([[self.samples[i] for i in row] for row in rows]).to(self.device)
+        return self.batcher.collate([[self.samples[i] for i in row] for row in rows])
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -200,15 +192,16 @@ class TrainLoop:
     def optimizer_step(self, state: TrainerState) -> tuple[float, int]:
         """One optimizer step over `gradient_accumulation` micro-batches; returns (mean token loss, real tokens)."""
         batches = [self._next_batch(state) for _ in range(self.settings.gradient_accumulation)]
-        # Normalise by the labelled tokens of the whole step, so accumulation equals one big batch.
+        # Normalise by the labelled tokens of the whole step, so accumulation equals one big batch (counted on the
+        # CPU copies: no wait on the GPU).
         labelled = max(1, sum(labelled_tokens(batch) for batch in batches))
-        total_loss = 0.0
+        total_loss = torch.zeros((), device=self.device)
         self.model.train()
         for batch in batches:
             with self._autocast():
-                loss = self.loss_function(self.model, batch) / labelled
+                loss = self.loss_function(self.model, batch.to(self.device)) / labelled
             loss.backward()
-            total_loss += float(loss.detach())
+            total_loss += loss.detach()
         torch.nn.utils.clip_grad_norm_(
             [p for group in self.optimizer.param_groups for p in group["params"]], self.settings.max_grad_norm
         )
@@ -216,7 +209,7 @@ class TrainLoop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        return total_loss, sum(batch.real_tokens for batch in batches)
+        return float(total_loss), sum(batch.real_tokens for batch in batches)
 
     def run(self, state: TrainerState, hooks: LoopHooks, stop: threading.Event) -> Outcome:
         window_tokens, window_start = 0, time.monotonic()

@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import AddedToken
 
+from kubetune.jobs.train_attention import training_attention
 from kubetune.jobs.train_data import CHAT_MARKERS
 
 Method = Literal["qlora", "lora"]
@@ -200,16 +201,22 @@ def build_model(
     lora: LoraSettings,
     device: torch.device,
     gradient_checkpointing: bool,
-    attn_implementation: str = "sdpa",
+    checkpoint_every_n_layers: int = 1,
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
-    base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attn_implementation)
+    """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
+    CUDA, SDPA elsewhere). With gradient checkpointing, only every `checkpoint_every_n_layers`-th decoder layer
+    recomputes its activations in backward: 1 is the least memory, larger trades memory for less recompute."""
+    attention = attn_implementation or training_attention(device)
+    base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention)
     new_token_ids = add_token_rows(base, vocab_size)
     base.config.use_cache = False
     for parameter in base.parameters():
         parameter.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads, so the frozen embeddings stay out of autograd.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False},
+                                           every_n_layers=checkpoint_every_n_layers)
     model = get_peft_model(base, lora_config(base, lora, new_token_ids))
     assert isinstance(model, PeftModel)
     return LoadedModel(model, device, autocast_dtype, new_token_ids)

@@ -1,0 +1,499 @@
+"""QLoRA training throughput on one GPU: stock transformers `Trainer` + peft + bitsandbytes vs our train stage's path.
+
+    python benchmarks/train_throughput.py --shapes qwen2.5-1.5b llama3.1-8b --workloads chat long
+
+Both paths train the same random-init model (built on the GPU, saved as bf16 safetensors, loaded 4-bit NF4 with double
+quant and bf16 compute), with LoRA r=16 all-linear (alpha 32, dropout 0.05), on the same synthetic samples (the same
+seed, the same real tokens: one epoch over the same samples), with the same learning rate, schedule, clipping and
+about 16 samples per optimizer step:
+
+- baseline: the recipe of the transformers / peft docs. `prepare_model_for_kbit_training`, `get_peft_model`,
+  `Trainer` with padded batches (8 × 2 accumulation; 2 × 8 for the long workload, which does not fit 8 wide),
+  default (SDPA) attention, gradient checkpointing, bf16;
+- kubetune: `build_model` + `TrainLoop` with the packed batcher (rows of the workload's max length, no accumulation),
+  i.e. sample-isolated varlen attention, the chunked head + cross-entropy, checkpointing every k-th layer.
+
+Samples follow a fixed random bigram language (so there is something to learn) with log-normal lengths: `chat` around
+300 tokens capped at 1024, `long` around 1500 capped at 4096; the first quarter of each sample is prompt (unlabelled).
+Prints, per shape and workload: real (non-pad) tokens/s after warm-up steps, MFU, peak GPU memory, held-out loss (one
+function for both models: full fp32 logits, sample by sample), and kubetune / baseline ratios. MFU counts useful FLOPs
+per real token from the config: 4N (forward + input-gradient backward through the frozen weights, N = non-embedding
+parameters) + 4·hidden·vocab (the frozen head) + 12·layers·q_width·(n+1)/2 (causal attention within a sample of n
+tokens), over 989 TFLOP/s (H100 SXM dense bf16). Before training, a packing check compares layer outputs of packed
+rows with each sample run alone (and with a deliberately leaking packed run, to show the check can fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_gpu_smoke import QWEN25_15B, Lora  # also makes kubetune.jobs importable from a checkout
+
+from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, Sample
+from kubetune.jobs.train_loop import LoopSettings, TrainerState, TrainLoop, make_optimizer
+from kubetune.jobs.train_loss import causal_lm_loss_sum
+from kubetune.jobs.train_model import DefaultQuantization, build_model
+
+H100_BF16_DENSE_FLOPS = 989e12
+SEED = 1234
+SAMPLES_PER_STEP = 16
+LEARNING_RATE = 1e-3
+WARMUP_RATIO = 0.1
+BIGRAM_VOCAB = (1000, 5096)  # token ids the synthetic language uses
+HELD_OUT = 24
+
+LLAMA31_8B: dict[str, Any] = {
+    "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+    "rope_theta": 500_000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+    "bos_token_id": 128000, "eos_token_id": 128009,
+}
+SHAPES: dict[str, Callable[[], PretrainedConfig]] = {
+    "qwen2.5-1.5b": lambda: Qwen2Config(**QWEN25_15B),
+    "llama3.1-8b": lambda: LlamaConfig(**LLAMA31_8B),
+}
+# Which decoder layers recompute activations in backward (every k-th; 0 = none), per shape and workload: the least
+# recompute whose peak stays within the memory budget (≤ 0.6 × the baseline's peak) on the H100. Activation memory
+# grows with the tokens of a micro-batch, so the long workload (4096-token rows) checkpoints every layer.
+DEFAULT_CHECKPOINT_EVERY = {("qwen2.5-1.5b", "chat"): 2, ("qwen2.5-1.5b", "long"): 1,
+                            ("llama3.1-8b", "chat"): 1, ("llama3.1-8b", "long"): 1}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    median_length: int
+    sigma: float
+    max_length: int
+    baseline_batch: int  # per-device batch of the stock recipe; accumulation fills SAMPLES_PER_STEP
+    steps: int
+    warmup_steps: int
+
+
+WORKLOADS = {
+    "chat": Workload("chat", 300, 0.6, 1024, baseline_batch=8, steps=14, warmup_steps=2),
+    "long": Workload("long", 1500, 0.5, 4096, baseline_batch=2, steps=6, warmup_steps=1),
+}
+
+
+@dataclass
+class Result:
+    path: str
+    tokens_per_second: float
+    mfu: float
+    peak_gib: float
+    held_out_loss: float
+    timed_tokens: int
+    timed_seconds: float
+    steps: int
+
+
+# ---------------------------------------------------------------- data
+
+
+def synthetic_samples(workload: Workload, count: int, seed: int) -> list[Sample]:
+    """Samples of a fixed random bigram language (each token has four likely successors), log-normal lengths."""
+    table_generator = torch.Generator().manual_seed(SEED)
+    low, high = BIGRAM_VOCAB
+    successors = torch.randint(low, high, (high, 4), generator=table_generator)
+    choice_weights = torch.tensor([0.55, 0.25, 0.15, 0.05])
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.exp(math.log(workload.median_length) + workload.sigma * torch.randn(count, generator=generator))
+    samples = []
+    for length in lengths.round().clamp(16, workload.max_length).int().tolist():
+        choices = torch.multinomial(choice_weights, length, replacement=True, generator=generator).tolist()
+        token = int(torch.randint(low, high, (1,), generator=generator))
+        ids = [token]
+        for choice in choices[1:]:
+            token = int(successors[token, choice])
+            ids.append(token)
+        prompt = length // 4
+        samples.append(Sample(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    return samples
+
+
+def flops_per_token(config: PretrainedConfig, samples: Sequence[Sample]) -> float:
+    """Useful training FLOPs per real token (the module docstring's formula), averaged over `samples`."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = hidden * q_width * 2 + hidden * kv_width * 2 + 3 * hidden * config.intermediate_size
+    non_embedding = layers * per_layer
+    dense = 4 * non_embedding + 4 * hidden * config.vocab_size
+    tokens = sum(len(s.input_ids) for s in samples)
+    attention = sum(12 * layers * q_width * len(s.input_ids) * (len(s.input_ids) + 1) / 2 for s in samples)
+    return dense + attention / tokens
+
+
+# ---------------------------------------------------------------- models
+
+
+def random_model_folder(shape: str, folder: Path) -> Path:
+    if (folder / "config.json").is_file():
+        return folder
+    started = time.monotonic()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(SHAPES[shape](), dtype=torch.bfloat16)
+    model.save_pretrained(str(folder))
+    del model
+    release_memory()
+    print(f"[{shape}] built and saved the random model in {time.monotonic() - started:.1f}s ({folder})", flush=True)
+    return folder
+
+
+def release_memory() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def held_out_loss(model: torch.nn.Module, samples: Sequence[Sample]) -> float:
+    """Mean token loss over labelled tokens, each sample alone (no padding, no packing), full fp32 logits."""
+    from kubetune.jobs.train_data import Batch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for sample in samples:
+            ids = torch.tensor([sample.input_ids], device="cuda")
+            batch = Batch(ids, torch.tensor([sample.labels], device="cuda"), None, None, len(sample.input_ids))
+            total += float(causal_lm_loss_sum(model, batch))
+            count += sum(1 for label in sample.labels[1:] if label != IGNORE_INDEX)
+    model.train(was_training)
+    return total / count
+
+
+@contextmanager
+def timed_region() -> Iterator[list[float]]:
+    torch.cuda.synchronize()
+    span = [time.monotonic()]
+    yield span
+    torch.cuda.synchronize()
+    span.append(time.monotonic())
+
+
+# ---------------------------------------------------------------- baseline: stock Trainer recipe
+
+
+def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out: list[Sample],
+                 flops: float, workdir: Path) -> Result:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=quantization,
+                                                device_map={"": 0})
+    base = prepare_model_for_kbit_training(base)
+    lora = Lora()
+    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    accumulation = SAMPLES_PER_STEP // workload.baseline_batch
+    args = TrainingArguments(
+        output_dir=str(workdir / "baseline-trainer"), per_device_train_batch_size=workload.baseline_batch,
+        gradient_accumulation_steps=accumulation, num_train_epochs=1, learning_rate=LEARNING_RATE,
+        lr_scheduler_type="linear", warmup_steps=WARMUP_RATIO, max_grad_norm=1.0, bf16=True,
+        gradient_checkpointing=True, logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none",
+        seed=SEED, data_seed=SEED, remove_unused_columns=False, disable_tqdm=True,
+    )
+
+    def pad(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        return {
+            "input_ids": torch.tensor([f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features]),
+            "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                            for f in features]),
+            "labels": torch.tensor([f["labels"] + [IGNORE_INDEX] * (width - len(f["labels"])) for f in features]),
+        }
+
+    real_tokens = torch.zeros((), dtype=torch.long, device="cuda")
+
+    def count_real_tokens(_module: torch.nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        real_tokens.add_(kwargs["attention_mask"].sum())  # stays on the GPU: no extra synchronisation
+
+    counter = model.register_forward_pre_hook(count_real_tokens, with_kwargs=True)
+    marks: dict[str, tuple[float, int]] = {}  # start / end: (time, real tokens so far)
+    steps = [0]
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == workload.warmup_steps:
+                torch.cuda.synchronize()
+                marks["start"] = (time.monotonic(), int(real_tokens))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            torch.cuda.synchronize()
+            marks["end"] = (time.monotonic(), int(real_tokens))
+            steps[0] = state.global_step
+
+    dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in train]
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=pad, callbacks=[Timing()])
+    release_memory()
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    counter.remove()
+    loss = held_out_loss(model, held_out)
+    seconds, tokens = marks["end"][0] - marks["start"][0], marks["end"][1] - marks["start"][1]
+    del trainer, model, base
+    release_memory()
+    rate = tokens / seconds
+    return Result("baseline", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds, steps[0])
+
+
+# ---------------------------------------------------------------- kubetune: the train stage's path
+
+
+def load_ours(folder: Path, config: PretrainedConfig, checkpoint_every: int, attention: str | None) -> Any:
+    return build_model(
+        folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
+        device=torch.device("cuda"), gradient_checkpointing=checkpoint_every > 0,
+        checkpoint_every_n_layers=max(checkpoint_every, 1), attn_implementation=attention,
+    )
+
+
+def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> dict[str, float]:
+    """Relative difference of attention outputs (o_proj inputs) of the first and last layers between a packed row
+    (our attention) and each sample alone (SDPA); `leaking` packs the same row with continuous positions (one long
+    causal sequence), to show what a leak between samples looks like."""
+    model = loaded.model
+    layers = model.get_base_model().model.layers
+    captured: list[torch.Tensor] = []
+    hooks = [layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, a: captured.append(a[0].detach().float()))
+             for layer in (layers[0], layers[-1])]
+    batch = PackedBatcher(batch_size=1, max_seq_length=max_length, pad_token_id=0).collate([list(samples)]).to(
+        torch.device("cuda"))
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            captured.clear()
+            model(**batch.model_inputs(), use_cache=False)
+            packed = list(captured)
+            captured.clear()
+            continuous = torch.arange(batch.input_ids.shape[1], device="cuda")[None]
+            model(input_ids=batch.input_ids, position_ids=continuous, use_cache=False)
+            leaking = list(captured)
+            # The references run through transformers' SDPA, so the check covers the varlen kernel itself too.
+            attention = model.config._attn_implementation
+            model.get_base_model().set_attn_implementation("sdpa")
+            alone: list[list[torch.Tensor]] = []
+            for sample in samples:
+                captured.clear()
+                model(input_ids=torch.tensor([sample.input_ids], device="cuda"), use_cache=False)
+                alone.append(list(captured))
+            model.get_base_model().set_attn_implementation(attention)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+
+    def worst(outputs: list[torch.Tensor], layer: int) -> float:
+        errors, offset = [], 0
+        for sample, reference in zip(samples, alone, strict=True):
+            length = len(sample.input_ids)
+            got, want = outputs[layer][0, offset : offset + length], reference[layer][0]
+            errors.append(float((got - want).norm() / want.norm()))
+            offset += length
+        return max(errors)
+
+    return {f"{kind}_{name}": worst(outputs, index) for kind, outputs in (("isolated", packed), ("leaking", leaking))
+            for index, name in enumerate(("first_layer", "last_layer"))}
+
+
+def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
+             held_out: list[Sample], flops: float, checkpoint_every: int, attention: str | None = None,
+             *, check_packing: bool = True, profile: bool = False, quality: bool = True) -> tuple[Result, dict[str, Any]]:
+    loaded = load_ours(folder, config, checkpoint_every, attention)
+    extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation}
+    if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
+        extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
+        extras["initial_loss"] = held_out_loss(loaded.model, held_out)
+    mean_length = sum(len(s.input_ids) for s in train) / len(train)
+    rows = max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length))
+    batcher = PackedBatcher(batch_size=rows, max_seq_length=workload.max_length, pad_token_id=0)
+    batches = len(batcher.epoch_batches(train, 0, SEED))
+    settings = LoopSettings(learning_rate=LEARNING_RATE, lr_scheduler="linear", warmup_ratio=WARMUP_RATIO,
+                            gradient_accumulation=1, seed=SEED, logging_steps=1, checkpoint_every=10**9)
+    optimizer, scheduler = make_optimizer(loaded.model, settings, batches)
+    loop = TrainLoop(loaded.model, optimizer, scheduler, train, batcher, settings, loaded.device,
+                     autocast_dtype=loaded.autocast_dtype)
+    state = TrainerState(total_steps=batches, batches_per_epoch=batches)
+    release_memory()
+    torch.cuda.reset_peak_memory_stats()
+    tokens, seconds, losses = 0, 0.0, []
+    while not state.finished:
+        timing = state.step >= workload.warmup_steps
+        with timed_region() as span:
+            loss, real = loop.optimizer_step(state)
+        losses.append(loss)
+        if timing:
+            tokens, seconds = tokens + real, seconds + span[1] - span[0]
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    loss = held_out_loss(loaded.model, held_out) if quality else float("nan")
+    if profile:  # after the held-out loss: these are extra training steps
+        extras["profile"] = profile_steps(loop, train, batcher)
+    extras.update(rows_per_step=rows, finite_losses=all(math.isfinite(x) for x in losses))
+    del loop, optimizer, scheduler, loaded
+    release_memory()
+    rate = tokens / seconds
+    return Result("kubetune", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds,
+                  state.step), extras
+
+
+def profile_steps(loop: TrainLoop, train: list[Sample], batcher: PackedBatcher) -> str:
+    """The GPU kernels of two more optimizer steps (an extra epoch's start), by total GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state = TrainerState(total_steps=2, batches_per_epoch=len(batcher.epoch_batches(train, 1, SEED)), epoch_index=1)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof, timed_region() as span:
+        while not state.finished:
+            loop.optimizer_step(state)
+    events = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
+    table = events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=70)
+    return f"2 steps: wall {span[1] - span[0]:.3f}s, GPU kernels {busy:.3f}s\n{table}"
+
+
+# ---------------------------------------------------------------- report
+
+
+def compare(baseline: Result, ours: Result) -> dict[str, Any]:
+    loss_gap = abs(ours.held_out_loss - baseline.held_out_loss) / baseline.held_out_loss
+    return {
+        "throughput_ratio": ours.tokens_per_second / baseline.tokens_per_second,
+        "memory_ratio": ours.peak_gib / baseline.peak_gib,
+        "held_out_loss_gap": loss_gap,
+        "equal_quality": loss_gap <= 0.02 and math.isfinite(ours.held_out_loss)
+        and math.isfinite(baseline.held_out_loss),
+    }
+
+
+def describe(result: Result) -> str:
+    return (f"{result.path:9s} {result.tokens_per_second:9.0f} real tok/s  MFU {100 * result.mfu:5.1f}%  "
+            f"peak {result.peak_gib:6.2f} GiB  held-out loss {result.held_out_loss:.4f}  "
+            f"({result.timed_tokens} tokens in {result.timed_seconds:.2f}s, {result.steps} steps)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="checkpoint every k-th layer on our path (0: none); default per shape")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time our path with SDPA masks, and with other checkpointing, on the first shape")
+    parser.add_argument("--profile", action="store_true", help="print our path's top GPU kernels")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the random models go (default: /dev/shm "
+                        "when it has room, else the temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    workdir = args.workdir or default_workdir()
+    import bitsandbytes
+    import peft
+    import transformers
+
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, peft {peft.__version__}, bitsandbytes {bitsandbytes.__version__}", flush=True)
+    report: list[dict[str, Any]] = []
+    for shape in args.shapes:
+        config = SHAPES[shape]()
+        folder = random_model_folder(shape, workdir / shape)
+        for name in args.workloads:
+            workload = WORKLOADS[name]
+            checkpoint_every = (DEFAULT_CHECKPOINT_EVERY[shape, name] if args.checkpoint_every is None
+                                else args.checkpoint_every)
+            train = synthetic_samples(workload, workload.steps * SAMPLES_PER_STEP, seed=SEED)
+            held_out = synthetic_samples(workload, HELD_OUT, seed=SEED + 1)
+            flops = flops_per_token(config, train)
+            label = f"[{shape} / {name}]"
+            print(f"{label} {len(train)} samples, {sum(len(s.input_ids) for s in train)} real tokens, "
+                  f"{flops / 1e9:.2f} GFLOP per token", flush=True)
+            entry: dict[str, Any] = {"shape": shape, "workload": name, "gflop_per_token": flops / 1e9}
+            if not args.skip_baseline:
+                baseline = run_baseline(folder, workload, train, held_out, flops, workdir)
+                print(f"{label} {describe(baseline)}", flush=True)
+                entry["baseline"] = asdict(baseline)
+            ours, extras = run_ours(folder, config, workload, train, held_out, flops, checkpoint_every,
+                                    profile=args.profile and name == args.workloads[0])
+            print(f"{label} {describe(ours)}  [checkpoint every {checkpoint_every}, {extras['attention']}, "
+                  f"{extras['rows_per_step']} rows × {workload.max_length} per step]", flush=True)
+            check = extras["packing_check"]
+            print(f"{label} packing check, relative difference of attention outputs to each sample alone (SDPA), "
+                  f"first / last layer: isolated {check['isolated_first_layer']:.1e} / "
+                  f"{check['isolated_last_layer']:.1e}, leaking {check['leaking_first_layer']:.1e} / "
+                  f"{check['leaking_last_layer']:.1e}; held-out loss before training {extras['initial_loss']:.4f}",
+                  flush=True)
+            if "profile" in extras:
+                print(extras.pop("profile"), flush=True)
+            entry.update(kubetune=asdict(ours), kubetune_details=extras)
+            if not args.skip_baseline:
+                entry["comparison"] = compare(baseline, ours)
+                print(f"{label} ratios: {json.dumps(entry['comparison'])}", flush=True)
+            if args.ablations and shape == args.shapes[0] and name == args.workloads[0]:
+                entry["ablations"] = run_ablations(folder, config, workload, train, held_out, flops, label)
+            report.append(entry)
+    print_summary(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def run_ablations(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
+                  held_out: list[Sample], flops: float, label: str) -> list[dict[str, Any]]:
+    rows = []
+    for attention, checkpoint_every in (("sdpa", 1), (None, 1), (None, 2), (None, 0)):
+        result, extras = run_ours(folder, config, workload, train, held_out, flops, checkpoint_every, attention,
+                                  check_packing=False, quality=False)
+        print(f"{label} ablation {extras['attention']}, checkpoint every {checkpoint_every}: {describe(result)}",
+              flush=True)
+        rows.append({"attention": extras["attention"], "checkpoint_every": checkpoint_every, **asdict(result)})
+    return rows
+
+
+def print_summary(report: list[dict[str, Any]]) -> None:
+    print("\nshape / workload           path       real tok/s   MFU    peak GiB  held-out   ratio  mem-ratio  quality")
+    for entry in report:
+        comparison = entry.get("comparison", {})
+        for path in ("baseline", "kubetune"):
+            if path not in entry:
+                continue
+            r = entry[path]
+            extra = ""
+            if path == "kubetune" and comparison:
+                extra = (f"  {comparison['throughput_ratio']:5.2f}x  {comparison['memory_ratio']:6.2f}x   "
+                         f"{'equal' if comparison['equal_quality'] else 'DIFFERENT'} "
+                         f"({100 * comparison['held_out_loss_gap']:.2f}%)")
+            print(f"{entry['shape'] + ' / ' + entry['workload']:26s} {path:9s} {r['tokens_per_second']:11.0f} "
+                  f"{100 * r['mfu']:5.1f}%  {r['peak_gib']:8.2f}  {r['held_out_loss']:8.4f}{extra}")
+
+
+def default_workdir() -> Path:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 40 * 2**30:
+        return shm / "kubetune-throughput"
+    return Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "kubetune-throughput"
+
+
+if __name__ == "__main__":
+    main()

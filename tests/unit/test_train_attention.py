@@ -1,0 +1,64 @@
+"""The training attention keeps packed samples apart and leaves every other input to SDPA's semantics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from kubetune.jobs.train_attention import VARLEN_ATTENTION, cumulative_lengths, sample_ids, training_attention
+from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, PaddedBatcher, Sample
+
+SHAPE: dict[str, Any] = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+@pytest.mark.parametrize(
+    "position_ids, ids, offsets, longest",
+    [
+        ([[0, 1, 2, 3]], [[1, 1, 1, 1]], [0, 4], 4),
+        ([[0, 1, 0, 1, 2, 0]], [[1, 1, 2, 2, 2, 3]], [0, 2, 5, 6], 3),
+        ([[0, 1, 2, 3], [0, 0, 1, 2]], [[1, 1, 1, 1], [1, 2, 2, 2]], [0, 4, 5, 8], 4),  # every row starts a sample
+        ([[0, 1, 2, 3], [4, 5, 0, 1]], [[1, 1, 1, 1], [1, 1, 2, 2]], [0, 4, 6, 8], 4),  # even a continuing position
+        ([[0, 1, 2, 0, 1, 2, 3, 4]], [[1, 1, 1, 2, 2, 2, 2, 2]], [0, 3, 8], 5),  # tail padding joins the last sample
+    ],
+)
+def test_sample_boundaries_follow_restarting_positions(
+    position_ids: list[list[int]], ids: list[list[int]], offsets: list[int], longest: int
+) -> None:
+    positions = torch.tensor(position_ids)
+    assert sample_ids(positions).tolist() == ids
+    boundaries, found_longest = cumulative_lengths(positions)
+    assert boundaries.dtype == torch.int32 and boundaries.tolist() == offsets and found_longest == longest
+
+
+def test_cpu_training_uses_sdpa() -> None:
+    assert training_attention(torch.device("cpu")) == "sdpa"
+
+
+def samples() -> list[Sample]:
+    generator = torch.Generator().manual_seed(0)
+    return [Sample(torch.randint(0, 300, (n,), generator=generator).tolist(), [IGNORE_INDEX] * n) for n in (9, 5, 12)]
+
+
+@pytest.mark.parametrize("config", [Qwen2Config(**SHAPE), LlamaConfig(**SHAPE)], ids=["qwen2", "llama"])
+def test_packed_rows_see_only_their_own_sample_and_padded_rows_match_sdpa(config: Qwen2Config | LlamaConfig) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    reference.load_state_dict(model.state_dict())
+    packed_batch = PackedBatcher(batch_size=1, max_seq_length=32, pad_token_id=0).collate([samples()])
+    padded_batch = PaddedBatcher(batch_size=3, pad_token_id=0).collate([[sample] for sample in samples()])
+    with torch.no_grad():
+        packed = model(**packed_batch.model_inputs(), use_cache=False).logits[0]
+        offset = 0
+        for sample in samples():
+            alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
+            torch.testing.assert_close(packed[offset : offset + len(sample.input_ids)], alone, atol=1e-4, rtol=1e-4)
+            offset += len(sample.input_ids)
+        padded = model(**padded_batch.model_inputs(), use_cache=False).logits
+        expected = reference(**padded_batch.model_inputs(), use_cache=False).logits
+        mask = padded_batch.attention_mask.bool()
+        torch.testing.assert_close(padded[mask], expected[mask], atol=1e-4, rtol=1e-4)
