@@ -167,11 +167,12 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     run_json.write_text(config.dumps(), encoding="utf-8")
     log_path = local.state_dir / f"{stage}.log"
     env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
+    # -P: started from a checkout's root, the job must not import its operator/ folder as the stdlib's operator.
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
+            [sys.executable, "-P", "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
         )
         try:
             while process.poll() is None:

@@ -13,8 +13,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "kubetune: setting up $VENV (first run builds llama-cpp-python from source: ~7 minutes on 2 cores)" >&2
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+# -P: the repository root must not be on sys.path, or its operator/ folder would shadow the standard library.
+[ -x "$VENV/bin/python" ] || "$PYTHON" -P -m venv "$VENV"
+pip_install() { "$VENV/bin/python" -P -m pip install --disable-pip-version-check -q "$@"; }
 pip_install "pip==25.3"
 # Two parallel jobs keep the llama.cpp build inside a 2-core, 24 GiB machine's comfort.
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \

@@ -8,4 +8,6 @@ if ! command -v lua5.4 >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq lua5.4 >/dev/null) || echo "warning: could not install lua5.4" >&2
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+# -P keeps the repository root off sys.path at start-up (its operator/ folder would shadow the standard library);
+# pytest adds it once the interpreter is up (pythonpath in pyproject.toml) so tests can import tests.fixtures.
+exec .venv/bin/python -P -m pytest "$@"
