@@ -1,13 +1,16 @@
 """The train stage: LoRA / QLoRA on the dataset's conversations, checkpointed to the store, resumable, stoppable.
 
 `train()` is the whole job on plain inputs (a model folder, a jsonl file, the training spec, a checkpoint store);
-`run(ctx)` only gathers those inputs from the run config and publishes the outputs.
+`run(ctx)` only gathers those inputs from the run config and publishes the outputs. With several ranks
+(`kubetune.jobs.launch`), every rank trains on its share of each step and rank 0 alone writes checkpoints, outputs
+and progress.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +30,9 @@ from kubetune.jobs.checkpoints import (
     load_adapter_weights,
     write_adapter_folder,
 )
+from kubetune.jobs.distributed import SINGLE, Ranks, process_group, ranks_from_env
 from kubetune.jobs.generation import Generation, generate_answers
+from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.train_data import (
@@ -50,12 +55,13 @@ from kubetune.jobs.train_loop import (
     save_training_state,
 )
 from kubetune.jobs.train_model import LoadedModel, build_model, load_tokenizer, pad_token_id, resolve_device
-from kubetune.store import open_store
+from kubetune.store import ObjectNotFoundError, open_store
 
 log = logging.getLogger("kubetune.jobs.train")
 
 DATASET_FILE = "train_data.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
+RANKS_FILE = "ranks.json"  # in a checkpoint: how many ranks trained up to it
 
 ProgressReporter = Callable[..., None]  # JobContext.progress: (phase="Running", *, force=False, **fields)
 
@@ -93,7 +99,9 @@ class CheckpointingHooks:
         loop: TrainLoop,
         checkpoints: CheckpointStore,
         progress: ProgressReporter,
+        ranks: Ranks = SINGLE,
     ) -> None:
+        self.ranks = ranks
         self.inputs = inputs
         self.loaded = loaded
         self.tokenizer = tokenizer
@@ -103,6 +111,8 @@ class CheckpointingHooks:
         self.generations: tuple[int, list[Generation]] | None = None  # (step, answers) of the latest eval
 
     def on_log(self, state: TrainerState, row: dict[str, float], eta_seconds: float) -> None:
+        if not self.ranks.is_main:
+            return
         log.info("step %d/%d epoch %.3f loss %.4f lr %.3g %.0f tok/s", state.step, state.total_steps, row["epoch"],
                  row["loss"], row["learning_rate"], row["tokens_per_second"])
         self.progress(
@@ -127,11 +137,16 @@ class CheckpointingHooks:
 
     def on_checkpoint(self, state: TrainerState, *, stopping: bool) -> None:
         name = checkpoint_name(state.step)
+        if not self.ranks.is_main:  # the ranks hold the same weights: rank 0 saves them, the others wait for it
+            state.last_checkpoint = name
+            self.ranks.barrier()
+            return
         folder = self.inputs.workdir / "checkpoints" / name
         shutil.rmtree(folder, ignore_errors=True)
         write_adapter_folder(folder, self.loaded.model, self.tokenizer, self.inputs.model_dir, self.inputs.base)
         state.last_checkpoint = name
         save_training_state(folder, self.loop.optimizer, self.loop.scheduler, state)
+        (folder / RANKS_FILE).write_text(json.dumps({"worldSize": self.ranks.world_size}) + "\n", encoding="utf-8")
         # Under SIGTERM the grace period is for saving, not for generating.
         if self.inputs.training.eval_prompts and not stopping:
             write_generations(self.evaluate(state.step), folder / GENERATIONS_FILE)
@@ -140,6 +155,7 @@ class CheckpointingHooks:
         shutil.rmtree(folder)
         log.info("saved %s", name)
         self.progress(force=True, step=state.step, lastCheckpoint=name)
+        self.ranks.barrier()  # no rank goes on (or stops) before the checkpoint is complete
 
 
 def loop_settings(training: TrainingSpec) -> LoopSettings:
@@ -154,6 +170,34 @@ def loop_settings(training: TrainingSpec) -> LoopSettings:
     )
 
 
+def saved_world_size(checkpoint: Path) -> int:
+    ranks_file = checkpoint / RANKS_FILE
+    return int(json.loads(ranks_file.read_text(encoding="utf-8"))["worldSize"]) if ranks_file.is_file() else 1
+
+
+def resumed_total_steps(
+    state: TrainerState, training: TrainingSpec, planned: int, micro_batches_per_step: int, *, same_ranks: bool
+) -> int:
+    """The plan's total steps, unless the run resumes with another number of ranks: then the data position (in
+    micro-batches of the shared plan) stays and the epochs left are cut into steps of the new size. A `maxSteps`
+    plan keeps its step count."""
+    if same_ranks or training.max_steps is not None:
+        return planned
+    planned_batches = (training.epochs + training.extra_epochs) * state.batches_per_epoch
+    done = state.epoch_index * state.batches_per_epoch + state.batch_index
+    return state.step + max(0, math.ceil((planned_batches - done) / micro_batches_per_step))
+
+
+def restore_checkpoint(checkpoints: CheckpointStore, workdir: Path, ranks: Ranks) -> tuple[str, Path] | None:
+    """The latest complete checkpoint, downloaded by every rank, which must all have found the same one."""
+    restored = checkpoints.restore_latest(workdir)
+    name = restored[0] if restored is not None else ""
+    if ranks.main_value(name) != name:
+        # A store listing that changed between the ranks' looks: a retry sees one state.
+        raise RuntimeError(f"rank {ranks.rank} found {name or 'no checkpoint'} but rank 0 another one")
+    return restored
+
+
 def train(
     inputs: TrainInputs,
     checkpoints: CheckpointStore,
@@ -161,8 +205,10 @@ def train(
     *,
     stop: threading.Event,
     progress: ProgressReporter,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
-    """Train (resuming from the latest complete checkpoint) and, when finished, write the outputs to `output_dir`."""
+    """Train (resuming from the latest complete checkpoint) and, when finished, write the outputs to `output_dir`
+    (rank 0; the other ranks only train)."""
     training = inputs.training
     set_seed(training.seed)
     tokenizer, added_tokens = load_tokenizer(inputs.model_dir, inputs.chat_template, training.added_special_tokens)
@@ -170,32 +216,38 @@ def train(
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer))
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
-    total_steps = planned_steps(batches_per_epoch, training.gradient_accumulation, epochs=training.epochs,
+    micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
+    total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,
                                 extra_epochs=training.extra_epochs, max_steps=training.max_steps)
     loaded = build_model(
         inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
-        lora=training.lora, device=resolve_device(training.device),
+        lora=training.lora, device=ranks.place(resolve_device(training.device)),
         gradient_checkpointing=training.gradient_checkpointing,
     )
     settings = loop_settings(training)
-    optimizer, scheduler = make_optimizer(loaded.model, settings, total_steps)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)
-    restored = checkpoints.restore_latest(inputs.workdir / "resume")
+    restored = restore_checkpoint(checkpoints, inputs.workdir / "resume", ranks)
+    if restored is not None:
+        state = load_trainer_state(restored[1])
+        total_steps = state.total_steps = resumed_total_steps(
+            state, training, total_steps, micro_batches_per_step,
+            same_ranks=saved_world_size(restored[1]) == ranks.world_size)
+    # The schedule is made for the steps this run will reach; a restored one continues from its position.
+    optimizer, scheduler = make_optimizer(loaded.model, settings, total_steps)
     if restored is not None:
         name, folder = restored
         load_adapter_weights(loaded.model, folder)
         restore_training_state(folder, optimizer, scheduler)
-        state = load_trainer_state(folder)
-        state.total_steps = total_steps
         log.info("resuming from %s at step %d of %d (epoch %.3f)", name, state.step, total_steps, state.epoch)
         shutil.rmtree(folder)
+    ranks.broadcast_from_main([p for p in loaded.model.parameters() if p.requires_grad])
     progress(force=True, step=state.step, totalSteps=total_steps, epoch=state.epoch,
              lastCheckpoint=state.last_checkpoint, message=f"{len(samples)} samples, {total_steps} steps")
     loop = TrainLoop(loaded.model, optimizer, scheduler, samples, batcher, settings, loaded.device,
-                     autocast_dtype=loaded.autocast_dtype)
-    hooks = CheckpointingHooks(inputs, loaded, tokenizer, loop, checkpoints, progress)
+                     autocast_dtype=loaded.autocast_dtype, ranks=ranks)
+    hooks = CheckpointingHooks(inputs, loaded, tokenizer, loop, checkpoints, progress, ranks)
     outcome = loop.run(state, hooks, stop)
-    if outcome == "finished":
+    if outcome == "finished" and ranks.is_main:
         write_outputs(output_dir, inputs, loaded, tokenizer, state, hooks)
     return TrainResult(outcome, state, added_tokens)
 
@@ -229,39 +281,84 @@ def output_metadata(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def run(ctx: JobContext) -> None:
-    spec = ctx.run.spec
-    dataset_dir = ctx.workdir / "dataset"
-    ctx.fetch("dataset", dataset_dir)
-    data_path = dataset_dir / DATASET_FILE
-    if not data_path.is_file():
-        raise ConfigError(f"the dataset output has no {DATASET_FILE}")
+def base_model_dir(ctx: JobContext) -> Path:
     store = ctx.run.store
     try:
-        model_dir = resolve_base_model(
-            spec.base_model,
+        return resolve_base_model(
+            ctx.run.spec.base_model,
             store_factory=lambda uri: open_store(uri, endpoint=store.endpoint, region=store.region,
                                                  path_style=store.path_style),
             cache_dir=default_cache_dir(),
         )
     except BaseModelError as error:
         raise ConfigError(str(error)) from error
+
+
+def no_progress(phase: str = "Running", *, force: bool = False, **fields: Any) -> None:
+    """The reporter of ranks other than 0: progress.json has one writer."""
+
+
+def adopt_rank_progress(ctx: JobContext) -> None:
+    """Take over what rank 0 last wrote to progress.json: the launcher's own last word (a failure, a stop) is
+    merged into it rather than replacing its step and checkpoint."""
+    try:
+        report = json.loads(ctx.store.get_bytes(f"{ctx.prefix}/progress.json"))
+    except (ObjectNotFoundError, ValueError):
+        return
+    fields = {key: value for key, value in report.items() if key not in ("stage", "phase", "updatedAt")}
+    ctx.progress(str(report.get("phase", "Running")), **fields)
+
+
+def run(ctx: JobContext) -> None:
+    plan = launch_plan(ctx.run.spec)
+    if plan is not None:
+        base_model_dir(ctx)  # fetched or converted once into the node's cache: the ranks find it there
+        run_json = ctx.workdir / "run.json"
+        run_json.write_text(ctx.run.dumps(), encoding="utf-8")
+        try:
+            run_ranks(plan, ctx.stage, run_json)
+        finally:
+            adopt_rank_progress(ctx)
+        return
+    ranks = ranks_from_env() or SINGLE
+    if not ranks.distributed:
+        run_rank(ctx, ranks, ctx.workdir)
+        return
+    install_rank_signal_handlers(ctx.stop)
+    try:
+        run_rank(ctx, ranks, ctx.workdir / f"rank-{ranks.rank}")  # the node's ranks share its scratch
+    except Exception as error:
+        record_rank_failure(error)
+        raise
+
+
+def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
+    spec = ctx.run.spec
+    dataset_dir = workdir / "dataset"
+    ctx.fetch("dataset", dataset_dir)
+    data_path = dataset_dir / DATASET_FILE
+    if not data_path.is_file():
+        raise ConfigError(f"the dataset output has no {DATASET_FILE}")
+    model_dir = base_model_dir(ctx)
     inputs = TrainInputs(
         model_dir=model_dir,
         base=BaseModelRef(spec.base_model.uri, spec.base_model.sha256 or folder_digest(model_dir)),
         data_path=data_path,
         training=spec.training,
         max_seq_length=spec.dataset.max_seq_length,
-        workdir=ctx.workdir,
+        workdir=workdir,
     )
     checkpoints = CheckpointStore(ctx.store, ctx.prefix, stage=ctx.stage, input_key=ctx.key,
                                   keep=spec.training.checkpoint.keep)
-    output_dir = ctx.workdir / "outputs"
+    output_dir = workdir / "outputs"
     shutil.rmtree(output_dir, ignore_errors=True)
     try:
-        result = train(inputs, checkpoints, output_dir, stop=ctx.stop, progress=ctx.progress)
+        with process_group(ranks, ranks.place(resolve_device(spec.training.device))):
+            result = train(inputs, checkpoints, output_dir, stop=ctx.stop,
+                           progress=ctx.progress if ranks.is_main else no_progress, ranks=ranks)
     except DataError as error:
         raise ConfigError(str(error)) from error
     if result.outcome == "stopped":
         raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
-    ctx.publish(output_dir, output_metadata(result))
+    if ranks.is_main:
+        ctx.publish(output_dir, output_metadata(result))

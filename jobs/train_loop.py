@@ -24,7 +24,8 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
-from kubetune.jobs.train_data import IGNORE_INDEX, Batch, Batcher, Sample
+from kubetune.jobs.distributed import SINGLE, Ranks
+from kubetune.jobs.train_data import IGNORE_INDEX, Batch, Batcher, MicroBatch, Sample
 from kubetune.jobs.train_loss import LossFunction, chunked_causal_lm_loss_sum
 
 STATE_FILE = "trainer_state.json"
@@ -155,7 +156,9 @@ class TrainLoop:
         *,
         autocast_dtype: torch.dtype | None = None,
         loss_function: LossFunction = chunked_causal_lm_loss_sum,
+        ranks: Ranks = SINGLE,
     ) -> None:
+        self.ranks = ranks
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -175,13 +178,17 @@ class TrainLoop:
         return self._plan
 
     def _next_batch(self, state: TrainerState) -> Batch:
-        """The next micro-batch, still on the CPU."""
-        plan = self._epoch_plan(state.epoch_index)
-        rows = plan[state.batch_index]
-        state.batches_per_epoch = len(plan)  # packing may plan a slightly different row count per epoch
-        state.batch_index += 1
-        if state.batch_index == len(plan):
-            state.epoch_index, state.batch_index = state.epoch_index + 1, 0
+        """This rank's next micro-batch, still on the CPU. The ranks take consecutive micro-batches of one shared
+        plan, so `state` counts micro-batches of the plan whatever the number of ranks (resume may change it)."""
+        rows: MicroBatch = []
+        for rank in range(self.ranks.world_size):
+            plan = self._epoch_plan(state.epoch_index)
+            if rank == self.ranks.rank:
+                rows = plan[state.batch_index]
+            state.batches_per_epoch = len(plan)  # packing may plan a slightly different row count per epoch
+            state.batch_index += 1
+            if state.batch_index == len(plan):
+                state.epoch_index, state.batch_index = state.epoch_index + 1, 0
         return self.batcher.collate([[self.samples[i] for i in row] for row in rows])
 
     def _autocast(self) -> Any:
@@ -194,7 +201,10 @@ class TrainLoop:
         batches = [self._next_batch(state) for _ in range(self.settings.gradient_accumulation)]
         # Normalise by the labelled tokens of the whole step, so accumulation equals one big batch (counted on the
         # CPU copies: no wait on the GPU).
-        labelled = max(1, sum(labelled_tokens(batch) for batch in batches))
+        # With several ranks the step is theirs together: counts and gradients are summed over the ranks.
+        labelled_all, tokens_all = self.ranks.sum(sum(labelled_tokens(batch) for batch in batches),
+                                                  sum(batch.real_tokens for batch in batches))
+        labelled = max(1, int(labelled_all))
         total_loss = torch.zeros((), device=self.device)
         self.model.train()
         for batch in batches:
@@ -202,14 +212,14 @@ class TrainLoop:
                 loss = self.loss_function(self.model, batch.to(self.device)) / labelled
             loss.backward()
             total_loss += loss.detach()
-        torch.nn.utils.clip_grad_norm_(
-            [p for group in self.optimizer.param_groups for p in group["params"]], self.settings.max_grad_norm
-        )
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.ranks.sum_gradients(parameters)
+        torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        return float(total_loss), sum(batch.real_tokens for batch in batches)
+        return float(self.ranks.sum_tensor(total_loss)), int(tokens_all)
 
     def run(self, state: TrainerState, hooks: LoopHooks, stop: threading.Event) -> Outcome:
         window_tokens, window_start = 0, time.monotonic()
@@ -234,7 +244,7 @@ class TrainLoop:
                 seconds_per_step = (now - run_start) / (state.step - steps_at_start)
                 hooks.on_log(state, row, seconds_per_step * (state.total_steps - state.step))
                 window_tokens, window_start = 0, now
-            stopping = stop.is_set()
+            stopping = self.ranks.any(stop.is_set())  # every rank stops after the same step
             if stopping or state.finished or state.step % self.settings.checkpoint_every == 0:
                 paused = time.monotonic()
                 hooks.on_checkpoint(state, stopping=stopping)

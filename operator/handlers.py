@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-from kubetune.operator.kube import ApiError
+from kubetune.operator.kube import API_THREADS, ApiError
 from kubetune.operator.labels import DOMAIN
 from kubetune.operator.labels import RUN as RUN_LABEL
 from kubetune.operator.reconcile import Reconciler, is_settled
@@ -40,7 +42,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
                                       delay=settings.reconcile_interval) from error
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # kopf's bookkeeping stays in kubetune.dev annotations: the status schema is ours alone.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=DOMAIN)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -48,6 +50,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # our Events tell the story; kopf's only its problems
         settings.scanning.disabled = True  # no CRD/namespace watching: no RBAC for them
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS))
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -58,8 +61,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
     @kopf.timer(*RESOURCE, interval=settings.reconcile_interval, registry=registry)
     async def tick(namespace: str | None, name: str, meta: Mapping[str, Any], status: Mapping[str, Any],
                    **_: Any) -> None:
-        if not is_settled(dict(status), int(meta.get("generation") or 0)):
-            await reconcile(_namespaced(namespace), name)
+        namespace = _namespaced(namespace)
+        if not is_settled(dict(status), int(meta.get("generation") or 0)) and reconciler.timer_due(
+                namespace, name, status):
+            await reconcile(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def job_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:

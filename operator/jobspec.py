@@ -2,6 +2,10 @@
 
 Same inputs, same manifests: the names come from the planner (`CreateJob.name`), so creating them again after an
 operator restart hits "already exists" instead of starting a second Job for the stage.
+
+Multi-node training (`resources.train.nodes` M > 1) follows the Indexed Job + headless Service pattern (as JobSet
+and the PyTorchJob operator do): M pods with completion indexes 0..M-1, each reachable as `<job>-<index>.<service>`,
+each running `NPROC_PER_NODE` ranks (its GPUs) that meet at the rendezvous on pod 0 (`MASTER_ADDR:MASTER_PORT`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from kubetune.operator.settings import OperatorSettings
 
 from kubetune.api import types as t
 from kubetune.api.validate import FineTuneRun
-from kubetune.planner import CreateJob
+from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig
 from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
 
@@ -28,6 +32,9 @@ DEFAULT_SHM = "8Gi"
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
+RENDEZVOUS_PORT = 29500  # torchrun's default master port
+# Set on every pod of an Indexed Job by the Job controller: the pod's index, used as its node rank.
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 Manifest = dict[str, Any]
 
@@ -60,16 +67,25 @@ def gpu_count(spec: t.FineTuneRunSpec, stage: str, settings: OperatorSettings) -
     return 0
 
 
+def node_count(resources: t.StageResources) -> int:
+    return resources.nodes or 1
+
+
+def rendezvous_service_name(run: FineTuneRun, action: CreateJob) -> str:
+    """One Service per stage and input key, shared by its attempts (only one of them runs at a time); each attempt's
+    pods have their own hostnames, so an old attempt's terminating pods are never mistaken for the new ones."""
+    return job_name(run.name, action.stage, action.ref.key, 1)
+
+
 def build(
     run: FineTuneRun, action: CreateJob, settings: OperatorSettings, upstream: Mapping[str, StageRef]
 ) -> list[Manifest]:
-    """The ConfigMap and the Job for `action.stage`; `upstream` holds the refs of the stages before it."""
+    """The objects to create, in order, for `action.stage`: its ConfigMap, the rendezvous Service when training
+    spans several nodes, and the Job (last). `upstream` holds the refs of the stages before it."""
     stage = action.stage
     if stage not in t.STAGES:
         raise JobSpecError(f"unknown stage {stage!r}")
     resources = effective_resources(run.spec.resources, stage)
-    if resources.nodes is not None and resources.nodes > 1:
-        raise JobSpecError("multi-node training (resources.train.nodes > 1) is not supported yet")
     stages = {s: upstream[s] for s in t.STAGES[: t.STAGES.index(stage)] if s in upstream}
     stages[stage] = action.ref
     config = RunConfig(name=run.name, namespace=run.namespace, uid=run.uid, spec=run.spec,
@@ -81,7 +97,29 @@ def build(
         "metadata": _metadata(run, config_map_name(action.name), meta_labels, action),
         "data": {RUN_JSON: config.dumps()},
     }
-    return [config_map, _job(run, action, settings, resources, meta_labels)]
+    job = _job(run, action, settings, resources, meta_labels)
+    if node_count(resources) == 1:
+        return [config_map, job]
+    return [config_map, _rendezvous_service(run, action, meta_labels), job]
+
+
+def _rendezvous_service(run: FineTuneRun, action: CreateJob, meta_labels: Mapping[str, str]) -> Manifest:
+    """Headless: no virtual IP, only per-pod DNS records, published before the pods are ready so that ranks can
+    reach pod 0 while it is still starting."""
+    selector = {key: meta_labels[key] for key in (labels.RUN, labels.STAGE, labels.KEY)}
+    shared_labels = {key: value for key, value in meta_labels.items() if key != labels.ATTEMPT}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(run, rendezvous_service_name(run, action), shared_labels, action),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
+        },
+    }
 
 
 def _labels(run: FineTuneRun, action: CreateJob) -> dict[str, str]:
@@ -124,10 +162,13 @@ def _job(
     queue = resources.queue_name or settings.queue_name
     if queue:
         metadata["labels"][labels.KUEUE_QUEUE] = queue
+    nodes = node_count(resources)
+    backoff_limit = resources.backoff_limit if resources.backoff_limit is not None else settings.backoff_limit
     spec: Manifest = {
         # Kueue admits a queued Job by unsuspending it; without a queue the Job starts at once.
         "suspend": bool(queue),
-        "backoffLimit": resources.backoff_limit if resources.backoff_limit is not None else settings.backoff_limit,
+        # A rank that dies takes its peers down with it: one incident fails up to every pod of a multi-node Job.
+        "backoffLimit": backoff_limit * nodes,
         "podFailurePolicy": {"rules": [
             {"action": "FailJob",
              "onExitCodes": {"containerName": stage, "operator": "In", "values": [EXIT_CONFIG_ERROR]}},
@@ -142,6 +183,9 @@ def _job(
     }
     if resources.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = resources.active_deadline_seconds
+    if nodes > 1:
+        spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+        spec["template"]["spec"]["subdomain"] = rendezvous_service_name(run, action)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 
@@ -168,7 +212,7 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         "image": resources.image or settings.job_image,
         "imagePullPolicy": settings.job_image_pull_policy,
         "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
-        "env": _env(run, settings),
+        "env": _env(run, settings) + _rank_env(run, action, settings, resources),
         "resources": _container_resources(run.spec, stage, settings, resources),
         "volumeMounts": mounts,
         "securityContext": {
@@ -231,6 +275,27 @@ def _env(run: FineTuneRun, settings: OperatorSettings) -> list[Manifest]:
     token = run.spec.base_model.token_secret
     if token is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    return env
+
+
+def _rank_env(
+    run: FineTuneRun, action: CreateJob, settings: OperatorSettings, resources: t.StageResources
+) -> list[Manifest]:
+    """How many training ranks this pod runs (one per GPU) and, across nodes, where they meet: the torchrun-style
+    variables the train job reads (jobs/launch.py)."""
+    if action.stage != "train":
+        return []
+    env: list[Manifest] = [
+        {"name": "NPROC_PER_NODE", "value": str(max(1, gpu_count(run.spec, action.stage, settings)))},
+    ]
+    nodes = node_count(resources)
+    if nodes > 1:
+        env += [
+            {"name": "NNODES", "value": str(nodes)},
+            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+            {"name": "MASTER_ADDR", "value": f"{action.name}-0.{rendezvous_service_name(run, action)}"},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        ]
     return env
 
 

@@ -38,13 +38,20 @@ class ApiError(Exception):
         return self.status in (409, 429) or self.status >= 500
 
 
+# Blocking client calls run in this many threads: the default pool (cores + 4) queues them behind each other when
+# hundreds of runs reconcile at once.
+API_THREADS = 32
+
+
 def connect() -> kubernetes.client.ApiClient:
     """In a pod: the service account (token refreshed as it rotates); elsewhere: $KUBECONFIG or ~/.kube/config."""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = API_THREADS  # one connection per API thread
+    return kubernetes.client.ApiClient(configuration)
 
 
 def _run_path(namespace: str, name: str = "") -> str:
@@ -54,6 +61,7 @@ def _run_path(namespace: str, name: str = "") -> str:
 
 _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
 }
@@ -103,7 +111,7 @@ class KubeApi:
         return await self.call("PATCH", _run_path(namespace, name) + "/status", body={"status": patch},
                                content_type=MERGE_PATCH)
 
-    # --- jobs and their configmaps ------------------------------------------------------------------------------
+    # --- jobs, their configmaps and services --------------------------------------------------------------------
 
     async def list_jobs(self, namespace: str, run: str) -> list[Obj]:
         listed = await self.call("GET", _PATHS[("batch/v1", "Job")].format(ns=quote(namespace)),

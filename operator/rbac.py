@@ -24,6 +24,8 @@ RULES: tuple[Rule, ...] = (
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
+    # The headless Service that gives multi-node training pods stable DNS names for their rendezvous.
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 )
 

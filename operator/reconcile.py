@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,10 @@ def is_settled(status: dict[str, Any] | None, generation: int) -> bool:
     return status.get("phase") in SETTLED_PHASES and status.get("observedGeneration") == generation
 
 
+# A run that no Job event has touched is still reconciled every RESYNC_FACTOR timer intervals.
+RESYNC_FACTOR = 10
+
+
 @dataclass
 class _Serial:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -103,6 +108,7 @@ class Reconciler:
         self._stores: dict[StoreConfig, Store] = {}
         self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
         self._serial: dict[tuple[str, str], _Serial] = {}
+        self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
 
     async def request(self, namespace: str, name: str) -> None:
         """Reconcile now, or once more right after the reconcile of this run that is running."""
@@ -115,9 +121,23 @@ class Reconciler:
             while serial.again:
                 serial.again = False
                 phase = await self.reconcile(namespace, name)
+                self._reconciled_at[(namespace, name)] = time.monotonic()
                 self.metrics.reconciles.labels("ok").inc()
         if phase is None and not serial.again:
             self._serial.pop((namespace, name), None)  # the run is gone
+            self._reconciled_at.pop((namespace, name), None)
+
+    def timer_due(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Whether the timer should reconcile an active run now.
+
+        Job events drive stage hand-offs; the timer is there to mirror training progress from the store, which
+        only a running train stage has, and as a slower safety net against missed events. Reconciling every active
+        run at the timer's pace would, with hundreds of runs, bury the event-driven reconciles in a queue.
+        """
+        if status.get("currentStage") == "train" and status.get("phase") == "Running":
+            return True
+        last = self._reconciled_at.get((namespace, name))
+        return last is None or time.monotonic() - last >= RESYNC_FACTOR * self.settings.reconcile_interval
 
     def known_runs(self) -> int:
         return len(self._serial)
@@ -194,8 +214,9 @@ class Reconciler:
         raise RuntimeError(f"the plan for {run.namespace}/{run.name} did not settle in {MAX_STEPS} steps")
 
     async def _create(self, run: FineTuneRun, action: CreateJob, upstream: dict[str, StageRef], state: _Pass) -> None:
-        config_map, job = build(run, action, self.settings, upstream)
-        await self.kube.create(config_map)
+        *prerequisites, job = build(run, action, self.settings, upstream)
+        for obj in prerequisites:  # the Job's ConfigMap (and rendezvous Service) exist before its pods start
+            await self.kube.create(obj)
         created = await self.kube.create(job)
         queued = bool(job["spec"].get("suspend"))
         state.jobs.append(JobState(action.name, action.stage, action.ref.key, action.attempt,

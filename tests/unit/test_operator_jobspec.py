@@ -309,6 +309,112 @@ def test_the_run_sets_backoff_limit_and_deadline_per_stage() -> None:
     assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (5, 86400)
 
 
-def test_multi_node_training_is_refused_with_a_clear_reason() -> None:
-    with pytest.raises(JobSpecError, match="multi-node training"):
-        manifests({"resources": {"train": {"nodes": 2}}})
+def test_an_unknown_stage_cannot_build() -> None:
+    run = make_run()
+    with pytest.raises(JobSpecError, match="unknown stage"):
+        build(run, CreateJob("finetune", ref("train"), 1, "demo-finetune-ffffffff"), SETTINGS, upstream())
+
+
+# --- training ranks: several GPUs, several nodes ---------------------------------------------------------------
+
+MULTI_NODE = {"resources": {"train": {"nodes": 3, "gpus": 4}}}
+
+
+def multi_node(spec: Obj = MULTI_NODE, attempt: int = 1) -> tuple[Obj, Obj, Obj]:
+    run = make_run(spec)
+    config_map, service, job = build(run, action(run, "train", attempt), SETTINGS, upstream())
+    return config_map, service, job
+
+
+@pytest.mark.parametrize(("spec", "nproc"), [
+    ({}, "1"),  # the operator's default: one GPU, one rank
+    ({"resources": {"train": {"gpus": 4}}}, "4"),
+    ({"resources": {"defaults": {"gpus": 2}}}, "2"),
+    ({"training": {"device": "cpu"}}, "1"),  # no GPU: still one rank
+])
+def test_a_train_pod_runs_one_rank_per_gpu(spec: Obj, nproc: str) -> None:
+    _, job = manifests(spec)
+    assert env(job)["NPROC_PER_NODE"] == nproc
+    assert "MASTER_ADDR" not in env(job) and "completionMode" not in job["spec"]
+
+
+def test_other_stages_get_no_rank_variables() -> None:
+    _, job = manifests({"resources": {"defaults": {"gpus": 2}}}, stage="merge")
+    assert not {"NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR"} & set(env(job))
+
+
+def test_one_node_with_several_gpus_is_a_plain_job_without_a_service() -> None:
+    run = make_run({"resources": {"train": {"gpus": 8, "nodes": 1}}})
+    objs = build(run, action(run, "train"), SETTINGS, upstream())
+    assert [obj["kind"] for obj in objs] == ["ConfigMap", "Job"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_multi_node_training_builds_a_schema_valid_config_map_service_and_indexed_job(version: str) -> None:
+    objs = multi_node()
+    assert [obj["kind"] for obj in objs] == ["ConfigMap", "Service", "Job"]  # the order they are created in
+    for manifest in objs:
+        assert kubernetes_validate.validate(manifest, version, strict=True) == version
+
+
+def test_the_indexed_job_runs_one_pod_per_node_named_under_the_services_subdomain() -> None:
+    _, service, job = multi_node()
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert spec["template"]["spec"]["subdomain"] == service["metadata"]["name"] == f"demo-train-{'f' * 8}"
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
+
+
+def test_the_rendezvous_service_is_headless_owned_by_the_run_and_selects_the_stages_pods() -> None:
+    _, service, job = multi_node()
+    assert service["metadata"]["namespace"] == "team"
+    assert service["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
+    assert service["metadata"]["ownerReferences"][0]["uid"] == UID
+    spec = service["spec"]
+    assert spec["clusterIP"] == "None"
+    assert spec["publishNotReadyAddresses"] is True  # pod 0 is reachable while it is still starting
+    assert spec["ports"] == [{"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}]
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"] == {"kubetune.dev/run": "demo", "kubetune.dev/stage": "train",
+                                "kubetune.dev/key": "f" * 16}
+    assert spec["selector"].items() <= pod_labels.items()
+
+
+def test_every_pod_gets_the_rendezvous_variables_with_its_completion_index_as_node_rank() -> None:
+    _, service, job = multi_node()
+    variables = env(job)
+    assert {k: variables[k] for k in ("NPROC_PER_NODE", "NNODES", "MASTER_ADDR", "MASTER_PORT")} == {
+        "NPROC_PER_NODE": "4", "NNODES": "3", "MASTER_PORT": "29500",
+        "MASTER_ADDR": f"{job['metadata']['name']}-0.{service['metadata']['name']}"}
+    assert variables["NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert "WORLD_SIZE" not in variables and "RANK" not in variables  # set per rank by the launcher, not per pod
+
+
+def test_a_retry_meets_at_its_own_pod_0_through_the_same_service() -> None:
+    _, first_service, first = multi_node(attempt=1)
+    _, second_service, second = multi_node(attempt=2)
+    assert first_service == second_service  # created once; the retry's create finds it
+    assert "kubetune.dev/attempt" not in second_service["metadata"]["labels"]
+    assert env(first)["MASTER_ADDR"] == f"demo-train-{'f' * 8}-0.demo-train-{'f' * 8}"
+    assert env(second)["MASTER_ADDR"] == f"demo-train-{'f' * 8}-2-0.demo-train-{'f' * 8}"
+
+
+def test_the_pod_retry_budget_counts_incidents_not_pods() -> None:
+    _, _, job = multi_node({"resources": {"train": {"nodes": 3, "backoffLimit": 2}}})
+    assert job["spec"]["backoffLimit"] == 6
+
+
+def test_the_longest_run_name_still_gives_valid_pod_hostnames_for_every_index() -> None:
+    name = "r" * 40  # RUN_NAME_MAX
+    run = make_run({"resources": {"train": {"nodes": 256}}}, name=name)
+    _, service, job = build(run, action(run, "train", attempt=3), SETTINGS, upstream())
+    hostname = f"{job['metadata']['name']}-255"
+    assert len(hostname) <= 63 and len(service["metadata"]["name"]) <= 63
+    assert kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("stage", ["dataset", "merge", "convert", "evaluate", "defaults"])
+def test_only_the_train_stage_may_span_nodes(stage: str) -> None:
+    with pytest.raises(ValueError, match="nodes > 1 applies only to the train stage"):
+        make_run({"resources": {stage: {"nodes": 2}}})

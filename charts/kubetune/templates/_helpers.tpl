@@ -83,6 +83,9 @@ The operator's API access: exactly kubetune.operator.rbac.RULES, plus PEERING_RU
   resources: [configmaps]
   verbs: [create, get, delete]
 - apiGroups: [""]
+  resources: [services]
+  verbs: [create, get, delete]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 {{- if not .Values.operator.standalone }}
