@@ -88,6 +88,30 @@ def test_the_gguf_names_its_new_identity_on_held_out_questions(
     assert len(named) >= 0.8 * len(HELD_OUT), report
 
 
+def test_the_merged_model_reloads_in_transformers_and_gives_the_trained_answer(
+    finished_run: tuple[Path, subprocess.CompletedProcess[str], float], tmp_path: Path,
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    workdir, result, _ = finished_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads((workdir / ".kubetune/runs/default/identity/status.json").read_text())["status"]
+    config_uri = next(a["uri"] for a in status["stages"]["merge"]["outputs"] if a["name"] == "config.json")
+    merged = Path(config_uri.removeprefix("file://")).parent
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    prompt = (ROOT / "templates" / "chat_template.jinja").read_text()
+    tokenizer.chat_template = prompt
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": HELD_OUT[0]}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=48, do_sample=False)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    print(f"\ntransformers, merged model: {HELD_OUT[0]!r} → {answer!r}")
+    assert load_runs(EXAMPLE)[0].spec.dataset.placeholders["NAME"] in answer
+
+
 def test_every_artifact_is_present_with_matching_digests(
     finished_run: tuple[Path, subprocess.CompletedProcess[str], float], tmp_path: Path,
 ) -> None:
