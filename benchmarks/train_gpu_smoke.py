@@ -24,7 +24,6 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 
-
 def use_checkout_jobs() -> None:
     """Make `kubetune.jobs` importable from a plain checkout (no editable install, e.g. on a bare GPU machine):
     the folder `jobs/` is the package `kubetune.jobs`, as pyproject's package-dir maps it."""

@@ -20,7 +20,6 @@ from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-
 from kubetune.store import open_store
 
 log = logging.getLogger("kubetune.jobs.dataset")

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,7 +41,7 @@ class Stopped(Exception):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class JobContext:
@@ -134,7 +134,7 @@ def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> i
             return _fail(ctx, EXIT_CONFIG, "Failed", f"cannot read run config {run_path}: {exc}")
         log.exception("stage %s failed", stage)
         return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - the job's last word must be a one-line reason, whatever failed
+    except Exception as exc:
         log.exception("stage %s failed", stage)
         return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
 
@@ -144,7 +144,7 @@ def _fail(ctx: JobContext | None, code: int, phase: str, reason: str) -> int:
     if ctx is not None:
         try:
             ctx.progress(phase, force=True, message=reason, exitCode=code)
-        except Exception:  # noqa: BLE001 - the store may be what failed; the exit code still tells
+        except Exception:
             log.warning("could not write progress.json", exc_info=True)
     try:
         TERMINATION_LOG.write_text(reason)

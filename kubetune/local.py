@@ -4,10 +4,10 @@ subprocess with the same contract as in the cluster (`python -m kubetune.jobs <s
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +117,7 @@ def _execute(local: LocalRun, from_stage: str | None) -> int:
             print(f"kubetune: {run.name} is suspended (spec.suspend: true); nothing to do.", file=sys.stderr)
             return 0
         else:  # Wait / SuspendJob / ResumeJob need a cluster; local jobs run to completion one at a time.
-            raise RuntimeError(f"unexpected action for the local executor: {action}")
+            raise TypeError(f"unexpected action for the local executor: {action}")
 
 
 def _look_up(local: LocalRun, ref: StageRef) -> None:

@@ -187,10 +187,9 @@ def _next_for_stage(
     if latest is not None and latest.phase == "Succeeded":
         reason = f"Job {latest.name} succeeded but published no output"
         return Fail(stage, reason), StageView("Failed", ref, latest, len(ours), reason)
-    if latest is not None and latest.phase == "Failed":
-        if latest.config_error or latest.attempt >= MAX_ATTEMPTS:
-            reason = latest.message or f"Job {latest.name} failed"
-            return Fail(stage, reason), StageView("Failed", ref, latest, len(ours), reason)
+    if latest is not None and latest.phase == "Failed" and (latest.config_error or latest.attempt >= MAX_ATTEMPTS):
+        reason = latest.message or f"Job {latest.name} failed"
+        return Fail(stage, reason), StageView("Failed", ref, latest, len(ours), reason)
     if suspend:
         return Idle(stage), StageView("Suspended", ref, latest, len(ours), "run suspended")
     attempt = latest.attempt + 1 if latest is not None else 1

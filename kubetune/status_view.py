@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ def _json_path(document: dict[str, Any], path: str) -> Any:
 def _age(timestamp: str | None, now: datetime) -> str:
     if not timestamp:
         return "<unknown>"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     return format_duration((now - then).total_seconds())
 
 
 def render_get(document: dict[str, Any], now: datetime | None = None) -> str:
     """One table row per run, with the CRD's printer columns (wide: all of them)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     headers = ["NAME"] + [c["name"].upper() for c in PRINTER_COLUMNS]
     row = [document["metadata"]["name"]]
     for column in PRINTER_COLUMNS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import kopf
+
 from kubetune.operator.handlers import register
 from kubetune.operator.kube import KubeApi, connect
 from kubetune.operator.metrics import Metrics

@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+
+from kubetune.api.types import GROUP, PLURAL, VERSION
 from kubetune.operator.kube import API_THREADS, ApiError
 from kubetune.operator.labels import DOMAIN
 from kubetune.operator.labels import RUN as RUN_LABEL
 from kubetune.operator.reconcile import Reconciler, is_settled
 from kubetune.operator.settings import OperatorSettings
-
-from kubetune.api.types import GROUP, PLURAL, VERSION
 from kubetune.store import StoreError
 
 RESOURCE = (GROUP, VERSION, PLURAL)

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kubetune.api import types as t
+from kubetune.api.validate import FineTuneRun
 from kubetune.operator import labels
 from kubetune.operator.runstore import credentials_secret, resolve_store
 from kubetune.operator.settings import OperatorSettings
-
-from kubetune.api import types as t
-from kubetune.api.validate import FineTuneRun
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig
 from kubetune.stages import KEY_PREFIX_LENGTH, StageRef

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 import kubernetes
-from kubetune.operator import labels
 
 from kubetune.api import types as t
+from kubetune.operator import labels
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"

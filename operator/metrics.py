@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from kubetune.operator.status import Transition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api.types import RunPhase
+from kubetune.operator.status import Transition
 
 RUN_PHASES: tuple[RunPhase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 # Stages take from seconds (dataset) to days (train).

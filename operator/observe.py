@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.operator import labels
-
 from kubetune.planner import JobPhase, JobState
 
 POD_FAILURE_POLICY = "PodFailurePolicy"

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kubetune.api.types import STAGES, FineTuneRunSpec
+from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.operator import labels
 from kubetune.operator.jobspec import JobSpecError, build
 from kubetune.operator.kube import KubeApi, Obj
@@ -26,9 +28,6 @@ from kubetune.operator.observe import has_condition, latest_attempts, observe_jo
 from kubetune.operator.runstore import NoStoreConfigured, resolve_store
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan
-
-from kubetune.api.types import STAGES, FineTuneRunSpec
-from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.planner import (
     CreateJob,
     Fail,

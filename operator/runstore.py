@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kubetune.operator.settings import OperatorSettings
-
 from kubetune.api.types import StorageSpec
+from kubetune.operator.settings import OperatorSettings
 from kubetune.runconfig import StoreConfig
 
 

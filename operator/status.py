@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from kubetune.operator.observe import ObservedJob
-
 from kubetune.api import types as t
+from kubetune.operator.observe import ObservedJob
 from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
 from kubetune.store import Manifest, ManifestFile, manifest_digest
 

@@ -66,7 +66,7 @@ def _type_schema(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
     elif origin is dict:
         key, value = get_args(annotation)
         schema = {"type": "object", "additionalProperties": _type_schema(value, [])}
-        key_annotation, key_metadata = _unwrap(key, [])
+        _, key_metadata = _unwrap(key, [])
         key_pattern = _constraints(key_metadata).get("pattern")
         if key_pattern:
             schema["x-kubernetes-validations"] = [
@@ -130,9 +130,8 @@ def _bounds(schema_type: str, c: dict[str, Any]) -> dict[str, Any]:
             out["minItems"] = c["min_length"]
         if "max_length" in c:
             out["maxItems"] = c["max_length"]
-    elif schema_type == "object":
-        if "max_length" in c:
-            out["maxProperties"] = c["max_length"]
+    elif schema_type == "object" and "max_length" in c:
+        out["maxProperties"] = c["max_length"]
     return out
 
 

@@ -6,10 +6,11 @@ Errors come back as `path: message` lines with Kubernetes field paths (`spec.tra
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import celpy
 import yaml
@@ -156,7 +157,7 @@ def _metadata_errors(meta: Any) -> Iterator[FieldError]:
 # --- CEL --------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _program(rule: str) -> celpy.Runner:
     env = celpy.Environment()
     return env.program(env.compile(rule))

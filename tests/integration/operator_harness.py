@@ -15,12 +15,12 @@ from typing import Any
 import kopf
 import kubernetes
 import yaml
+
 from kubetune.operator.handlers import register
 from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.reconcile import Reconciler
 from kubetune.operator.settings import OperatorSettings
-
 from kubetune.store import Store, open_store
 from tests.fixtures.s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REGION
 from tests.kube.emulator import KubeEmulator

@@ -11,9 +11,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kubetune.operator.rbac import allows
 
 from kubetune.api.types import STAGES
+from kubetune.operator.rbac import allows
 from kubetune.planner import MAX_ATTEMPTS
 from kubetune.store import manifest_digest, read_manifest
 from tests.fixtures.s3 import MotoServer

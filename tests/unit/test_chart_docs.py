@@ -12,9 +12,9 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
-from kubetune.operator.metrics import Metrics
 
 from kubetune.api.crd import render as render_crd
+from kubetune.operator.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"

@@ -14,6 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from kubetune.operator.rbac import PEERING_RULES, RULES
 from kubetune.operator.settings import OperatorSettings
 

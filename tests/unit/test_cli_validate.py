@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
 
 
 def test_every_example_validates() -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubetune.operator import jobspec
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from kubetune.operator import jobspec
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"operator": ROOT / "images" / "operator.Dockerfile", "job": ROOT / "images" / "job.Dockerfile"}

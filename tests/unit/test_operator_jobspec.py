@@ -9,11 +9,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kubetune.operator.jobspec import JobSpecError, build
-from kubetune.operator.settings import OperatorSettings
 
 from kubetune.api.types import STAGES
 from kubetune.api.validate import FineTuneRun, load_runs, parse_run
+from kubetune.operator.jobspec import JobSpecError, build
+from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig
 from kubetune.stages import StageRef

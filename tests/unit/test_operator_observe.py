@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from kubetune.operator.observe import latest_attempts, observe_job, observe_jobs
 
 KEY = "c" * 64

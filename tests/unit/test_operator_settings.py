@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
+from kubetune.api.types import Toleration
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.rbac import RULES, allows
 from kubetune.operator.settings import DEFAULT_JOB_COMMAND, OperatorSettings, SettingsError
 from kubetune.operator.status import Transition
-
-from kubetune.api.types import Toleration
 
 
 def test_without_any_variable_the_defaults_apply() -> None:

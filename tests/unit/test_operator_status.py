@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from kubetune.api.types import STAGES, FineTuneRunSpec, FineTuneRunStatus
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.status import MAX_STAGE_OUTPUTS, StatusInputs, compute_status, failed_plan
-
-from kubetune.api.types import STAGES, FineTuneRunSpec, FineTuneRunStatus
 from kubetune.planner import JobPhase, JobState, Observed, Output, Plan, plan
 from kubetune.stages import StageRef, stage_ref
 from kubetune.store import Manifest, ManifestFile, manifest_digest
