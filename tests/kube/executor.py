@@ -5,7 +5,8 @@ process in its own session, with stdout/stderr captured to files. What cannot be
 
 * Volumes cannot be mounted at their `mountPath` (e.g. /etc/kubetune): configMap, secret and emptyDir volumes are
   materialised in the attempt's directory and every occurrence of a mount path in the command, args, env values and
-  workingDir is REWRITTEN to the local directory (longest mount path first, whole path segments only).
+  workingDir is REWRITTEN to the local directory (longest mount path first, whole path segments only) — except a
+  path into this checkout (the test's own programs, e.g. when the checkout lives under /tmp and /tmp is a mount).
 * The container's `terminationMessagePath` (/dev/termination-log) is rewritten the same way to a per-attempt file.
   The termination message is that file's content, else (for a failed container) the last line on stderr.
 * argv[0] `python` / `python3` becomes this interpreter (the job image's Python is our virtualenv here).
@@ -785,7 +786,23 @@ def _path_rewriter(mounts: dict[str, str]) -> Callable[[str], str]:
     if not ordered:
         return lambda value: value
     pattern = re.compile(r"(?<![\w.\-/])(" + "|".join(re.escape(path) for path in ordered) + r")(?=/|$|[^\w.\-])")
-    return lambda value: pattern.sub(lambda match: mounts[match.group(1)], value)
+
+    def rewrite(value: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            # A path into this checkout is the test's own program (the checkout may itself live under a mount
+            # point such as /tmp), never a file inside the container's volume: leave it alone.
+            whole = _HOST_PATH_END.split(value[match.start():], maxsplit=1)[0]
+            if whole == str(CHECKOUT) or whole.startswith(str(CHECKOUT) + os.sep):
+                return match.group(0)
+            return mounts[match.group(1)]
+
+        return pattern.sub(replace, value)
+
+    return rewrite
+
+
+_HOST_PATH_END = re.compile(r"[\s:=,;]")
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def job_logs(executor: JobExecutor, job_name: str, namespace: str = "default") -> str:
