@@ -38,7 +38,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400
 RUNS = 100
 SEED = 20251125
 MAX_KILLS = 12
-KILL_AFTER_S = (0.5, 5.0)  # uptime before each SIGKILL, drawn per incarnation: during startup, mid-burst, anywhere
+# The runs may all finish before the schedule is through (a quiet machine is fast): at least this many kills must
+# have landed by then.
+MIN_KILLS = 5
+KILL_AFTER_S = (0.5, 3.0)  # uptime before each SIGKILL, drawn per incarnation: during startup, mid-burst, anywhere
 
 
 @pytest.fixture
@@ -73,7 +76,7 @@ def test_a_hundred_runs_survive_random_operator_sigkills_without_duplicate_or_lo
     print(f"\n[crash] {RUNS} runs, {operator.kills} SIGKILLs after uptimes {schedule.rounded_uptimes()} s, "
           f"stage Jobs existing at each kill {schedule.jobs_at_kill}; {len(jobs)} Jobs, pods per Job {dict(attempts)}; "
           f"all Succeeded in {elapsed:.0f} s")
-    assert operator.kills == MAX_KILLS
+    assert MIN_KILLS <= operator.kills <= MAX_KILLS
     assert any(0 < count < RUNS * 5 for count in schedule.jobs_at_kill), "the kills must land while Jobs are created"
     assert duplicate_jobs(jobs) == {}
     assert len(jobs) == RUNS * 5
