@@ -294,10 +294,6 @@ def base_model_dir(ctx: JobContext) -> Path:
         raise ConfigError(str(error)) from error
 
 
-def no_progress(phase: str = "Running", *, force: bool = False, **fields: Any) -> None:
-    """The reporter of ranks other than 0: progress.json has one writer."""
-
-
 def adopt_rank_progress(ctx: JobContext) -> None:
     """Take over what rank 0 last wrote to progress.json: the launcher's own last word (a failure, a stop) is
     merged into it rather than replacing its step and checkpoint."""
@@ -355,7 +351,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
     try:
         with process_group(ranks, ranks.place(resolve_device(spec.training.device))):
             result = train(inputs, checkpoints, output_dir, stop=ctx.stop,
-                           progress=ctx.progress if ranks.is_main else no_progress, ranks=ranks)
+                           progress=ctx.progress, ranks=ranks)
     except DataError as error:
         raise ConfigError(str(error)) from error
     if result.outcome == "stopped":

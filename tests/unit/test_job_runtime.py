@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.validate import validate_spec
-from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, ConfigError, JobContext, run_job
+from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, ConfigError, JobContext, Stopped, run_job
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import stage_ref
 from kubetune.store import manifest_digest, open_store, read_manifest
@@ -71,6 +71,23 @@ def test_failures_map_to_exit_codes_and_leave_a_reason(tmp_path: Path, error: Ex
     progress = json.loads(store.get_bytes(config.stages["dataset"].prefix + "/progress.json"))
     assert progress["phase"] == phase and str(error) in progress["message"]
     assert read_manifest(store, config.stages["dataset"].prefix) is None
+
+
+def test_only_rank_0_of_launched_ranks_writes_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second rank's start and stop reports would replace rank 0's step and last checkpoint."""
+    def stop(ctx: JobContext) -> None:
+        ctx.progress(step=3, lastCheckpoint="checkpoint-00000003", force=True)
+        raise Stopped("stopped at step 3")
+
+    run_path = write_run(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    assert run_job("dataset", run_path, stop) == EXIT_STOPPED
+    monkeypatch.setenv("RANK", "1")
+    assert run_job("dataset", run_path, lambda ctx: ctx.progress("Running", force=True, step=1)) == EXIT_OK
+    config = RunConfig.load(run_path)
+    progress = json.loads(open_store(config.store.uri).get_bytes(config.stages["dataset"].prefix + "/progress.json"))
+    assert progress["phase"] == "Stopped" and progress["step"] == 3
+    assert progress["lastCheckpoint"] == "checkpoint-00000003"
 
 
 def test_an_unreadable_run_config_is_a_config_error(tmp_path: Path) -> None:
