@@ -262,10 +262,11 @@ def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out
 # ---------------------------------------------------------------- kubetune: the train stage's path
 
 
-def load_ours(folder: Path, config: PretrainedConfig, checkpoint_every: int, attention: str | None) -> Any:
+def load_ours(folder: Path, config: PretrainedConfig, checkpoint_every: int, attention: str | None,
+              device: torch.device | None = None) -> Any:
     return build_model(
         folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
-        device=torch.device("cuda"), gradient_checkpointing=checkpoint_every > 0,
+        device=device or torch.device("cuda"), gradient_checkpointing=checkpoint_every > 0,
         checkpoint_every_n_layers=max(checkpoint_every, 1), attn_implementation=attention,
     )
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from kubetune.jobs.runtime import ConfigError
+from kubetune.jobs.errors import ConfigError
 
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # Rank 0 saves checkpoints and generates eval answers while the others wait at a barrier: allow for that.

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from kubetune.jobs.errors import ConfigError, Stopped
 from kubetune.runconfig import RunConfig
 from kubetune.store import Manifest, Store, fetch, open_store, publish, read_manifest
 
@@ -30,14 +31,6 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_STOPPED = 143
 TERMINATION_LOG = Path("/dev/termination-log")
-
-
-class ConfigError(Exception):
-    """Bad configuration or input: retrying cannot help (exit 2, never retried)."""
-
-
-class Stopped(Exception):
-    """The job was asked to stop and saved what it could (exit 143, resumed later)."""
 
 
 def utc_now() -> str:
