@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kubetune.datasets_new.difficulty import DifficultyError, DifficultyScale
+from kubetune.datasets_new.difficulty import DifficultyError, DifficultyScale, Normalised
 from kubetune.datasets_new.errors import DatasetIssue
 from kubetune.datasets_new.jsonsource import PositionIndex, format_path, read_json_document
 from kubetune.datasets_new.layout import TopicFile
@@ -116,7 +116,9 @@ def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, out
     record_prefix = f"{category}.{subcategory}.{topic.content_type}."
     seen_ids: set[str] = set()
     records: list[BuiltRecord] = []
+    record_line, add_record = lines.line, records.append  # bound once: this loop runs for every sample
     normalisations: Counter[str] = Counter()
+    normalised_levels: dict[tuple[type, Any], Normalised] = {}  # a file repeats the same few spellings ("3", "hard")
     with_placeholders = 0
     for sample in samples:
         if not is_valid(sample):
@@ -128,10 +130,13 @@ def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, out
         seen_ids.add(sample_id)
         level = sample["difficulty"]
         if type(level) is not int or not lowest <= level <= highest:  # else: a plain in-range level, as is
-            try:
-                normalised = scale.normalise(level, clamp)
-            except DifficultyError:
-                return False
+            spelling = (type(level), level)
+            normalised = normalised_levels.get(spelling)
+            if normalised is None:
+                try:
+                    normalised = normalised_levels[spelling] = scale.normalise(level, clamp)
+                except DifficultyError:
+                    return False
             level = normalised.level
             normalisations[normalised.kind] += 1
         question, think, output = sample["question"], sample["think"], sample["output"]
@@ -143,8 +148,8 @@ def _build_records(topic: TopicFile, samples: list[Any], rules: SampleRules, out
             with_placeholders += 1
         record_id = record_prefix + sample_id
         assistant = f"<think>{think}</think>\n<output>{output}</output>"
-        line = lines.line(record_id, level, question, assistant, sample.get("tags"), sample.get("metadata"))
-        records.append(BuiltRecord(record_id, category, subcategory, level, question, assistant, line))
+        line = record_line(record_id, level, question, assistant, sample.get("tags"), sample.get("metadata"))
+        add_record(BuiltRecord(record_id, category, subcategory, level, question, assistant, line))
     outcome.records = records
     outcome.normalisations = normalisations
     outcome.samples_with_placeholders = with_placeholders

@@ -410,7 +410,11 @@ class _PredicateWriter:
             lines.append(f"if len({var}) < {int(schema['minLength'])}: return False")
         if "maxLength" in schema:
             lines.append(f"if len({var}) > {int(schema['maxLength'])}: return False")
-        if "pattern" in schema:
+        if schema.get("pattern") == r"\S" and schema.get("minLength") == 1:
+            # The usual "not blank", after the non-empty test: str.isspace() and the pattern's \S share CPython's
+            # one definition of whitespace, and isspace() stops at the first other character without a regex.
+            lines.append(f"if {var}.isspace(): return False")
+        elif "pattern" in schema:
             lines.append(f"if {self.constant(re.compile(schema['pattern']))}.search({var}) is None: return False")
         return lines
 

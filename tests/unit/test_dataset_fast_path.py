@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -233,6 +234,17 @@ def test_generated_predicate_accepts_exactly_what_the_checker_accepts(schema: di
         assert is_valid(candidate) == (not found), (candidate, found)
         verdicts.append(not found)
     assert any(verdicts) and not all(verdicts)  # both answers were exercised
+
+
+def test_the_not_blank_shortcut_agrees_with_the_pattern_on_every_character() -> None:
+    """The predicate writes `pattern: "\\S"` (after minLength 1) as `not text.isspace()`: both must call exactly the
+    same characters whitespace, so every code point is tried, alone and next to a space."""
+    non_blank = re.compile(r"\S")
+    predicate = compile_predicate({"type": "string", "minLength": 1, "pattern": r"\S"})
+    disagreeing = [code for code in range(sys.maxunicode + 1)
+                   if (non_blank.search(chr(code)) is not None) != (not chr(code).isspace())]
+    assert disagreeing == []
+    assert predicate("x") and predicate(" \u3000x") and not predicate(" \t\u2028\u3000") and not predicate("")
 
 
 def test_predicate_compiler_refuses_keywords_it_does_not_implement() -> None:
