@@ -82,11 +82,15 @@ class JobTimeline(threading.Thread):
 
     def handoffs(self, runs: list[str]) -> list[float]:
         """Seconds from each stage Job's completion to the creation of the next stage's Job."""
-        gaps = []
+        return [gap for gaps in self.handoffs_by_stage(runs).values() for gap in gaps]
+
+    def handoffs_by_stage(self, runs: list[str]) -> dict[str, list[float]]:
+        """The hand-offs of each pair of stages ("dataset→train": seconds per run)."""
+        gaps: dict[str, list[float]] = {f"{before}→{after}": [] for before, after in itertools.pairwise(STAGES)}
         for run in runs:
             for before, after in itertools.pairwise(STAGES):
                 if (run, before) in self.completed and (run, after) in self.created:
-                    gaps.append(self.created[(run, after)] - self.completed[(run, before)])
+                    gaps[f"{before}→{after}"].append(self.created[(run, after)] - self.completed[(run, before)])
         return gaps
 
 
@@ -158,10 +162,13 @@ def run_batch(kube: KubeEmulator, operator: OperatorProcess, timeline: JobTimeli
     with sampler.sampling():
         for name in names:
             kube.create(run_manifest(name, {"uri": store_uri}))
-        wait_all(kube, names, succeeded, timeout=120 + 2.0 * count)
+        wait_all(kube, names, succeeded, timeout=120 + 2.0 * count, poll_s=1.0)
     wall = time.monotonic() - started
     gaps = timeline.handoffs(names)
     assert len(gaps) == count * (len(STAGES) - 1), f"{len(gaps)} hand-offs seen for {count} runs"
+    print(f"[{prefix}] hand-offs p50/p99 s: " + ", ".join(
+        f"{pair} {statistics.median(values):.2f}/{percentile(values, 0.99):.2f}"
+        for pair, values in timeline.handoffs_by_stage(names).items()), flush=True)
     requests = sum(kube.faults.request_counts().values())
     cpu_s, cores, bed_cores = sampler.cpu()
     return BatchResult(count, wall, statistics.median(gaps), percentile(gaps, 0.99), max(gaps), requests / count,
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         timeline = JobTimeline(kube)
         timeline.start()
         timeline.ready.wait(10)
-        with JobExecutor(kube, root / "executor"):
+        with JobExecutor(kube, root / "executor", pod_niceness=19):
             operator.start()
             try:
                 baseline = run_batch(kube, operator, timeline, store_uri, "base", args.baseline_runs)

@@ -2,8 +2,8 @@
 
 - the run was created, its spec changed, or the operator (re)started → reconcile;
 - a timer reconciles active runs every few seconds (progress mirroring, missed events); settled runs cost nothing;
-- any change to a stage Job (labelled `kubetune.dev/run`) reconciles its run at once, so the next stage's Job
-  starts right after one finishes;
+- a stage Job (labelled `kubetune.dev/run`) changing phase reconciles its run at once, so the next stage's Job
+  starts right after one finishes (its other status writes do not);
 - deleting a run with `storage.keepOnDelete: false` removes its store prefix (through a finalizer, only on those
   runs); Jobs and ConfigMaps go with the run through their owner references.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from kubetune.api.types import GROUP, PLURAL, VERSION
-from kubetune.operator.kube import API_THREADS, ApiError
+from kubetune.operator.kube import ApiError
 from kubetune.operator.labels import DOMAIN
 from kubetune.operator.labels import RUN as RUN_LABEL
 from kubetune.operator.reconcile import Reconciler, is_settled
@@ -28,14 +28,16 @@ from kubetune.store import StoreError
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 FINALIZER = f"{DOMAIN}/artifacts"
+# Store reads (blocking boto3 or file calls) run in this many threads; API calls need none (kube.py).
+STORE_THREADS = 16
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Attach the operator's handlers to `registry` (kopf's default one in production, a fresh one per test)."""
 
-    async def reconcile(namespace: str, name: str) -> None:
+    async def reconcile(namespace: str, name: str, *, urgent: bool = False) -> None:
         try:
-            await reconciler.request(namespace, name)
+            await reconciler.request(namespace, name, urgent=urgent)
         except (ApiError, StoreError, OSError) as error:
             reconciler.metrics.reconciles.labels("error").inc()
             raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: {error}",
@@ -50,7 +52,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # our Events tell the story; kopf's only its problems
         settings.scanning.disabled = True  # no CRD/namespace watching: no RBAC for them
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS))
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=STORE_THREADS))
+
+    @kopf.on.cleanup(registry=registry)
+    async def close_api(**_: Any) -> None:
+        await reconciler.events.drain(timeout=10)
+        await reconciler.kube.close()
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -67,8 +74,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
             await reconcile(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
-    async def job_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        await reconcile(_namespaced(namespace), labels[RUN_LABEL])
+    async def job_changed(namespace: str | None, labels: Mapping[str, str], type: str | None,
+                          body: Mapping[str, Any], **_: Any) -> None:
+        if reconciler.job_event_matters(type, body):
+            await reconcile(_namespaced(namespace), labels[RUN_LABEL], urgent=True)
 
     @kopf.on.delete(*RESOURCE, registry=registry, when=_deletes_artifacts)
     async def delete_artifacts(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> None:

@@ -20,11 +20,13 @@ from typing import Any
 from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.operator import labels
+from kubetune.operator.events import EventRecorder
+from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build
 from kubetune.operator.kube import KubeApi, Obj
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
-from kubetune.operator.observe import has_condition, latest_attempts, observe_jobs
+from kubetune.operator.observe import has_condition, latest_attempts, observe_job, observe_jobs
 from kubetune.operator.runstore import NoStoreConfigured, resolve_store
 from kubetune.operator.settings import OperatorSettings
 from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan
@@ -72,12 +74,15 @@ def is_settled(status: dict[str, Any] | None, generation: int) -> bool:
 
 # A run that no Job event has touched is still reconciled every RESYNC_FACTOR timer intervals.
 RESYNC_FACTOR = 10
+# Reconciles that make API calls at once; the others wait, urgent ones first (gate.py).
+RECONCILES_IN_FLIGHT = 16
 
 
 @dataclass
 class _Serial:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     again: bool = False
+    urgent: bool = False
 
 
 @dataclass
@@ -104,27 +109,38 @@ class Reconciler:
         self.kube = kube
         self.metrics = metrics
         self.clock = clock
+        self.events = EventRecorder(kube)
+        self._gate = PriorityGate(RECONCILES_IN_FLIGHT)
         self._stores: dict[StoreConfig, Store] = {}
         self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
         self._serial: dict[tuple[str, str], _Serial] = {}
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
+        self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
+        # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
+        # changes, and validating it (types and CEL rules) cost half the operator's time under load.
+        self._parsed: dict[tuple[str, str], tuple[tuple[Any, ...], FineTuneRun | InvalidManifest]] = {}
 
-    async def request(self, namespace: str, name: str) -> None:
-        """Reconcile now, or once more right after the reconcile of this run that is running."""
+    async def request(self, namespace: str, name: str, *, urgent: bool = False) -> None:
+        """Reconcile now, or once more right after the reconcile of this run that is running. `urgent` (a stage
+        Job changed phase) goes ahead of the others waiting for a place among the reconciles in flight."""
         serial = self._serial.setdefault((namespace, name), _Serial())
         serial.again = True
+        serial.urgent = serial.urgent or urgent
         if serial.lock.locked():
             return
         phase: str | None = None
         async with serial.lock:
             while serial.again:
                 serial.again = False
-                phase = await self.reconcile(namespace, name)
+                async with self._gate.slot(urgent=serial.urgent):
+                    serial.urgent = False
+                    phase = await self.reconcile(namespace, name)
                 self._reconciled_at[(namespace, name)] = time.monotonic()
                 self.metrics.reconciles.labels("ok").inc()
         if phase is None and not serial.again:
             self._serial.pop((namespace, name), None)  # the run is gone
             self._reconciled_at.pop((namespace, name), None)
+            self._parsed.pop((namespace, name), None)
 
     def timer_due(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Whether the timer should reconcile an active run now.
@@ -138,12 +154,28 @@ class Reconciler:
         last = self._reconciled_at.get((namespace, name))
         return last is None or time.monotonic() - last >= RESYNC_FACTOR * self.settings.reconcile_interval
 
+    def job_event_matters(self, event_type: str | None, job: Mapping[str, Any]) -> bool:
+        """Whether a Job event can move its run on: a Job writes its status many times (pods starting, counters),
+        and only a change of its phase (or completion time) can. Its start time alone waits for the next reconcile
+        (a running train stage's timer, or the Job's end). Deletions always matter."""
+        uid = str((job.get("metadata") or {}).get("uid", ""))
+        if event_type == "DELETED":
+            self._job_views.pop(uid, None)
+            return True
+        observed = observe_job(job)
+        view = None if observed is None else (observed.state.phase, observed.completion_time)
+        if uid and uid in self._job_views and self._job_views[uid] == view:
+            return False
+        self._job_views[uid] = view
+        return True
+
     def known_runs(self) -> int:
         return len(self._serial)
 
     async def reconcile(self, namespace: str, name: str) -> str | None:
         """Returns the run's phase (None once the run is gone)."""
-        body = await self.kube.get_run(namespace, name)
+        # The run and its Jobs are read together: each read is a round trip, and a pass is on a hand-off's path.
+        body, jobs = await asyncio.gather(self.kube.get_run(namespace, name), self.kube.list_jobs(namespace, name))
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.run_phase(namespace, name, None)
             return None
@@ -152,23 +184,36 @@ class Reconciler:
         if is_settled(previous, generation):
             self.metrics.run_phase(namespace, name, previous["phase"])
             return str(previous["phase"])
-        try:
-            run = parse_run(body)
-        except InvalidManifest as error:
-            return await self._write(body, _invalid_spec_plan(str(error)), _Pass([]), None, "", previous)
+        run = self._parse(namespace, name, body)
+        if isinstance(run, InvalidManifest):
+            return await self._write(body, _invalid_spec_plan(str(run)), _Pass([]), None, "", previous)
         try:
             store_config = resolve_store(run.spec.storage, self.settings)
         except NoStoreConfigured as error:
             first = plan(namespace, name, run.spec, Observed())
             return await self._write(body, failed_plan(first, "dataset", str(error)), _Pass([]), run, "", previous)
         store = self._store(store_config)
-        jobs = await self.kube.list_jobs(namespace, name)
         observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
         state = _Pass([job.state for job in observed_jobs])
         step = await self._advance(run, store, state)
         return await self._write(body, step, state, run, store_config.uri, previous,
                                  training=await self._training(store, step, previous),
                                  times={job.state.name: job for job in observed_jobs})
+
+    def _parse(self, namespace: str, name: str, body: Obj) -> FineTuneRun | InvalidManifest:
+        meta = body["metadata"]
+        # Labels change without a new generation, and the parsed run carries them.
+        version = (str(meta.get("uid", "")), int(meta.get("generation") or 0),
+                   tuple(sorted((meta.get("labels") or {}).items())))
+        cached = self._parsed.get((namespace, name))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            parsed: FineTuneRun | InvalidManifest = parse_run(body)
+        except InvalidManifest as error:
+            parsed = error
+        self._parsed[(namespace, name)] = (version, parsed)
+        return parsed
 
     async def delete_artifacts(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """The finalizer's work for runs with storage.keepOnDelete: false."""
@@ -220,7 +265,8 @@ class Reconciler:
         queued = bool(job["spec"].get("suspend"))
         state.jobs.append(JobState(action.name, action.stage, action.ref.key, action.attempt,
                                    "Queued" if queued else "Running"))
-        if created:
+        if created is not None:
+            self.job_event_matters("ADDED", created)  # this pass has seen the new Job: its ADDED event is no news
             self.metrics.job_created(action.stage, action.attempt)
             retry = f", attempt {action.attempt}" if action.attempt > 1 else ""
             state.notes.append(Transition("Normal", "JobCreated", f"{action.stage}: created Job {action.name}{retry}",
@@ -294,8 +340,7 @@ class Reconciler:
         ))
         if update.changed(previous):
             await self.kube.patch_run_status(meta["namespace"], meta["name"], merge_patch(previous, update.status))
-        for transition in (*state.notes, *update.transitions):
-            await self.kube.post_event(body, transition.type, transition.reason, transition.message, now)
+        self.events.record(body, [*state.notes, *update.transitions], now)
         self.metrics.transitions(update.transitions, update.status.get("stages") or {})
         phase = str(update.status["phase"])
         self.metrics.run_phase(meta["namespace"], meta["name"], phase)

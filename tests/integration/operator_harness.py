@@ -100,8 +100,8 @@ class OperatorBed:
         """A fresh operator (registry, reconciler, caches): leaving the block stops it, as a crash would."""
         registry = kopf.OperatorRegistry()
         login_to(self.kube.url, registry)
-        client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=self.kube.url))
-        register(registry, Reconciler(self.settings, KubeApi(client), self.metrics), self.settings)
+        configuration = kubernetes.client.Configuration(host=self.kube.url)
+        register(registry, Reconciler(self.settings, KubeApi(configuration), self.metrics), self.settings)
         with kopf_operator(registry) as thread:
             yield thread
 

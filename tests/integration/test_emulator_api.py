@@ -111,6 +111,21 @@ def test_crd_schema_defaults_prunes_and_validates_including_cel(api: KubeHttp) -
         assert reply.status == 422 and fragment in reply.body["message"], reply.body
 
 
+def test_cel_rules_ratchet_an_unchanged_value_passes_a_rule_tightened_since(kube: KubeEmulator,  # noqa: F811
+                                                                              api: KubeHttp) -> None:
+    api.post(WIDGETS_URL, widget("w1", min=5, max=10))
+    tightened = widget_crd()
+    spec_schema = tightened["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["x-kubernetes-validations"] = [{"rule": "self.max - self.min >= 8", "message": "range too narrow"}]
+    kube.apply_crd(tightened)
+    # The stored spec breaks the new rule, but an update that leaves it as it is goes through (Kubernetes 1.33+).
+    assert api.patch(f"{WIDGETS_URL}/w1/status", {"status": {"phase": "Done"}}).status == 200
+    assert api.patch(f"{WIDGETS_URL}/w1", {"metadata": {"labels": {"a": "b"}}}).status == 200
+    changed = api.patch(f"{WIDGETS_URL}/w1", {"spec": {"min": 4}})
+    assert changed.status == 422 and "range too narrow" in changed.body["message"], changed.body
+    assert api.patch(f"{WIDGETS_URL}/w1", {"spec": {"min": 1}}).status == 200
+
+
 # --------------------------------------------------------------------------------------------- read, list, selectors
 
 def test_get_of_a_missing_object_is_a_not_found_status(api: KubeHttp) -> None:

@@ -88,8 +88,12 @@ class JobExecutor:
         retry_delay: float = 0.1,
         rewrite_command: CommandRewriter | None = None,
         extra_env: dict[str, str] | None = None,
+        pod_niceness: int = 0,
     ) -> None:
         self.kube = kube
+        # In a cluster, pods run on other nodes than the API server and the operator; on one machine, a load test
+        # runs them at a lower CPU priority (nice) so that they take only what the control plane leaves.
+        self.pod_niceness = pod_niceness
         self.workdir = workdir
         self.retry_delay = retry_delay
         self.rewrite_command = rewrite_command
@@ -463,6 +467,9 @@ class _JobController:
                 attempt.termination_message = f"container could not start: {error}"
                 pod.terminated(attempt)
                 return attempt
+        if self.executor.pod_niceness:
+            with contextlib.suppress(ProcessLookupError):  # an instant job may be gone already
+                os.setpriority(os.PRIO_PGRP, process.pid, self.executor.pod_niceness)
         self.running = True
         self._write_status(active=1, ready=1)
         pod.running()

@@ -1,7 +1,8 @@
 """Structural-schema handling of custom resources, as the API server does on every write:
 prune unknown fields, apply defaults, validate (types, enums, bounds, patterns, required) and CEL rules.
 
-Not covered: `format`, `anyOf`/`oneOf`/`allOf`/`not`, CEL `messageExpression` and `fieldPath`.
+CEL rules are ratcheted as in Kubernetes 1.33+: a rule without `oldSelf` is skipped for a value an update leaves
+unchanged, so a status write does not re-run the spec's rules. Not covered: `format`, `anyOf`/`oneOf`/`allOf`/`not`, CEL `messageExpression` and `fieldPath`.
 """
 
 from __future__ import annotations
@@ -139,6 +140,24 @@ def _validate_bounds(schema: Schema, value: Any, where: str, causes: list[str]) 
 
 
 @lru_cache(maxsize=512)
+def _members_read(rule: str) -> frozenset[str] | None:
+    """The members of `self` a rule reads when it reads `self` only as `self.<member>`, else None (it may read all:
+    `self` alone, indexed, or with a macro or method such as `self.all(...)` or `self.size()`)."""
+    if re.search(r"\bself\b(?!\.\w+\b(?!\s*\())", rule):
+        return None
+    return frozenset(re.findall(r"\bself\.(\w+)\b(?!\s*\()", rule))
+
+
+def _fields_read(rule: str, value: Any) -> Any:
+    """`value` cut down to the members the rule reads: converting a whole object to CEL for a rule on its
+    `metadata.name` cost more than the rest of a status write. The rule's result is the same."""
+    members = _members_read(rule)
+    if members is None or not isinstance(value, dict):
+        return value
+    return {key: value[key] for key in members if key in value}
+
+
+@lru_cache(maxsize=512)
 def _program(rule: str) -> Any:
     environment = celpy.Environment()
     return environment.program(environment.compile(rule))
@@ -149,7 +168,9 @@ def _check_rule(rule: dict[str, Any], value: Any, old: Any, where: str, causes: 
     uses_old = re.search(r"\boldSelf\b", expression) is not None
     if uses_old and old is _MISSING:
         return  # transition rules apply only to updates of an existing value
-    activation = {"self": celpy.json_to_cel(value)}
+    if not uses_old and old is not _MISSING and old == value:
+        return  # validation ratcheting (Kubernetes 1.33+): a value an update leaves unchanged is not re-checked
+    activation = {"self": celpy.json_to_cel(_fields_read(expression, value))}
     if uses_old:
         activation["oldSelf"] = celpy.json_to_cel(old)
     try:

@@ -156,9 +156,11 @@ def terminal(run: Obj) -> bool:
 
 
 def wait_all(kube: KubeEmulator, names: Iterable[str], done: Callable[[Obj], bool], timeout: float,
-             while_waiting: Callable[[], None] | None = None) -> list[Obj]:
+             while_waiting: Callable[[], None] | None = None, poll_s: float = 0.25) -> list[Obj]:
     """Poll until every named run satisfies `done` (calling `while_waiting` between polls, e.g. to kill the
-    operator); returns the runs. Raises TimeoutError naming the runs that did not get there."""
+    operator); returns the runs. Raises TimeoutError naming the runs that did not get there. Each poll copies every
+    run out of the emulator, which shares its process (and the GIL) with the Job executor: a load test with hundreds
+    of runs polls less often, so as not to slow the API server it measures through."""
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:
@@ -171,7 +173,7 @@ def wait_all(kube: KubeEmulator, names: Iterable[str], done: Callable[[Obj], boo
             raise TimeoutError(f"{len(pending)} run(s) not done after {timeout}s: {pending[:5]}, phases {dict(phases)}")
         if while_waiting is not None:
             while_waiting()
-        time.sleep(0.25)
+        time.sleep(poll_s)
 
 
 def stage_jobs(kube: KubeEmulator) -> list[Obj]:

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.validate import validate_spec
-from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, ConfigError, JobContext, Stopped, run_job
+from kubetune.jobs.runtime import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    ConfigError,
+    JobContext,
+    Stopped,
+    run_job,
+)
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import stage_ref
 from kubetune.store import manifest_digest, open_store, read_manifest
