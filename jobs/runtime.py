@@ -62,11 +62,11 @@ class JobContext:
 
     def progress(self, phase: str = "Running", *, force: bool = False, **fields: Any) -> None:
         """Merge `fields` into progress.json and write it (at most every few seconds unless the phase changes)."""
+        if not self.writes_progress:
+            return
         changed_phase = self._progress.get("phase") != phase
         self._progress.update({k: v for k, v in fields.items() if v is not None}, phase=phase, updatedAt=utc_now())
         now = time.monotonic()
-        if not self.writes_progress:
-            return
         if force or changed_phase or now - self._progress_written_at >= self.PROGRESS_MIN_INTERVAL_S:
             self.store.put_bytes(f"{self.prefix}/progress.json", json.dumps(self._progress, sort_keys=True).encode())
             self._progress_written_at = now

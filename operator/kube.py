@@ -55,7 +55,8 @@ def ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContex
     """The TLS settings the kubernetes client would use (CA, client certificate, verification, server name)."""
     if not configuration.host.startswith("https://"):
         return False
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert,
+                                         cadata=configuration.ca_cert_data)
     if configuration.cert_file:
         context.load_cert_chain(configuration.cert_file, configuration.key_file)
     if not configuration.verify_ssl:
@@ -64,6 +65,14 @@ def ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContex
     elif configuration.assert_hostname is False:
         context.check_hostname = False
     return context
+
+
+def _proxy(configuration: kubernetes.client.Configuration) -> str | None:
+    """The configured HTTP(S) proxy unless `no_proxy` exempts the API server (SOCKS proxies are not supported)."""
+    proxy = configuration.proxy
+    if not proxy or should_bypass_proxies(configuration.host, configuration.no_proxy or ""):
+        return None
+    return str(proxy)
 
 
 def _run_path(namespace: str, name: str = "") -> str:
@@ -84,6 +93,7 @@ class KubeApi:
         self.configuration = configuration
         self.instance = socket.gethostname()
         self._session: aiohttp.ClientSession | None = None
+        self._proxy = _proxy(configuration)
 
     def _open_session(self) -> aiohttp.ClientSession:
         """The session of the running event loop, opened on first use (aiohttp binds a session to its loop)."""
@@ -97,13 +107,6 @@ class KubeApi:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def _proxy(self) -> str | None:
-        """The configured HTTP(S) proxy unless `no_proxy` exempts the API server (SOCKS proxies are not supported)."""
-        proxy = self.configuration.proxy
-        if not proxy or should_bypass_proxies(self.configuration.host, self.configuration.no_proxy or ""):
-            return None
-        return str(proxy)
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -123,7 +126,7 @@ class KubeApi:
             async with self._open_session().request(
                 method, self.configuration.host + path, params=dict(query or {}), data=data,
                 headers=self._headers(content_type if body is not None else None),
-                proxy=self._proxy(), server_hostname=self.configuration.tls_server_name or None,
+                proxy=self._proxy, server_hostname=self.configuration.tls_server_name or None,
             ) as response:
                 payload = await response.read()
                 status, reason = response.status, response.reason or ""

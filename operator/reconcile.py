@@ -159,12 +159,12 @@ class Reconciler:
         and only a change of its phase (or completion time) can. Its start time alone waits for the next reconcile
         (a running train stage's timer, or the Job's end). Deletions always matter."""
         uid = str((job.get("metadata") or {}).get("uid", ""))
-        if event_type == "DELETED":
+        if event_type == "DELETED" or not uid:
             self._job_views.pop(uid, None)
             return True
         observed = observe_job(job)
         view = None if observed is None else (observed.state.phase, observed.completion_time)
-        if uid and uid in self._job_views and self._job_views[uid] == view:
+        if uid in self._job_views and self._job_views[uid] == view:
             return False
         self._job_views[uid] = view
         return True
