@@ -4,11 +4,8 @@ from a checkpoint with another number of ranks, in-process (`train()`) and throu
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +16,9 @@ from safetensors.torch import load_file
 
 from kubetune.api.types import FineTuneRunSpec
 from kubetune.runconfig import RunConfig, StoreConfig
-from kubetune.stages import StageRef
 from kubetune.store import Store, open_store, publish, read_manifest
 from tests.fixtures.tiny_models import build_tiny_model, repo_root, vocab_tokenizer_dir
+from tests.integration.train_job import DATASET, TRAIN, progress, start_job
 from tests.integration.train_ranks_harness import PREFIX, RankJob, rank_dir, run_ranks
 
 CACHE = repo_root() / ".cache" / "test-models"
@@ -150,8 +147,6 @@ def test_an_epoch_plan_resumed_with_another_rank_count_finishes_its_epochs_from_
 
 # --- through the job's own launcher: `python -m kubetune.jobs train` with NPROC_PER_NODE -----------------------
 
-DATASET = StageRef("d" * 64, "default/demo/dataset/dddddddddddddddd")
-TRAIN = StageRef("e" * 64, "default/demo/train/eeeeeeeeeeeeeeee")
 
 
 def write_run(tmp: Path, *, steps: int, with_dataset_file: bool = True) -> tuple[Path, Store]:
@@ -172,25 +167,11 @@ def write_run(tmp: Path, *, steps: int, with_dataset_file: bool = True) -> tuple
     return path, store
 
 
-def start_job(tmp: Path, run_json: Path, nproc: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KUBETUNE_WORKDIR": str(tmp / "work"),
-           "KUBETUNE_CACHE": str(tmp / "cache"), "NPROC_PER_NODE": str(nproc)}
-    return subprocess.Popen([sys.executable, "-m", "kubetune.jobs", "train", "--run", str(run_json)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def progress(store: Store) -> dict[str, Any]:
-    try:
-        return dict(json.loads(store.get_bytes(f"{TRAIN.prefix}/progress.json")))
-    except FileNotFoundError:
-        return {}
-
-
 @pytest.mark.slow
 def test_the_job_launches_two_ranks_stops_on_sigterm_with_a_checkpoint_and_one_rank_finishes_it(tmp_path: Path) -> None:
     steps = 40
     run_json, store = write_run(tmp_path, steps=steps)
-    job_process = start_job(tmp_path, run_json, nproc=2)
+    job_process = start_job(tmp_path, run_json, NPROC_PER_NODE="2")
     deadline = time.monotonic() + 300
     while int(progress(store).get("step", 0)) < 2:
         assert job_process.poll() is None, job_process.communicate()[0]
@@ -212,7 +193,7 @@ def test_the_job_launches_two_ranks_stops_on_sigterm_with_a_checkpoint_and_one_r
     assert read_manifest(store, TRAIN.prefix) is None  # a stopped run publishes no output
 
     shutil.rmtree(tmp_path / "work")  # a new pod: nothing local survives
-    rerun = start_job(tmp_path, run_json, nproc=1)
+    rerun = start_job(tmp_path, run_json, NPROC_PER_NODE="1")
     output = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, output
     assert "launching" not in output and f"resuming from {saved} at step {saved_step}" in output
@@ -226,7 +207,7 @@ def test_the_job_launches_two_ranks_stops_on_sigterm_with_a_checkpoint_and_one_r
 @pytest.mark.slow
 def test_a_ranks_configuration_error_ends_the_launched_job_with_exit_2_and_the_ranks_reason(tmp_path: Path) -> None:
     run_json, store = write_run(tmp_path, steps=2, with_dataset_file=False)
-    job_process = start_job(tmp_path, run_json, nproc=2)
+    job_process = start_job(tmp_path, run_json, NPROC_PER_NODE="2")
     output = job_process.communicate(timeout=300)[0]
     assert job_process.returncode == 2, output
     last_line = output.strip().splitlines()[-1]

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kubetune.api.types import FineTuneRunSpec
 from kubetune.runconfig import RunConfig, StoreConfig
-from kubetune.stages import StageRef
-from kubetune.store import Store, open_store, publish, read_manifest
+from kubetune.store import open_store, publish, read_manifest
 from tests.fixtures.tiny_models import build_tiny_model, repo_root, vocab_tokenizer_dir
+from tests.integration.train_job import DATASET, TRAIN, progress, start_job
 
 CACHE = repo_root() / ".cache" / "test-models"
-DATASET = StageRef("d" * 64, "default/demo/dataset/dddddddddddddddd")
-TRAIN = StageRef("e" * 64, "default/demo/train/eeeeeeeeeeeeeeee")
 STEPS = 60
 
 
@@ -42,20 +37,6 @@ def write_run(tmp: Path, model_dir: Path) -> Path:
     path = tmp / "run.json"
     path.write_text(run.dumps(), encoding="utf-8")
     return path
-
-
-def start_job(tmp: Path, run_json: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KUBETUNE_WORKDIR": str(tmp / "work"),
-           "KUBETUNE_CACHE": str(tmp / "cache")}
-    return subprocess.Popen([sys.executable, "-m", "kubetune.jobs", "train", "--run", str(run_json)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def progress(store: Store) -> dict[str, object]:
-    try:
-        return dict(json.loads(store.get_bytes(f"{TRAIN.prefix}/progress.json")))
-    except FileNotFoundError:
-        return {}
 
 
 @pytest.mark.slow
