@@ -10,8 +10,10 @@ about 16 samples per optimizer step:
 - baseline: the recipe of the transformers / peft docs. `prepare_model_for_kbit_training`, `get_peft_model`,
   `Trainer` with padded batches (8 × 2 accumulation; 2 × 8 for the long workload, which does not fit 8 wide),
   default (SDPA) attention, gradient checkpointing, bf16;
-- kubetune: `build_model` + `TrainLoop` with the packed batcher (rows of the workload's max length, no accumulation),
-  i.e. sample-isolated varlen attention, the chunked head + cross-entropy, checkpointing every k-th layer.
+- kubetune: `build_model` + `TrainLoop` with the packed batcher (rows of the workload's max length; the long
+  workload's step in two micro-batches),
+  i.e. sample-isolated varlen attention, the chunked head + cross-entropy, a share of the layers recomputed, decoder
+  layers compiled (`--no-compile` runs them eagerly; compilation happens in the warm-up steps, which are not timed).
 
 Samples follow a fixed random bigram language (so there is something to learn) with log-normal lengths: `chat` around
 300 tokens capped at 1024, `long` around 1500 capped at 4096; the first quarter of each sample is prompt (unlabelled).
@@ -69,11 +71,12 @@ SHAPES: dict[str, Callable[[], PretrainedConfig]] = {
     "qwen2.5-1.5b": lambda: Qwen2Config(**QWEN25_15B),
     "llama3.1-8b": lambda: LlamaConfig(**LLAMA31_8B),
 }
-# Which decoder layers recompute activations in backward (every k-th; 0 = none), per shape and workload: the least
-# recompute whose peak stays within the memory budget (≤ 0.6 × the baseline's peak) on the H100. Activation memory
-# grows with the tokens of a micro-batch, so the long workload (4096-token rows) checkpoints every layer.
-DEFAULT_CHECKPOINT_EVERY = {("qwen2.5-1.5b", "chat"): 2, ("qwen2.5-1.5b", "long"): 1,
-                            ("llama3.1-8b", "chat"): 1, ("llama3.1-8b", "long"): 1}
+# The share of decoder layers that recompute activations in backward (gradient checkpointing; 0 = none), per shape
+# and workload: the least recompute whose peak stays within the memory budget (≤ 0.6 × the baseline's peak) on the
+# H100. Activation memory grows with the tokens of a micro-batch, so the long workload (4096-token rows) recomputes
+# more.
+DEFAULT_RECOMPUTE = {("qwen2.5-1.5b", "chat"): 0.5, ("qwen2.5-1.5b", "long"): 1.0,
+                     ("llama3.1-8b", "chat"): 0.8125, ("llama3.1-8b", "long"): 1.0}
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,12 @@ class Workload:
     baseline_batch: int  # per-device batch of the stock recipe; accumulation fills SAMPLES_PER_STEP
     steps: int
     warmup_steps: int
+    micro_batches: int = 1  # our path: a step's packed rows in this many micro-batches (less activation memory)
 
 
 WORKLOADS = {
     "chat": Workload("chat", 300, 0.6, 1024, baseline_batch=8, steps=14, warmup_steps=2),
-    "long": Workload("long", 1500, 0.5, 4096, baseline_batch=2, steps=6, warmup_steps=1),
+    "long": Workload("long", 1500, 0.5, 4096, baseline_batch=2, steps=6, warmup_steps=1, micro_batches=2),
 }
 
 
@@ -171,7 +175,8 @@ def held_out_loss(model: torch.nn.Module, samples: Sequence[Sample]) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    # Eagerly: the reference numerics, and no compiling of eval graphs for one pass.
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), torch.compiler.set_stance("force_eager"):
         for sample in samples:
             ids = torch.tensor([sample.input_ids], device="cuda")
             batch = Batch(ids, torch.tensor([sample.labels], device="cuda"), None, None, len(sample.input_ids))
@@ -179,6 +184,15 @@ def held_out_loss(model: torch.nn.Module, samples: Sequence[Sample]) -> float:
             count += sum(1 for label in sample.labels[1:] if label != IGNORE_INDEX)
     model.train(was_training)
     return total / count
+
+
+def dynamo_counters() -> dict[str, int]:
+    """Compilations so far (graphs, breaks, recompiles), to show the layers compiled once and stayed compiled."""
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "recompiles": sum(counters["recompiles"].values())}
 
 
 @contextmanager
@@ -262,12 +276,12 @@ def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out
 # ---------------------------------------------------------------- kubetune: the train stage's path
 
 
-def load_ours(folder: Path, config: PretrainedConfig, checkpoint_every: int, attention: str | None,
-              device: torch.device | None = None) -> Any:
+def load_ours(folder: Path, config: PretrainedConfig, recompute: float, attention: str | None,
+              device: torch.device | None = None, compile_layers: bool = True) -> Any:
     return build_model(
         folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
-        device=device or torch.device("cuda"), gradient_checkpointing=checkpoint_every > 0,
-        checkpoint_every_n_layers=max(checkpoint_every, 1), attn_implementation=attention,
+        device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0, recompute_share=recompute,
+        attn_implementation=attention, compile_layers=compile_layers,
     )
 
 
@@ -284,7 +298,7 @@ def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> di
         torch.device("cuda"))
     model.eval()
     try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), torch.compiler.set_stance("force_eager"):
             captured.clear()
             model(**batch.model_inputs(), use_cache=False)
             packed = list(captured)
@@ -320,23 +334,28 @@ def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> di
 
 
 def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
-             held_out: list[Sample], flops: float, checkpoint_every: int, attention: str | None = None,
-             *, check_packing: bool = True, profile: bool = False, quality: bool = True) -> tuple[Result, dict[str, Any]]:
-    loaded = load_ours(folder, config, checkpoint_every, attention)
-    extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation}
+             held_out: list[Sample], flops: float, recompute: float, attention: str | None = None,
+             *, compile_layers: bool = True, check_packing: bool = True, profile: bool = False,
+             quality: bool = True) -> tuple[Result, dict[str, Any]]:
+    loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers)
+    extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled}
     if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
         extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
         extras["initial_loss"] = held_out_loss(loaded.model, held_out)
     mean_length = sum(len(s.input_ids) for s in train) / len(train)
-    rows = max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length))
-    batcher = PackedBatcher(batch_size=rows, max_seq_length=workload.max_length, pad_token_id=0)
+    rows = workload.micro_batches * max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length
+                                                 / workload.micro_batches))
+    batcher = PackedBatcher(batch_size=rows // workload.micro_batches, max_seq_length=workload.max_length,
+                            pad_token_id=0)
     batches = len(batcher.epoch_batches(train, 0, SEED))
+    steps = math.ceil(batches / workload.micro_batches)
     settings = LoopSettings(learning_rate=LEARNING_RATE, lr_scheduler="linear", warmup_ratio=WARMUP_RATIO,
-                            gradient_accumulation=1, seed=SEED, logging_steps=1, checkpoint_every=10**9)
-    optimizer, scheduler = make_optimizer(loaded.model, settings, batches)
+                            gradient_accumulation=workload.micro_batches, seed=SEED, logging_steps=1,
+                            checkpoint_every=10**9)
+    optimizer, scheduler = make_optimizer(loaded.model, settings, steps)
     loop = TrainLoop(loaded.model, optimizer, scheduler, train, batcher, settings, loaded.device,
                      autocast_dtype=loaded.autocast_dtype)
-    state = TrainerState(total_steps=batches, batches_per_epoch=batches)
+    state = TrainerState(total_steps=steps, batches_per_epoch=batches)
     release_memory()
     torch.cuda.reset_peak_memory_stats()
     tokens, seconds, losses = 0, 0.0, []
@@ -348,6 +367,7 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
         if timing:
             tokens, seconds = tokens + real, seconds + span[1] - span[0]
     peak = torch.cuda.max_memory_allocated() / 2**30
+    extras["dynamo"] = dynamo_counters()
     loss = held_out_loss(loaded.model, held_out) if quality else float("nan")
     if profile:  # after the held-out loss: these are extra training steps
         extras["profile"] = profile_steps(loop, train, batcher)
@@ -368,7 +388,8 @@ def profile_steps(loop: TrainLoop, train: list[Sample], batcher: PackedBatcher) 
         while not state.finished:
             loop.optimizer_step(state)
     events = prof.key_averages()
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops that launch them
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
     table = events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=70)
     return f"2 steps: wall {span[1] - span[0]:.3f}s, GPU kernels {busy:.3f}s\n{table}"
 
@@ -397,11 +418,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help="checkpoint every k-th layer on our path (0: none); default per shape")
+    parser.add_argument("--recompute", type=float, default=None,
+                        help="share of decoder layers that recompute in backward on our path (0: none, 1: all); "
+                        "default per shape and workload")
     parser.add_argument("--ablations", action="store_true",
                         help="also time our path with SDPA masks, and with other checkpointing, on the first shape")
     parser.add_argument("--profile", action="store_true", help="print our path's top GPU kernels")
+    parser.add_argument("--no-compile", action="store_true", help="run our path's decoder layers eagerly")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None, help="where the random models go (default: /dev/shm "
                         "when it has room, else the temp dir)")
@@ -422,8 +445,7 @@ def main() -> None:
         folder = random_model_folder(shape, workdir / shape)
         for name in args.workloads:
             workload = WORKLOADS[name]
-            checkpoint_every = (DEFAULT_CHECKPOINT_EVERY[shape, name] if args.checkpoint_every is None
-                                else args.checkpoint_every)
+            recompute = DEFAULT_RECOMPUTE[shape, name] if args.recompute is None else args.recompute
             train = synthetic_samples(workload, workload.steps * SAMPLES_PER_STEP, seed=SEED)
             held_out = synthetic_samples(workload, HELD_OUT, seed=SEED + 1)
             flops = flops_per_token(config, train)
@@ -435,10 +457,13 @@ def main() -> None:
                 baseline = run_baseline(folder, workload, train, held_out, flops, workdir)
                 print(f"{label} {describe(baseline)}", flush=True)
                 entry["baseline"] = asdict(baseline)
-            ours, extras = run_ours(folder, config, workload, train, held_out, flops, checkpoint_every,
+            ours, extras = run_ours(folder, config, workload, train, held_out, flops, recompute,
+                                    compile_layers=not args.no_compile,
                                     profile=args.profile and name == args.workloads[0])
-            print(f"{label} {describe(ours)}  [checkpoint every {checkpoint_every}, {extras['attention']}, "
-                  f"{extras['rows_per_step']} rows × {workload.max_length} per step]", flush=True)
+            print(f"{label} {describe(ours)}  [recompute {recompute:g} of the layers, {extras['attention']}, "
+                  f"compiled {extras['compiled']} {extras['dynamo']}, "
+                  f"{extras['rows_per_step']} rows × {workload.max_length} per step in {workload.micro_batches} "
+                  f"micro-batch(es)]", flush=True)
             check = extras["packing_check"]
             print(f"{label} packing check, relative difference of attention outputs to each sample alone (SDPA), "
                   f"first / last layer: isolated {check['isolated_first_layer']:.1e} / "
@@ -463,12 +488,14 @@ def main() -> None:
 def run_ablations(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
                   held_out: list[Sample], flops: float, label: str) -> list[dict[str, Any]]:
     rows = []
-    for attention, checkpoint_every in (("sdpa", 1), (None, 1), (None, 2), (None, 0)):
-        result, extras = run_ours(folder, config, workload, train, held_out, flops, checkpoint_every, attention,
-                                  check_packing=False, quality=False)
-        print(f"{label} ablation {extras['attention']}, checkpoint every {checkpoint_every}: {describe(result)}",
-              flush=True)
-        rows.append({"attention": extras["attention"], "checkpoint_every": checkpoint_every, **asdict(result)})
+    for attention, recompute, compile_layers in (("sdpa", 1.0, True), (None, 1.0, False), (None, 1.0, True),
+                                                  (None, 0.5, True), (None, 0.0, True)):
+        result, extras = run_ours(folder, config, workload, train, held_out, flops, recompute, attention,
+                                  compile_layers=compile_layers, check_packing=False, quality=False)
+        print(f"{label} ablation {extras['attention']}, recompute {recompute:g} of the layers, compiled "
+              f"{extras['compiled']}: {describe(result)}", flush=True)
+        rows.append({"attention": extras["attention"], "recompute": recompute,
+                     "compiled": extras["compiled"], **asdict(result)})
     return rows
 
 

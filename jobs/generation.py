@@ -50,6 +50,8 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 @torch.no_grad()
+# Decoding token by token with a KV cache would only recompile the layers compiled for training: run them eagerly.
+@torch.compiler.set_stance("force_eager")
 def generate_answers(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,

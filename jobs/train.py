@@ -219,10 +219,11 @@ def train(
     micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
     total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,
                                 extra_epochs=training.extra_epochs, max_steps=training.max_steps)
+    device = ranks.place(resolve_device(training.device))
     loaded = build_model(
         inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
-        lora=training.lora, device=ranks.place(resolve_device(training.device)),
-        gradient_checkpointing=training.gradient_checkpointing,
+        lora=training.lora, device=device, gradient_checkpointing=training.gradient_checkpointing,
+        recompute_share=training.recompute_layers, compile_layers=training.compile and device.type == "cuda",
     )
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)

@@ -1,7 +1,9 @@
 """Sample-isolated attention for packed rows: FlashAttention's variable-length kernel on CUDA, registered as a
 transformers attention implementation (`VARLEN_ATTENTION`).
 
-Packed rows carry `position_ids` that restart at 0 for every sample and no attention mask. For SDPA, transformers
+Packed rows carry `position_ids` that restart at 0 for every sample and no attention mask; the packed batcher also
+passes the sample offsets (`cu_seq_lens_q`, `max_length_q`), which keeps the layers free of GPU waits and lets them
+compile into one graph. For SDPA, transformers
 turns that into a dense block-diagonal mask, which sends SDPA to its memory-efficient kernel over every
 (query, key) block of the row, the blocks across samples included. The varlen kernel gets the sample boundaries
 instead (cumulative lengths), so each sample attends only to itself and the work is Σ n²/2 rather than rows × width².
@@ -86,8 +88,9 @@ def cumulative_lengths(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class _BoundaryCache:
-    """Every layer (and its checkpointed recompute) gets the same `position_ids` tensor: derive the boundaries
-    once per forward pass instead of once per layer (each derivation waits on the GPU)."""
+    """For callers that pass packed `position_ids` without the batcher's sample offsets: every layer (and its
+    checkpointed recompute) gets the same `position_ids` tensor, so derive the boundaries once per forward pass
+    instead of once per layer (each derivation waits on the GPU)."""
 
     def __init__(self) -> None:
         self._key: torch.Tensor | None = None
@@ -132,6 +135,10 @@ def varlen_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: (batch, heads, length, head_dim) in, (batch, length, heads, head_dim) out."""
     position_ids: torch.Tensor | None = kwargs.pop("position_ids", None)
+    offsets: torch.Tensor | None = kwargs.pop("cu_seq_lens_q", None)
+    longest_sample: int | None = kwargs.pop("max_length_q", None)
+    for unused in ("cu_seq_lens_k", "max_length_k"):  # self-attention: the same as the query's
+        kwargs.pop(unused, None)
     batch, heads, length, head_dim = query.shape
     if attention_mask is not None or position_ids is None or key.shape[2] != length or kwargs.get("sliding_window"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -141,7 +148,10 @@ def varlen_attention_forward(
         return sdpa_attention_forward(module, query, key, value, _block_causal_mask(position_ids), dropout=dropout,
                                       scaling=scaling, **kwargs)
     assert _VARLEN_KERNEL is not None
-    boundaries, longest = _BOUNDARIES.get(position_ids)
+    if offsets is not None and longest_sample is not None:
+        boundaries, longest = offsets, longest_sample
+    else:
+        boundaries, longest = _BOUNDARIES.get(position_ids)
     kv_heads = key.shape[1]
     output = _VARLEN_KERNEL(
         query.transpose(1, 2).reshape(batch * length, heads, head_dim),

@@ -128,6 +128,10 @@ class Batch:
     attention_mask: torch.Tensor | None
     position_ids: torch.Tensor | None
     real_tokens: int
+    # Packed rows only: where each sample starts in the flattened batch (int32, ending with the total) and the
+    # longest sample, known at collate time so attention never derives them on the GPU.
+    sample_offsets: torch.Tensor | None = None
+    longest_sample: int = 0
 
     def to(self, device: torch.device) -> Batch:
         """A copy on `device`. To a GPU it goes from pinned memory without blocking, so the CPU never waits for the
@@ -145,14 +149,20 @@ class Batch:
             None if self.attention_mask is None else move(self.attention_mask),
             None if self.position_ids is None else move(self.position_ids),
             self.real_tokens,
+            None if self.sample_offsets is None else move(self.sample_offsets),
+            self.longest_sample,
         )
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        inputs = {"input_ids": self.input_ids}
+    def model_inputs(self) -> dict[str, torch.Tensor | int]:
+        inputs: dict[str, torch.Tensor | int] = {"input_ids": self.input_ids}
         if self.attention_mask is not None:
             inputs["attention_mask"] = self.attention_mask
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids
+        if self.sample_offsets is not None:
+            # transformers' names for variable-length attention; they reach every layer's attention call.
+            inputs.update(cu_seq_lens_q=self.sample_offsets, cu_seq_lens_k=self.sample_offsets,
+                          max_length_q=self.longest_sample, max_length_k=self.longest_sample)
         return inputs
 
 
@@ -231,11 +241,13 @@ class PackedBatcher:
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        real = 0
+        starts: list[int] = []
+        longest = real = 0
         for r, row in enumerate(rows):
             offset = 0
             for sample in row:
                 length = len(sample.input_ids)
+                starts.append(r * width + offset)
                 input_ids[r, offset : offset + length] = torch.tensor(sample.input_ids)
                 labels[r, offset : offset + length] = torch.tensor(sample.labels)
                 position_ids[r, offset : offset + length] = torch.arange(length)
@@ -244,8 +256,10 @@ class PackedBatcher:
             # causally, never seen by it.
             last = len(row[-1].input_ids)
             position_ids[r, offset:] = torch.arange(last, last + width - offset)
+            longest = max(longest, *(len(sample.input_ids) for sample in row[:-1]), last + width - offset)
             real += offset
-        return Batch(input_ids, labels, None, position_ids, real)
+        offsets = torch.tensor([*starts, len(rows) * width], dtype=torch.int32)
+        return Batch(input_ids, labels, None, position_ids, real, offsets, longest)
 
 
 def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int) -> Batcher:

@@ -21,7 +21,7 @@ from kubetune.jobs.train_data import IGNORE_INDEX, Batch
 
 LossFunction = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
-CHUNK_LOGITS = 2**28  # logits per chunk: 1 GiB in fp32
+CHUNK_LOGITS = 2**26  # logits per chunk: 256 MiB in fp32
 # Families whose causal-LM head is a plain `lm_head(hidden)`: no logit scaling or soft-capping to reproduce.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 

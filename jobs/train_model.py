@@ -6,6 +6,7 @@ base rows on merge: the merge only has to resize the base embeddings to `len(tok
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,11 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.tokenization_utils_base import AddedToken
 
 from kubetune.jobs.train_attention import training_attention
+from kubetune.jobs.train_compile import compile_decoder_layers
 from kubetune.jobs.train_data import CHAT_MARKERS
 
 Method = Literal["qlora", "lora"]
@@ -105,6 +108,7 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None  # mixed precision for the forward pass, None for plain fp32
     new_token_ids: list[int]
+    compiled: bool = False  # decoder layers run through torch.compile
 
 
 def load_base_model(
@@ -170,6 +174,21 @@ def add_token_rows(model: PreTrainedModel, new_vocab_size: int) -> list[int]:
     return list(range(old, new_vocab_size))
 
 
+def recomputed_layers(layers: int, share: float) -> list[bool]:
+    """Which of `layers` decoder layers recompute in backward so that `share` of them do, spread evenly (0.5: every
+    second layer; 0.75: three of every four)."""
+    if not 0.0 <= share <= 1.0:
+        raise ModelSetupError(f"the share of recomputed layers must be within [0, 1], not {share}")
+    return [math.floor((index + 1) * share) > math.floor(index * share) for index in range(layers)]
+
+
+def keep_activations(model: PreTrainedModel, recompute_share: float) -> None:
+    """Turn checkpointing off again on the layers that keep their activations."""
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for layer, recompute in zip(layers, recomputed_layers(len(layers), recompute_share), strict=True):
+        layer.gradient_checkpointing = recompute
+
+
 def module_name(model: PreTrainedModel, target: torch.nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is target).rsplit(".", 1)[-1]
 
@@ -201,12 +220,14 @@ def build_model(
     lora: LoraSettings,
     device: torch.device,
     gradient_checkpointing: bool,
-    checkpoint_every_n_layers: int = 1,
+    recompute_share: float = 1.0,
     attn_implementation: str | None = None,
+    compile_layers: bool | None = None,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
-    CUDA, SDPA elsewhere). With gradient checkpointing, only every `checkpoint_every_n_layers`-th decoder layer
-    recomputes its activations in backward: 1 is the least memory, larger trades memory for less recompute."""
+    CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
+    recompute their activations in backward: 1 is the least memory, less trades memory for less recompute.
+    `compile_layers` (default: on CUDA) fuses each decoder layer's element-wise work with torch.compile."""
     attention = attn_implementation or training_attention(device)
     base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention)
     new_token_ids = add_token_rows(base, vocab_size)
@@ -215,8 +236,10 @@ def build_model(
         parameter.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads, so the frozen embeddings stay out of autograd.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False},
-                                           every_n_layers=checkpoint_every_n_layers)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_activations(base, recompute_share)
     model = get_peft_model(base, lora_config(base, lora, new_token_ids))
     assert isinstance(model, PeftModel)
-    return LoadedModel(model, device, autocast_dtype, new_token_ids)
+    wants_compile = device.type == "cuda" if compile_layers is None else compile_layers
+    compiled = wants_compile and compile_decoder_layers(model)
+    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled)

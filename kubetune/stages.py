@@ -39,6 +39,10 @@ class StageRef:
         return {"key": self.key, "prefix": self.prefix}
 
 
+# Training fields that change how fast or where training runs, not what it learns: not part of the train key.
+HOW_TO_TRAIN = frozenset({"device", "recomputeLayers", "compile"})
+
+
 def stage_inputs(spec: FineTuneRunSpec, stage: str) -> dict[str, Any]:
     """The spec fields that affect a stage's output (camelCase, defaults filled)."""
     m = spec.to_manifest()
@@ -48,7 +52,7 @@ def stage_inputs(spec: FineTuneRunSpec, stage: str) -> dict[str, Any]:
             inputs["baseModel"] = m["baseModel"]
         return inputs
     if stage == "train":
-        training = {k: v for k, v in m["training"].items() if k != "device"}
+        training = {k: v for k, v in m["training"].items() if k not in HOW_TO_TRAIN}
         return {"training": training, "baseModel": m["baseModel"], "maxSeqLength": spec.dataset.max_seq_length}
     if stage == "merge":
         return {"merge": m["merge"], "baseModel": m["baseModel"]}

@@ -207,6 +207,11 @@ class TrainingSpec(ApiModel):
     """Pack several samples into each sequence (attention stays within each sample)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
+    recompute_layers: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """With gradientCheckpointing, the share of decoder layers that recompute (spread evenly): 1 uses the least
+    memory; less is faster and keeps the other layers' activations in GPU memory."""
+    compile: bool = True
+    """On CUDA, compile the decoder layers with torch.compile (fused element-wise kernels; the first step compiles)."""
     logging_steps: Annotated[int, Field(ge=1, le=100_000)] = 1
     """Write progress and metrics every this many steps."""
     lora: LoraSpec = Field(default_factory=LoraSpec)

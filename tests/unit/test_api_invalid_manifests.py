@@ -82,6 +82,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("batch size float", at("training.batchSize", 2.5), "spec.training.batchSize", "must be an integer"),
     ("negative seed", at("training.seed", -1), "spec.training.seed", "must be >= 0"),
     ("lora rank zero", at("training.lora.r", 0), "spec.training.lora.r", "must be >= 1"),
+    ("recomputed share above one", at("training.recomputeLayers", 1.5), "spec.training.recomputeLayers",
+     "must be <= 1"),
     ("lora dropout one", at("training.lora.dropout", 1.0), "spec.training.lora.dropout", "must be < 1"),
     ("lora target modules empty", at("training.lora.targetModules", []), "spec.training.lora.targetModules",
      "at least 1 item"),

@@ -62,3 +62,19 @@ def test_packed_rows_see_only_their_own_sample_and_padded_rows_match_sdpa(config
         expected = reference(**padded_batch.model_inputs(), use_cache=False).logits
         mask = padded_batch.attention_mask.bool()
         torch.testing.assert_close(padded[mask], expected[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lengths, rows", [((9, 5, 12), 1), ((9, 5, 12, 3, 7), 2), ((16, 16), 2), ((4,), 1)])
+def test_the_packed_batcher_hands_attention_the_same_sample_offsets_it_would_derive(
+    lengths: tuple[int, ...], rows: int
+) -> None:
+    batcher = PackedBatcher(batch_size=rows, max_seq_length=16, pad_token_id=0)
+    data = [Sample([1] * n, [IGNORE_INDEX] * n) for n in lengths]
+    batch = batcher.collate([[data[i] for i in row] for row in batcher.pack(data, range(len(data)))][:rows])
+    assert batch.position_ids is not None and batch.sample_offsets is not None
+    derived, longest = cumulative_lengths(batch.position_ids)
+    assert batch.sample_offsets.dtype == torch.int32
+    assert batch.sample_offsets.tolist() == derived.tolist() and batch.longest_sample == longest
+    inputs = batch.model_inputs()
+    assert inputs["cu_seq_lens_q"] is inputs["cu_seq_lens_k"] is batch.sample_offsets
+    assert inputs["max_length_q"] == inputs["max_length_k"] == longest
