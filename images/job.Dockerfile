@@ -69,9 +69,10 @@ LABEL org.opencontainers.image.title="kubetune-job" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
       org.opencontainers.image.licenses="Apache-2.0"
-# libgomp1: llama.cpp's CPU backend uses OpenMP.
+# libgomp1: llama.cpp's CPU backend uses OpenMP. gcc + libc6-dev: torch.compile (training.compile) has Triton build
+# its small CUDA launcher modules with the system C compiler when a training job starts.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 ca-certificates \
+ && apt-get install -y --no-install-recommends libgomp1 gcc libc6-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 kubetune \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin kubetune \

@@ -310,6 +310,12 @@ def test_job_image_builds_llama_cpp_with_cuda_and_ships_the_bundled_model() -> N
     assert "-runtime-" in dockerfile(IMAGES["job"]).final.image
 
 
+def test_job_image_can_compile_the_training_layers_at_run_time() -> None:
+    # Triton (under torch.compile) builds its CUDA launcher with the system C compiler in the running job.
+    runs = " ".join(resolved_runs(dockerfile(IMAGES["job"]).final, IMAGES["job"]))
+    assert re.search(r"apt-get install [^&]*\bgcc\b[^&]*\blibc6-dev\b", runs)
+
+
 def test_job_image_defaults_match_the_pod_the_job_builder_makes() -> None:
     env = dockerfile(IMAGES["job"]).final.env()
     # The pod mounts emptyDirs on SCRATCH and /tmp over a read-only root; `docker run` gets the same paths.
