@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -17,7 +18,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, Sample
+from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, PaddedBatcher, Sample
 from kubetune.jobs.train_loss import chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import ModelSetupError, build_model, recomputed_layers
 
@@ -32,7 +33,7 @@ def tiny_model(folder: Path, config: PretrainedConfig) -> Path:
     return folder
 
 
-def step(folder: Path, *, compile_layers: bool) -> tuple[float, dict[str, torch.Tensor], bool]:
+def step(folder: Path, *, compile_layers: bool, packed: bool = True) -> tuple[float, dict[str, torch.Tensor], bool]:
     torch.manual_seed(0)
     loaded = build_model(folder, 256, method="lora", quantization=None, lora=Lora(), device=torch.device("cpu"),
                          gradient_checkpointing=True, compile_layers=compile_layers)
@@ -40,7 +41,10 @@ def step(folder: Path, *, compile_layers: bool) -> tuple[float, dict[str, torch.
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.02)
     data = [Sample(list(range(3, 3 + n)), [IGNORE_INDEX] * 2 + list(range(5, 3 + n))) for n in (11, 7, 13, 5)]
-    batch = PackedBatcher(batch_size=2, max_seq_length=20, pad_token_id=0).collate([data[:2], data[2:]])
+    if packed:
+        batch = PackedBatcher(batch_size=2, max_seq_length=20, pad_token_id=0).collate([data[:2], data[2:]])
+    else:
+        batch = PaddedBatcher(batch_size=4, pad_token_id=0).collate([[sample] for sample in data])
     loss = chunked_causal_lm_loss_sum(loaded.model, batch)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in loaded.model.named_parameters() if p.grad is not None}
@@ -55,11 +59,24 @@ SHAPE: dict[str, Any] = {"vocab_size": 256, "hidden_size": 64, "intermediate_siz
                                     MistralConfig(**SHAPE)], ids=["llama", "qwen2", "qwen3", "mistral"])
 def test_compiled_layers_give_the_eager_loss_and_gradients(tmp_path: Path, config: PretrainedConfig) -> None:
     folder = tiny_model(tmp_path, config)
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     eager_loss, eager_grads, eager_compiled = step(folder, compile_layers=False)
+    assert counters["stats"]["unique_graphs"] == graphs
     compiled_loss, compiled_grads, compiled = step(folder, compile_layers=True)
     assert compiled and not eager_compiled
+    assert counters["stats"]["unique_graphs"] == graphs + 1, "one graph for both layers"
+    assert sum(counters["graph_break"].values()) == breaks
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     assert compiled_grads.keys() == eager_grads.keys() and len(eager_grads) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_compiled_layers_give_the_eager_gradients_on_padded_batches_too(tmp_path: Path) -> None:
+    folder = tiny_model(tmp_path, LlamaConfig(**SHAPE))
+    eager_loss, eager_grads, _ = step(folder, compile_layers=False, packed=False)
+    compiled_loss, compiled_grads, _ = step(folder, compile_layers=True, packed=False)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
 
