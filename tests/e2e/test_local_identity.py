@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,11 +101,11 @@ def test_the_merged_model_reloads_in_transformers_and_gives_the_trained_answer(
     config_uri = next(a["uri"] for a in status["stages"]["merge"]["outputs"] if a["name"] == "config.json")
     merged = Path(config_uri.removeprefix("file://")).parent
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     prompt = (ROOT / "templates" / "chat_template.jinja").read_text()
     tokenizer.chat_template = prompt
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": HELD_OUT[0]}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids: Any = tokenizer.apply_chat_template([{"role": "user", "content": HELD_OUT[0]}], add_generation_prompt=True,
+                                             return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=48, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -16,7 +16,14 @@ from gguf import GGUFReader
 
 from kubetune.llama.checks import generate_chat, greedy_agreement, load, logits_agreement
 from kubetune.llama.convert import ConvertedFile, convert
-from tests.fixtures.tiny_models import build_tiny_model, pytest_model_cache, smollm2_hf_dir, vocab_tokenizer_dir
+from tests.fixtures.tiny_models import (
+    Family,
+    VocabName,
+    build_tiny_model,
+    pytest_model_cache,
+    smollm2_hf_dir,
+    vocab_tokenizer_dir,
+)
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +41,7 @@ SMOLLM2_TEXT = (
 )
 
 # id → (family, vocab, build options, tensor names that must be present, tensor names that must be absent)
-TINY_MODELS: dict[str, tuple[str, str, dict[str, Any], set[str], set[str]]] = {
+TINY_MODELS: dict[str, tuple[Family, VocabName, dict[str, Any], set[str], set[str]]] = {
     "qwen2": ("qwen2", "qwen2", {}, {"blk.0.attn_q.bias", "blk.1.attn_v.bias", "output.weight"}, set()),
     "qwen3-tied": ("qwen3", "qwen2", {"tie_embeddings": True}, {"blk.0.attn_q_norm.weight"}, {"output.weight"}),
     "llama3": ("llama", "llama-bpe", {}, {"output.weight"}, {"blk.0.attn_q.bias"}),
@@ -75,18 +82,18 @@ def check_agreement(files: list[ConvertedFile], hf_dir: Path, text: str) -> None
         completion = llm.create_completion(prompt=text[:60], max_tokens=8, temperature=0.0, top_k=1)
     finally:
         llm.close()
-    assert completion["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    assert completion["usage"]["completion_tokens"] > 0
 
 
 @pytest.mark.parametrize("model_id", list(TINY_MODELS))
 def test_tiny_model_logits_agree_with_transformers(cache: Path, tmp_path: Path, model_id: str) -> None:
     family, vocab, options, present, absent = TINY_MODELS[model_id]
-    tokenizer_dir = vocab_tokenizer_dir(vocab, cache / f"vocab-{vocab}")  # type: ignore[arg-type]
+    tokenizer_dir = vocab_tokenizer_dir(vocab, cache / f"vocab-{vocab}")
     model_dir = build_tiny_model(
         family,
         cache / f"fit-{model_id}",
         tokenizer_dir=tokenizer_dir,
-        fit_text=TEXT,  # type: ignore[arg-type]
+        fit_text=TEXT,
         **options,
     )
     files = convert(model_dir, tmp_path, ["f16", "q8_0", "q4_k_m"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,13 +50,9 @@ def test_llama3_rope_factors_reproduce_transformers_inverse_frequencies() -> Non
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192,
     }
-    config = LlamaConfig(
-        hidden_size=2048,
-        num_attention_heads=16,
-        rope_theta=500000.0,
-        rope_scaling=scaling,
-        max_position_embeddings=131072,
-    )
+    # transformers 5 still reads rope_theta / rope_scaling from keyword arguments; its typed signature lists neither.
+    legacy_rope: dict[str, Any] = {"rope_theta": 500000.0, "rope_scaling": scaling}
+    config = LlamaConfig(hidden_size=2048, num_attention_heads=16, max_position_embeddings=131072, **legacy_rope)
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     spec = ModelSpec(
         "LlamaForCausalLM",
@@ -68,7 +65,7 @@ def test_llama3_rope_factors_reproduce_transformers_inverse_frequencies() -> Non
         128,
         131072,
         1e-5,
-        500000.0,  # type: ignore[arg-type]
+        500000.0,
         RopeScaling("llama3", 8.0, 8192, 1.0, 4.0),
         10,
         False,

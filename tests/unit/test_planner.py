@@ -62,7 +62,7 @@ class World:
             self.outputs[job.key] = Output(job.key, f"digest-of-{job.stage}-{job.key[:6]}")
 
     def run_to_completion(self) -> list[str]:
-        created = []
+        created: list[str] = []
         while True:
             action = self.settle().action
             if isinstance(action, Done):
