@@ -20,7 +20,9 @@ def jsonl_blocks(records: Sequence[BuiltRecord]) -> Iterator[bytes]:
     """The JSONL text of `records`, one line per record, each ending in a newline, as UTF-8 blocks."""
     for start in range(0, len(records), _RECORDS_PER_BLOCK):
         block = records[start:start + _RECORDS_PER_BLOCK]
-        yield "\n".join([*(record.line for record in block), ""]).encode("utf-8")  # "" ends the last line
+        lines = [record.line for record in block]
+        lines.append("")  # ends the last line
+        yield "\n".join(lines).encode("utf-8")
 
 
 def stats_bytes(stats: Mapping[str, Any]) -> bytes:

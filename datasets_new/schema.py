@@ -333,6 +333,27 @@ _TYPE_TESTS = {
 # JSON types whose keywords need a type guard, and the Python type that guard tests.
 _GUARDED_TYPES = {"string": "str", "array": "list", "object": "dict"}
 _MISSING = object()
+# Characters that a regex always matches literally outside a character class (no flag can change them).
+_PLAIN_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<>/_-:;,='\"@%&!~")
+
+
+def _required_character(pattern: str) -> str | None:
+    """A character that every match of `pattern` contains, or None when not sure.
+
+    Found only in the plain case: the pattern starts with a literal character that no `*`, `?` or `{` may repeat zero
+    times, and has no `|` outside parentheses (counted only when no escape or class could hold a parenthesis).
+    """
+    if not pattern or pattern[0] not in _PLAIN_CHARACTERS or pattern[1:2] in ("*", "?", "{"):
+        return None
+    if "|" in pattern:
+        if "\\" in pattern or "[" in pattern:
+            return None
+        depth = 0
+        for character in pattern:
+            depth += (character == "(") - (character == ")")
+            if character == "|" and depth == 0:
+                return None
+    return pattern[0]
 
 
 def _indent(lines: list[str]) -> list[str]:
@@ -389,7 +410,11 @@ class _PredicateWriter:
         # The two forms our schemas use are written inline; any other goes through a predicate of its own.
         if set(sub) == {"pattern"}:
             forbidden = self.constant(re.compile(sub["pattern"]))
-            return self._guarded("str", known, var, [f"if {forbidden}.search({var}) is not None: return False"])
+            test = f"{forbidden}.search({var}) is not None"
+            character = _required_character(sub["pattern"])
+            if character is not None:  # `in` (memchr) rules out most text far quicker than the regex search
+                test = f"{character!r} in {var} and {test}"
+            return self._guarded("str", known, var, [f"if {test}: return False"])
         if set(sub) == {"const"}:
             const = self.constant(sub["const"])
             return [f"if {var} == {const} and type({var}) is type({const}): return False"]

@@ -25,6 +25,7 @@ from kubetune.datasets_new.recordline import RecordLineWriter, json_value
 from kubetune.datasets_new.schema import (
     SchemaCompileError,
     Violation,
+    _required_character,
     compile_predicate,
     compile_schema,
     load_bundled_schema,
@@ -250,3 +251,24 @@ def test_the_not_blank_shortcut_agrees_with_the_pattern_on_every_character() -> 
 def test_predicate_compiler_refuses_keywords_it_does_not_implement() -> None:
     with pytest.raises(SchemaCompileError, match="unsupported schema keyword"):
         compile_predicate({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}})
+
+
+@pytest.mark.parametrize("pattern, required", [
+    ("</(think|output)>", "<"), ("<x+", "<"), ("ab?", "a"), ("(a|b)c", None), ("a|b", None), ("<a|b>", None),
+    ("a*b", None), ("a?b", None), ("a{0,2}b", None), (r"\S", None), ("^<", None), (".x", None), ("", None),
+])
+def test_a_forbidden_pattern_is_pre_checked_only_by_a_character_every_match_holds(pattern: str,
+                                                                                   required: str | None) -> None:
+    assert _required_character(pattern) == required
+
+
+@pytest.mark.parametrize("pattern", ["</(think|output)>", "<x+", "ab?", "a|b", "a*b", "(a|<)c"])
+def test_a_not_pattern_predicate_agrees_with_the_regex_on_random_text(pattern: str) -> None:
+    forbidden = re.compile(pattern)
+    predicate = compile_predicate({"type": "string", "not": {"pattern": pattern}})
+    generator = random.Random(pattern)
+    texts = ["", "</think>", "</output>", "x</outputs>", *("".join(generator.choice("ab<x/c>thinkoput")
+                                                                     for _ in range(generator.randrange(12)))
+                                                          for _ in range(3000))]
+    disagreeing = [text for text in texts if predicate(text) != (forbidden.search(text) is None)]
+    assert disagreeing == []
