@@ -169,7 +169,10 @@ def run_batch(kube: KubeEmulator, operator: OperatorProcess, timeline: JobTimeli
     print(f"[{prefix}] hand-offs p50/p99 s: " + ", ".join(
         f"{pair} {statistics.median(values):.2f}/{percentile(values, 0.99):.2f}"
         for pair, values in timeline.handoffs_by_stage(names).items()), flush=True)
-    requests = sum(kube.faults.request_counts().values())
+    counts = kube.faults.request_counts()
+    requests = sum(counts.values())
+    print(f"[{prefix}] requests per run: " + ", ".join(
+        f"{verb} {resource} {n / count:.1f}" for (verb, resource), n in counts.most_common()), flush=True)
     cpu_s, cores, bed_cores = sampler.cpu()
     return BatchResult(count, wall, statistics.median(gaps), percentile(gaps, 0.99), max(gaps), requests / count,
                        cpu_s, cores, sampler.peak_rss / 2**20, bed_cores)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         timeline = JobTimeline(kube)
         timeline.start()
         timeline.ready.wait(10)
-        with JobExecutor(kube, root / "executor", pod_niceness=19):
+        with JobExecutor(kube, root / "executor", idle_pods=True):
             operator.start()
             try:
                 baseline = run_batch(kube, operator, timeline, store_uri, "base", args.baseline_runs)

@@ -4,6 +4,7 @@
 - a timer reconciles active runs every few seconds (progress mirroring, missed events); settled runs cost nothing;
 - a stage Job (labelled `kubetune.dev/run`) changing phase reconciles its run at once, so the next stage's Job
   starts right after one finishes (its other status writes do not);
+- every run and stage Job event feeds the reconciler's cache (cache.py): a reconcile reads them from memory;
 - deleting a run with `storage.keepOnDelete: false` removes its store prefix (through a finalizer, only on those
   runs); Jobs and ConfigMaps go with the run through their owner references.
 """
@@ -35,9 +36,9 @@ STORE_THREADS = 16
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Attach the operator's handlers to `registry` (kopf's default one in production, a fresh one per test)."""
 
-    async def reconcile(namespace: str, name: str, *, urgent: bool = False) -> None:
+    async def reconcile(namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
         try:
-            await reconciler.request(namespace, name, urgent=urgent)
+            await reconciler.request(namespace, name, urgent=urgent, fresh=fresh)
         except (ApiError, StoreError, OSError) as error:
             reconciler.metrics.reconciles.labels("error").inc()
             raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: {error}",
@@ -59,6 +60,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
         await reconciler.events.drain(timeout=10)
         await reconciler.kube.close()
 
+    @kopf.on.event(*RESOURCE, registry=registry)
+    async def run_seen(type: str | None, event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.cache.observe_run(type, event["object"])
+
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", registry=registry)
@@ -71,11 +76,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
         namespace = _namespaced(namespace)
         if not is_settled(dict(status), int(meta.get("generation") or 0)) and reconciler.timer_due(
                 namespace, name, status):
-            await reconcile(namespace, name)
+            await reconcile(namespace, name, fresh=reconciler.resync_due(namespace, name))
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def job_changed(namespace: str | None, labels: Mapping[str, str], type: str | None,
-                          body: Mapping[str, Any], **_: Any) -> None:
+                          event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        reconciler.cache.observe_job(type, event["object"])
         if reconciler.job_event_matters(type, body):
             await reconcile(_namespaced(namespace), labels[RUN_LABEL], urgent=True)
 

@@ -156,10 +156,11 @@ class KubeApi:
 
     # --- jobs, their configmaps and services --------------------------------------------------------------------
 
-    async def list_jobs(self, namespace: str, run: str) -> list[Obj]:
+    async def list_jobs(self, namespace: str, run: str) -> tuple[list[Obj], str]:
+        """The run's Jobs and the resourceVersion the list was read at."""
         listed = await self.call("GET", _PATHS[("batch/v1", "Job")].format(ns=quote(namespace)),
                                  query={"labelSelector": f"{labels.RUN}={run}"})
-        return list(listed.get("items") or [])
+        return list(listed.get("items") or []), str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     async def create(self, obj: Obj) -> Obj | None:
         """Create `obj` and return it as stored; None when it already exists (it was created before: names are

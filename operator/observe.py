@@ -8,7 +8,7 @@ FailJob rule (exit code 2) is a configuration error: the planner never retries i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,7 @@ def observe_job(job: Mapping[str, Any], progress: Mapping[str, Any] | None = Non
 
 
 def observe_jobs(
-    jobs: list[Mapping[str, Any]], progress: Mapping[str, Mapping[str, Any]] | None = None
+    jobs: Sequence[Mapping[str, Any]], progress: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[ObservedJob]:
     """Every stage Job of a run; `progress` maps a Job name to the progress.json that Job left."""
     found = (observe_job(job, (progress or {}).get((job.get("metadata") or {}).get("name", ""))) for job in jobs)
@@ -91,7 +91,7 @@ def has_condition(job: Mapping[str, Any], kind: str) -> bool:
                for c in (job.get("status") or {}).get("conditions") or [])
 
 
-def latest_attempts(jobs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def latest_attempts(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The Job with the highest attempt number of each stage."""
     latest: dict[str, tuple[int, Mapping[str, Any]]] = {}
     for job in jobs:

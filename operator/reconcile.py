@@ -3,7 +3,8 @@
 The loop is the local executor's (kubetune/local.py) with Kubernetes Jobs: it runs the planner until the plan
 asks to wait, doing lookups, creating at most one Job per stage and suspending or resuming Jobs on the way, then
 writes the status once, and only if it changed. Reconciles of one run never overlap; requests that arrive while
-one runs are folded into one more pass.
+one runs are folded into one more pass. The run and its Jobs come from the watch-fed cache (cache.py) where it can
+be trusted, else from the API server.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.operator import labels
+from kubetune.operator.cache import ObjectCache
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build
@@ -83,6 +85,7 @@ class _Serial:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     again: bool = False
     urgent: bool = False
+    fresh: bool = False
 
 
 @dataclass
@@ -110,37 +113,54 @@ class Reconciler:
         self.metrics = metrics
         self.clock = clock
         self.events = EventRecorder(kube)
+        self.cache = ObjectCache()
         self._gate = PriorityGate(RECONCILES_IN_FLIGHT)
         self._stores: dict[StoreConfig, Store] = {}
         self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
         self._serial: dict[tuple[str, str], _Serial] = {}
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
+        self._read_at: dict[tuple[str, str], float] = {}  # ... and of its last read from the API server
         self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
         # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
         # changes, and validating it (types and CEL rules) cost half the operator's time under load.
         self._parsed: dict[tuple[str, str], tuple[tuple[Any, ...], FineTuneRun | InvalidManifest]] = {}
 
-    async def request(self, namespace: str, name: str, *, urgent: bool = False) -> None:
+    async def request(self, namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
         """Reconcile now, or once more right after the reconcile of this run that is running. `urgent` (a stage
-        Job changed phase) goes ahead of the others waiting for a place among the reconciles in flight."""
-        serial = self._serial.setdefault((namespace, name), _Serial())
+        Job changed phase) goes ahead of the others waiting for a place among the reconciles in flight; `fresh`
+        reads the run and its Jobs from the API server, not from the cache."""
+        key = (namespace, name)
+        serial = self._serial.setdefault(key, _Serial())
         serial.again = True
         serial.urgent = serial.urgent or urgent
+        serial.fresh = serial.fresh or fresh
         if serial.lock.locked():
+            if urgent:
+                self._gate.hurry(key)  # its pass may be waiting for a place in the normal line
             return
         phase: str | None = None
         async with serial.lock:
             while serial.again:
                 serial.again = False
-                async with self._gate.slot(urgent=serial.urgent):
+                async with self._gate.slot(urgent=serial.urgent, key=key):
                     serial.urgent = False
-                    phase = await self.reconcile(namespace, name)
-                self._reconciled_at[(namespace, name)] = time.monotonic()
+                    if serial.fresh:
+                        serial.fresh = False
+                        self.cache.distrust(key)
+                    try:
+                        phase = await self.reconcile(namespace, name)
+                    except BaseException:
+                        self.cache.distrust(key)  # what this pass wrote may or may not have happened
+                        raise
+                self._reconciled_at[key] = time.monotonic()
                 self.metrics.reconciles.labels("ok").inc()
+        if phase is None or phase in SETTLED_PHASES:
+            self.cache.forget(key)  # nothing to do until the spec changes, and that is read for real
         if phase is None and not serial.again:
-            self._serial.pop((namespace, name), None)  # the run is gone
-            self._reconciled_at.pop((namespace, name), None)
-            self._parsed.pop((namespace, name), None)
+            self._serial.pop(key, None)  # the run is gone
+            self._reconciled_at.pop(key, None)
+            self._read_at.pop(key, None)
+            self._parsed.pop(key, None)
 
     def timer_due(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Whether the timer should reconcile an active run now.
@@ -153,6 +173,13 @@ class Reconciler:
             return True
         last = self._reconciled_at.get((namespace, name))
         return last is None or time.monotonic() - last >= RESYNC_FACTOR * self.settings.reconcile_interval
+
+    def resync_due(self, namespace: str, name: str) -> bool:
+        """Whether the timer's reconcile reads the run and its Jobs from the API server: the cache has served them
+        for RESYNC_FACTOR timer intervals. That bounds what a missed event can hide (a Job deleted while the Job
+        watch was down, when no relist event of the run's other Jobs said so)."""
+        read = self._read_at.get((namespace, name))
+        return read is None or time.monotonic() - read >= RESYNC_FACTOR * self.settings.reconcile_interval
 
     def job_event_matters(self, event_type: str | None, job: Mapping[str, Any]) -> bool:
         """Whether a Job event can move its run on: a Job writes its status many times (pods starting, counters),
@@ -174,8 +201,7 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str) -> str | None:
         """Returns the run's phase (None once the run is gone)."""
-        # The run and its Jobs are read together: each read is a round trip, and a pass is on a hand-off's path.
-        body, jobs = await asyncio.gather(self.kube.get_run(namespace, name), self.kube.list_jobs(namespace, name))
+        body, jobs = await self._read(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.run_phase(namespace, name, None)
             return None
@@ -199,6 +225,20 @@ class Reconciler:
         return await self._write(body, step, state, run, store_config.uri, previous,
                                  training=await self._training(store, step, previous),
                                  times={job.state.name: job for job in observed_jobs})
+
+    async def _read(self, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:
+        """The run and its Jobs: from the cache where it can be trusted (cache.py), else from the API server."""
+        key = (namespace, name)
+        cached = self.cache.view(key)
+        if cached is not None:
+            return cached
+        self.cache.track(key)
+        self._read_at[key] = time.monotonic()
+        # Read together: each read is a round trip, and a pass is on a hand-off's path.
+        body, (jobs, listed_at) = await asyncio.gather(self.kube.get_run(namespace, name),
+                                                       self.kube.list_jobs(namespace, name))
+        self.cache.fill(key, body, jobs, int(listed_at) if listed_at.isdigit() else None)
+        return body, jobs
 
     def _parse(self, namespace: str, name: str, body: Obj) -> FineTuneRun | InvalidManifest:
         meta = body["metadata"]
@@ -241,15 +281,15 @@ class Reconciler:
                 except (JobSpecError, NoStoreConfigured) as error:
                     return failed_plan(step, action.stage, str(error))
             elif isinstance(action, SuspendJob):
-                await self.kube.patch_job(run.namespace, action.job, {
-                    "metadata": {"annotations": {labels.SUSPENDED: "true"}}, "spec": {"suspend": True}})
+                self.cache.observe_job("MODIFIED", await self.kube.patch_job(run.namespace, action.job, {
+                    "metadata": {"annotations": {labels.SUSPENDED: "true"}}, "spec": {"suspend": True}}))
                 state.set_phase(action.job, "Suspended")
                 state.notes.append(Transition("Normal", "JobSuspended", f"{action.stage}: suspended Job {action.job}",
                                               action.stage))
             elif isinstance(action, ResumeJob):
                 # A Kueue-managed Job goes back to its queue: Kueue suspends it again until it is admitted.
-                await self.kube.patch_job(run.namespace, action.job, {
-                    "metadata": {"annotations": {labels.SUSPENDED: None}}, "spec": {"suspend": False}})
+                self.cache.observe_job("MODIFIED", await self.kube.patch_job(run.namespace, action.job, {
+                    "metadata": {"annotations": {labels.SUSPENDED: None}}, "spec": {"suspend": False}}))
                 state.set_phase(action.job, "Running")
                 state.notes.append(Transition("Normal", "JobResumed", f"{action.stage}: resumed Job {action.job}",
                                               action.stage))
@@ -265,7 +305,12 @@ class Reconciler:
         queued = bool(job["spec"].get("suspend"))
         state.jobs.append(JobState(action.name, action.stage, action.ref.key, action.attempt,
                                    "Queued" if queued else "Running"))
-        if created is not None:
+        if created is None:
+            # It existed though the cache did not know it: read for real, once more, so its state is not missed.
+            self.cache.distrust((run.namespace, run.name))
+            self._serial.setdefault((run.namespace, run.name), _Serial()).again = True
+        else:
+            self.cache.observe_job("ADDED", created)
             self.job_event_matters("ADDED", created)  # this pass has seen the new Job: its ADDED event is no news
             self.metrics.job_created(action.stage, action.attempt)
             retry = f", attempt {action.attempt}" if action.attempt > 1 else ""
@@ -339,7 +384,8 @@ class Reconciler:
             jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
         ))
         if update.changed(previous):
-            await self.kube.patch_run_status(meta["namespace"], meta["name"], merge_patch(previous, update.status))
+            self.cache.observe_run("MODIFIED", await self.kube.patch_run_status(
+                meta["namespace"], meta["name"], merge_patch(previous, update.status)))
         self.events.record(body, [*state.notes, *update.transitions], now)
         self.metrics.transitions(update.transitions, update.status.get("stages") or {})
         phase = str(update.status["phase"])

@@ -70,3 +70,29 @@ def test_a_cancelled_waiter_gives_up_its_turn_and_no_place_is_lost() -> None:
 def test_a_gate_needs_room_for_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PriorityGate(0)
+
+
+def test_a_waiter_that_becomes_urgent_moves_to_the_urgent_line() -> None:
+    async def scenario() -> list[str]:
+        gate = PriorityGate(1)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def reconcile(name: str, urgent: bool = False) -> None:
+            async with gate.slot(urgent=urgent, key=name):
+                order.append(name)
+                await release.wait()
+
+        tasks = [asyncio.create_task(reconcile(name)) for name in ("holder", "new-1", "new-2", "timer")]
+        await asyncio.sleep(0.01)
+        gate.hurry("timer")  # the timer's run: its Job finished while the pass waited
+        tasks.append(asyncio.create_task(reconcile("handoff", urgent=True)))
+        await asyncio.sleep(0.01)
+        assert gate.waiting() == 4  # the hurried waiter counts once
+        release.set()
+        await asyncio.gather(*tasks)
+        gate.hurry("timer")  # no longer waiting: nothing to move
+        return order
+
+    assert asyncio.run(scenario()) == ["holder", "timer", "handoff", "new-1", "new-2"]
+

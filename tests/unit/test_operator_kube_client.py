@@ -54,7 +54,9 @@ def test_requests_carry_the_bearer_token_json_and_the_merge_patch_type() -> None
         await api.patch_run_status("team-a", "demo", {"phase": "Running"})
         return listed
 
-    asyncio.run(with_server(recording(seen, reply={"items": [{"kind": "Job"}]}), calls, token="s3cr3t"))
+    listed = asyncio.run(with_server(recording(seen, reply={"metadata": {"resourceVersion": "42"},
+                                                            "items": [{"kind": "Job"}]}), calls, token="s3cr3t"))
+    assert listed == ([{"kind": "Job"}], "42")  # the Jobs and the resourceVersion they were listed at
     listing, patch = seen
     assert listing["method"] == "GET" and listing["path"] == "/apis/batch/v1/namespaces/team-a/jobs"
     assert listing["query"] == {"labelSelector": "kubetune.dev/run=demo"}
