@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import (  # also makes kubetune.jobs importable from a checkout
-    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_RECOMPUTE,
     H100_BF16_DENSE_FLOPS,
     SAMPLES_PER_STEP,
     SEED,
@@ -69,7 +69,7 @@ def run_rank(folder: Path, shape: str, workload_name: str, steps: int, out: Path
     mean_length = sum(len(s.input_ids) for s in samples) / len(samples)
     rows = max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length))
     with process_group(ranks, device):
-        loaded = load_ours(folder, config, DEFAULT_CHECKPOINT_EVERY[shape, workload_name], None, device=device)
+        loaded = load_ours(folder, config, DEFAULT_RECOMPUTE[shape, workload_name], None, device=device)
         ranks.broadcast_from_main([p for p in loaded.model.parameters() if p.requires_grad])
         batcher = PackedBatcher(batch_size=rows, max_seq_length=workload.max_length, pad_token_id=0)
         batches = len(batcher.epoch_batches(samples, 0, SEED))
