@@ -96,7 +96,7 @@ def main() -> None:
         folder, VOCAB_SIZE, method="qlora",
         quantization=DefaultQuantization(type="nf4", double_quant=True, compute_dtype="bfloat16"),
         lora=Lora(),
-        device=torch.device("cuda"), gradient_checkpointing=not args.no_gradient_checkpointing,
+        device=torch.device("cuda"), gradient_checkpointing=not args.no_gradient_checkpointing, compile_layers=True,
     )
     generator = torch.Generator().manual_seed(0)
     rows = args.batch * (args.steps + args.warmup)

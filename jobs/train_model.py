@@ -222,12 +222,13 @@ def build_model(
     gradient_checkpointing: bool,
     recompute_share: float = 1.0,
     attn_implementation: str | None = None,
-    compile_layers: bool | None = None,
+    compile_layers: bool = False,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
     CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
     recompute their activations in backward: 1 is the least memory, less trades memory for less recompute.
-    `compile_layers` (default: on CUDA) fuses each decoder layer's element-wise work with torch.compile."""
+    `compile_layers` fuses each decoder layer's element-wise work with torch.compile (the train stage asks for it on
+    CUDA)."""
     attention = attn_implementation or training_attention(device)
     base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention)
     new_token_ids = add_token_rows(base, vocab_size)
@@ -240,6 +241,5 @@ def build_model(
         keep_activations(base, recompute_share)
     model = get_peft_model(base, lora_config(base, lora, new_token_ids))
     assert isinstance(model, PeftModel)
-    wants_compile = device.type == "cuda" if compile_layers is None else compile_layers
-    compiled = wants_compile and compile_decoder_layers(model)
+    compiled = compile_layers and compile_decoder_layers(model)
     return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled)
