@@ -7,6 +7,7 @@ tokens through the fast tokenizer's offset mapping, so it holds for any tokenize
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Sequence
@@ -242,7 +243,7 @@ class PackedBatcher:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         starts: list[int] = []
-        longest = real = 0
+        real = 0
         for r, row in enumerate(rows):
             offset = 0
             for sample in row:
@@ -256,10 +257,10 @@ class PackedBatcher:
             # causally, never seen by it.
             last = len(row[-1].input_ids)
             position_ids[r, offset:] = torch.arange(last, last + width - offset)
-            longest = max(longest, *(len(sample.input_ids) for sample in row[:-1]), last + width - offset)
             real += offset
-        offsets = torch.tensor([*starts, len(rows) * width], dtype=torch.int32)
-        return Batch(input_ids, labels, None, position_ids, real, offsets, longest)
+        boundaries = [*starts, len(rows) * width]  # a row's last sample runs to its end, tail padding included
+        longest = max(end - start for start, end in itertools.pairwise(boundaries))
+        return Batch(input_ids, labels, None, position_ids, real, torch.tensor(boundaries, dtype=torch.int32), longest)
 
 
 def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int) -> Batcher:
