@@ -32,11 +32,15 @@ Obj = dict[str, Any]
 RunKey = tuple[str, str]  # (namespace, run name)
 
 
+def version_number(value: object) -> int | None:
+    """A resourceVersion as a number, None where the server's is not one (then the latest seen wins). Kubernetes
+    calls it opaque; every API server (etcd's revision) and the emulator issue increasing integers."""
+    text = str(value or "")
+    return int(text) if text.isdigit() else None
+
+
 def resource_version(obj: Mapping[str, Any]) -> int | None:
-    """The object's resourceVersion as a number, None where the server's is not one (then the latest seen wins).
-    Kubernetes calls it opaque; every API server (etcd's revision) and the emulator issue increasing integers."""
-    value = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-    return int(value) if value.isdigit() else None
+    return version_number((obj.get("metadata") or {}).get("resourceVersion"))
 
 
 def _newer(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.operator import labels
-from kubetune.operator.cache import ObjectCache
+from kubetune.operator.cache import ObjectCache, version_number
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build
@@ -237,7 +237,7 @@ class Reconciler:
         # Read together: each read is a round trip, and a pass is on a hand-off's path.
         body, (jobs, listed_at) = await asyncio.gather(self.kube.get_run(namespace, name),
                                                        self.kube.list_jobs(namespace, name))
-        self.cache.fill(key, body, jobs, int(listed_at) if listed_at.isdigit() else None)
+        self.cache.fill(key, body, jobs, version_number(listed_at))
         return body, jobs
 
     def _parse(self, namespace: str, name: str, body: Obj) -> FineTuneRun | InvalidManifest:

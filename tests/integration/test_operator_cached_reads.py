@@ -70,11 +70,8 @@ def test_passes_after_the_first_read_come_from_memory_and_a_late_event_doubles_n
         assert kube.faults.request_counts()[("create", "jobs")] == 1
         await operator.kube.close()
 
-    executor = JobExecutor(kube, tmp_path / "executor").start()
-    try:
+    with JobExecutor(kube, tmp_path / "executor") as executor:
         asyncio.run(scenario())
-    finally:
-        executor.stop()
 
 
 def test_a_job_the_cache_missed_is_read_for_real_and_not_created_twice(kube: KubeEmulator, tmp_path: Path) -> None:
@@ -104,8 +101,5 @@ def test_a_job_the_cache_missed_is_read_for_real_and_not_created_twice(kube: Kub
         await first.kube.close()
         await stale.kube.close()
 
-    executor = JobExecutor(kube, tmp_path / "executor").start()
-    try:
+    with JobExecutor(kube, tmp_path / "executor") as executor:
         asyncio.run(scenario())
-    finally:
-        executor.stop()
