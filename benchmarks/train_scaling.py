@@ -139,8 +139,8 @@ def main() -> None:
     if max(args.gpus) > available:
         sys.exit(f"asked for {max(args.gpus)} GPUs, {available} visible")
     workdir = args.workdir or default_workdir()
-    folder = random_model_folder(args.shape, workdir / args.shape)
     config = SHAPES[args.shape]()
+    folder = random_model_folder(args.shape, config, workdir / args.shape)
     flops = flops_per_token(config, synthetic_samples(WORKLOADS[args.workload], 256, seed=SEED))
     label = f"[{args.shape} / {args.workload}]"
     print(f"{label} {torch.cuda.get_device_name()} x{available}; torch {torch.__version__}", flush=True)

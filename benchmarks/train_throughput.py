@@ -149,13 +149,13 @@ def flops_per_token(config: PretrainedConfig, samples: Sequence[Sample]) -> floa
 # ---------------------------------------------------------------- models
 
 
-def random_model_folder(shape: str, folder: Path) -> Path:
+def random_model_folder(shape: str, config: PretrainedConfig, folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     started = time.monotonic()
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(SHAPES[shape](), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(str(folder))
     del model
     release_memory()
@@ -426,6 +426,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print our path's top GPU kernels")
     parser.add_argument("--no-compile", action="store_true", help="run our path's decoder layers eagerly")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="decoder layers of the shape (default: all); fewer for a quick check of the code path")
     parser.add_argument("--workdir", type=Path, default=None, help="where the random models go (default: /dev/shm "
                         "when it has room, else the temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
@@ -442,7 +444,9 @@ def main() -> None:
     report: list[dict[str, Any]] = []
     for shape in args.shapes:
         config = SHAPES[shape]()
-        folder = random_model_folder(shape, workdir / shape)
+        if args.layers:
+            config.num_hidden_layers = args.layers
+        folder = random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
         for name in args.workloads:
             workload = WORKLOADS[name]
             recompute = DEFAULT_RECOMPUTE[shape, name] if args.recompute is None else args.recompute
