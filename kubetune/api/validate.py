@@ -5,10 +5,11 @@ Errors come back as `path: message` lines with Kubernetes field paths (`spec.tra
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,9 @@ def _program(rule: str) -> celpy.Runner:
 
 def cel_errors(model: ApiModel, path: str) -> Iterator[FieldError]:
     """Evaluate every CEL rule of `model` and the models inside it, as the API server would after defaulting."""
-    data = model.to_manifest()
-    for rule in type(model).cel_rules:
+    rules = type(model).cel_rules
+    data = json.dumps(model.to_manifest(), sort_keys=True, separators=(",", ":")) if rules else ""
+    for rule in rules:
         if not _holds(rule.rule, data):
             yield FieldError(path + (rule.field_path or ""), rule.message)
     for name, info in type(model).model_fields.items():
@@ -180,8 +182,12 @@ def cel_errors(model: ApiModel, path: str) -> Iterator[FieldError]:
                     yield from cel_errors(item, f"{path}.{alias}[{index}]")
 
 
-def _holds(rule: str, data: dict[str, Any]) -> bool:
-    result = _program(rule).evaluate({"self": celpy.json_to_cel(data)})
+# A rule's verdict depends only on the object it is evaluated on: remembered by the object's canonical JSON. The
+# interpreter costs ~0.4 ms a rule, ~6 ms a run, and an operator validates every new run; runs made from one template
+# share most of their sub-objects (storage, export, resources...), so only the parts that differ are evaluated.
+@lru_cache(maxsize=4096)
+def _holds(rule: str, data: str) -> bool:
+    result = _program(rule).evaluate({"self": celpy.json_to_cel(json.loads(data))})
     if isinstance(result, Exception):
         raise result
     return bool(result)
