@@ -150,7 +150,9 @@ def plan(namespace: str, run: str, spec: FineTuneRunSpec, observed: Observed) ->
         output = observed.outputs.get(ref.key)
         if output is not None:
             digests[stage] = output.digest
-            produced = any(j.phase == "Succeeded" for j in ours)
+            # Made by a Job of ours, not reused: one that succeeded, or one that published and is still finishing
+            # (a Job completes some moments after its job wrote the manifest, and the run may settle in between).
+            produced = any(j.phase in ("Succeeded", "Running") for j in ours)
             views[stage] = StageView("Succeeded" if produced else "Cached", ref, ours[-1] if ours else None, len(ours))
             continue
         if ref.key not in observed.looked_up:

@@ -106,6 +106,15 @@ def test_published_outputs_are_reused_as_cached() -> None:
     assert {v.phase for v in p.stages.values()} == {"Cached"}
 
 
+def test_an_output_published_by_a_job_of_ours_still_finishing_is_succeeded_not_cached() -> None:
+    world = World()
+    action = world.settle().action
+    assert isinstance(action, CreateJob)
+    job = world.start(action)
+    world.outputs[job.key] = Output(job.key, "digest-of-dataset")  # published; the Job is not Complete yet
+    assert world.settle().stages["dataset"].phase == "Succeeded"
+
+
 def test_a_spec_edit_reruns_only_the_affected_stage_and_those_after_it() -> None:
     world = World()
     world.run_to_completion()
