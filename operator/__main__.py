@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import kopf
@@ -25,6 +26,7 @@ def main() -> None:
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)
     register(registry, Reconciler(settings, KubeApi(connect()), metrics), settings)
+    tune_garbage_collector()
     kopf.run(
         registry=registry,
         standalone=settings.standalone,
@@ -32,6 +34,25 @@ def main() -> None:
         clusterwide=not settings.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
+
+
+# Young-generation size before the collector runs (Python's default: 700 allocations).
+GC_YOUNG_THRESHOLD = 5000
+
+
+def tune_garbage_collector() -> None:
+    """Fewer and shorter garbage-collector pauses: each one stops every reconcile in flight.
+
+    With Python's defaults, a batch of 500 runs (80 s) set off 12-14 full collections of up to 0.2-0.3 s of CPU each
+    (0.5 s of wall time on the busy benchmark machine), straight into the hand-offs in flight. The objects that live
+    as long as the process (modules, kopf, the API types; a third of the heap under that load) are frozen out of every
+    collection, and a larger young generation lets the short-lived objects of a reconcile (watch events, request and
+    response bodies) die before they reach the old generation, whose growth is what sets off a full collection: 1 full
+    collection in such a batch, about half the collector's CPU, the same peak RSS.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ write returns and the Job a creation returns. Every object is kept at its highes
 that arrives after a newer write (the watch lags behind the operator's own requests) never rolls it back.
 
 The cache answers for a run only while it can be trusted to hold all of the run's Jobs: from a real read (GET of the
-run + LIST of its Jobs) in this process until something says that events may have been missed. That is:
+run + LIST of its Jobs) in this process, or from the run's ADDED event (a run created while the operator watches has
+no Jobs yet: the operator creates them once it has seen the run), until something says that events may have been
+missed. That is:
 
 - the first reconcile of a run in this process (operator start, or the run was forgotten);
 - a relist by kopf (its initial listing, and after a 410 Gone or a dropped watch: the events of the gap are lost,
@@ -88,6 +90,16 @@ class ObjectCache:
         """Start keeping the run's events: called before its real read, so the events that arrive during the read
         are merged with it, not lost."""
         self._entries.setdefault(key, _Entry())
+
+    def adopt(self, key: RunKey, run: Obj) -> bool:
+        """Trust a run just created (its ADDED event) with no Jobs, without reading it; False where it is tracked
+        already. A Job it has all the same (left by a deleted run of the same name, or made by another operator
+        instance in a rolling update) shows when the creation of its Job is answered "already exists", and the next
+        pass reads for real."""
+        if key in self._entries:
+            return False
+        self._entries[key] = _Entry(run=run, trusted=True)
+        return True
 
     def fill(self, key: RunKey, run: Obj | None, jobs: list[Obj], listed_at: int | None) -> None:
         """Merge a real read (the run, its Jobs and the LIST's resourceVersion) and trust the run from now on."""

@@ -1,7 +1,11 @@
 """kopf handlers: thin entry points that all lead to one serialized reconcile of the run (reconcile.py).
 
-- the run was created, its spec changed, or the operator (re)started → reconcile;
-- a timer reconciles active runs every few seconds (progress mirroring, missed events); settled runs cost nothing;
+- a run new to this process (created, or listed when the operator starts) or with a new generation (its spec
+  changed) → reconcile. The reconcile is level-based (it compares the run with what exists), so kopf keeps no
+  last-handled state of its own: no diff base, no per-handler progress for these (see `_NoDiffBase`);
+- a timer (timer.py, one task for all runs) reconciles active runs every few seconds when something is new (training
+  progress in the store), as a safety net for missed events, and to retry a failed reconcile; settled runs cost
+  nothing;
 - a stage Job (labelled `kubetune.dev/run`) changing phase reconciles its run at once, so the next stage's Job
   starts right after one finishes (its other status writes do not);
 - every run and stage Job event feeds the reconciler's cache (cache.py): a reconcile reads them from memory;
@@ -13,18 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from kubetune.api.types import GROUP, PLURAL, VERSION
-from kubetune.operator.kube import ApiError
 from kubetune.operator.labels import DOMAIN
 from kubetune.operator.labels import RUN as RUN_LABEL
-from kubetune.operator.reconcile import Reconciler, is_settled
+from kubetune.operator.reconcile import Reconciler
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.timer import RunTimer
 from kubetune.store import StoreError
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -36,54 +40,42 @@ STORE_THREADS = 16
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Attach the operator's handlers to `registry` (kopf's default one in production, a fresh one per test)."""
 
-    async def reconcile(namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
-        try:
-            await reconciler.request(namespace, name, urgent=urgent, fresh=fresh)
-        except (ApiError, StoreError, OSError) as error:
-            reconciler.metrics.reconciles.labels("error").inc()
-            raise kopf.TemporaryError(f"reconcile of {namespace}/{name}: {error}",
-                                      delay=settings.reconcile_interval) from error
+    timer = RunTimer(reconciler, settings.reconcile_interval)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # kopf's bookkeeping stays in kubetune.dev annotations: the status schema is ours alone.
+        # kopf's bookkeeping (the artifacts handler's progress) stays in kubetune.dev annotations: the status schema
+        # is ours alone.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=DOMAIN)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=DOMAIN, key="last-handled-configuration")
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # our Events tell the story; kopf's only its problems
         settings.scanning.disabled = True  # no CRD/namespace watching: no RBAC for them
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=STORE_THREADS))
+        timer.start()
 
     @kopf.on.cleanup(registry=registry)
     async def close_api(**_: Any) -> None:
+        await timer.stop()
         await reconciler.events.drain(timeout=10)
         await reconciler.kube.close()
 
     @kopf.on.event(*RESOURCE, registry=registry)
-    async def run_seen(type: str | None, event: Mapping[str, Any], **_: Any) -> None:
+    async def run_changed(type: str | None, event: Mapping[str, Any], namespace: str | None, name: str,
+                          **_: Any) -> None:
         reconciler.cache.observe_run(type, event["object"])
-
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
-    async def spec_changed(namespace: str | None, name: str, **_: Any) -> None:
-        await reconcile(_namespaced(namespace), name)
-
-    @kopf.timer(*RESOURCE, interval=settings.reconcile_interval, registry=registry)
-    async def tick(namespace: str | None, name: str, meta: Mapping[str, Any], status: Mapping[str, Any],
-                   **_: Any) -> None:
-        namespace = _namespaced(namespace)
-        if not is_settled(dict(status), int(meta.get("generation") or 0)) and reconciler.timer_due(
-                namespace, name, status):
-            await reconcile(namespace, name, fresh=reconciler.resync_due(namespace, name))
+        timer.observe(type, event["object"])
+        if reconciler.run_event_matters(type, event["object"]):
+            # Without holding up kopf's processing of the event (and of the run's next events): the reconcile waits
+            # for its turn at the gate, and it needs nothing from kopf.
+            reconciler.request_soon(_namespaced(namespace), name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
     async def job_changed(namespace: str | None, labels: Mapping[str, str], type: str | None,
                           event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         reconciler.cache.observe_job(type, event["object"])
         if reconciler.job_event_matters(type, body):
-            await reconcile(_namespaced(namespace), labels[RUN_LABEL], urgent=True)
+            await reconciler.request_logged(_namespaced(namespace), labels[RUN_LABEL], urgent=True)
 
     @kopf.on.delete(*RESOURCE, registry=registry, when=_deletes_artifacts)
     async def delete_artifacts(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> None:
@@ -95,6 +87,25 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
     @kopf.on.probe(id="runs", registry=registry)
     def runs_known(**_: Any) -> int:
         return reconciler.known_runs()
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """The same empty "last handled state" for every object, stored nowhere.
+
+    kopf diffs each event's object against a stored essence to tell creations from updates, deep-copying the
+    object (run or Job) twice on every event: ~10% of the operator's event loop under load. No handler here needs
+    it (the reconcile is level-based, `Reconciler.run_event_matters` tells new runs and spec changes by their
+    generation), and the one handler kopf still tracks, deleting the artifacts, is driven by the deletion
+    timestamp and the finalizer, not by the diff."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
 
 
 def _namespaced(namespace: str | None) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from kubetune.operator.cache import ObjectCache, version_number
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build
-from kubetune.operator.kube import KubeApi, Obj
+from kubetune.operator.kube import ApiError, KubeApi, Obj
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.observe import has_condition, latest_attempts, observe_job, observe_jobs
@@ -52,6 +53,7 @@ from kubetune.store import (
     ManifestError,
     ObjectNotFoundError,
     Store,
+    StoreError,
     manifest_digest,
     open_store,
     read_manifest,
@@ -68,7 +70,7 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def is_settled(status: dict[str, Any] | None, generation: int) -> bool:
+def is_settled(status: Mapping[str, Any] | None, generation: int) -> bool:
     """Finished for this spec: nothing to do until the spec changes."""
     status = status or {}
     return status.get("phase") in SETTLED_PHASES and status.get("observedGeneration") == generation
@@ -97,12 +99,31 @@ class _Pass:
     looked_up: set[str] = field(default_factory=set)
     manifests: dict[str, Manifest] = field(default_factory=dict)
     notes: list[Transition] = field(default_factory=list)  # actions taken, posted as Events
+    wrote: bool = False  # created, suspended or resumed a Job, or patched the status
 
     def observed(self) -> Observed:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
 
     def set_phase(self, job_name: str, phase: Any) -> None:
         self.jobs = [replace(j, phase=phase) if j.name == job_name else j for j in self.jobs]
+
+
+@dataclass(frozen=True)
+class _QuietPass:
+    """What a reconcile that changed nothing while the train stage ran was given: the run's and its Jobs'
+    resourceVersions, and the stage's progress.json (its store and key). Given the same again, a pass changes nothing
+    again: the status is a function of these, the spec and the stage outputs, and the stage's output is published
+    before its progress.json says Succeeded (the job contract), so a new output comes with a new progress.json."""
+
+    versions: tuple[Any, ...]
+    store: Store
+    progress_key: str
+    progress: dict[str, Any] | None
+
+
+def _versions(run: Obj, jobs: list[Obj]) -> tuple[Any, ...]:
+    return (run["metadata"].get("resourceVersion"),
+            tuple(sorted((job["metadata"]["name"], job["metadata"].get("resourceVersion")) for job in jobs)))
 
 
 class Reconciler:
@@ -121,6 +142,9 @@ class Reconciler:
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
         self._read_at: dict[tuple[str, str], float] = {}  # ... and of its last read from the API server
         self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
+        self._generations: dict[tuple[str, str], tuple[str, int]] = {}  # run -> (uid, generation) events asked for
+        self._quiet: dict[tuple[str, str], _QuietPass] = {}  # run -> its last reconcile, if that changed nothing
+        self._background: set[asyncio.Task[None]] = set()  # request_soon's (asyncio keeps only weak references)
         # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
         # changes, and validating it (types and CEL rules) cost half the operator's time under load.
         self._parsed: dict[tuple[str, str], tuple[tuple[Any, ...], FineTuneRun | InvalidManifest]] = {}
@@ -151,6 +175,8 @@ class Reconciler:
                         phase = await self.reconcile(namespace, name)
                     except BaseException:
                         self.cache.distrust(key)  # what this pass wrote may or may not have happened
+                        self._reconciled_at.pop(key, None)  # the timer's next tick tries again
+                        self._quiet.pop(key, None)
                         raise
                 self._reconciled_at[key] = time.monotonic()
                 self.metrics.reconciles.labels("ok").inc()
@@ -161,14 +187,37 @@ class Reconciler:
             self._reconciled_at.pop(key, None)
             self._read_at.pop(key, None)
             self._parsed.pop(key, None)
+            self._generations.pop(key, None)
+            self._quiet.pop(key, None)
+
+    async def request_logged(self, namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
+        """`request` for the handlers and the timer, which have no one to raise to (kopf retries no event handler): a
+        failure is counted and logged, and the timer tries again at its next tick (a failed reconcile leaves its run
+        due)."""
+        try:
+            await self.request(namespace, name, urgent=urgent, fresh=fresh)
+        except Exception as error:
+            self.metrics.reconciles.labels("error").inc()
+            log.warning("reconcile of %s/%s failed, the timer tries again: %s", namespace, name, error,
+                        exc_info=not isinstance(error, (ApiError, StoreError, OSError)))
+
+    def request_soon(self, namespace: str, name: str) -> None:
+        """`request_logged` in the background: the caller goes on at once."""
+        task = asyncio.create_task(self.request_logged(namespace, name))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def timer_due(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Whether the timer should reconcile an active run now.
 
         Job events drive stage hand-offs; the timer is there to mirror training progress from the store, which
         only a running train stage has, and as a slower safety net against missed events. Reconciling every active
-        run at the timer's pace would, with hundreds of runs, bury the event-driven reconciles in a queue.
+        run at the timer's pace would, with hundreds of runs, bury the event-driven reconciles in a queue. Nor is a
+        run due while a reconcile of it waits or runs: that pass reads what the tick would.
         """
+        serial = self._serial.get((namespace, name))
+        if serial is not None and serial.lock.locked():
+            return False
         if status.get("currentStage") == "train" and status.get("phase") == "Running":
             return True
         last = self._reconciled_at.get((namespace, name))
@@ -176,10 +225,48 @@ class Reconciler:
 
     def resync_due(self, namespace: str, name: str) -> bool:
         """Whether the timer's reconcile reads the run and its Jobs from the API server: the cache has served them
-        for RESYNC_FACTOR timer intervals. That bounds what a missed event can hide (a Job deleted while the Job
-        watch was down, when no relist event of the run's other Jobs said so)."""
+        for RESYNC_FACTOR to twice as many timer intervals. That bounds what a missed event can hide (a Job deleted
+        while the Job watch was down, when no relist event of the run's other Jobs said so). Each run has its own
+        period in that range (from its name): runs created together would otherwise all be read again together, a
+        burst of LISTs on the API server."""
         read = self._read_at.get((namespace, name))
-        return read is None or time.monotonic() - read >= RESYNC_FACTOR * self.settings.reconcile_interval
+        spread = 1 + zlib.crc32(f"{namespace}/{name}".encode()) / 2**32
+        return read is None or time.monotonic() - read >= RESYNC_FACTOR * self.settings.reconcile_interval * spread
+
+    async def unchanged_since_last_pass(self, namespace: str, name: str) -> bool:
+        """Whether a reconcile now would be given what the run's last one was given, when that one changed nothing
+        while its train stage ran: the same run and Jobs in the cache, the same progress.json. Then it would change
+        nothing either, and the timer's pass costs one read of the store instead of a reconcile (with hundreds of
+        runs, passes of running train stages were half of all reconciles, nearly all of them finding nothing new).
+        The timer's other passes, every RESYNC_FACTOR intervals of a run that nothing moved, stay whole: they are
+        the safety net for what no event says (an output published while its Job's events were lost)."""
+        quiet = self._quiet.get((namespace, name))
+        cached = self.cache.view((namespace, name))
+        if quiet is None or cached is None or _versions(*cached) != quiet.versions:
+            return False
+        try:
+            return await self._read_json(quiet.store, quiet.progress_key) == quiet.progress
+        except (StoreError, OSError):
+            return False  # the reconcile will meet it and say so
+
+    def run_event_matters(self, event_type: str | None, run: Mapping[str, Any]) -> bool:
+        """Whether a run's watch event asks for a reconcile: the run is new to this process (created, or listed when
+        the operator starts) or has a new generation (its spec changed). Its status writes and label edits do not:
+        the reconcile compares the run with what exists, whatever the event, and the timer covers the rest. A run
+        created while the operator watches goes into the cache as it is (cache.py: `adopt`), so that its first
+        reconcile reads nothing from the API server."""
+        meta = run.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if event_type == "DELETED":
+            self._generations.pop(key, None)
+            return False
+        seen = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+        if self._generations.get(key) == seen:
+            return False
+        self._generations[key] = seen
+        if event_type == "ADDED" and self.cache.adopt(key, dict(run)):
+            self._read_at[key] = time.monotonic()  # as good as a read: the timer's resync counts from here
+        return True
 
     def job_event_matters(self, event_type: str | None, job: Mapping[str, Any]) -> bool:
         """Whether a Job event can move its run on: a Job writes its status many times (pods starting, counters),
@@ -202,6 +289,7 @@ class Reconciler:
     async def reconcile(self, namespace: str, name: str) -> str | None:
         """Returns the run's phase (None once the run is gone)."""
         body, jobs = await self._read(namespace, name)
+        self._quiet.pop((namespace, name), None)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.run_phase(namespace, name, None)
             return None
@@ -222,9 +310,13 @@ class Reconciler:
         observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
         state = _Pass([job.state for job in observed_jobs])
         step = await self._advance(run, store, state)
-        return await self._write(body, step, state, run, store_config.uri, previous,
-                                 training=await self._training(store, step, previous),
-                                 times={job.state.name: job for job in observed_jobs})
+        progress_key = _progress_key(step, previous)
+        training = None if progress_key is None else await self._read_json(store, progress_key)
+        phase = await self._write(body, step, state, run, store_config.uri, previous, training=training,
+                                  times={job.state.name: job for job in observed_jobs})
+        if not state.wrote and progress_key is not None:
+            self._quiet[(namespace, name)] = _QuietPass(_versions(body, jobs), store, progress_key, training)
+        return phase
 
     async def _read(self, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:
         """The run and its Jobs: from the cache where it can be trusted (cache.py), else from the API server."""
@@ -281,6 +373,7 @@ class Reconciler:
                 except (JobSpecError, NoStoreConfigured) as error:
                     return failed_plan(step, action.stage, str(error))
             elif isinstance(action, SuspendJob):
+                state.wrote = True
                 self.cache.observe_job("MODIFIED", await self.kube.patch_job(run.namespace, action.job, {
                     "metadata": {"annotations": {labels.SUSPENDED: "true"}}, "spec": {"suspend": True}}))
                 state.set_phase(action.job, "Suspended")
@@ -288,6 +381,7 @@ class Reconciler:
                                               action.stage))
             elif isinstance(action, ResumeJob):
                 # A Kueue-managed Job goes back to its queue: Kueue suspends it again until it is admitted.
+                state.wrote = True
                 self.cache.observe_job("MODIFIED", await self.kube.patch_job(run.namespace, action.job, {
                     "metadata": {"annotations": {labels.SUSPENDED: None}}, "spec": {"suspend": False}}))
                 state.set_phase(action.job, "Running")
@@ -299,6 +393,7 @@ class Reconciler:
 
     async def _create(self, run: FineTuneRun, action: CreateJob, upstream: dict[str, StageRef], state: _Pass) -> None:
         *prerequisites, job = build(run, action, self.settings, upstream)
+        state.wrote = True
         for obj in prerequisites:  # the Job's ConfigMap (and rendezvous Service) exist before its pods start
             await self.kube.create(obj)
         created = await self.kube.create(job)
@@ -359,17 +454,6 @@ class Reconciler:
                     reports[job["metadata"]["name"]] = report
         return reports
 
-    async def _training(self, store: Store, step: Plan, previous: dict[str, Any]) -> dict[str, Any] | None:
-        """The train stage's progress.json while it runs, and once more when it finished."""
-        view = step.stages["train"]
-        if view.ref is None:
-            return None
-        before = (previous.get("stages") or {}).get("train") or {}
-        if view.phase in ("Succeeded", "Cached") and (before.get("phase"), before.get("inputKey")) == (
-                view.phase, view.ref.key):
-            return None
-        return await self._read_json(store, f"{view.ref.prefix}/progress.json")
-
     # --- status and events ------------------------------------------------------------------------------------
 
     async def _write(
@@ -384,6 +468,7 @@ class Reconciler:
             jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
         ))
         if update.changed(previous):
+            state.wrote = True
             self.cache.observe_run("MODIFIED", await self.kube.patch_run_status(
                 meta["namespace"], meta["name"], merge_patch(previous, update.status)))
         self.events.record(body, [*state.notes, *update.transitions], now)
@@ -391,6 +476,18 @@ class Reconciler:
         phase = str(update.status["phase"])
         self.metrics.run_phase(meta["namespace"], meta["name"], phase)
         return phase
+
+
+def _progress_key(step: Plan, previous: dict[str, Any]) -> str | None:
+    """The train stage's progress.json, to mirror while the stage runs and once more when it finished."""
+    view = step.stages["train"]
+    if view.ref is None:
+        return None
+    before = (previous.get("stages") or {}).get("train") or {}
+    if view.phase in ("Succeeded", "Cached") and (before.get("phase"), before.get("inputKey")) == (
+            view.phase, view.ref.key):
+        return None
+    return f"{view.ref.prefix}/progress.json"
 
 
 def _invalid_spec_plan(reason: str) -> Plan:

@@ -103,3 +103,43 @@ def test_a_job_the_cache_missed_is_read_for_real_and_not_created_twice(kube: Kub
 
     with JobExecutor(kube, tmp_path / "executor") as executor:
         asyncio.run(scenario())
+
+
+def test_a_run_created_while_the_operator_watches_is_reconciled_without_reading_it(
+        kube: KubeEmulator, tmp_path: Path) -> None:
+    install_crd(kube)
+    operator = reconciler(kube)
+
+    async def scenario() -> None:
+        assert operator.run_event_matters("ADDED", kube.create(run_manifest("demo", {"uri": store_uri})))
+        await operator.request(*KEY)
+        assert stages(kube) == ["dataset"] and reads(kube) == 0
+        await operator.kube.close()
+
+    store_uri = (tmp_path / "store").as_uri()
+    with JobExecutor(kube, tmp_path / "executor"):
+        asyncio.run(scenario())
+
+
+def test_a_new_run_that_has_a_job_all_the_same_is_read_for_real_and_gets_no_second_one(
+        kube: KubeEmulator, tmp_path: Path) -> None:
+    install_crd(kube)
+    store_uri = (tmp_path / "store").as_uri()
+    kube.create(run_manifest("demo", {"uri": store_uri}))
+
+    async def scenario() -> None:
+        # Another operator instance (a rolling update) saw the run first and created its dataset Job.
+        first = reconciler(kube)
+        await first.request(*KEY)
+        late = reconciler(kube)
+        assert late.run_event_matters("ADDED", kube.get("finetuneruns", "demo"))
+        kube.faults.reset_counters()
+        await late.request(*KEY)
+        counts = kube.faults.request_counts()
+        assert counts[("create", "jobs")] == 1  # answered "already exists"
+        assert reads(kube) == 2  # so the run was read for real in one more pass
+        assert stages(kube) == ["dataset"]
+        await first.kube.close()
+        await late.kube.close()
+
+    asyncio.run(scenario())

@@ -157,6 +157,10 @@ def _time(stamp: Any) -> datetime:
 
 def test_api_errors_and_broken_watches_delay_the_run_but_never_duplicate_a_job(bed: OperatorBed) -> None:
     faults = bed.kube.faults
+    # A first Job creation and a first status write that surely fail, whatever the random draws of the rules after them
+    # make of however many requests the operator happens to send.
+    faults.inject("server_error", times=1, verbs={"create"}, resources={"jobs"})
+    faults.inject("throttle", times=1, verbs={"patch"}, resources={"finetuneruns/status"})
     faults.inject("server_error", probability=0.3, verbs={"create"}, resources={"jobs", "configmaps"})
     faults.inject("throttle", probability=0.2, verbs={"patch", "list"}, resources={"finetuneruns", "jobs"})
     faults.inject("watch_drop", probability=0.3, after_seconds=0.5)

@@ -99,11 +99,11 @@ def test_every_run_converges_when_a_tenth_of_api_requests_fail(
     watches = faulted["watch"]
     broken = by_kind["watch_gone"] + by_kind["watch_drop"]
     total, failed = sum(faulted.values()) - watches, sum(by_kind.values()) - broken
-    temporary = operator.log_path.read_text(errors="replace").count("failed temporarily")
+    retried = operator.log_path.read_text(errors="replace").count("failed, the timer tries again")
     print(f"\n[api-faults] {RUNS} runs per batch; API requests per run: {sum(baseline.values()) / RUNS:.1f} without "
           f"faults, {sum(faulted.values()) / RUNS:.1f} with faults ({sum(faulted.values()) / sum(baseline.values()):.2f}x);"
           f" {failed} of {total} non-watch requests failed ({failed / total:.1%}), {broken} of {watches} watch "
-          f"connections broken; injected {dict(by_kind)}; kopf handler retries (TemporaryError) {temporary}; "
+          f"connections broken; injected {dict(by_kind)}; reconciles failed and retried by the timer {retried}; "
           f"requests by verb with faults {dict(faulted)}")
     assert {"conflict", "throttle", "server_error"} <= set(by_kind), by_kind
     assert by_kind["watch_gone"] == by_kind["watch_drop"] == 2, by_kind

@@ -121,7 +121,7 @@ def test_a_run_deleted_while_it_is_read_is_not_trusted_and_a_gone_run_is_forgott
 
 
 
-def test_the_timer_reads_a_run_for_real_once_the_cache_has_served_it_for_ten_intervals(
+def test_the_timer_reads_a_run_for_real_once_the_cache_has_served_it_for_ten_to_twenty_intervals(
         monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(reconcile.time, "monotonic", lambda: now[0])
@@ -143,5 +143,29 @@ def test_the_timer_reads_a_run_for_real_once_the_cache_has_served_it_for_ten_int
     asyncio.run(first_read())
     now[0] += 29.0
     assert not operator.resync_due(*KEY)  # a running train stage's ticks come from memory...
-    now[0] += 1.0
-    assert operator.resync_due(*KEY)  # ...until ten intervals have passed since the last real read
+    now[0] += 31.0
+    assert operator.resync_due(*KEY)  # ...until its period (10 to 20 intervals) has passed since the last real read
+    # Runs read together are read again at different times: their periods are spread by name over that range.
+    read_at = now[0]
+    runs = [("default", f"run-{index}") for index in range(20)]
+    for other in runs:
+        operator._read_at[other] = read_at
+
+    def due_after(other: tuple[str, str]) -> int:
+        for seconds in range(30, 61):
+            now[0] = read_at + seconds
+            if operator.resync_due(*other):
+                return seconds
+        raise AssertionError(f"{other} not due after 60 s")
+
+    assert len({due_after(other) for other in runs}) > 5
+
+
+def test_a_run_just_created_is_trusted_with_no_jobs_once_and_a_tracked_one_is_left_as_it_is() -> None:
+    cache = ObjectCache()
+    assert cache.adopt(KEY, run(3))
+    assert cache.view(KEY) == (run(3), [])
+    cache.observe_job("ADDED", job("demo-dataset", 4))  # the Job its first reconcile creates
+    assert not cache.adopt(KEY, run(3))  # seen already: what the cache holds stays
+    view = cache.view(KEY)
+    assert view is not None and [j["metadata"]["name"] for j in view[1]] == ["demo-dataset"]
