@@ -59,6 +59,11 @@ def _not_after(obj: Mapping[str, Any], version: int | None) -> bool:
     return seen is None or version is None or seen <= version
 
 
+def run_key(run: Mapping[str, Any]) -> RunKey:
+    meta = run.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 def run_of_job(job: Mapping[str, Any]) -> RunKey | None:
     meta = job.get("metadata") or {}
     run = (meta.get("labels") or {}).get(labels.RUN)
@@ -133,8 +138,7 @@ class ObjectCache:
 
     def observe_run(self, event_type: str | None, run: Obj) -> None:
         """A watch event of a run, or the run as a write returned it ("MODIFIED")."""
-        meta = run.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = run_key(run)
         if event_type == "DELETED":
             self.forget(key)
             return

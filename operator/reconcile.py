@@ -22,7 +22,7 @@ from typing import Any
 from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.api.validate import FineTuneRun, InvalidManifest, parse_run
 from kubetune.operator import labels
-from kubetune.operator.cache import ObjectCache, version_number
+from kubetune.operator.cache import ObjectCache, run_key, version_number
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build
@@ -238,7 +238,7 @@ class Reconciler:
         while its train stage ran: the same run and Jobs in the cache, the same progress.json. Then it would change
         nothing either, and the timer's pass costs one read of the store instead of a reconcile (with hundreds of
         runs, passes of running train stages were half of all reconciles, nearly all of them finding nothing new).
-        The timer's other passes, every RESYNC_FACTOR intervals of a run that nothing moved, stay whole: they are
+        The timer's resync passes (every RESYNC_FACTOR to twice as many intervals) stay whole: they are
         the safety net for what no event says (an output published while its Job's events were lost)."""
         quiet = self._quiet.get((namespace, name))
         cached = self.cache.view((namespace, name))
@@ -256,7 +256,7 @@ class Reconciler:
         created while the operator watches goes into the cache as it is (cache.py: `adopt`), so that its first
         reconcile reads nothing from the API server."""
         meta = run.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = run_key(run)
         if event_type == "DELETED":
             self._generations.pop(key, None)
             return False

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from kubetune.operator.cache import RunKey
+from kubetune.operator.cache import RunKey, run_key
 from kubetune.operator.reconcile import Reconciler, is_settled
 
 
@@ -29,7 +29,7 @@ class RunTimer:
     def observe(self, event_type: str | None, run: Mapping[str, Any]) -> None:
         """A watch event of a run: keep its latest generation and status; a run deleted or being deleted leaves."""
         meta = run.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = run_key(run)
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
             self._runs.pop(key, None)
         else:
@@ -38,7 +38,7 @@ class RunTimer:
     def due(self) -> list[RunKey]:
         """The active runs to look at now (not while the previous tick of one is still at it)."""
         return [key for key, (generation, status) in self._runs.items()
-                if key not in self._ticking and not is_settled(dict(status), generation)
+                if key not in self._ticking and not is_settled(status, generation)
                 and self.reconciler.timer_due(*key, status)]
 
     async def tick(self, namespace: str, name: str) -> None:
