@@ -10,10 +10,11 @@ about 16 samples per optimizer step:
 - baseline: the recipe of the transformers / peft docs. `prepare_model_for_kbit_training`, `get_peft_model`,
   `Trainer` with padded batches (8 × 2 accumulation; 2 × 8 for the long workload, which does not fit 8 wide),
   default (SDPA) attention, gradient checkpointing, bf16;
-- kubetune: `build_model` + `TrainLoop` with the packed batcher (rows of the workload's max length; the long
-  workload's step in two micro-batches),
+- kubetune: `build_model` + `TrainLoop` with the train stage's packed batcher (with varlen attention, each micro-batch
+  one row of up to a step's rows × the workload's max length tokens; the long workload's step in two micro-batches),
   i.e. sample-isolated varlen attention, the chunked head + cross-entropy, a share of the layers recomputed, decoder
-  layers compiled (`--no-compile` runs them eagerly; compilation happens in the warm-up steps, which are not timed).
+  layers compiled (`--no-compile` runs them eagerly; compilation happens in the warm-up steps, which are not timed);
+  `--precisions bf16 fp8` adds a row with `training.fp8` (the 4-bit base matmuls in FP8).
 
 Samples follow a fixed random bigram language (so there is something to learn) with log-normal lengths: `chat` around
 300 tokens capped at 1024, `long` around 1500 capped at 4096; the first quarter of each sample is prompt (unlabelled).
@@ -48,7 +49,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_gpu_smoke import QWEN25_15B, Lora  # also makes kubetune.jobs importable from a checkout
 
-from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, Sample
+from kubetune.jobs.train_attention import VARLEN_ATTENTION
+from kubetune.jobs.train_data import IGNORE_INDEX, Batcher, PackedBatcher, Sample, make_batcher
 from kubetune.jobs.train_loop import LoopSettings, TrainerState, TrainLoop, make_optimizer
 from kubetune.jobs.train_loss import causal_lm_loss_sum
 from kubetune.jobs.train_model import DefaultQuantization, build_model
@@ -77,6 +79,8 @@ SHAPES: dict[str, Callable[[], PretrainedConfig]] = {
 # more.
 DEFAULT_RECOMPUTE = {("qwen2.5-1.5b", "chat"): 0.5, ("qwen2.5-1.5b", "long"): 1.0,
                      ("llama3.1-8b", "chat"): 0.8125, ("llama3.1-8b", "long"): 1.0}
+# With FP8 a layer that keeps its activations also keeps its backward's e4m3 weights (1 byte per weight).
+FP8_RECOMPUTE = {**DEFAULT_RECOMPUTE, ("llama3.1-8b", "chat"): 0.875}
 
 
 @dataclass(frozen=True)
@@ -277,11 +281,11 @@ def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out
 
 
 def load_ours(folder: Path, config: PretrainedConfig, recompute: float, attention: str | None,
-              device: torch.device | None = None, compile_layers: bool = True) -> Any:
+              device: torch.device | None = None, compile_layers: bool = True, fp8: bool = False) -> Any:
     return build_model(
         folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
         device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0, recompute_share=recompute,
-        attn_implementation=attention, compile_layers=compile_layers,
+        attn_implementation=attention, compile_layers=compile_layers, fp8=fp8,
     )
 
 
@@ -336,17 +340,19 @@ def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> di
 def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
              held_out: list[Sample], flops: float, recompute: float, attention: str | None = None,
              *, compile_layers: bool = True, check_packing: bool = True, profile: bool = False,
-             quality: bool = True) -> tuple[Result, dict[str, Any]]:
-    loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers)
-    extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled}
+             quality: bool = True, fp8: bool = False) -> tuple[Result, dict[str, Any]]:
+    loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers, fp8=fp8)
+    extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled,
+                              "fp8_layers": loaded.fp8_layers}
     if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
         extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
         extras["initial_loss"] = held_out_loss(loaded.model, held_out)
     mean_length = sum(len(s.input_ids) for s in train) / len(train)
     rows = workload.micro_batches * max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length
                                                  / workload.micro_batches))
-    batcher = PackedBatcher(batch_size=rows // workload.micro_batches, max_seq_length=workload.max_length,
-                            pad_token_id=0)
+    extras["flat_rows"] = extras["attention"] == VARLEN_ATTENTION  # as the train stage packs for varlen attention
+    batcher = make_batcher(packing=True, batch_size=rows // workload.micro_batches, max_seq_length=workload.max_length,
+                           pad_token_id=0, flat=extras["flat_rows"])
     batches = len(batcher.epoch_batches(train, 0, SEED))
     steps = math.ceil(batches / workload.micro_batches)
     settings = LoopSettings(learning_rate=LEARNING_RATE, lr_scheduler="linear", warmup_ratio=WARMUP_RATIO,
@@ -375,11 +381,11 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
     del loop, optimizer, scheduler, loaded
     release_memory()
     rate = tokens / seconds
-    return Result("kubetune", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds,
-                  state.step), extras
+    return Result("kubetune-fp8" if fp8 else "kubetune", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss,
+                  tokens, seconds, state.step), extras
 
 
-def profile_steps(loop: TrainLoop, train: list[Sample], batcher: PackedBatcher) -> str:
+def profile_steps(loop: TrainLoop, train: list[Sample], batcher: Batcher) -> str:
     """The GPU kernels of two more optimizer steps (an extra epoch's start), by total GPU time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -409,7 +415,7 @@ def compare(baseline: Result, ours: Result) -> dict[str, Any]:
 
 
 def describe(result: Result) -> str:
-    return (f"{result.path:9s} {result.tokens_per_second:9.0f} real tok/s  MFU {100 * result.mfu:5.1f}%  "
+    return (f"{result.path:12s} {result.tokens_per_second:9.0f} real tok/s  MFU {100 * result.mfu:5.1f}%  "
             f"peak {result.peak_gib:6.2f} GiB  held-out loss {result.held_out_loss:.4f}  "
             f"({result.timed_tokens} tokens in {result.timed_seconds:.2f}s, {result.steps} steps)")
 
@@ -425,6 +431,8 @@ def main() -> None:
                         help="also time our path with SDPA masks, and with other checkpointing, on the first shape")
     parser.add_argument("--profile", action="store_true", help="print our path's top GPU kernels")
     parser.add_argument("--no-compile", action="store_true", help="run our path's decoder layers eagerly")
+    parser.add_argument("--precisions", nargs="+", choices=("bf16", "fp8"), default=["bf16"],
+                        help="our path's base matmuls: bf16, and/or fp8 (training.fp8); one row each")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--layers", type=int, default=None,
                         help="decoder layers of the shape (default: all); fewer for a quick check of the code path")
@@ -449,7 +457,6 @@ def main() -> None:
         folder = random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
         for name in args.workloads:
             workload = WORKLOADS[name]
-            recompute = DEFAULT_RECOMPUTE[shape, name] if args.recompute is None else args.recompute
             train = synthetic_samples(workload, workload.steps * SAMPLES_PER_STEP, seed=SEED)
             held_out = synthetic_samples(workload, HELD_OUT, seed=SEED + 1)
             flops = flops_per_token(config, train)
@@ -461,25 +468,30 @@ def main() -> None:
                 baseline = run_baseline(folder, workload, train, held_out, flops, workdir)
                 print(f"{label} {describe(baseline)}", flush=True)
                 entry["baseline"] = asdict(baseline)
-            ours, extras = run_ours(folder, config, workload, train, held_out, flops, recompute,
-                                    compile_layers=not args.no_compile,
-                                    profile=args.profile and name == args.workloads[0])
-            print(f"{label} {describe(ours)}  [recompute {recompute:g} of the layers, {extras['attention']}, "
-                  f"compiled {extras['compiled']} {extras['dynamo']}, "
-                  f"{extras['rows_per_step']} rows × {workload.max_length} per step in {workload.micro_batches} "
-                  f"micro-batch(es)]", flush=True)
-            check = extras["packing_check"]
-            print(f"{label} packing check, relative difference of attention outputs to each sample alone (SDPA), "
-                  f"first / last layer: isolated {check['isolated_first_layer']:.1e} / "
-                  f"{check['isolated_last_layer']:.1e}, leaking {check['leaking_first_layer']:.1e} / "
-                  f"{check['leaking_last_layer']:.1e}; held-out loss before training {extras['initial_loss']:.4f}",
-                  flush=True)
-            if "profile" in extras:
-                print(extras.pop("profile"), flush=True)
-            entry.update(kubetune=asdict(ours), kubetune_details=extras)
-            if not args.skip_baseline:
-                entry["comparison"] = compare(baseline, ours)
-                print(f"{label} ratios: {json.dumps(entry['comparison'])}", flush=True)
+            for precision in args.precisions:
+                recompute = args.recompute if args.recompute is not None else (
+                    FP8_RECOMPUTE if precision == "fp8" else DEFAULT_RECOMPUTE)[shape, name]
+                ours, extras = run_ours(folder, config, workload, train, held_out, flops, recompute,
+                                        compile_layers=not args.no_compile, fp8=precision == "fp8",
+                                        profile=args.profile and name == args.workloads[0])
+                print(f"{label} {describe(ours)}  [recompute {recompute:g} of the layers, {extras['attention']}, "
+                      f"compiled {extras['compiled']} {extras['dynamo']}, FP8 layers {extras['fp8_layers']}, "
+                      f"{extras['rows_per_step'] * workload.max_length} tokens per step in "
+                      f"{workload.micro_batches} micro-batch(es), "
+                      f"{'one row each' if extras['flat_rows'] else f'rows of {workload.max_length}'}]", flush=True)
+                check = extras["packing_check"]
+                print(f"{label} packing check, relative difference of attention outputs to each sample alone "
+                      f"(SDPA), first / last layer: isolated {check['isolated_first_layer']:.1e} / "
+                      f"{check['isolated_last_layer']:.1e}, leaking {check['leaking_first_layer']:.1e} / "
+                      f"{check['leaking_last_layer']:.1e}; held-out loss before training "
+                      f"{extras['initial_loss']:.4f}", flush=True)
+                if "profile" in extras:
+                    print(extras.pop("profile"), flush=True)
+                key = ours.path.replace("-", "_")
+                entry.update({key: asdict(ours), f"{key}_details": extras})
+                if not args.skip_baseline:
+                    entry[f"{key}_comparison"] = compare(baseline, ours)
+                    print(f"{label} {ours.path} ratios: {json.dumps(entry[f'{key}_comparison'])}", flush=True)
             if args.ablations and shape == args.shapes[0] and name == args.workloads[0]:
                 entry["ablations"] = run_ablations(folder, config, workload, train, held_out, flops, label)
             report.append(entry)
@@ -504,19 +516,19 @@ def run_ablations(folder: Path, config: PretrainedConfig, workload: Workload, tr
 
 
 def print_summary(report: list[dict[str, Any]]) -> None:
-    print("\nshape / workload           path       real tok/s   MFU    peak GiB  held-out   ratio  mem-ratio  quality")
+    print("\nshape / workload           path         tok/s   MFU    peak GiB  held-out   ratio  mem-ratio  quality")
     for entry in report:
-        comparison = entry.get("comparison", {})
-        for path in ("baseline", "kubetune"):
+        for path in ("baseline", "kubetune", "kubetune_fp8"):
             if path not in entry:
                 continue
             r = entry[path]
             extra = ""
-            if path == "kubetune" and comparison:
+            comparison = entry.get(f"{path}_comparison")
+            if comparison:
                 extra = (f"  {comparison['throughput_ratio']:5.2f}x  {comparison['memory_ratio']:6.2f}x   "
                          f"{'equal' if comparison['equal_quality'] else 'DIFFERENT'} "
                          f"({100 * comparison['held_out_loss_gap']:.2f}%)")
-            print(f"{entry['shape'] + ' / ' + entry['workload']:26s} {path:9s} {r['tokens_per_second']:11.0f} "
+            print(f"{entry['shape'] + ' / ' + entry['workload']:26s} {r['path']:12s} {r['tokens_per_second']:8.0f} "
                   f"{100 * r['mfu']:5.1f}%  {r['peak_gib']:8.2f}  {r['held_out_loss']:8.4f}{extra}")
 
 

@@ -35,6 +35,7 @@ from kubetune.jobs.generation import Generation, generate_answers
 from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
     default_chat_template,
@@ -213,17 +214,19 @@ def train(
     set_seed(training.seed)
     tokenizer, added_tokens = load_tokenizer(inputs.model_dir, inputs.chat_template, training.added_special_tokens)
     samples = tokenize_dataset(tokenizer, load_conversations(inputs.data_path), inputs.max_seq_length)
+    device = ranks.place(resolve_device(training.device))
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
-                           max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer))
+                           max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),
+                           flat=training_attention(device) == VARLEN_ATTENTION)
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
     micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
     total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,
                                 extra_epochs=training.extra_epochs, max_steps=training.max_steps)
-    device = ranks.place(resolve_device(training.device))
     loaded = build_model(
         inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
         lora=training.lora, device=device, gradient_checkpointing=training.gradient_checkpointing,
         recompute_share=training.recompute_layers, compile_layers=training.compile and device.type == "cuda",
+        fp8=training.fp8,
     )
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)

@@ -263,7 +263,13 @@ class PackedBatcher:
         return Batch(input_ids, labels, None, position_ids, real, torch.tensor(boundaries, dtype=torch.int32), longest)
 
 
-def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int) -> Batcher:
+def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int,
+                 flat: bool = False) -> Batcher:
+    """`flat` (for varlen attention, where joining rows costs nothing): each packed micro-batch is one row of up to
+    `batch_size × max_seq_length` tokens, so samples fill it end to end instead of leaving each row's tail empty.
+    Masked attention (SDPA) wants rows of `max_seq_length`: its cost grows with the square of a row's length."""
+    if packing and flat:
+        return PackedBatcher(1, batch_size * max_seq_length, pad_token_id)
     if packing:
         return PackedBatcher(batch_size, max_seq_length, pad_token_id)
     return PaddedBatcher(batch_size, pad_token_id)

@@ -28,6 +28,7 @@ from transformers.tokenization_utils_base import AddedToken
 from kubetune.jobs.train_attention import training_attention
 from kubetune.jobs.train_compile import compile_decoder_layers
 from kubetune.jobs.train_data import CHAT_MARKERS
+from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
 
 Method = Literal["qlora", "lora"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -109,6 +110,7 @@ class LoadedModel:
     autocast_dtype: torch.dtype | None  # mixed precision for the forward pass, None for plain fp32
     new_token_ids: list[int]
     compiled: bool = False  # decoder layers run through torch.compile
+    fp8_layers: int = 0  # 4-bit base layers whose training matmuls run in FP8
 
 
 def load_base_model(
@@ -223,12 +225,14 @@ def build_model(
     recompute_share: float = 1.0,
     attn_implementation: str | None = None,
     compile_layers: bool = False,
+    fp8: bool = False,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
     CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
     recompute their activations in backward: 1 is the least memory, less trades memory for less recompute.
     `compile_layers` fuses each decoder layer's element-wise work with torch.compile (the train stage asks for it on
-    CUDA)."""
+    CUDA). `fp8` runs the 4-bit base weights' training matmuls in FP8 (qlora on a GPU with FP8 tensor cores;
+    anywhere else it is an error)."""
     attention = attn_implementation or training_attention(device)
     base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention)
     new_token_ids = add_token_rows(base, vocab_size)
@@ -241,5 +245,12 @@ def build_model(
         keep_activations(base, recompute_share)
     model = get_peft_model(base, lora_config(base, lora, new_token_ids))
     assert isinstance(model, PeftModel)
+    fp8_layers = 0
+    if fp8:
+        reason = ("FP8 matmuls are for the 4-bit base of method qlora" if method != "qlora"
+                  else fp8_unsupported_reason(device, autocast_dtype))
+        if reason:
+            raise ModelSetupError(f"training.fp8: {reason}")
+        fp8_layers = enable_fp8_base_matmuls(model)
     compiled = compile_layers and compile_decoder_layers(model)
-    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled)
+    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers)

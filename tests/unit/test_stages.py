@@ -28,6 +28,7 @@ def test_keys_are_stable_and_hex() -> None:
         ("train", {"training": {"lora": {"r": 8}}}),
         ("train", {"baseModel": {"uri": "s3://models/other"}}),
         ("train", {"dataset": {"maxSeqLength": 512}}),
+        ("train", {"training": {"fp8": True}}),  # FP8 rounding changes what is learnt
         ("merge", {"merge": {"dtype": "float16"}}),
         ("convert", {"export": {"types": ["f16"]}}),
         ("evaluate", {"evaluate": {"minPassRate": 0.5}}),

@@ -17,6 +17,7 @@ from kubetune.jobs.train_data import (
     Sample,
     default_chat_template,
     load_conversations,
+    make_batcher,
     render,
     tokenize_conversation,
     tokenize_dataset,
@@ -141,6 +142,29 @@ def test_packed_rows_fit_max_length_hold_each_sample_once_and_restart_positions(
             assert (batch.labels[r, offset:] == IGNORE_INDEX).all()
             # Padding never restarts a position (that would open a new "sample" in the attention mask).
             assert (torch.diff(batch.position_ids[r, offset - 1 :]) == 1).all()
+
+
+def test_flat_packing_fills_one_row_per_micro_batch_with_the_same_token_budget() -> None:
+    samples = fake_samples(LENGTHS * 4)
+    rows = make_batcher(packing=True, batch_size=3, max_seq_length=32, pad_token_id=0)
+    flat = make_batcher(packing=True, batch_size=3, max_seq_length=32, pad_token_id=0, flat=True)
+    slots: dict[str, int] = {}
+    for name, batcher in (("rows", rows), ("flat", flat)):
+        plan = batcher.epoch_batches(samples, epoch=0, seed=7)
+        assert sorted(i for micro in plan for row in micro for i in row) == list(range(len(samples)))
+        batches = [batcher.collate([[samples[i] for i in row] for row in micro]) for micro in plan]
+        assert all(batch.input_ids.numel() <= 3 * 32 for batch in batches)  # the same budget per micro-batch
+        slots[name] = sum(batch.input_ids.numel() for batch in batches)
+        if name == "flat":
+            assert all(batch.input_ids.shape[0] == 1 for batch in batches)
+            # Every sample keeps its own boundary, so attention stays inside it.
+            assert all(batch.sample_offsets is not None and len(batch.sample_offsets) == len(micro[0]) + 1
+                       for batch, micro in zip(batches, plan, strict=True))
+    real = sum(len(sample.input_ids) for sample in samples)
+    assert real / slots["flat"] > real / slots["rows"]  # less padding
+    # Unpacked batches stay padded: flat is about packed rows only.
+    assert isinstance(make_batcher(packing=False, batch_size=3, max_seq_length=32, pad_token_id=0, flat=True),
+                      PaddedBatcher)
 
 
 def test_padded_batches_mask_the_padding_and_count_real_tokens() -> None:
