@@ -473,18 +473,21 @@ def main() -> None:
                     FP8_RECOMPUTE if precision == "fp8" else DEFAULT_RECOMPUTE)[shape, name]
                 ours, extras = run_ours(folder, config, workload, train, held_out, flops, recompute,
                                         compile_layers=not args.no_compile, fp8=precision == "fp8",
-                                        profile=args.profile and name == args.workloads[0])
+                                        profile=args.profile and name == args.workloads[0],
+                                        # FP8 is for training passes only: the eval-mode check would repeat itself
+                                        check_packing=precision == args.precisions[0])
                 print(f"{label} {describe(ours)}  [recompute {recompute:g} of the layers, {extras['attention']}, "
                       f"compiled {extras['compiled']} {extras['dynamo']}, FP8 layers {extras['fp8_layers']}, "
                       f"{extras['rows_per_step'] * workload.max_length} tokens per step in "
                       f"{workload.micro_batches} micro-batch(es), "
                       f"{'one row each' if extras['flat_rows'] else f'rows of {workload.max_length}'}]", flush=True)
-                check = extras["packing_check"]
-                print(f"{label} packing check, relative difference of attention outputs to each sample alone "
-                      f"(SDPA), first / last layer: isolated {check['isolated_first_layer']:.1e} / "
-                      f"{check['isolated_last_layer']:.1e}, leaking {check['leaking_first_layer']:.1e} / "
-                      f"{check['leaking_last_layer']:.1e}; held-out loss before training "
-                      f"{extras['initial_loss']:.4f}", flush=True)
+                check = extras.get("packing_check")
+                if check:
+                    print(f"{label} packing check, relative difference of attention outputs to each sample alone "
+                          f"(SDPA), first / last layer: isolated {check['isolated_first_layer']:.1e} / "
+                          f"{check['isolated_last_layer']:.1e}, leaking {check['leaking_first_layer']:.1e} / "
+                          f"{check['leaking_last_layer']:.1e}; held-out loss before training "
+                          f"{extras['initial_loss']:.4f}", flush=True)
                 if "profile" in extras:
                     print(extras.pop("profile"), flush=True)
                 key = ours.path.replace("-", "_")
