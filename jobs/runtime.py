@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -52,6 +53,9 @@ class JobContext:
         self.store = store or open_store(
             run.store.uri, endpoint=run.store.endpoint, region=run.store.region, path_style=run.store.path_style
         )
+        # A scratch dir made here (no KUBETUNE_WORKDIR: a job run by hand) is removed by run_job; a pod's
+        # emptyDir or `kubetune run`'s state dir is the caller's to keep or drop.
+        self.owns_workdir = workdir is None and not os.environ.get("KUBETUNE_WORKDIR")
         self.workdir = workdir or _scratch_dir(stage)
         self.stop = threading.Event()
         self._progress: dict[str, Any] = {"stage": stage}
@@ -135,6 +139,9 @@ def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> i
     except Exception as exc:
         log.exception("stage %s failed", stage)
         return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        if ctx is not None and ctx.owns_workdir:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)  # everything worth keeping is in the store
 
 
 def _fail(ctx: JobContext | None, code: int, phase: str, reason: str) -> int:

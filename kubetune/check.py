@@ -33,6 +33,14 @@ def target_kind(target: Path) -> str:
 
 
 def check(target: Path, run: FineTuneRun, workdir: Path | None = None) -> CheckResult:
+    if workdir is not None:
+        return _check_in(target, run, workdir)
+    # Without --workdir the merged model and GGUFs are only a means to the reports: nothing outlives the check.
+    with tempfile.TemporaryDirectory(prefix="kubetune-check-") as scratch:
+        return _check_in(target, run, Path(scratch))
+
+
+def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
     from kubetune.ask import default_template
     from kubetune.jobs.basemodel import default_cache_dir, resolve_base_model
     from kubetune.jobs.evaluate import chat_template, evaluate_gguf, gate_failure
@@ -41,7 +49,6 @@ def check(target: Path, run: FineTuneRun, workdir: Path | None = None) -> CheckR
     from kubetune.store import open_store
 
     spec = run.spec
-    scratch = workdir or Path(tempfile.mkdtemp(prefix="kubetune-check-"))
     kind = target_kind(target)
     merged: Path | None = None
     if kind == "adapter":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -166,7 +167,8 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     run_json = local.state_dir / f"{stage}.run.json"
     run_json.write_text(config.dumps(), encoding="utf-8")
     log_path = local.state_dir / f"{stage}.log"
-    env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
+    workdir = local.state_dir / "work"
+    env = dict(os.environ, KUBETUNE_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
     # -P: started from a checkout's root, the job must not import its operator/ folder as the stdlib's operator.
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
@@ -197,6 +199,8 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     if code == 0:
         _look_up(local, action.ref)
         local.looked_up.add(action.ref.key)
+        # Its outputs are in the store now; a failed or stopped stage's scratch stays for a look.
+        shutil.rmtree(workdir / stage, ignore_errors=True)
     elif code != EXIT_STOPPED:
         print(f"kubetune: {stage} exited with {code}: {reason} (log: {log_path})", file=sys.stderr)
     return code

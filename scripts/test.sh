@@ -7,6 +7,9 @@ scripts/bootstrap.sh
 if ! command -v lua5.4 >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq lua5.4 >/dev/null) || echo "warning: could not install lua5.4" >&2
 fi
+# Models, checkpoints and GGUFs of the tests go under the temp dir (a few GB at a time, removed as tests pass): say how
+# much room there is, so that a full disk reads as what it is.
+df -h "${TMPDIR:-/tmp}" | awk 'NR == 2 {print "test temp dir: " $4 " free of " $2}'
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # -P keeps the repository root off sys.path at start-up (its operator/ folder would shadow the standard library);
 # pytest adds it once the interpreter is up (pythonpath in pyproject.toml) so tests can import tests.fixtures.

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,15 @@ def kubetune(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], float]:
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, subprocess.CompletedProcess[str], float]]:
     workdir = tmp_path_factory.mktemp("identity-run")
     started = time.monotonic()
     result = kubetune(workdir, "run", str(EXAMPLE))
-    return workdir, result, time.monotonic() - started
+    yield workdir, result, time.monotonic() - started
+    if result.returncode == 0:
+        shutil.rmtree(workdir)  # ~0.9 GB of models and GGUFs; a failed run's stay for a look
 
 
 def test_the_main_job_succeeds_within_the_budget(finished_run: tuple[Path, subprocess.CompletedProcess[str], float]) -> None:
@@ -131,6 +137,8 @@ def test_every_artifact_is_present_with_matching_digests(
         fetch(store, prefix, tmp_path / stage, manifest)  # raises on any sha256 mismatch or missing file
     types = sorted(a["name"].rsplit("-", 1)[-1] for a in status["artifacts"] if a["name"].endswith(".gguf"))
     assert types == ["q4_k_m.gguf", "q8_0.gguf"]
+    scratch = workdir / ".kubetune/runs/default/identity/work"
+    assert not scratch.exists() or not any(scratch.iterdir()), "a published stage's scratch copy was kept"
 
 
 def test_a_second_run_is_a_cached_no_op_that_takes_seconds(

@@ -82,6 +82,34 @@ def test_failures_map_to_exit_codes_and_leave_a_reason(tmp_path: Path, error: Ex
     assert read_manifest(store, config.stages["dataset"].prefix) is None
 
 
+@pytest.mark.parametrize("outcome", ["succeeds", "fails"])
+def test_a_scratch_dir_the_job_made_itself_is_removed_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """Run by hand (no KUBETUNE_WORKDIR), a stage's merged models and checkpoints must not pile up in /tmp."""
+    monkeypatch.delenv("KUBETUNE_WORKDIR", raising=False)
+    seen: list[Path] = []
+
+    def body(ctx: JobContext) -> None:
+        seen.append(ctx.workdir)
+        (ctx.workdir / "model.safetensors").write_bytes(b"\0" * 1024)
+        if outcome == "fails":
+            raise RuntimeError("out of memory")
+
+    run_job("dataset", write_run(tmp_path), body)
+    assert seen and not seen[0].exists()
+
+
+def test_a_given_workdir_is_left_to_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod's emptyDir or `kubetune run`'s state dir: the caller decides what to keep."""
+    def body(ctx: JobContext) -> None:
+        (ctx.workdir / "kept").write_text("x")
+
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    assert run_job("dataset", write_run(tmp_path), body) == EXIT_OK
+    assert (tmp_path / "work" / "dataset" / "kept").read_text() == "x"
+
+
 def test_only_rank_0_of_launched_ranks_writes_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second rank's start and stop reports would replace rank 0's step and last checkpoint."""
     def stop(ctx: JobContext) -> None:
