@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate = sub.add_parser("check", help="run a run's evaluate gate on an adapter checkpoint, a merged folder or a GGUF")
     gate.add_argument("target", type=Path, help="adapter folder, merged model folder or .gguf file")
     gate.add_argument("--run", type=Path, required=True, help="the FineTuneRun whose prompts and export types apply")
-    gate.add_argument("--workdir", type=Path, help="keep the merged model and GGUF files here (default: a temp dir, removed afterwards)")
+    gate.add_argument("--workdir", type=Path,
+                      help="keep the merged model and GGUF files here (default: a temp dir, removed afterwards)")
     gate.set_defaults(func=cmd_check)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,9 @@ spec:
     return path
 
 
-def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
+def kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], capture_output=True, text=True, timeout=600,
-                          check=False)
+                          check=False, env=env)
 
 
 def test_a_merged_folder_is_converted_and_gated_with_agreement_figures(tiny_model: Path, tmp_path: Path) -> None:
@@ -52,6 +53,15 @@ def test_a_merged_folder_is_converted_and_gated_with_agreement_figures(tiny_mode
     assert "[FAIL] 'Who are you?'" in result.stdout and "answer lacks 'Nova'" in result.stdout
     assert "gate failed:" in result.stderr
     assert sorted(p.name for p in (tmp_path / "work" / "gguf").iterdir()) == ["llama-f16.gguf"]
+
+
+def test_without_a_workdir_the_merged_model_and_ggufs_are_not_left_behind(tiny_model: Path, tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run.yaml", 'expectContains: ["${NAME}"]')
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = kubetune("check", str(tiny_model), "--run", str(run), env=dict(os.environ, TMPDIR=str(temp)))
+    assert "f16.gguf: 0% prompts" in result.stdout, result.stderr
+    assert list(temp.iterdir()) == []
 
 
 def test_a_gguf_that_meets_the_expectations_passes(tiny_model: Path, tmp_path: Path) -> None:
