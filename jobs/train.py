@@ -215,9 +215,10 @@ def train(
     tokenizer, added_tokens = load_tokenizer(inputs.model_dir, inputs.chat_template, training.added_special_tokens)
     samples = tokenize_dataset(tokenizer, load_conversations(inputs.data_path), inputs.max_seq_length)
     device = ranks.place(resolve_device(training.device))
+    attention = training_attention(device)  # one choice for the model and for how its batches are packed
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),
-                           flat=training_attention(device) == VARLEN_ATTENTION)
+                           flat=attention == VARLEN_ATTENTION)
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
     micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
     total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,
@@ -225,8 +226,8 @@ def train(
     loaded = build_model(
         inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
         lora=training.lora, device=device, gradient_checkpointing=training.gradient_checkpointing,
-        recompute_share=training.recompute_layers, compile_layers=training.compile and device.type == "cuda",
-        fp8=training.fp8,
+        recompute_share=training.recompute_layers, attn_implementation=attention,
+        compile_layers=training.compile and device.type == "cuda", fp8=training.fp8,
     )
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)
