@@ -27,6 +27,26 @@ class CelRule:
         return entry
 
 
+class KeyRule:
+    """A CEL condition on every key `k` of a map field (`Annotated[dict[...], KeyRule(...)]`).
+
+    Structural schemas cannot describe map keys, so the CRD carries the condition as an `x-kubernetes-validations`
+    rule on the map itself, which the API server reports at the map's path; `kubetune validate` evaluates the same rule.
+    """
+
+    def __init__(self, condition: str, message: str) -> None:
+        self.condition = condition
+        self.message = message
+
+    def to_schema(self) -> dict[str, str]:
+        return {"rule": f"self.all(k, {self.condition})", "message": self.message}
+
+
+def cel_string(text: str) -> str:
+    """`text` as a single-quoted CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class ApiModel(BaseModel):
     """Base of every spec/status model."""
 

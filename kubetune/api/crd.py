@@ -38,16 +38,7 @@ def openapi_schema() -> dict[str, Any]:
             "status": status,
         },
         # The run name becomes part of Job names (`<run>-<stage>-<key>` ≤ 63 chars) and store keys.
-        "x-kubernetes-validations": [
-            {
-                "rule": f"self.metadata.name.size() <= {t.RUN_NAME_MAX}",
-                "message": f"metadata.name must be at most {t.RUN_NAME_MAX} characters (it prefixes Job names)",
-            },
-            {
-                "rule": f"self.metadata.name.matches('{t.RUN_NAME_PATTERN}')",
-                "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)",
-            },
-        ],
+        "x-kubernetes-validations": [rule.to_schema() for rule in t.RUN_NAME_RULES],
     }
 
 

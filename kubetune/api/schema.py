@@ -13,7 +13,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from kubetune.api.base import ApiModel
+from kubetune.api.base import ApiModel, KeyRule
 
 _SCALARS: dict[type, dict[str, Any]] = {
     str: {"type": "string"},
@@ -51,7 +51,7 @@ def model_schema(model: type[ApiModel], description: str | None = None) -> dict[
 
 
 def _type_schema(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
-    annotation, metadata = _unwrap(annotation, list(metadata))
+    annotation, metadata = unwrap(annotation, list(metadata))
     origin = get_origin(annotation)
     schema: dict[str, Any]
     if isinstance(annotation, type) and issubclass(annotation, ApiModel):
@@ -64,14 +64,11 @@ def _type_schema(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
         (item,) = get_args(annotation)
         schema = {"type": "array", "items": _type_schema(item, [])}
     elif origin is dict:
-        key, value = get_args(annotation)
+        _, value = get_args(annotation)
         schema = {"type": "object", "additionalProperties": _type_schema(value, [])}
-        _, key_metadata = _unwrap(key, [])
-        key_pattern = _constraints(key_metadata).get("pattern")
-        if key_pattern:
-            schema["x-kubernetes-validations"] = [
-                {"rule": f"self.all(k, k.matches({_cel_string(key_pattern)}))", "message": f"keys must match {key_pattern}"}
-            ]
+        key_rules = [item.to_schema() for item in metadata if isinstance(item, KeyRule)]
+        if key_rules:
+            schema["x-kubernetes-validations"] = key_rules
     elif annotation in _SCALARS:
         schema = dict(_SCALARS[annotation])
     else:
@@ -80,7 +77,7 @@ def _type_schema(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
     return schema
 
 
-def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
+def unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
     """Strip Optional[...] and Annotated[...], collecting constraint metadata."""
     while True:
         origin = get_origin(annotation)
@@ -143,10 +140,6 @@ def _default_of(field: FieldInfo) -> Any:
     if field.default is PydanticUndefined or field.default is None:
         return None
     return field.default
-
-
-def _cel_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _clean(doc: str) -> str:

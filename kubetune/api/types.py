@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from kubetune.api.base import ApiModel, CelRule
+from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -27,35 +27,80 @@ Stage = Literal["dataset", "train", "merge", "convert", "evaluate"]
 # A run's name becomes part of Job, ConfigMap and label values (`<run>-<stage>-<key8>` ≤ 63) and of store keys.
 RUN_NAME_MAX = 40
 RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Rules on the object's root: a real API server reports them at no field path and refuses `fieldPath: .metadata.name`.
+RUN_NAME_RULES = (
+    CelRule(
+        f"self.metadata.name.size() <= {RUN_NAME_MAX}",
+        f"metadata.name must be at most {RUN_NAME_MAX} characters (it prefixes Job names)",
+    ),
+    CelRule(
+        f"self.metadata.name.matches({cel_string(RUN_NAME_PATTERN)})",
+        "metadata.name must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)",
+    ),
+)
+
+# Patterns are read by three regex engines (Go RE2 on the server, Rust's in pydantic, Python's under CEL in
+# `kubetune validate`), so they use only what all three read alike: explicit ASCII classes, never `\s` or `\d`
+# (Unicode-aware in Rust and Python, ASCII in RE2).
+# A URI character: no control character, space, DEL, query (`?`), fragment (`#`) or backslash.
+_URI_CHAR = r"[^\x00-\x20\x7f?#\\]"
+_S3 = r"s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/" + _URI_CHAR + "*)?"
+_LOCAL = r"file:///" + _URI_CHAR + "*|/" + _URI_CHAR + "*"
+# A git revision: names separated by single '.' or '/', so never `..`, a leading '.' or '/', or `//`.
+GIT_REVISION = r"[-A-Za-z0-9_]+([./][-A-Za-z0-9_]+)*"
+BASE_MODEL_URI = (
+    r"^(bundled://[a-z0-9][-a-z0-9.]*"
+    rf"|{_S3}"
+    rf"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@{GIT_REVISION})?"
+    rf"|{_LOCAL})$"
+)
+DATASET_URI = rf"^(bundled|{_S3}|{_LOCAL})$"
+STORAGE_URI = rf"^({_S3}|{_LOCAL})$"
+# No `user:password@` credentials (they belong in credentialsSecret), no query or fragment.
+HTTP_URL = (
+    r"^https?://([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+    r"(/[^\x00-\x20\x7f?#@\\]*)?$"
+)
+# A relative path inside a tree: no leading '/', no control character, space or backslash.
+STRUCTURE_FILE = r"^[^/\x00-\x20\x7f\\][^\x00-\x20\x7f\\]*\.json$"
 
 
-
-def no_dotdot(field: str) -> CelRule:
-    """No `..` path segment anywhere: such a URI would escape its bucket prefix or folder."""
-    return CelRule(
-        f"!has(self.{field}) || !self.{field}.matches('(^|/)\\\\.\\\\.(/|$)')",
-        "must not contain '..' path segments",
-        f".{field}",
+def no_traversal(field: str) -> tuple[CelRule, CelRule]:
+    """No `..` path segment, and no percent-encoded '.', '/', '\\', '%' or NUL that a job's URL decoding would turn
+    into one: such a URI would escape its bucket prefix or folder."""
+    return (
+        CelRule(
+            f"!has(self.{field}) || !self.{field}.matches('(^|/)\\\\.\\\\.(/|$)')",
+            "must not contain '..' path segments",
+            f".{field}",
+        ),
+        CelRule(
+            f"!has(self.{field}) || !self.{field}.matches('%(2[eEfF]|5[cC]|25|00)')",
+            "must not contain percent-encoded '.', '/', backslash, '%' or NUL (%2e, %2f, %5c, %25, %00)",
+            f".{field}",
+        ),
     )
 
 
-BASE_MODEL_URI = (
-    r"^(bundled://[a-z0-9][-a-z0-9.]*"
-    r"|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?"
-    r"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_./]+)?"
-    r"|file:///[^\s]*|/[^\s]*)$"
+# Kubernetes label keys: an optional DNS-subdomain prefix (≤ 253) and '/', then a name (≤ 63).
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
-DATASET_URI = r"^(bundled|s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$"
-STORAGE_URI = r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/[^\s]*)?|file:///[^\s]*|/[^\s]*)$"
-HTTP_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
+LABEL_KEYS = KeyRule(
+    f"k.matches({cel_string(LABEL_KEY)}) && !k.matches('^[^/]{{254}}')",
+    "keys must be label keys: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of "
+    "at most 63 characters (letters, digits, '-', '_', '.'; starting and ending with a letter or digit)",
+)
 QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([eE][0-9]+|[munkMGTPE]|[KMGTPE]i)?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 PLACEHOLDER_NAME = r"^[A-Z][A-Z0-9_]*$"
+PLACEHOLDER_KEYS = KeyRule(f"k.matches({cel_string(PLACEHOLDER_NAME)})", f"keys must match {PLACEHOLDER_NAME}")
 CATEGORY_NAME = r"^[a-z0-9_]+$"
 CHECKPOINT_NAME = r"^checkpoint-[0-9]{8}$"
-IMAGE = r"^[^\s]+$"
+IMAGE = r"^[!-~]+$"  # printable ASCII, no space
 
 Dtype16 = Literal["bfloat16", "float16", "float32"]
 GgufType = Literal[
@@ -77,14 +122,16 @@ class BaseModelSpec(ApiModel):
     """The model to fine-tune."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        no_dotdot("uri"),
+        *no_traversal("uri"),
+        # `has(self.uri)` guards: the server checks the `default: {}` of the parent as written, without this
+        # object's own defaults (uri's default is not hf://, so "absent" must fail as the default would).
         CelRule(
-            "!has(self.tokenSecret) || self.uri.startsWith('hf://')",
+            "!has(self.tokenSecret) || has(self.uri) && self.uri.startsWith('hf://')",
             "tokenSecret applies only to hf:// models",
             ".tokenSecret",
         ),
         CelRule(
-            "!has(self.revision) || self.uri.startsWith('hf://')",
+            "!has(self.revision) || has(self.uri) && self.uri.startsWith('hf://')",
             "revision applies only to hf:// models (write it as hf://org/name@revision or here)",
             ".revision",
         ),
@@ -93,7 +140,7 @@ class BaseModelSpec(ApiModel):
     uri: Annotated[str, Field(max_length=1024, pattern=BASE_MODEL_URI)] = "bundled://smollm2-135m-instruct"
     """Where the Hugging Face model folder comes from: `bundled://smollm2-135m-instruct` (shipped with kubetune),
     `s3://bucket/path`, an absolute local path or `file:///path`, or `hf://org/name@revision` (needs Hub access)."""
-    revision: Annotated[str | None, Field(default=None, max_length=255, pattern=r"^[-A-Za-z0-9_./]+$")]
+    revision: Annotated[str | None, Field(default=None, max_length=255, pattern=f"^{GIT_REVISION}$")]
     """Hub revision (branch, tag or commit) for hf:// models; overrides an `@revision` in the URI."""
     sha256: Annotated[str | None, Field(default=None, pattern=r"^[a-f0-9]{64}$")]
     """Expected digest of the model folder (sha256 of its sorted `path size sha256` listing); checked when fetched."""
@@ -105,19 +152,17 @@ class DatasetSpec(ApiModel):
     """The hierarchical dataset (datasets_new layout) and how to turn it into training records."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        no_dotdot("uri"),
-        no_dotdot("structure"),
+        *no_traversal("uri"),
+        *no_traversal("structure"),
     )
 
     uri: Annotated[str, Field(max_length=1024, pattern=DATASET_URI)] = "bundled"
     """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path."""
-    structure: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\s][^\s]*\.json$")] = (
-        "structure.enriched.json"
-    )
+    structure: Annotated[str, Field(min_length=1, max_length=255, pattern=STRUCTURE_FILE)] = "structure.enriched.json"
     """Structure file, relative to the tree root."""
-    placeholders: Annotated[dict[Annotated[str, Field(pattern=PLACEHOLDER_NAME)], str], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
+    placeholders: Annotated[
+        dict[str, Annotated[str, Field(min_length=1)]], Field(max_length=64), PLACEHOLDER_KEYS
+    ] = Field(default_factory=dict)
     """Values for identity placeholders such as `${NAME}` and `${SPEC}` in the samples."""
     categories: Annotated[list[Annotated[str, Field(pattern=CATEGORY_NAME)]], Field(max_length=256)] = Field(
         default_factory=list
@@ -171,14 +216,20 @@ class TrainingSpec(ApiModel):
     """QLoRA / LoRA training."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        # An absent field reads as its default (method qlora, fp8 false, extraEpochs 0): the server checks the
+        # parent's `default: {}` against these rules as written, before this object's own defaults fill it.
         CelRule(
-            "self.method == 'qlora' || !has(self.quantization)",
+            "!has(self.quantization) || !has(self.method) || self.method == 'qlora'",
             "quantization applies only to method qlora",
             ".quantization",
         ),
-        CelRule("self.method == 'qlora' || !self.fp8", "fp8 applies only to method qlora", ".fp8"),
         CelRule(
-            "!has(self.maxSteps) || self.extraEpochs == 0.0",
+            "!has(self.fp8) || !self.fp8 || !has(self.method) || self.method == 'qlora'",
+            "fp8 applies only to method qlora",
+            ".fp8",
+        ),
+        CelRule(
+            "!has(self.maxSteps) || !has(self.extraEpochs) || self.extraEpochs == 0.0",
             "extraEpochs continues an epoch-based run; it cannot be combined with maxSteps",
             ".extraEpochs",
         ),
@@ -261,7 +312,8 @@ class ExportSpec(ApiModel):
     """GGUF types: f32, f16, bf16, q8_0 written directly; k-quants (q4_k_m, …) quantized from f16 by llama.cpp."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule("self.types.all(t, self.types.exists_one(u, u == t))", "must not repeat a type", ".types"),
+        CelRule("!has(self.types) || self.types.all(t, self.types.exists_one(u, u == t))", "must not repeat a type",
+                ".types"),
     )
 
 
@@ -301,7 +353,7 @@ class StorageSpec(ApiModel):
     """Where checkpoints and artifacts live."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        no_dotdot("uri"),
+        *no_traversal("uri"),
         CelRule("!has(self.endpoint) || has(self.uri) && self.uri.startsWith('s3://')", "endpoint applies only to s3:// storage",
                 ".endpoint"),
         CelRule(
@@ -351,7 +403,9 @@ class StageResources(ApiModel):
     """CPU request, e.g. `4` or `500m`."""
     memory: Annotated[str | None, Field(default=None, max_length=32, pattern=QUANTITY)]
     """Memory request and limit, e.g. `32Gi`."""
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=32)] | None = None
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], Field(max_length=32), LABEL_KEYS
+    ] | None = None
     """Node labels the pod must match."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
     """Taints the pod tolerates."""
@@ -493,7 +547,8 @@ class StageStatus(ApiModel):
     input_key: str | None = None
     """Content key of the stage's inputs: same key, same output."""
     output_digest: str | None = None
-    """sha256 of the stage's output manifest."""
+    """Content digest of the stage's output: sha256 of the stage name and its files' sorted `path size sha256`
+    lines (no timestamps), what later stages' keys hash. Identical content has one digest, in any store."""
     outputs: list[Artifact] = Field(default_factory=list)
     """Files the stage published (large stages list their main files)."""
     message: str | None = None
@@ -515,6 +570,38 @@ class StagesStatus(ApiModel):
     """The evaluate stage."""
 
 
+class ResolvedSourceStatus(ApiModel):
+    """One input of the run, resolved to content."""
+
+    uri: str
+    """Where it is read from."""
+    digest: str
+    """sha256 of its content listing (local files by sha256, store objects by ETag): what the stage keys hash."""
+    revision: str | None = None
+    """The commit an hf:// revision pointed to when resolved."""
+
+
+class SourcesStatus(ApiModel):
+    """The step before the stages: what they read, resolved to content (set kubetune.dev/refresh to redo it)."""
+
+    phase: StagePhase = "Pending"
+    """Pending, Queued, Running, Succeeded, Cached (resolved earlier for the same sources) or Failed."""
+    job_name: str | None = None
+    """The resolution Job (none when `kubetune run` resolves in-process)."""
+    input_key: str | None = None
+    """Key of the resolution: the spec's source fields, the run's uid, the job image and kubetune.dev/refresh."""
+    observed_generation: int | None = None
+    """The spec generation these sources apply to."""
+    dataset: ResolvedSourceStatus | None = None
+    """The dataset tree (structure file and topics/)."""
+    template: ResolvedSourceStatus | None = None
+    """The chat template."""
+    base_model: ResolvedSourceStatus | None = None
+    """The base model."""
+    message: str | None = None
+    """Why the step is in this phase."""
+
+
 class FineTuneRunStatus(ApiModel):
     """Observed state, written by the operator (or `kubetune run`)."""
 
@@ -528,6 +615,8 @@ class FineTuneRunStatus(ApiModel):
     """Short progress for `kubectl get`, e.g. `train 120/400 (30%)`."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, Progressing and Failed conditions."""
+    sources: SourcesStatus | None = None
+    """What the stages read, resolved to content digests."""
     stages: StagesStatus = Field(default_factory=StagesStatus)
     """One block per stage."""
     progress: TrainingProgress | None = None

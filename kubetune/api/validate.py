@@ -18,8 +18,9 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.api import types as t
-from kubetune.api.base import ApiModel
+from kubetune.api.base import ApiModel, KeyRule
 from kubetune.api.crd import openapi_schema
+from kubetune.api.schema import unwrap
 
 
 @dataclass(frozen=True)
@@ -167,19 +168,33 @@ def _program(rule: str) -> celpy.Runner:
 def cel_errors(model: ApiModel, path: str) -> Iterator[FieldError]:
     """Evaluate every CEL rule of `model` and the models inside it, as the API server would after defaulting."""
     rules = type(model).cel_rules
-    data = json.dumps(model.to_manifest(), sort_keys=True, separators=(",", ":")) if rules else ""
+    data = _canonical(model.to_manifest()) if rules else ""
     for rule in rules:
         if not _holds(rule.rule, data):
             yield FieldError(path + (rule.field_path or ""), rule.message)
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         alias = info.alias or name
+        for key_rule in _key_rules(type(model), name):
+            if isinstance(value, dict) and not _holds(key_rule.to_schema()["rule"], _canonical(value)):
+                yield FieldError(f"{path}.{alias}", key_rule.message)
         if isinstance(value, ApiModel):
             yield from cel_errors(value, f"{path}.{alias}")
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, ApiModel):
                     yield from cel_errors(item, f"{path}.{alias}[{index}]")
+
+
+@cache
+def _key_rules(model: type[ApiModel], name: str) -> tuple[KeyRule, ...]:
+    info = model.model_fields[name]
+    _, metadata = unwrap(info.annotation, list(info.metadata))
+    return tuple(item for item in metadata if isinstance(item, KeyRule))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 # A rule's verdict depends only on the object it is evaluated on: remembered by the object's canonical JSON. The

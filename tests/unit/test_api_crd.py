@@ -78,6 +78,61 @@ def test_every_cel_rule_compiles(path: str, rule: dict[str, Any]) -> None:
     assert rule["message"]
 
 
+def default_violations(node: dict[str, Any], value: Any, path: str) -> list[str]:
+    """What a real API server reports when it registers the CRD: each `default` checked against its own schema's
+    CEL rules (and those of the parts the default contains) as written, without filling nested defaults first."""
+    found = []
+    for rule in node.get("x-kubernetes-validations", []):
+        env = celpy.Environment()
+        try:
+            result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        except celpy.CELEvalError as error:
+            result = error
+        if isinstance(result, Exception) or not result:
+            found.append(f"{path}.default: {rule['message']} ({result if isinstance(result, Exception) else 'false'})")
+    if isinstance(value, dict):
+        for key, child in value.items():
+            schema = node.get("properties", {}).get(key) or node.get("additionalProperties")
+            if isinstance(schema, dict):
+                found += default_violations(schema, child, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        for index, item in enumerate(value):
+            found += default_violations(node["items"], item, f"{path}[{index}]")
+    return found
+
+
+def test_every_default_satisfies_its_schema_rules_as_written_like_a_real_api_server_checks_it() -> None:
+    defaults = [(path, node) for path, node in walk(schema()) if "default" in node]
+    assert len(defaults) > 50
+    violations = [v for path, node in defaults for v in default_violations(node, node["default"], path)]
+    assert violations == []
+
+
+def test_the_default_check_finds_a_rule_that_reads_a_field_only_nested_defaults_would_fill() -> None:
+    # The CRD a v1.36 server refused (issue 18): `default: {}` on an object whose rule reads `self.types`.
+    refused = {"type": "object", "default": {}, "properties": {"types": {"type": "array", "default": ["q8_0"]}},
+               "x-kubernetes-validations": [{"rule": "self.types.all(t, self.types.exists_one(u, u == t))",
+                                             "message": "must not repeat a type"}]}
+    assert [v.split(" (")[0] for v in default_violations(refused, {}, ".export")] == [
+        ".export.default: must not repeat a type"]
+
+
+def test_no_rule_on_the_object_root_names_a_field_path() -> None:
+    # A real server refuses `fieldPath: .metadata.name` and reports root rules at no path.
+    assert all("fieldPath" not in rule for rule in schema()["x-kubernetes-validations"])
+
+
+def test_every_rule_that_matches_or_iterates_is_bounded_for_the_cel_cost_budget() -> None:
+    for path, node in walk(schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            for field in ("uri", "structure", "types"):
+                if f"self.{field}." in rule["rule"]:
+                    child = node["properties"][field]
+                    assert child.get("maxLength") or child.get("maxItems"), f"{path}.{field} is unbounded: {rule}"
+            if rule["rule"].startswith("self.all(k"):
+                assert node.get("maxProperties"), f"{path} map has no maxProperties: {rule}"
+
+
 def test_examples_are_valid_for_both_the_models_and_the_crd_schema() -> None:
     examples = sorted((ROOT / "examples").glob("*.yaml"))
     assert len(examples) >= 3
