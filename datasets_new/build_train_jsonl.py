@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune.datasets_new.builder import BuildOptions
-from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError
+from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError, OutputError, printable
 from kubetune.datasets_new.pipeline import EVAL_FILE, STATS_FILE, TRAIN_FILE, OutputPaths, build_and_write
-from kubetune.datasets_new.placeholders import Placeholders, parse_assignments
+from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS, PlaceholderError, Placeholders, parse_assignments
 from kubetune.datasets_new.stats import TokenizerError, summary
 
 HERE = Path(__file__).resolve().parent
@@ -37,9 +37,9 @@ def parser() -> argparse.ArgumentParser:
                      help="local folder holding tokenizer.json: adds token-length percentiles to the report")
     cli.add_argument("--no-stats", action="store_true", help="skip the statistics report (faster)")
     cli.add_argument("--placeholder", action="append", default=[], metavar="NAME=VALUE",
-                     help="value for ${NAME} in sample text (repeatable)")
-    cli.add_argument("--name", default=None, help="shortcut for --placeholder NAME=…")
-    cli.add_argument("--spec", default=None, help="shortcut for --placeholder SPEC=…")
+                     help="value for ${NAME} in sample text (repeatable; overrides --name and --spec)")
+    cli.add_argument("--name", default=DEFAULT_PLACEHOLDERS["NAME"], help="the assistant's name: value of ${NAME}")
+    cli.add_argument("--spec", default=DEFAULT_PLACEHOLDERS["SPEC"], help="what it is for: value of ${SPEC}")
     cli.add_argument("--category", action="append", default=[], help="build only this category (repeatable)")
     cli.add_argument("--eval-split", type=float, default=0.0,
                      help="fraction of samples held out for evaluation, chosen by a stable hash of each id")
@@ -53,12 +53,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
+    values = {"NAME": args.name, "SPEC": args.spec}
     try:
-        values = parse_assignments(args.placeholder)
-        for name, value in (("NAME", args.name), ("SPEC", args.spec)):
-            if value is not None:
-                values[name] = value
+        values.update(parse_assignments(args.placeholder))
         Placeholders.from_values(values)
+    except PlaceholderError as error:
+        cli.error(f"{error} ({error.hint})")
     except ValueError as error:
         cli.error(str(error))
     if not 0.0 <= args.eval_split < 1.0:
@@ -75,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as error:
         print(error.report(), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputError as error:
+        print(error.issue.format(), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except TokenizerError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if outcome.stats is not None:
         print(summary(outcome.stats), file=sys.stderr)

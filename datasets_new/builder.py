@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetune.datasets_new.errors import DatasetIssue, IssueCollector
+from kubetune.datasets_new.errors import DatasetError, DatasetIssue, IssueCollector
 from kubetune.datasets_new.layout import TopicFile, scan_topics
-from kubetune.datasets_new.placeholders import Placeholders
+from kubetune.datasets_new.placeholders import PlaceholderError, Placeholders
 from kubetune.datasets_new.samples import BuiltRecord, FileOutcome, FirstRecordIds, SampleRules, read_topic_file
 from kubetune.datasets_new.structure import Structure, load_structure
 
@@ -33,6 +33,7 @@ class BuildOptions:
     seed: int = 0
     clamp_difficulty: bool = False
     max_errors: int = 50
+    placeholders_origin: str = "--placeholder"  # where the values came from, as errors name it
 
 
 @dataclass
@@ -90,7 +91,10 @@ def cyclic_gc_paused() -> Iterator[None]:
 def _build(options: BuildOptions) -> BuildResult:
     if not 0.0 <= options.eval_split < 1.0:
         raise ValueError(f"eval split must be in [0, 1), got {options.eval_split}")
-    placeholders = Placeholders.from_values(options.placeholders)
+    try:
+        placeholders = Placeholders.from_values(options.placeholders)
+    except PlaceholderError as error:
+        raise DatasetError([DatasetIssue(options.placeholders_origin, str(error), error.hint)]) from None
     issues = IssueCollector(limit=options.max_errors)
     structure = load_structure(options.structure_path, options.structure_path.as_posix(), issues)
     if structure is None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # Exit code for bad input (docs/contracts.md: configuration or input error, never retried).
 EXIT_BAD_INPUT = 2
@@ -29,7 +29,7 @@ class DatasetIssue:
         return ":".join(parts)
 
     def format(self) -> str:
-        return f"{self.location()}: {self.message}\n    hint: {self.hint}"
+        return f"{printable(self.location())}: {printable(self.message)}\n    hint: {printable(self.hint)}"
 
 
 @dataclass
@@ -71,7 +71,7 @@ class DatasetError(Exception):
         first = self.issues[0] if self.issues else None
         head = f"{first.location()}: {first.message}" if first else "invalid dataset"
         more = f" (and {self.total - 1} more)" if self.total > 1 else ""
-        return f"{self.total} dataset error(s): {head}{more}"
+        return printable(f"{self.total} dataset error(s): {head}{more}")
 
     def report(self) -> str:
         lines = [issue.format() for issue in self.issues]
@@ -81,11 +81,19 @@ class DatasetError(Exception):
         return "\n".join(lines)
 
 
-def display_path(path: Path, root: Path | None) -> str:
-    """A path as users should see it in errors: relative to `root` when inside it, else as given."""
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
+class OutputError(Exception):
+    """An output path that cannot be written (a folder, under a file, not writable): nothing was written."""
+
+    def __init__(self, issue: DatasetIssue) -> None:
+        self.issue = issue
+        super().__init__(printable(f"{issue.location()}: {issue.message}"))
+
+
+# Characters that would break a one-line message or fail to encode: controls, lone surrogates (undecodable file
+# names arrive as surrogate escapes), line/paragraph separators and bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could split or garble a one-line message shown as its escape."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)

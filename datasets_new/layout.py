@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.datasets_new.errors import DatasetIssue, IssueCollector
+from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.structure import (
     Category,
     Structure,
@@ -34,12 +35,16 @@ def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) 
     the structure declares but the tree lacks."""
     shown_root = topics_dir.as_posix()
     if not topics_dir.is_dir():
-        issues.add(DatasetIssue(shown_root, "topics folder does not exist",
+        problem = "is not a folder" if topics_dir.exists() or topics_dir.is_symlink() else "does not exist"
+        issues.add(DatasetIssue(shown_root, f"topics folder {problem}",
                                 "pass --topics-dir, or run create_dataset_by_structure.py to scaffold it"))
         return [], []
+    tree = _Tree(os.path.realpath(topics_dir), issues)
     found: list[TopicFile] = []
-    for category_entry in _visible_entries(topics_dir):
+    for category_entry in tree.entries(topics_dir, shown_root):
         shown = f"{shown_root}/{category_entry.name}"
+        if not tree.stays_inside(category_entry, shown):
+            continue
         category = structure.category(category_entry.name)
         if not category_entry.is_dir():
             issues.add(DatasetIssue(shown, "file outside any category folder", LAYOUT_HINT))
@@ -48,7 +53,7 @@ def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) 
                                     "add the category to structure.enriched.json or rename the folder"))
         else:
             found.extend(_scan_category(structure, category, Path(category_entry.path), shown, topics_dir.name,
-                                        issues))
+                                        tree))
     declared = {
         topic_relative_path(category.name, sub.name, content_type).as_posix()
         for category in structure.categories for sub in category.subcategories for content_type in sub.content_types
@@ -60,9 +65,12 @@ def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) 
 
 
 def _scan_category(structure: Structure, category: Category, folder: Path, shown_folder: str, root_name: str,
-                   issues: IssueCollector) -> Iterator[TopicFile]:
-    for sub_entry in _visible_entries(folder):
+                   tree: _Tree) -> Iterator[TopicFile]:
+    issues = tree.issues
+    for sub_entry in tree.entries(folder, shown_folder):
         shown = f"{shown_folder}/{sub_entry.name}"
+        if not tree.stays_inside(sub_entry, shown):
+            continue
         subcategory = category.subcategory(sub_entry.name)
         if not sub_entry.is_dir():
             issues.add(DatasetIssue(shown, "file directly in a category folder", LAYOUT_HINT))
@@ -70,20 +78,22 @@ def _scan_category(structure: Structure, category: Category, folder: Path, shown
             issues.add(DatasetIssue(shown, f"folder {sub_entry.name!r} is not a subcategory of {category.name!r}",
                                     f"add it under {category.name!r} in structure.enriched.json or rename the folder"))
         else:
-            for file_entry in _visible_entries(Path(sub_entry.path)):
-                topic = _topic_file(structure, category, subcategory, Path(file_entry.path),
-                                    f"{shown}/{file_entry.name}",
+            for file_entry in tree.entries(Path(sub_entry.path), shown):
+                shown_file = f"{shown}/{file_entry.name}"
+                if not tree.stays_inside(file_entry, shown_file):
+                    continue
+                topic = _topic_file(structure, category, subcategory, file_entry, shown_file,
                                     f"{root_name}/{category.name}/{subcategory.name}/{file_entry.name}", issues)
                 if topic is not None:
                     yield topic
 
 
-def _topic_file(structure: Structure, category: Category, subcategory: Subcategory, path: Path, shown: str,
-                source: str, issues: IssueCollector) -> TopicFile | None:
-    if path.is_dir():
+def _topic_file(structure: Structure, category: Category, subcategory: Subcategory, entry: os.DirEntry[str],
+                shown: str, source: str, issues: IssueCollector) -> TopicFile | None:
+    if entry.is_dir():
         issues.add(DatasetIssue(shown, "unexpected folder inside a subcategory folder", LAYOUT_HINT))
         return None
-    parts = path.name.split(".")
+    parts = entry.name.split(".")
     if len(parts) != 4 or parts[3] != "json":
         example = topic_file_name(category.name, subcategory.name, subcategory.content_types[0])
         issues.add(DatasetIssue(shown, "file name is not <category>.<subcategory>.<content_type>.json",
@@ -106,9 +116,35 @@ def _topic_file(structure: Structure, category: Category, subcategory: Subcatego
             f"listed content types: {', '.join(subcategory.content_types)}; "
             "add it to the subcategory's content_types in structure.enriched.json or rename the file"))
         return None
-    return TopicFile(category, subcategory, content_type, path, shown, source)
+    return TopicFile(category, subcategory, content_type, Path(entry.path), shown, source)
 
 
-def _visible_entries(folder: Path) -> list[os.DirEntry[str]]:
-    with os.scandir(folder) as entries:
-        return sorted((entry for entry in entries if not entry.name.startswith(".")), key=lambda entry: entry.name)
+@dataclass
+class _Tree:
+    """The topics folder being scanned: nothing outside it is ever listed or read."""
+
+    real_root: str  # the topics folder with every symlink resolved
+    issues: IssueCollector
+
+    def entries(self, folder: Path, shown: str) -> list[os.DirEntry[str]]:
+        """The folder's entries not starting with '.', sorted by name; none (and an issue) when it cannot be listed."""
+        try:
+            with os.scandir(folder) as entries:
+                return sorted((entry for entry in entries if not entry.name.startswith(".")),
+                              key=lambda entry: entry.name)
+        except OSError as error:
+            self.issues.add(DatasetIssue(shown, f"cannot list folder: {error.strerror or type(error).__name__}",
+                                         "make the folder readable by the user running the build"))
+            return []
+
+    def stays_inside(self, entry: os.DirEntry[str], shown: str) -> bool:
+        """False (and an issue) for a symlink that leads outside the topics folder: a tree never reads beyond itself.
+
+        Plain entries are inside by construction; only symlinks (known from the directory listing, no extra system
+        call) are resolved.
+        """
+        if not entry.is_symlink() or is_inside(Path(entry.path), self.real_root):
+            return True
+        self.issues.add(DatasetIssue(shown, "symlink leads outside the topics folder",
+                                     "copy the file or folder into the tree instead of linking to it"))
+        return False

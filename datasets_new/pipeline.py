@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.datasets_new.builder import BuildOptions, BuildResult, build_dataset, cyclic_gc_paused
-from kubetune.datasets_new.outputs import jsonl_blocks, stats_bytes, write_files_atomically
+from kubetune.datasets_new.outputs import check_output_paths, jsonl_blocks, stats_bytes, write_files_atomically
 from kubetune.datasets_new.stats import build_stats, load_tokenizer
 
 TRAIN_FILE = "train_data.jsonl"
@@ -41,8 +41,14 @@ class BuildOutcome:
 
 def build_and_write(options: BuildOptions, outputs: OutputPaths, tokenizer_path: Path | None = None,
                     with_stats: bool = True) -> BuildOutcome:
-    """Validate and build everything first, then write train (+ eval when split, + stats) atomically."""
-    # Load the tokenizer first: a bad path fails before any time is spent on the build.
+    """Validate and build everything first, then write train (+ eval when split, + stats) atomically.
+
+    Raises DatasetError for bad input, OutputError for an output that cannot be written, TokenizerError for a bad
+    tokenizer path; in each case nothing is written.
+    """
+    targets = [outputs.train, *([outputs.eval] if options.eval_split > 0 else []), *([outputs.stats] if with_stats else [])]
+    # Outputs and tokenizer first: a bad path fails before any time is spent on the build.
+    check_output_paths(targets, options.topics_dir, options.structure_path)
     tokenizer = load_tokenizer(tokenizer_path) if with_stats and tokenizer_path is not None else None
     with cyclic_gc_paused():
         result = build_dataset(options)

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 # Placeholders the bundled dataset uses; a build may define more with --placeholder KEY=VALUE.
 KNOWN_PLACEHOLDERS = ("NAME", "SPEC")
+# Their values when none are given, both in the builder CLI and in a FineTuneRun's `spec.dataset.placeholders`
+# (so that the seed's quickstart and `spec: {}` build the bundled dataset as they are).
+DEFAULT_PLACEHOLDERS = {"NAME": "Nova", "SPEC": "an assistant for fine-tuning language models on Kubernetes"}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# In a value: a character that is not one (a lone surrogate cannot be written as UTF-8), or a closing tag the builder
+# itself writes around think and output (the model would learn to end its turn inside the text).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CLOSING_TAG = re.compile("</(think|output)>")
 _TOKEN = re.compile(r"\$\$\{|\$\{([^}\s]*)\}?")
 
 
@@ -30,11 +37,19 @@ class Placeholders:
 
     @classmethod
     def from_values(cls, values: Mapping[str, str]) -> Placeholders:
+        """Check every name and value; raise PlaceholderError (a ValueError) naming the first bad one."""
         for name, value in values.items():
-            if not _NAME.match(name):
-                raise ValueError(f"placeholder name {name!r} must be upper case letters, digits and '_' (e.g. NAME)")
+            if not _NAME.fullmatch(name):
+                raise PlaceholderError(f"placeholder name {name!r} must be upper case letters, digits and '_'",
+                                       "e.g. NAME=Nova or TEAM=Ops")
             if not value.strip():
-                raise ValueError(f"placeholder {name} has an empty value")
+                raise PlaceholderError(f"placeholder {name} has an empty value", f"give {name} some text")
+            if _SURROGATE.search(value):
+                raise PlaceholderError(f"placeholder {name}'s value is not valid Unicode (a lone surrogate)",
+                                       "pass the value as UTF-8 text")
+            if _CLOSING_TAG.search(value):
+                raise PlaceholderError(f"placeholder {name}'s value holds </think> or </output>",
+                                       "the builder adds these tags; a value must not close them")
         return cls(dict(values), frozenset(KNOWN_PLACEHOLDERS) | frozenset(values))
 
     def substitute(self, text: str) -> str:

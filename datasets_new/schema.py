@@ -96,7 +96,10 @@ def _is_type(value: Any, name: str) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # a hostile file may nest values as deep as the parser allows
+        return "a deeply nested value"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -233,7 +236,10 @@ class _Compiler:
                 if type(value) is list:
                     seen: set[str] = set()
                     for position, item in enumerate(value):
-                        key = json.dumps(item, sort_keys=True)
+                        try:
+                            key = json.dumps(item, sort_keys=True)
+                        except RecursionError:
+                            continue  # too deep to compare; the item's own checks report it
                         if key in seen:
                             out.append(Violation(path + (position,), f"{_short(item)} is repeated", unique_hint))
                         seen.add(key)

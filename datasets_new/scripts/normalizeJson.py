@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kubetune.datasets_new.errors import DatasetIssue, printable
+from kubetune.datasets_new.files import read_regular_file
+
 DEFAULT_INPUT = Path(__file__).resolve().parent / "placeholder.txt"
 
 
@@ -27,10 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("input", nargs="?", default=str(DEFAULT_INPUT), help="text file, or - for stdin")
     args = cli.parse_args(argv)
+    data = sys.stdin.buffer.read() if args.input == "-" else read_regular_file(Path(args.input), args.input)
+    if isinstance(data, DatasetIssue):
+        print(data.format(), file=sys.stderr)
+        return 2
     try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        print(f"error: cannot read {args.input}: {error}", file=sys.stderr)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        print(f"{printable(args.input)}: byte 0x{data[error.start]:02x} at offset {error.start} is not valid UTF-8\n"
+              "    hint: save the text as UTF-8", file=sys.stderr)
         return 2
     print(to_json_string(text))
     return 0

@@ -286,14 +286,14 @@ def test_cli_script_builds_with_the_original_flags(tmp_path: Path) -> None:
 
 
 def test_cli_exits_2_with_located_errors_and_writes_nothing(tmp_path: Path) -> None:
-    options = write_tree(tmp_path, {("identity", "who"): [sample("1", output="I am ${NAME}.")],
+    options = write_tree(tmp_path, {("identity", "who"): [sample("1", output="I am ${NICK}.")],
                                     ("math", "sums"): [sample("2", 8)]})
     out = tmp_path / "out" / "train_data.jsonl"
     done = run_cli("datasets_new/build_train_jsonl.py", "--structure", str(options.structure_path),
                    "--topics-dir", str(options.topics_dir), "--output", str(out))
     assert done.returncode == 2
     assert f"{options.topics_dir.as_posix()}/identity/who/identity.who.reasoning.json:6:5:" in done.stderr
-    assert "placeholder ${NAME} has no value" in done.stderr and "hint: pass --name TEXT" in done.stderr
+    assert "unknown placeholder ${NICK}" in done.stderr and "hint: known placeholders: ${NAME}, ${SPEC}" in done.stderr
     assert "math.sums.reasoning.json:" in done.stderr and "8 is outside 1-6" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("2 dataset error(s)")
     assert not out.parent.exists()
