@@ -2,8 +2,8 @@
 
 Everything that can be checked is checked before the first byte is written (architecture, weights, tokenizer,
 vocabulary size, tensor names and shapes). Each output is written to `<name>.gguf.partial` and renamed when complete;
-if anything fails, the call removes its partial file and the outputs it already finished, so a failed conversion
-leaves no `.gguf` behind.
+if anything fails, the call removes its partial file, the outputs it already finished and the output folder when it
+made it, so a failed conversion leaves no `.gguf` behind.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ def normalize_outtypes(outtypes: Sequence[str]) -> list[str]:
     return normalized
 
 
+def check_basename(basename: str) -> None:
+    """Output files are `<basename>-<outtype>.gguf` inside the output folder: the stem must not leave it."""
+    if not basename or basename in (".", "..") or any(c in basename for c in "/\\\0"):
+        raise ConversionError(f"output name {basename!r} must be a plain file name stem (no '/', '\\' or NUL)")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -98,6 +104,8 @@ def convert(
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted = normalize_outtypes(outtypes)
+    if basename is not None:
+        check_basename(basename)
     spec = read_model_spec(model_dir)
     stored = index_tensors(model_dir)
     direct = [t for t in wanted if t in DIRECT_OUTTYPES]
@@ -112,9 +120,14 @@ def convert(
             raise ConversionError(f"{', '.join(quantized)} need llama-cpp-python, which is not installed") from exc
     stem = basename or spec.name
 
+    created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     finished: dict[str, Path] = {}
-    scratch = tempfile.TemporaryDirectory(prefix=".kubetune-convert-", dir=out_dir)
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix=".kubetune-convert-", dir=out_dir)
+    except BaseException:
+        _remove_if_empty(out_dir, created_out_dir)
+        raise
     try:
         for outtype in to_write:
             target = out_dir / f"{stem}-{outtype}.gguf" if outtype in direct else Path(scratch.name) / "f16.gguf"
@@ -131,6 +144,8 @@ def convert(
     except BaseException:
         for path in finished.values():
             path.unlink(missing_ok=True)
+        scratch.cleanup()
+        _remove_if_empty(out_dir, created_out_dir)
         raise
     finally:
         scratch.cleanup()
@@ -144,6 +159,15 @@ def _source_bytes(plans: list[TensorPlan]) -> int:
 def _report(progress: ProgressCallback | None, event: ConvertProgress) -> None:
     if progress is not None:
         progress(event)
+
+
+def _remove_if_empty(out_dir: Path, created: bool) -> None:
+    """A failed conversion leaves nothing behind, not even the output folder it made."""
+    if created:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass  # not empty: someone else's files
 
 
 def _tensor_progress(progress: ProgressCallback | None, outtype: str) -> Callable[[int, int, int, int], None] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
 
 from .errors import ConversionError
+from .files import read_json_object, short_repr
 
 # Hugging Face architecture class → llama.cpp architecture. Qwen2/3 use NeoX-style rope in llama.cpp (no Q/K
 # permutation); llama-family models use GPT-J-style pairs, so their Q/K rows are permuted on the way out.
@@ -59,87 +59,143 @@ class ModelSpec:
         return self.arch == MODEL_ARCH.LLAMA
 
 
+UINT32_MAX = (1 << 32) - 1  # GGUF stores sizes and counts as uint32
+CONFIG_HINT = "fix config.json or re-save the model with transformers' save_pretrained"
+
+
+def _fail(key: str, requirement: str, value: Any) -> ConversionError:
+    return ConversionError(f"config.json: {key} must be {requirement}, not {short_repr(value)}; {CONFIG_HINT}")
+
+
+def _integer(config: dict[str, Any], key: str, default: int | None = None, *, minimum: int = 1) -> int:
+    """A whole number in [minimum, 2^32) (a JSON float with an integral value counts; booleans and text do not)."""
+    value = config.get(key)
+    if value is None:
+        if default is None:
+            raise ConversionError(f"config.json lacks {key!r}; {CONFIG_HINT}")
+        return default
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= UINT32_MAX:
+        raise _fail(key, f"an integer from {minimum} to {UINT32_MAX:,}", value)
+    return value
+
+
+def _number(config: dict[str, Any], key: str, default: float, *, positive: bool = True) -> float:
+    """A finite number, > 0 (or >= 0 when not `positive`)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _fail(key, "a number", value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        raise _fail(key, "a finite number", value) from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise _fail(key, "a finite number " + ("> 0" if positive else ">= 0"), value)
+    return number
+
+
 def _rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(rope theta, scaling dict) from either transformers 5's `rope_parameters` or the older top-level keys."""
     parameters = config.get("rope_parameters")
     if isinstance(parameters, dict):
-        theta = parameters.get("rope_theta", config.get("rope_theta", 10000.0))
+        theta = _number(parameters, "rope_theta", _number(config, "rope_theta", 10000.0))
         kind = parameters.get("rope_type", parameters.get("type", "default"))
-        return float(theta), None if kind == "default" else parameters
+        return theta, None if kind == "default" else parameters
+    if parameters is not None:
+        raise _fail("rope_parameters", "an object", parameters)
     scaling = config.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise _fail("rope_scaling", "an object or null", scaling)
     if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type", "default")) == "default":
         scaling = None
-    return float(config.get("rope_theta", 10000.0)), scaling
+    return _number(config, "rope_theta", 10000.0), scaling
 
 
 def _rope_scaling(scaling: dict[str, Any] | None, arch: MODEL_ARCH) -> RopeScaling | None:
     if scaling is None:
         return None
-    kind = str(scaling.get("rope_type", scaling.get("type")))
-    factor = float(scaling.get("factor", 1.0))
-    original = scaling.get("original_max_position_embeddings")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = _number(scaling, "factor", 1.0)
+    original = _integer(scaling, "original_max_position_embeddings", 0, minimum=0) or None
     if kind == "linear":
         return RopeScaling("linear", factor)
     if kind == "yarn":
-        return RopeScaling("yarn", factor, int(original) if original else None)
+        return RopeScaling("yarn", factor, original)
     if kind == "llama3":
         if arch != MODEL_ARCH.LLAMA:
             raise ConversionError(f"llama3 rope scaling is only supported for llama-family models, not {arch.name}")
-        return RopeScaling(
-            "llama3",
-            factor,
-            int(original) if original else 8192,
-            float(scaling.get("low_freq_factor", 1.0)),
-            float(scaling.get("high_freq_factor", 4.0)),
+        low, high = _number(scaling, "low_freq_factor", 1.0), _number(scaling, "high_freq_factor", 4.0)
+        if high <= low:
+            raise ConversionError(f"config.json: rope scaling high_freq_factor ({high}) must exceed low_freq_factor "
+                                  f"({low}); {CONFIG_HINT}")
+        return RopeScaling("llama3", factor, original or 8192, low, high)
+    raise ConversionError(f"unsupported rope scaling type {short_repr(kind)} (supported: linear, yarn, llama3)")
+
+
+def _architecture(config: dict[str, Any]) -> tuple[str, MODEL_ARCH]:
+    architectures = config.get("architectures") or []
+    if (not isinstance(architectures, list) or len(architectures) != 1
+            or not isinstance(architectures[0], str) or architectures[0] not in SUPPORTED_ARCHITECTURES):
+        shown = architectures or config.get("model_type")
+        raise ConversionError(
+            f"unsupported architecture {short_repr(shown)}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    raise ConversionError(f"unsupported rope scaling type {kind!r} (supported: linear, yarn, llama3)")
+    return architectures[0], SUPPORTED_ARCHITECTURES[architectures[0]]
 
 
 def read_model_spec(model_dir: Path) -> ModelSpec:
-    """Parse `config.json`; raises ConversionError for what llama.cpp (or this converter) cannot handle."""
+    """Parse `config.json`; raises ConversionError for what llama.cpp (or this converter) cannot handle.
+
+    Sizes are checked for type and range here and against the weights' shapes by the tensor plan."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{model_dir}: no config.json (not a Hugging Face model folder)")
-    config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(config_path, CONFIG_HINT)
     if "text_config" in config and "hidden_size" not in config:
         raise ConversionError("multimodal models are not supported: convert the text model alone")
     if quantization := config.get("quantization_config"):
         method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else quantization
+        shown = method if isinstance(method, str) and len(method) <= 60 else short_repr(method)
         raise ConversionError(
-            f"the model is quantized ({method}); convert a merged 16/32-bit model "
+            f"the model is quantized ({shown}); convert a merged 16/32-bit model "
             "(merge the adapter into the unquantized base model first)"
         )
-    architectures = config.get("architectures") or []
-    if len(architectures) != 1 or architectures[0] not in SUPPORTED_ARCHITECTURES:
-        raise ConversionError(
-            f"unsupported architecture {architectures or config.get('model_type')!r}; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    hf_architecture = architectures[0]
-    arch = SUPPORTED_ARCHITECTURES[hf_architecture]
-    try:
-        hidden = int(config["hidden_size"])
-        n_heads = int(config["num_attention_heads"])
-        theta, scaling = _rope_settings(config)
-        return ModelSpec(
-            hf_architecture=hf_architecture,
-            arch=arch,
-            n_layers=int(config["num_hidden_layers"]),
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            n_heads=n_heads,
-            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-            head_dim=int(config.get("head_dim") or hidden // n_heads),
-            context_length=int(config.get("max_position_embeddings", 4096)),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=theta,
-            rope_scaling=_rope_scaling(scaling, arch),
-            vocab_size=int(config["vocab_size"]),
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-            name=model_dir.resolve().name,
-        )
-    except KeyError as exc:
-        raise ConversionError(f"config.json lacks {exc.args[0]!r}") from exc
+    hf_architecture, arch = _architecture(config)
+    hidden = _integer(config, "hidden_size")
+    n_heads = _integer(config, "num_attention_heads")
+    n_kv_heads = _integer(config, "num_key_value_heads", n_heads)
+    if n_heads % n_kv_heads:
+        raise ConversionError(f"config.json: num_attention_heads ({n_heads}) is not a multiple of "
+                              f"num_key_value_heads ({n_kv_heads}); {CONFIG_HINT}")
+    head_dim = _integer(config, "head_dim", hidden // n_heads or None)
+    if head_dim % 2:
+        raise ConversionError(f"config.json: head_dim {head_dim} is odd; rotary embeddings rotate pairs of "
+                              f"dimensions; {CONFIG_HINT}")
+    tie = config.get("tie_word_embeddings")
+    tie = False if tie is None else tie
+    if not isinstance(tie, bool):
+        raise _fail("tie_word_embeddings", "true or false", tie)
+    theta, scaling = _rope_settings(config)
+    return ModelSpec(
+        hf_architecture=hf_architecture,
+        arch=arch,
+        n_layers=_integer(config, "num_hidden_layers"),
+        hidden_size=hidden,
+        intermediate_size=_integer(config, "intermediate_size"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        context_length=_integer(config, "max_position_embeddings", 4096),
+        rms_norm_eps=_number(config, "rms_norm_eps", 1e-6, positive=False),
+        rope_theta=theta,
+        rope_scaling=_rope_scaling(scaling, arch),
+        vocab_size=_integer(config, "vocab_size"),
+        tie_embeddings=tie,
+        name=model_dir.resolve().name.encode("utf-8", "replace").decode("utf-8"),
+    )
 
 
 def llama3_rope_freq_factors(spec: ModelSpec) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A readable summary of a GGUF file: its metadata and its tensors."""
+"""A readable summary of a GGUF file: its metadata and its tensors, from the validating header reader."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFValueType
+
+from .gguf_reader import GGUFField, read_gguf_header
 
 # Arrays longer than this are summarised (token lists have 100k+ entries).
 MAX_SHOWN_ITEMS = 8
+MAX_SHOWN_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -26,34 +29,39 @@ class GGUFSummary:
     tensors: list[TensorRow]
 
 
-def _value(field: Any) -> Any:
-    if field.types and field.types[0] == GGUFValueType.ARRAY:
-        items = field.contents()
-        if len(items) > MAX_SHOWN_ITEMS:
-            return f"[{len(items)} items: {', '.join(repr(i) for i in items[:3])}, …]"
-        return items
-    return field.contents()
+def _value(field: GGUFField) -> Any:
+    if field.type == GGUFValueType.ARRAY and field.count > MAX_SHOWN_ITEMS:
+        return f"[{field.count} items: {', '.join(repr(i) for i in field.value[:3])}, …]"
+    return field.value
 
 
 def summarize(path: Path) -> GGUFSummary:
-    reader = GGUFReader(path)
-    metadata = {key: _value(field) for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-    tensors = [
-        TensorRow(t.name, t.tensor_type.name, tuple(int(d) for d in t.shape), int(t.n_bytes)) for t in reader.tensors
-    ]
+    """Raises InvalidGGUF for a malformed file and OSError for one that cannot be read."""
+    header = read_gguf_header(path)
+    metadata = {key: _value(field) for key, field in header.fields.items()}
+    tensors = [TensorRow(t.name, t.type.name, t.shape, t.nbytes) for t in header.tensors]
     return GGUFSummary(metadata, tensors)
+
+
+def _printable(value: Any, limit: int = 1024) -> str:
+    """One line without control characters: a hostile key or value cannot move the cursor or start new lines."""
+    text = str(value)[:limit].replace("\n", "\\n")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
 
 
 def format_summary(summary: GGUFSummary) -> str:
     lines = ["metadata:"]
-    width = max((len(key) for key in summary.metadata), default=0)
+    keys = {key: _printable(key) for key in summary.metadata}
+    width = min(max((len(key) for key in keys.values()), default=0), 64)
     for key, value in summary.metadata.items():
-        text = str(value).replace("\n", "\\n")
-        lines.append(f"  {key:<{width}}  {text[:160] + ('…' if len(text) > 160 else '')}")
+        text = _printable(value)
+        cut = text[:MAX_SHOWN_CHARS] + ("…" if len(text) > MAX_SHOWN_CHARS else "")
+        lines.append(f"  {keys[key]:<{width}}  {cut}")
     lines.append(f"tensors: {len(summary.tensors)}, {sum(t.nbytes for t in summary.tensors):,} bytes")
-    name_width = max((len(t.name) for t in summary.tensors), default=4)
+    names = [_printable(t.name) for t in summary.tensors]
+    name_width = max((len(name) for name in names), default=4)
     lines.append(f"  {'name':<{name_width}}  {'type':<6}  {'shape':<20}  {'bytes':>14}")
-    for tensor in summary.tensors:
+    for name, tensor in zip(names, summary.tensors, strict=True):
         shape = "×".join(str(d) for d in tensor.shape)
-        lines.append(f"  {tensor.name:<{name_width}}  {tensor.type:<6}  {shape:<20}  {tensor.nbytes:>14,}")
+        lines.append(f"  {name:<{name_width}}  {tensor.type:<6}  {shape:<20}  {tensor.nbytes:>14,}")
     return "\n".join(lines)

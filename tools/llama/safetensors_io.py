@@ -9,17 +9,29 @@ length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import pairwise
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
 from .errors import ConversionError
+from .files import open_regular_file, read_json_object, short_repr
 
 # Storage dtypes we can read as floating point; anything else in a weight file means a quantized checkpoint.
 FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
+# Every dtype of the safetensors format, in bits per element (so that a header's byte ranges can be checked).
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
+    "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+RESAVE = "; re-save the weights with safetensors (save_pretrained(safe_serialization=True))"
 
 
 @dataclass(frozen=True)
@@ -67,49 +79,94 @@ class StoredTensor:
 
 
 def read_header(path: Path) -> dict[str, StoredTensor]:
-    """The tensors listed in one safetensors file (no data is read)."""
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ConversionError(f"{path.name}: not a safetensors file (too short)")
-        (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > 100 * 1024 * 1024:
-            raise ConversionError(f"{path.name}: not a safetensors file (header of {header_size} bytes)")
-        try:
-            header = json.loads(handle.read(header_size))
-        except ValueError as exc:
-            raise ConversionError(f"{path.name}: unreadable safetensors header: {exc}") from exc
+    """The tensors listed in one safetensors file (no data is read), each checked against the file: known dtype,
+    shape matching its byte range, ranges inside the file and not overlapping."""
+    try:
+        with open_regular_file(path) as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise ConversionError(f"{path}: not a safetensors file (only {len(prefix)} bytes){RESAVE}")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > file_size - 8:
+                raise ConversionError(f"{path}: not a safetensors file or truncated: its header claims "
+                                      f"{header_size:,} bytes but only {file_size - 8:,} follow{RESAVE}")
+            if header_size > MAX_HEADER_BYTES:
+                raise ConversionError(f"{path}: not a safetensors file (a header of {header_size:,} bytes){RESAVE}")
+            raw = handle.read(header_size)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ConversionError(f"{path}: unreadable safetensors header ({exc}){RESAVE}") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path}: the safetensors header is not a JSON object{RESAVE}")
     data_start = 8 + header_size
-    file_size = path.stat().st_size
-    tensors: dict[str, StoredTensor] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        if data_start + int(end) > file_size:
-            raise ConversionError(f"{path.name} is truncated: tensor {name} ends past the end of the file")
-        tensors[name] = StoredTensor(
-            name=name,
-            file=path,
-            dtype=str(entry["dtype"]),
-            shape=tuple(int(dim) for dim in entry["shape"]),
-            offset=data_start + int(begin),
-            nbytes=int(end) - int(begin),
-        )
+    tensors = {
+        name: _stored_tensor(path, name, entry, data_start, file_size - data_start)
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+    ordered = sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes))
+    for before, after in pairwise(ordered):
+        if before.offset + before.nbytes > after.offset:
+            raise ConversionError(f"{path}: the data of tensors {before.name!r} and {after.name!r} overlap{RESAVE}")
     return tensors
+
+
+def _stored_tensor(path: Path, name: str, entry: Any, data_start: int, data_size: int) -> StoredTensor:
+    where = f"{path}: tensor {short_repr(name)}"
+    if not isinstance(entry, dict):
+        raise ConversionError(f"{where}: expected an object with dtype, shape and data_offsets{RESAVE}")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise ConversionError(f"{where}: unknown dtype {short_repr(dtype)} (known: {', '.join(DTYPE_BITS)})")
+    if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
+        raise ConversionError(f"{where}: shape must be a list of non-negative integers, not {short_repr(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ConversionError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                              f"not {short_repr(offsets)}")
+    begin, end = offsets
+    if end > data_size:
+        raise ConversionError(f"{path} is truncated: tensor {short_repr(name)} ends at byte {data_start + end:,}, "
+                              f"past the end of the file at {data_start + data_size:,}")
+    expected = (math.prod(shape) * DTYPE_BITS[dtype] + 7) // 8
+    if end - begin != expected:
+        raise ConversionError(f"{where}: shape {shape} of {dtype} needs {expected:,} bytes but data_offsets span "
+                              f"{end - begin:,}{RESAVE}")
+    return StoredTensor(name, path, dtype, tuple(shape), data_start + begin, end - begin)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_path(model_dir: Path, index: Path, name: Any) -> Path:
+    """A weight_map entry as a file inside the model folder: never absolute, never through `..`."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ConversionError(f"{index}: weight_map values must be shard file names, not {short_repr(name)}")
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts or "\\" in name:
+        raise ConversionError(f"{index}: shard {short_repr(name)} is outside the model folder; "
+                              "weight_map must name files inside it")
+    return model_dir / relative
 
 
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors shards of a Hugging Face folder, via the index when there is one."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [file.name for file in files if not file.is_file()]
+        weight_map = read_json_object(index, "re-save the model with save_pretrained").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{index}: weight_map must be a non-empty object of tensor name → shard file")
+        files = sorted({_shard_path(model_dir, index, name) for name in weight_map.values()})
+        missing = [str(file.relative_to(model_dir)) for file in files if not file.is_file()]
         if missing:
-            raise ConversionError(f"{index.name} lists missing shard(s): {', '.join(missing)}")
+            raise ConversionError(f"{index} lists missing shard(s): {', '.join(missing[:8])}")
         return files
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = sorted(path for path in model_dir.glob("*.safetensors") if path.is_file())
     if not files:
         others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
         hint = f" (found {', '.join(others)}; save the model with safe_serialization=True)" if others else ""
@@ -123,6 +180,6 @@ def index_tensors(model_dir: Path) -> dict[str, StoredTensor]:
     for file in weight_files(model_dir):
         for name, tensor in read_header(file).items():
             if name in tensors:
-                raise ConversionError(f"tensor {name} appears in both {tensors[name].file.name} and {file.name}")
+                raise ConversionError(f"tensor {short_repr(name)} appears in both {tensors[name].file.name} and {file.name}")
             tensors[name] = tensor
     return tensors

@@ -17,6 +17,7 @@ from gguf import (
 )
 
 from .errors import ConversionError
+from .files import short_repr
 from .hf_config import ModelSpec, llama3_rope_freq_factors
 from .safetensors_io import FLOAT_DTYPES, StoredTensor
 
@@ -62,6 +63,12 @@ def weight_type(gguf_name: str, shape: tuple[int, ...], outtype: str) -> GGMLQua
 
 def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str) -> list[TensorPlan]:
     """The GGUF tensors for `outtype`, checked against the architecture; raises ConversionError before any writing."""
+    if spec.n_layers * len(LAYER_WEIGHTS) > len(stored):
+        # Also bounds the name map below, which grows with the layer count config.json claims.
+        raise ConversionError(
+            f"config.json says num_hidden_layers={spec.n_layers}, but the weights hold only {len(stored)} tensors "
+            f"(each layer has at least {len(LAYER_WEIGHTS)})"
+        )
     name_map = get_tensor_name_map(spec.arch, spec.n_layers)
     allowed = set(MODEL_TENSORS[spec.arch])
     plans: list[TensorPlan] = []
@@ -71,13 +78,16 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
             continue
         if tensor.dtype not in FLOAT_DTYPES:
             raise ConversionError(
-                f"tensor {name} is stored as {tensor.dtype}: only 16/32-bit float weights can be converted "
-                "(is this a bitsandbytes/GPTQ-quantized folder? merge into the unquantized base model first)"
+                f"tensor {short_repr(name)} is stored as {tensor.dtype}: only 16/32-bit float weights can be "
+                "converted (is this a bitsandbytes/GPTQ-quantized folder? merge into the unquantized base model first)"
             )
         mapped = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
         if mapped is None or mapped[0] not in allowed:
             unknown.append(name)
             continue
+        if not 1 <= len(tensor.shape) <= 4 or 0 in tensor.shape:
+            raise ConversionError(f"{tensor.file}: tensor {short_repr(name)} has shape {list(tensor.shape)}; "
+                                  "weights have 1 to 4 non-zero dimensions")
         kind, gguf_name = mapped
         if kind == MODEL_TENSOR.OUTPUT and spec.tie_embeddings:
             continue  # tied: llama.cpp reuses token_embd.weight
@@ -86,14 +96,40 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
             TensorPlan(gguf_name, tensor.shape, weight_type(gguf_name, tensor.shape, outtype), tensor, permute)
         )
     if unknown:
-        shown = ", ".join(sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
+        shown = ", ".join(short_repr(name) for name in sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
         raise ConversionError(f"{len(unknown)} tensor(s) have no {spec.arch_name} GGUF name: {shown}")
+    _check_shapes(spec, plans)
     if spec.rope_scaling is not None and spec.rope_scaling.kind == "llama3":
         factors = llama3_rope_freq_factors(spec)
         name = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
         plans.append(TensorPlan(name, factors.shape, Q.F32, None, computed=factors))
-    _check_shapes(spec, plans)
     return plans
+
+
+# Per-layer weights every supported architecture has.
+LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The shape (numpy order: rows = outputs) each GGUF tensor of this config must have, by name."""
+    q_rows, kv_rows = spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim
+    hidden, ffn = spec.hidden_size, spec.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (spec.vocab_size, hidden),
+        "output.weight": (spec.vocab_size, hidden),
+        "output_norm.weight": (hidden,),
+    }
+    for layer in range(spec.n_layers):
+        for part, shape in (
+            ("attn_q.weight", (q_rows, hidden)), ("attn_k.weight", (kv_rows, hidden)),
+            ("attn_v.weight", (kv_rows, hidden)), ("attn_output.weight", (hidden, q_rows)),
+            ("attn_q.bias", (q_rows,)), ("attn_k.bias", (kv_rows,)), ("attn_v.bias", (kv_rows,)),
+            ("attn_q_norm.weight", (spec.head_dim,)), ("attn_k_norm.weight", (spec.head_dim,)),
+            ("ffn_gate.weight", (ffn, hidden)), ("ffn_up.weight", (ffn, hidden)), ("ffn_down.weight", (hidden, ffn)),
+            ("attn_norm.weight", (hidden,)), ("ffn_norm.weight", (hidden,)),
+        ):
+            shapes[f"blk.{layer}.{part}"] = shape
+    return shapes
 
 
 def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
@@ -107,12 +143,18 @@ def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
             f"hidden_size={spec.hidden_size}"
         )
     for layer in range(spec.n_layers):
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        for part in LAYER_WEIGHTS:
             if f"blk.{layer}.{part}.weight" not in by_name:
                 raise ConversionError(f"layer {layer} lacks its {part} weight")
+    expected = expected_shapes(spec)
     for plan in plans:
-        if plan.permute_head_dim and plan.shape[0] % plan.permute_head_dim:
-            raise ConversionError(f"{plan.gguf_name}: {plan.shape[0]} rows are not whole heads of {spec.head_dim}")
+        shape = expected.get(plan.gguf_name)
+        if shape is not None and plan.shape != shape:
+            source = plan.source.name if plan.source is not None else plan.gguf_name
+            raise ConversionError(
+                f"tensor {short_repr(source)} has shape {list(plan.shape)}, but config.json's sizes give "
+                f"{list(shape)} (hidden_size, intermediate_size, attention heads, head_dim, vocab_size)"
+            )
 
 
 def _permute_rows(rows: np.ndarray, head_dim: int) -> np.ndarray:
@@ -129,6 +171,9 @@ def _encode(values: np.ndarray, qtype: GGMLQuantizationType, name: str) -> bytes
         if not np.isfinite(half).all():
             raise ConversionError(f"{name}: values overflow float16; choose bf16 or f32")
         return half.tobytes()
+    if not np.isfinite(values).all():
+        raise ConversionError(f"{name}: the weights hold NaN or infinite values, which cannot be quantized to "
+                              f"{qtype.name}; choose f32 or bf16, or fix the model")
     return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype).tobytes()
 
 

@@ -25,6 +25,9 @@ from typing import Any
 from gguf import GGUFWriter, SpecialVocab, TokenType
 
 from .errors import ConversionError
+from .files import open_regular_file, read_json_object, short_repr
+
+TOKENIZER_HINT = "; re-save the tokenizer with transformers' save_pretrained"
 
 # The Split regexes of known byte-level tokenizers → llama.cpp pre-tokenizer names.
 QWEN2_REGEX = (
@@ -66,7 +69,8 @@ def _simplify(component: Any) -> Any:
 
 
 def _describe(pre_tokenizer: Any) -> str:
-    return json.dumps(pre_tokenizer, ensure_ascii=False)
+    text = json.dumps(pre_tokenizer, ensure_ascii=False)
+    return text if len(text) <= 400 else text[:400] + "…"
 
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
@@ -79,13 +83,16 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
     if steps == [{"type": "Digits", "individual_digits": True}, byte_level_regex]:
         return "smollm"
-    if steps and len(steps) == 2 and steps[1] == byte_level_plain and steps[0].get("type") == "Split":
+    if (isinstance(steps, list) and len(steps) == 2 and steps[1] == byte_level_plain
+            and isinstance(steps[0], dict) and steps[0].get("type") == "Split"):
         split = steps[0]
-        regex = split.get("pattern", {}).get("Regex")
+        pattern = split.get("pattern")
+        regex = pattern.get("Regex") if isinstance(pattern, dict) else None
         if split.get("behavior") == "Isolated" and not split.get("invert") and regex in SPLIT_REGEX_PRE_TOKENIZERS:
             return SPLIT_REGEX_PRE_TOKENIZERS[regex]
         raise ConversionError(
-            f"unknown pre-tokenizer: Split regex {regex!r} (behavior {split.get('behavior')}) is not one llama.cpp "
+            f"unknown pre-tokenizer: Split regex {short_repr(regex, 200)} (behavior {short_repr(split.get('behavior'))}) "
+            "is not one llama.cpp "
             f"is known to implement; known: {', '.join(f'{n} {r!r}' for r, n in SPLIT_REGEX_PRE_TOKENIZERS.items())}"
         )
     raise ConversionError(f"unknown pre-tokenizer {_describe(tokenizer_json.get('pre_tokenizer'))}")
@@ -99,8 +106,19 @@ def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | l
     """`chat_template.jinja` when present (newer transformers save it there), else tokenizer_config's."""
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            with open_regular_file(jinja) as handle:
+                return handle.read().decode("utf-8")
+        except OSError as exc:
+            raise ConversionError(f"{jinja}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConversionError(f"{jinja}: not UTF-8 text (byte {exc.start})") from None
     template = tokenizer_config.get("chat_template")
+    if isinstance(template, list) and not all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str) for t in template
+    ):
+        raise ConversionError(f"{model_dir / 'tokenizer_config.json'}: chat_template must be a string or a list of "
+                              '{"name": ..., "template": ...} objects')
     return template if isinstance(template, (str, list)) else None
 
 
@@ -122,19 +140,37 @@ def _padded(tokens: dict[int, tuple[str, int]], n_rows: int) -> tuple[list[str],
 def _added_tokens(tokenizer_json: dict[str, Any] | None, model_dir: Path) -> dict[int, tuple[str, bool]]:
     """Added tokens by id: (content, special)."""
     if tokenizer_json is not None:
-        return {
-            int(t["id"]): (str(t["content"]), bool(t.get("special"))) for t in tokenizer_json.get("added_tokens", [])
-        }
+        entries = tokenizer_json.get("added_tokens") or []
+        where = model_dir / "tokenizer.json"
+        if not isinstance(entries, list) or not all(
+            isinstance(t, dict) and _is_token_id(t.get("id")) and isinstance(t.get("content"), str) for t in entries
+        ):
+            raise ConversionError(f"{where}: added_tokens must be a list of objects with an id (>= 0) and a content "
+                                  f"string{TOKENIZER_HINT}")
+        return {t["id"]: (t["content"], bool(t.get("special"))) for t in entries}
     legacy = model_dir / "added_tokens.json"
     if legacy.is_file():
-        return {int(i): (str(content), False) for content, i in json.loads(legacy.read_text()).items()}
+        added = read_json_object(legacy)
+        if not all(_is_token_id(i) for i in added.values()):
+            raise ConversionError(f"{legacy}: expected an object of token text → token id (>= 0){TOKENIZER_HINT}")
+        return {i: (content, False) for content, i in added.items()}
     return {}
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _special_vocab(model_dir: Path, n_rows: int, *, load_merges: bool) -> SpecialVocab:
     """Special token ids, add_bos/add_eos and merges via gguf-py; the chat template is ours (see _chat_template)."""
-    special = SpecialVocab(model_dir, load_merges=load_merges, n_vocab=n_rows)
+    try:
+        special = SpecialVocab(model_dir, load_merges=load_merges, n_vocab=n_rows)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        # gguf-py reads tokenizer.json, tokenizer_config.json and merges.txt itself and trusts their structure.
+        raise ConversionError(f"{model_dir}: the tokenizer's special tokens or merges cannot be read "
+                              f"({type(exc).__name__}: {short_repr(str(exc), 200)}){TOKENIZER_HINT}") from None
     special.chat_template = None
+    _check_text(special.merges, model_dir / "tokenizer.json", "merge")
     return special
 
 
@@ -148,12 +184,17 @@ def _add_bos_default(special: SpecialVocab, tokenizer_config: dict[str, Any], de
 
 
 def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any], tokenizer_config: dict[str, Any], n_rows: int) -> Vocab:
-    model = tokenizer_json.get("model", {})
+    model = tokenizer_json["model"]
     pre = pre_tokenizer_name(tokenizer_json)
-    tokens: dict[int, tuple[str, int]] = {int(i): (text, TokenType.NORMAL) for text, i in model["vocab"].items()}
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab or not all(_is_token_id(i) for i in vocab.values()):
+        raise ConversionError(f"{model_dir / 'tokenizer.json'}: model.vocab must be a non-empty object of token text "
+                              f"→ token id (>= 0){TOKENIZER_HINT}")
+    tokens: dict[int, tuple[str, int]] = {i: (text, TokenType.NORMAL) for text, i in vocab.items()}
     for token_id, (content, is_special) in _added_tokens(tokenizer_json, model_dir).items():
         tokens[token_id] = (content, TokenType.CONTROL if is_special else TokenType.USER_DEFINED)
     texts, types = _padded(tokens, n_rows)
+    _check_text(texts, model_dir / "tokenizer.json", "token")
     special = _special_vocab(model_dir, n_rows, load_merges=True)
     if not special.merges:
         raise ConversionError("tokenizer.json has a BPE model without merges")
@@ -193,6 +234,7 @@ def _sentencepiece_vocab(
         elif is_special and tokens[token_id][1] == TokenType.NORMAL:
             tokens[token_id] = (content, TokenType.CONTROL)
     texts, types = _padded(tokens, n_rows)
+    _check_text(texts, model_dir / "tokenizer.model", "token")
     special = _special_vocab(model_dir, n_rows, load_merges=False)
     _add_bos_default(special, tokenizer_config, default=True)  # SentencePiece Llama tokenizers add BOS by default
     return Vocab(
@@ -211,19 +253,33 @@ def load_vocab(model_dir: Path, n_rows: int) -> Vocab:
     json_path, spm_path, config_path = (
         model_dir / n for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     )
-    tokenizer_config: dict[str, Any] = json.loads(config_path.read_text("utf-8")) if config_path.is_file() else {}
-    tokenizer_json: dict[str, Any] | None = json.loads(json_path.read_text("utf-8")) if json_path.is_file() else None
-    if (
-        tokenizer_json is not None
-        and tokenizer_json.get("model", {}).get("type") == "BPE"
-        and _is_byte_level(tokenizer_json)
-    ):
-        return _bpe_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
-    if spm_path.is_file():
-        return _sentencepiece_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
-    if tokenizer_json is not None:
-        kind = tokenizer_json.get("model", {}).get("type")
+    tokenizer_config = read_json_object(config_path, TOKENIZER_HINT[2:]) if config_path.is_file() else {}
+    tokenizer_json = read_json_object(json_path, TOKENIZER_HINT[2:]) if json_path.is_file() else None
+    model = tokenizer_json.get("model", {}) if tokenizer_json is not None else {}
+    if not isinstance(model, dict):
+        raise ConversionError(f"{json_path}: model must be an object{TOKENIZER_HINT}")
+    if tokenizer_json is not None and model.get("type") == "BPE" and _is_byte_level(tokenizer_json):
+        vocab = _bpe_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
+    elif spm_path.is_file():
+        vocab = _sentencepiece_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
+    elif tokenizer_json is not None:
         raise ConversionError(
-            f"unsupported tokenizer.json ({kind} model without a byte-level pre-tokenizer) and no tokenizer.model"
+            f"unsupported tokenizer.json ({short_repr(model.get('type'))} model without a byte-level pre-tokenizer) "
+            "and no tokenizer.model"
         )
-    raise ConversionError(f"{model_dir}: missing tokenizer files (need tokenizer.json or tokenizer.model)")
+    else:
+        raise ConversionError(f"{model_dir}: missing tokenizer files (need tokenizer.json or tokenizer.model)")
+    template = vocab.chat_template
+    _check_text([template] if isinstance(template, str) else [t["template"] for t in template or []],
+                model_dir / "chat_template", "chat template")
+    return vocab
+
+
+def _check_text(texts: list[str], source: Path, what: str) -> None:
+    """GGUF strings are UTF-8: a lone surrogate (JSON allows the escape \\ud800) cannot be written."""
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConversionError(f"{source}: {what} {index} is not valid Unicode (a lone surrogate such as "
+                                  f"\\ud800){TOKENIZER_HINT}") from None
