@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
+from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -162,8 +163,9 @@ class DatasetSpec(ApiModel):
     """Structure file, relative to the tree root."""
     placeholders: Annotated[
         dict[str, Annotated[str, Field(min_length=1)]], Field(max_length=64), PLACEHOLDER_KEYS
-    ] = Field(default_factory=dict)
-    """Values for identity placeholders such as `${NAME}` and `${SPEC}` in the samples."""
+    ] = Field(default_factory=lambda: dict(DEFAULT_PLACEHOLDERS))
+    """Values for identity placeholders such as `${NAME}` and `${SPEC}` in the samples. Unset: `NAME` Nova, `SPEC`
+    an assistant for fine-tuning language models on Kubernetes (a map given replaces the default whole)."""
     categories: Annotated[list[Annotated[str, Field(pattern=CATEGORY_NAME)]], Field(max_length=256)] = Field(
         default_factory=list
     )
