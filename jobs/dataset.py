@@ -8,6 +8,7 @@ The tree comes from `spec.dataset.uri`: `bundled` (the starter dataset packaged 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from importlib import resources
@@ -16,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from kubetune.datasets_new.builder import BuildOptions
 from kubetune.datasets_new.errors import DatasetError
+from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
@@ -35,11 +37,12 @@ def run(ctx: JobContext) -> None:
     if ctx.stop.is_set():
         raise Stopped("stopped before building the dataset")
     options = BuildOptions(
-        structure_path=root / spec.structure,
-        topics_dir=root / TOPICS_FOLDER,
+        structure_path=_inside_tree(root, spec.structure, "spec.dataset.structure"),
+        topics_dir=_inside_tree(root, TOPICS_FOLDER, "spec.dataset.uri"),
         placeholders=dict(spec.placeholders),
         categories=tuple(spec.categories),
         eval_split=spec.eval_split,
+        placeholders_origin="spec.dataset.placeholders",
     )
     outputs_dir = ctx.workdir / "outputs"
     shutil.rmtree(outputs_dir, ignore_errors=True)
@@ -82,8 +85,20 @@ def _tree_root(ctx: JobContext, uri: str) -> Path:
         log.info("downloaded %d dataset files from %s", len(objects), uri)
         return local
     path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    # Checked again after decoding: a percent-encoded '..' (%2e%2e) passes a check of the URI as written.
+    if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
+        raise ConfigError(f"spec.dataset.uri: {uri} must name an absolute folder without '..'")
     if not path.is_dir():
         raise ConfigError(f"spec.dataset.uri: {uri} is not a folder")
+    return path
+
+
+def _inside_tree(root: Path, relative: str, field: str) -> Path:
+    """`root / relative`, refused when it (or a symlink on the way) leads outside the tree: a dataset never reads
+    beyond its own folder."""
+    path = root / relative
+    if ".." in Path(relative).parts or not is_inside(path, os.path.realpath(root)):
+        raise ConfigError(f"{field}: {relative} leads outside the dataset folder {root}; copy it into the tree")
     return path
 
 
