@@ -44,7 +44,7 @@ def cmd_crd(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from kubetune.local import run_locally  # local executor: imports the job runtime
 
-    return run_locally(args.file, store=args.store, from_stage=args.from_stage)
+    return run_locally(args.file, store=args.store, from_stage=args.from_stage, to_stage=args.to_stage)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="store folder or URI (default: .kubetune/store)")
     run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
                      help="re-run this stage and the ones after it even if cached")
+    run.add_argument("--to-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
+                     help="stop after this stage (e.g. dataset: check and build the data without training)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="a local run's status, as `kubectl get ftr -o wide` and `kubectl describe`")

@@ -51,7 +51,8 @@ class LocalRun:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
 
 
-def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None) -> int:
+def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
+                to_stage: str | None = None) -> int:
     try:
         runs = load_runs(path)
     except InvalidManifest as exc:
@@ -59,7 +60,7 @@ def run_locally(path: Path, *, store: str | None = None, from_stage: str | None 
             print(f"{exc.source}: {error}", file=sys.stderr)
         return 1
     for run in runs:
-        code = _execute(_prepare(run, store), from_stage)
+        code = _execute(_prepare(run, store), from_stage, to_stage)
         if code != 0:
             return code
     return 0
@@ -78,9 +79,10 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
                                             path_style=config.path_style), state_dir)
 
 
-def _execute(local: LocalRun, from_stage: str | None) -> int:
+def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = None) -> int:
     run = local.run
     forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
+    last = STAGES.index(to_stage) if to_stage else len(STAGES) - 1
     view = ProgressView(run.name, sys.stderr)
     print(f"kubetune: running FineTuneRun {run.namespace}/{run.name} (store: {local.store_config.uri})", file=sys.stderr)
     while True:
@@ -92,6 +94,10 @@ def _execute(local: LocalRun, from_stage: str | None) -> int:
                 _look_up(local, action.ref)
             local.looked_up.add(action.ref.key)
         elif isinstance(action, CreateJob):
+            if STAGES.index(action.stage) > last:
+                print(f"kubetune: stopped after the {to_stage} stage (--to-stage); run without it to go on.",
+                      file=sys.stderr)
+                return 0
             local.refs[action.stage] = action.ref
             record_status(local, step)
             if action.stage in forced:
