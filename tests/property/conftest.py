@@ -1,0 +1,19 @@
+"""The property-based tier: hypothesis generates hostile (and valid) inputs for every user-facing command.
+
+Profiles (HYPOTHESIS_PROFILE overrides): `ci` when CI is set (modest example counts: the whole tier stays well under
+90 s on 2 cores), `dev` otherwise, `thorough` for a long hunt. No example database is written (nothing is left in the
+checkout); failures print the example and its @reproduce_failure blob instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {"deadline": None, "database": None, "print_blob": True,
+           "suppress_health_check": (HealthCheck.too_slow, HealthCheck.data_too_large)}
+settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
+settings.register_profile("dev", max_examples=150, **_COMMON)
+settings.register_profile("thorough", max_examples=3000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
