@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,10 @@ EXIT_INVALID = 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    # A manifest may hold any character (and a file name any byte): errors name them, never crash printing them.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     failed = False
     for path in args.files:
         try:

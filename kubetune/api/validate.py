@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -14,22 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import celpy
-import yaml
 from pydantic import ValidationError
 
 from kubetune.api import types as t
 from kubetune.api.base import ApiModel, KeyRule
 from kubetune.api.crd import openapi_schema
+from kubetune.api.manifest_yaml import ManifestSyntaxError, load_documents
+from kubetune.api.objectmeta import metadata_errors
 from kubetune.api.schema import unwrap
 
 
 @dataclass(frozen=True)
 class FieldError:
+    """One error at a Kubernetes field path; the empty path is the object itself (the server prints no path)."""
+
     path: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return _one_line(text)
 
 
 class InvalidManifest(ValueError):
@@ -60,53 +65,47 @@ class FineTuneRun:
         }
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where `1e-4` is a string; kubectl reads it as a number, so do we."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-# Integers must still resolve as int: re-register the int resolver first in the lookup order.
-for _first in list("-+0123456789"):
-    _Yaml12Loader.yaml_implicit_resolvers[_first] = [
-        r for r in yaml.SafeLoader.yaml_implicit_resolvers.get(_first, []) if r[0] == "tag:yaml.org,2002:int"
-    ] + [r for r in _Yaml12Loader.yaml_implicit_resolvers[_first] if r[0] != "tag:yaml.org,2002:int"]
-
-
-def load_yaml_documents(text: str) -> list[Any]:
-    return [doc for doc in yaml.load_all(text, Loader=_Yaml12Loader) if doc is not None]
-
-
 def load_runs(path: Path) -> list[FineTuneRun]:
-    """Every FineTuneRun in a YAML file, validated; raises InvalidManifest naming the file and document."""
+    """Every FineTuneRun in a YAML or JSON file, read as kubectl reads it and validated; raises InvalidManifest
+    naming the file (and line, or document) and every error, or OSError when the file cannot be read."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise InvalidManifest([FieldError("", "not a regular file")], str(path))
     try:
-        docs = load_yaml_documents(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InvalidManifest([FieldError("<file>", f"not valid YAML: {exc}")], str(path)) from exc
+        docs = load_documents(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidManifest([FieldError("", f"not UTF-8 text (byte {exc.start})")], str(path)) from exc
+    except ManifestSyntaxError as exc:
+        where = f"{path}:{exc.line}" if exc.line else str(path)
+        raise InvalidManifest([FieldError("", exc.message)], where) from exc
     runs = []
     for index, doc in enumerate(docs):
         where = str(path) if len(docs) == 1 else f"{path} (document {index + 1})"
-        runs.append(parse_run(doc, source=where))
+        errors = list(_status_errors(doc.get("status"))) if isinstance(doc, dict) else []
+        try:
+            runs.append(parse_run(doc, source=where))
+        except InvalidManifest as exc:
+            raise InvalidManifest(exc.errors + errors, where) from None
+        if errors:
+            raise InvalidManifest(errors, where)
     if not runs:
-        raise InvalidManifest([FieldError("<file>", "no FineTuneRun in the file")], str(path))
+        raise InvalidManifest([FieldError("", "no FineTuneRun in the file")], str(path))
     return runs
 
 
 def parse_run(doc: Any, *, source: str = "", default_namespace: str = "default") -> FineTuneRun:
-    errors = list(_errors(doc))
-    if errors:
+    """A FineTuneRun from its JSON object (as the API server or `load_runs` gives it); raises InvalidManifest."""
+    errors: list[FieldError] = []
+    spec = _spec(doc, errors)
+    if errors or spec is None:
         raise InvalidManifest(errors, source)
-    meta = doc["metadata"]
+    meta = doc.get("metadata") or {}
     return FineTuneRun(
         name=meta["name"],
         namespace=meta.get("namespace") or default_namespace,
-        spec=t.FineTuneRunSpec.model_validate(doc.get("spec") or {}, strict=True),
-        uid=str(meta.get("uid", "")),
-        generation=int(meta.get("generation", 0)),
-        labels=dict(meta.get("labels") or {}),
+        spec=spec,
+        uid=meta.get("uid") or "",
+        generation=meta.get("generation") or 0,
+        labels={key: value or "" for key, value in (meta.get("labels") or {}).items()},
     )
 
 
@@ -115,45 +114,74 @@ def validate_spec(spec: Any) -> t.FineTuneRunSpec:
     return parse_run({"apiVersion": t.API_VERSION, "kind": t.KIND, "metadata": {"name": "x"}, "spec": spec}).spec
 
 
-def _errors(doc: Any) -> Iterator[FieldError]:
+def _spec(doc: Any, errors: list[FieldError]) -> t.FineTuneRunSpec | None:
+    """The validated spec, or None with every error the server would report appended to `errors`."""
     if not isinstance(doc, dict):
-        yield FieldError("<document>", "must be a mapping")
-        return
+        errors.append(FieldError("<document>", "must be a mapping"))
+        return None
     if doc.get("apiVersion") != t.API_VERSION:
-        yield FieldError("apiVersion", f"must be {t.API_VERSION}")
+        errors.append(FieldError("apiVersion", f"must be {t.API_VERSION}"))
     if doc.get("kind") != t.KIND:
-        yield FieldError("kind", f"must be {t.KIND}")
-    yield from _metadata_errors(doc.get("metadata"))
-    unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
-    for key in unknown:
-        yield FieldError(key, "unknown field")
-    spec = doc.get("spec")
-    if spec is None:
-        spec = {}
+        errors.append(FieldError("kind", f"must be {t.KIND}"))
+    meta = doc.get("metadata")
+    errors.extend(FieldError(path, message) for path, message in metadata_errors(meta))
+    if isinstance(meta, dict) and isinstance(meta.get("name"), str) and meta["name"]:
+        errors.extend(_root_rule_errors(meta["name"]))
+    for key in sorted(str(key) for key in set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"}):
+        errors.append(FieldError(key, "unknown field"))
     try:
-        model = t.FineTuneRunSpec.model_validate(spec, strict=True)
+        # The server drops null fields of objects (or puts their default in) before it validates.
+        spec = doc.get("spec")
+        model = t.FineTuneRunSpec.model_validate({} if spec is None else _without_nulls(spec), strict=True)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, "spec"))
+        return None
+    errors.extend(cel_errors(model, "spec"))
+    return model
+
+
+def _root_rule_errors(name: str) -> Iterator[FieldError]:
+    data = _canonical({"metadata": {"name": name}})
+    for rule in t.RUN_NAME_RULES:
+        if not _holds(rule.rule, data):
+            yield FieldError("", rule.message)
+
+
+def _status_errors(status: Any) -> Iterator[FieldError]:
+    """Unknown fields in `status`: the server's strict decoding refuses them (it drops the rest of status on create)."""
+    if not isinstance(status, dict):
+        return
+    try:
+        t.FineTuneRunStatus.model_validate(_without_nulls(status))
     except ValidationError as exc:
         for error in exc.errors():
-            yield FieldError(_path(("spec", *error["loc"])), _message(error))
-        return
-    yield from cel_errors(model, "spec")
+            if error["type"] == "extra_forbidden":
+                yield FieldError(_path(("status", *error["loc"])), "unknown field")
 
 
-def _metadata_errors(meta: Any) -> Iterator[FieldError]:
-    if not isinstance(meta, dict):
-        yield FieldError("metadata", "required")
-        return
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        yield FieldError("metadata.name", "required")
-    elif len(name) > t.RUN_NAME_MAX:
-        yield FieldError("metadata.name", f"must be at most {t.RUN_NAME_MAX} characters (it prefixes Job names)")
-    elif not re.match(t.RUN_NAME_PATTERN, name):
-        yield FieldError("metadata.name", "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter")
-    namespace = meta.get("namespace")
-    if namespace is not None and (not isinstance(namespace, str) or len(namespace) > 63
-                                  or not re.match(t.DNS_LABEL, namespace)):
-        yield FieldError("metadata.namespace", "must be a DNS-1123 label")
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
+def _pydantic_errors(exc: ValidationError, root: str) -> Iterator[FieldError]:
+    seen = set()
+    for error in exc.errors():
+        found = FieldError(_path((root, *error["loc"])), _message(error))
+        if found not in seen:
+            seen.add(found)
+            yield found
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a key with a newline, say) escaped: one error is one line."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
 # --- CEL --------------------------------------------------------------------------------------------------------

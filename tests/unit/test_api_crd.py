@@ -86,10 +86,11 @@ def default_violations(node: dict[str, Any], value: Any, path: str) -> list[str]
         env = celpy.Environment()
         try:
             result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+            verdict = str(result) if isinstance(result, Exception) else "" if result else "false"
         except celpy.CELEvalError as error:
-            result = error
-        if isinstance(result, Exception) or not result:
-            found.append(f"{path}.default: {rule['message']} ({result if isinstance(result, Exception) else 'false'})")
+            verdict = str(error)
+        if verdict:
+            found.append(f"{path}.default: {rule['message']} ({verdict})")
     if isinstance(value, dict):
         for key, child in value.items():
             schema = node.get("properties", {}).get(key) or node.get("additionalProperties")
