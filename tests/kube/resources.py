@@ -61,6 +61,13 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
     _builtin("", "v1", "events", "Event", short_names=("ev",)),
     _builtin("batch", "v1", "jobs", "Job", categories=("all",), has_status=True, has_generation=True),
+    # What the Helm chart creates (tests/kube/admission.py validates them)
+    _builtin("apps", "v1", "deployments", "Deployment", short_names=("deploy",), categories=("all",), has_status=True,
+             has_generation=True),
+    _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    _builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    _builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
     _builtin("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
     _builtin(

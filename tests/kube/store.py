@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
-import re
 import secrets
 import threading
 import uuid
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.kube import errors, patching, schema
+from tests.kube import admission, errors, patching, schema
 from tests.kube.resources import ResourceRegistry, ResourceType, types_from_crd
 
 Obj = dict[str, Any]
@@ -33,11 +32,7 @@ JOBS_GR: GroupResource = ("batch", "jobs")
 FOREGROUND = "foregroundDeletion"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the real server's alphabet for generateName suffixes
-# Fields of a suspended, never-started Job's pod template that Kueue may change (mutable scheduling directives).
-_SUSPENDED_JOB_MUTABLE = ("nodeSelector", "tolerations", "affinity", "schedulingGates")
 
 
 def now_rfc3339() -> str:
@@ -61,14 +56,6 @@ def _spec_part(obj: Obj, has_status: bool) -> Obj:
     return {key: value for key, value in obj.items() if key not in ignored}
 
 
-def _validate_name(rtype: ResourceType, name: str) -> list[str]:
-    if rtype.group_resource == NAMESPACES_GR:
-        ok = len(name) <= 63 and _LABEL.match(name)
-    else:
-        ok = len(name) <= 253 and _SUBDOMAIN.match(name)
-    return [] if ok else [f"metadata.name: Invalid value: {name!r}: must be a lowercase RFC 1123 name"]
-
-
 def _validate_metadata(meta: Obj) -> list[str]:
     causes = []
     for field in ("labels", "annotations"):
@@ -81,60 +68,7 @@ def _validate_metadata(meta: Obj) -> list[str]:
             causes.append(f"metadata.ownerReferences[{index}]: Required value: {', '.join(missing)}")
     if not isinstance(meta.get("finalizers") or [], list):
         causes.append("metadata.finalizers: Invalid value: must be a list")
-    return causes
-
-
-def _default_job(job: Obj) -> list[str]:
-    """The defaults and validation of the real batch/v1 Job API that an operator can trip over."""
-    uid, name = job["metadata"]["uid"], job["metadata"]["name"]
-    spec = job.setdefault("spec", {})
-    for key, value in (
-        ("parallelism", 1),
-        ("completions", 1),
-        ("backoffLimit", 6),
-        ("completionMode", "NonIndexed"),
-        ("suspend", False),
-    ):
-        spec.setdefault(key, value)
-    selector_labels = {"batch.kubernetes.io/controller-uid": uid}
-    spec.setdefault("selector", {"matchLabels": selector_labels})
-    template = spec.setdefault("template", {})
-    template.setdefault("metadata", {}).setdefault("labels", {}).update(
-        {**selector_labels, "batch.kubernetes.io/job-name": name, "controller-uid": uid, "job-name": name}
-    )
-    pod_spec = template.setdefault("spec", {})
-    pod_spec.setdefault("terminationGracePeriodSeconds", 30)
-    causes = []
-    if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
-        causes.append('spec.template.spec.restartPolicy: Required value: valid values: "OnFailure", "Never"')
-    if spec.get("podFailurePolicy") and pod_spec.get("restartPolicy") != "Never":
-        causes.append("spec.podFailurePolicy: Invalid value: only allowed with restartPolicy=Never")
-    for index, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
-        if rule.get("action") not in ("FailJob", "Ignore", "Count", "FailIndex"):
-            causes.append(f"spec.podFailurePolicy.rules[{index}].action: Unsupported value: {rule.get('action')!r}")
-    containers = pod_spec.get("containers") or []
-    if not containers:
-        causes.append("spec.template.spec.containers: Required value")
-    for index, container in enumerate(containers):
-        if not container.get("name") or not container.get("image"):
-            causes.append(f"spec.template.spec.containers[{index}]: Required value: name and image")
-        container.setdefault("terminationMessagePath", "/dev/termination-log")
-        container.setdefault("terminationMessagePolicy", "File")
-    return causes
-
-
-def _job_template_change_forbidden(old: Obj, new: Obj) -> bool:
-    old_spec, new_spec = old.get("spec", {}), new.get("spec", {})
-    if old_spec.get("selector") != new_spec.get("selector"):
-        return True
-    old_template, new_template = copy.deepcopy(old_spec.get("template")), copy.deepcopy(new_spec.get("template"))
-    if old_spec.get("suspend") and not (old.get("status") or {}).get("startTime"):
-        for template in (old_template or {}, new_template or {}):
-            template.get("metadata", {}).pop("labels", None)
-            template.get("metadata", {}).pop("annotations", None)
-            for key in _SUSPENDED_JOB_MUTABLE:
-                template.get("spec", {}).pop(key, None)
-    return bool(old_template != new_template)
+    return causes + admission.metadata_causes(meta)
 
 
 def _encode_string_data(secret: Obj) -> None:
@@ -252,7 +186,7 @@ class ObjectStore:
                 raise errors.invalid(
                     rtype.qualified, "", ["metadata.name: Required value: name or generateName is required"]
                 )
-            causes = _validate_name(rtype, name) + _validate_metadata(meta)
+            causes = admission.name_causes(rtype.group_resource, name) + _validate_metadata(meta)
             if self.find(rtype, namespace, name) is not None:
                 raise errors.already_exists(rtype.qualified, name)
             for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
@@ -266,6 +200,9 @@ class ObjectStore:
             causes += self._admit(rtype, obj, None)
             if causes:
                 raise errors.invalid(rtype.qualified, name, causes)
+            if rtype.namespaced:  # validating admission runs after validation: 422 comes before PSA's 403
+                ns_labels = self._objects[NAMESPACES_GR][""][namespace or ""]["metadata"].get("labels") or {}
+                admission.enforce_pod_security(rtype.group_resource, obj, ns_labels)
             if rtype.group_resource == CRD_GR:
                 self._register_crd(obj)
             created = self._commit(rtype.group_resource, "ADDED", obj, None)
@@ -281,16 +218,15 @@ class ObjectStore:
             return schema.admit(rtype.schema, obj, old) if rtype.schema else []
         if subresource == "status":
             return []
-        if rtype.group_resource == JOBS_GR:
-            if old is None:
-                return _default_job(obj)
-            if _job_template_change_forbidden(old, obj):
-                return ["spec.template: Invalid value: field is immutable"]
         if rtype.group_resource == SECRETS_GR:
             _encode_string_data(obj)
         if rtype.group_resource == CRD_GR:
             types_from_crd(obj)  # raises 422 for a malformed CRD
-        return []
+            return []
+        taken_ips = set()
+        if rtype.group_resource == admission.SERVICES:  # a new Service gets a cluster IP no other one has
+            taken_ips = {(svc.get("spec") or {}).get("clusterIP", "") for svc in self._iter_group_resource(admission.SERVICES)}
+        return admission.admit(rtype.group_resource, obj, old, taken_ips)
 
     def _register_crd(self, crd: Obj) -> None:
         spec = crd["spec"]

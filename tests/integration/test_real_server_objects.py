@@ -1,0 +1,254 @@
+"""Everything we ship or create is accepted by the API server, as the emulator's admission mirrors it
+(tests/kube/admission.py: defaulting, validation, immutable fields; tests/kube/pod_security.py: Pod Security
+Admission): the CRD and every object of the Helm chart (default and all-on values), and the ConfigMaps, Services
+and Jobs the operator builds for every example, every stage and multi-node training, in namespaces that enforce
+the "restricted" Pod Security Standard. Then the updates the operator makes (suspend, resume) are accepted and
+the changes the server forbids are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from kubetune.api.types import RUN_NAME_MAX, STAGES
+from kubetune.api.validate import FineTuneRun, load_runs, parse_run
+from kubetune.operator import labels
+from kubetune.operator.jobspec import build
+from kubetune.operator.settings import OperatorSettings
+from kubetune.planner import CreateJob, job_name
+from kubetune.stages import StageRef
+from tests.kube.emulator import KubeEmulator
+from tests.kube.errors import ApiError
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubetune"
+CRD_FILE = ROOT / "crds" / "kubetune.dev_finetuneruns.yaml"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+RELEASE, RELEASE_NAMESPACE = "kubetune", "kubetune-system"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "all-on": yaml.safe_load((CHART / "ci" / "all-on-values.yaml").read_text()),
+}
+Obj = dict[str, Any]
+
+
+def restricted_namespace(kube: KubeEmulator, name: str) -> None:
+    if kube.find("namespaces", name, None) is None:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}})
+    else:
+        kube.patch("namespaces", name, {"metadata": {"labels": RESTRICTED}}, None)
+
+
+def render_chart(value_set: str) -> tuple[list[Obj], list[Obj]]:
+    """(the chart's CRDs, its templated objects)."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(VALUE_SETS[value_set], name=RELEASE, namespace=RELEASE_NAMESPACE)
+        crds = [yaml.safe_load(crd["data"]) for crd in chart.crds]
+    objects = [doc for path, text in sorted(manifests.items()) if not path.endswith("NOTES.txt")
+               for doc in yaml.safe_load_all(text) if doc]
+    return crds, objects
+
+
+def service_monitor_crd() -> Obj:
+    """The Prometheus Operator installs ServiceMonitor; this stand-in only serves the kind (its fields are the
+    Prometheus Operator's to check: tests/unit/test_chart_render.py checks ours against its schema)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }}}],
+        },
+    }
+
+
+def chart_settings() -> OperatorSettings:
+    """The operator's settings as the all-on chart configures them (queue, node selector, tolerations, priority
+    class, GPUs, credentials Secret): the Jobs it builds then carry every optional field."""
+    _, objects = render_chart("all-on")
+    [deployment] = [obj for obj in objects if obj["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return OperatorSettings.from_env({var["name"]: var["value"] for var in container["env"] if "value" in var})
+
+
+SETTINGS = {
+    "plain": OperatorSettings(store_uri="s3://artifacts/runs", store_endpoint="http://minio:9000",
+                              store_path_style=True, credentials_secret="kubetune-s3"),
+    "chart-all-on": chart_settings(),
+}
+
+
+@pytest.fixture
+def cluster(kube: KubeEmulator) -> Iterator[KubeEmulator]:
+    """The emulator with the CRD installed as `kubectl apply -f crds/` would."""
+    for crd in yaml.safe_load_all(CRD_FILE.read_text()):
+        kube.create(crd)
+    yield kube
+
+
+def create_run(kube: KubeEmulator, run_manifest: Obj) -> FineTuneRun:
+    """Create the run (so the objects it owns are not collected at once) in a restricted namespace."""
+    namespace = run_manifest["metadata"].get("namespace") or "default"
+    restricted_namespace(kube, namespace)
+    created = kube.create({**run_manifest, "metadata": {**run_manifest["metadata"], "namespace": namespace}})
+    return dataclasses.replace(parse_run(created), uid=created["metadata"]["uid"])
+
+
+def action(run: FineTuneRun, stage: str, attempt: int = 1) -> CreateJob:
+    ref = StageRef("f" * 64, f"{run.namespace}/{run.name}/{stage}/{'f' * 16}")
+    return CreateJob(stage, ref, attempt, job_name(run.name, stage, ref.key, attempt))
+
+
+def upstream(run: FineTuneRun) -> dict[str, StageRef]:
+    return {stage: StageRef(str(i) * 64, f"{run.namespace}/{run.name}/{stage}/{str(i) * 16}")
+            for i, stage in enumerate(STAGES)}
+
+
+def create_all(kube: KubeEmulator, objects: list[Obj]) -> list[Obj]:
+    return [kube.create(obj) for obj in objects]
+
+
+def run_manifest(name: str, spec: Obj, namespace: str = "team") -> Obj:
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+# --- the chart --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_chart_object_is_accepted_in_restricted_namespaces(kube: KubeEmulator, value_set: str) -> None:
+    crds, objects = render_chart(value_set)
+    for crd in crds:
+        assert kube.create(crd)["status"]["conditions"][1]["type"] == "Established"
+    if any(obj["kind"] == "ServiceMonitor" for obj in objects):
+        kube.create(service_monitor_crd())
+    for namespace in {obj["metadata"].get("namespace") for obj in objects} - {None}:
+        restricted_namespace(kube, namespace)
+    created = create_all(kube, objects)
+    assert [(obj["kind"], obj["metadata"]["name"]) for obj in created] == [
+        (obj["kind"], obj["metadata"]["name"]) for obj in objects]
+    [deployment] = [obj for obj in created if obj["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert (pod["restartPolicy"], pod["dnsPolicy"], pod["schedulerName"]) == (
+        "Always", "ClusterFirst", "default-scheduler")  # the server's defaults were applied
+
+
+def test_the_chart_deployment_would_be_refused_without_its_restricted_security_contexts(kube: KubeEmulator) -> None:
+    _, objects = render_chart("defaults")
+    [deployment] = [obj for obj in objects if obj["kind"] == "Deployment"]
+    restricted_namespace(kube, RELEASE_NAMESPACE)
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        container.pop("securityContext", None)
+    with pytest.raises(ApiError) as refused:
+        kube.create(deployment)
+    assert refused.value.code == 403
+    assert refused.value.message.startswith(f'pods "{deployment["metadata"]["name"]}-" is forbidden: violates '
+                                            f'PodSecurity "restricted:latest": allowPrivilegeEscalation != false')
+    assert kube.find("deployments", deployment["metadata"]["name"], RELEASE_NAMESPACE) is None
+
+
+# --- the operator's objects -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_every_example_gets_objects_the_server_accepts_for_every_stage(cluster: KubeEmulator, example: Path,
+                                                                       settings: str) -> None:
+    [manifest] = yaml.safe_load_all(example.read_text())
+    run = create_run(cluster, manifest)
+    assert load_runs(example)[0].spec == run.spec  # the server's defaults agree with ours
+    for stage in STAGES:
+        built = build(run, action(run, stage), SETTINGS[settings], upstream(run))
+        created = create_all(cluster, built)
+        job = created[-1]
+        assert job["kind"] == "Job" and job["metadata"]["generation"] == 1
+        assert job["spec"]["selector"] == {"matchLabels": {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}}
+        assert job["spec"]["podReplacementPolicy"] == "Failed"  # defaulted: the Job has a podFailurePolicy
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_multi_node_training_objects_are_accepted_with_the_longest_run_name(cluster: KubeEmulator,
+                                                                            settings: str) -> None:
+    name = "m" * RUN_NAME_MAX
+    run = create_run(cluster, run_manifest(name, {"resources": {"train": {"nodes": 8, "gpus": 8}}}))
+    built = build(run, action(run, "train", attempt=12), SETTINGS[settings], upstream(run))
+    config_map, service, job = create_all(cluster, built)
+    assert (config_map["kind"], service["kind"], job["kind"]) == ("ConfigMap", "Service", "Job")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["protocol"] == "TCP"
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == (
+        "Indexed", 8, 8)
+
+
+def test_the_operators_suspend_and_resume_patches_are_accepted(cluster: KubeEmulator) -> None:
+    run = create_run(cluster, run_manifest("demo", {}))
+    *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
+    name, namespace = job["metadata"]["name"], run.namespace
+    suspended = cluster.patch("jobs", name, {"metadata": {"annotations": {labels.SUSPENDED: "true"}},
+                                             "spec": {"suspend": True}}, namespace)
+    assert suspended["spec"]["suspend"] is True and suspended["metadata"]["generation"] == 2
+    resumed = cluster.patch("jobs", name, {"metadata": {"annotations": {labels.SUSPENDED: None}},
+                                           "spec": {"suspend": False}}, namespace)
+    assert resumed["spec"]["suspend"] is False and labels.SUSPENDED not in resumed["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"spec": {"template": {"spec": {"containers": [{"name": "train", "image": "other:1"}]}}}}, "spec.template"),
+    ({"spec": {"template": {"metadata": {"labels": {"extra": "label"}}}}}, "spec.template"),
+    ({"spec": {"selector": {"matchLabels": {"kubetune.dev/run": "demo"}}}}, "spec.selector"),
+    ({"spec": {"podFailurePolicy": {"rules": [{"action": "Ignore",
+                                               "onPodConditions": [{"type": "DisruptionTarget"}]}]}}},
+     "spec.podFailurePolicy"),
+    ({"spec": {"completions": 2}}, "spec.completions"),
+])
+def test_the_server_refuses_changes_to_a_started_jobs_immutable_fields(cluster: KubeEmulator, patch: Obj,
+                                                                       field: str) -> None:
+    run = create_run(cluster, run_manifest("demo", {}))
+    *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
+    name = job["metadata"]["name"]
+    with pytest.raises(ApiError) as refused:
+        cluster.patch("jobs", name, patch, run.namespace, patch_type="strategic")
+    assert (refused.value.code, refused.value.reason) == (422, "Invalid")
+    assert refused.value.message.startswith(f'jobs.batch "{name}" is invalid: ')
+    assert f"{field}: Invalid value: " in refused.value.message and "field is immutable" in refused.value.message
+    assert cluster.get("jobs", name, run.namespace)["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
+
+
+def test_a_queued_job_may_change_its_scheduling_but_not_its_container_before_it_starts(cluster: KubeEmulator) -> None:
+    """Kueue admits a suspended Job by setting its node selector and tolerations, then unsuspending it."""
+    run = create_run(cluster, run_manifest("demo", {}))
+    queued = dataclasses.replace(SETTINGS["plain"], queue_name="gpu-queue")
+    *_, job = create_all(cluster, build(run, action(run, "train"), queued, upstream(run)))
+    name = job["metadata"]["name"]
+    assert job["spec"]["suspend"] is True
+    admitted = cluster.patch("jobs", name, {"spec": {"template": {"spec": {
+        "nodeSelector": {"cloud.example.com/flavor": "h100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}}},
+        run.namespace, patch_type="strategic")
+    assert admitted["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.example.com/flavor": "h100"}
+    with pytest.raises(ApiError, match="spec.template: Invalid value: .*field is immutable"):
+        cluster.patch("jobs", name, {"spec": {"template": {"spec": {"containers": [
+            {"name": "train", "image": "other:1"}]}}}}, run.namespace, patch_type="strategic")
+
+
+def test_a_started_job_may_not_change_its_scheduling(cluster: KubeEmulator) -> None:
+    run = create_run(cluster, run_manifest("demo", {}))
+    *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
+    cluster.patch_status("jobs", job["metadata"]["name"], {"startTime": "2026-01-01T00:00:00Z"}, run.namespace)
+    cluster.patch("jobs", job["metadata"]["name"], {"spec": {"suspend": True}}, run.namespace)
+    with pytest.raises(ApiError, match="spec.template: Invalid value: .*field is immutable"):
+        cluster.patch("jobs", job["metadata"]["name"], {"spec": {"template": {"spec": {
+            "nodeSelector": {"zone": "b"}}}}}, run.namespace)
