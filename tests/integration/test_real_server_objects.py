@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kubetune.api.types import RUN_NAME_MAX, STAGES
-from kubetune.api.validate import FineTuneRun, load_runs, parse_run
+from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs, parse_run
 from kubetune.operator import labels
 from kubetune.operator.jobspec import build
 from kubetune.operator.settings import OperatorSettings
@@ -252,3 +252,35 @@ def test_a_started_job_may_not_change_its_scheduling(cluster: KubeEmulator) -> N
     with pytest.raises(ApiError, match="spec.template: Invalid value: .*field is immutable"):
         cluster.patch("jobs", job["metadata"]["name"], {"spec": {"template": {"spec": {
             "nodeSelector": {"zone": "b"}}}}}, run.namespace)
+
+
+VALIDATE_AGREES = "issue 18 (5): kubetune validate and the CRD accept this toleration, the server refuses the Job"
+
+
+@pytest.mark.parametrize("toleration", [
+    pytest.param({"operator": "Exists"}, id="every taint"),
+    pytest.param({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, id="a key that exists"),
+    pytest.param({"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 600},
+                 id="a NoExecute taint for a while"),
+    pytest.param({"key": "k", "operator": "Exists", "value": "v"}, id="a value with Exists",
+                 marks=pytest.mark.xfail(strict=True, reason=VALIDATE_AGREES)),
+    pytest.param({"operator": "Equal", "value": "v"}, id="no key with Equal",
+                 marks=pytest.mark.xfail(strict=True, reason=VALIDATE_AGREES)),
+    pytest.param({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}, id="tolerationSeconds without NoExecute",
+                 marks=pytest.mark.xfail(strict=True, reason=VALIDATE_AGREES)),
+    pytest.param({"key": "a b", "operator": "Exists"}, id="a key that is no label key",
+                 marks=pytest.mark.xfail(strict=True, reason=VALIDATE_AGREES)),
+    pytest.param({"key": "k", "value": "a b"}, id="a value that is no label value",
+                 marks=pytest.mark.xfail(strict=True, reason=VALIDATE_AGREES)),
+])
+def test_a_toleration_the_run_accepts_is_one_the_server_accepts_in_its_jobs(cluster: KubeEmulator,
+                                                                           toleration: Obj) -> None:
+    """A run that passes `kubetune validate` and the CRD must not fail later, when its Job is created."""
+    spec = {"resources": {"defaults": {"tolerations": [toleration]}}}
+    try:
+        parse_run(run_manifest("demo", spec))
+        run = create_run(cluster, run_manifest("demo", spec))
+    except (InvalidManifest, ApiError):
+        return  # refused up front, as it should be
+    *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
+    assert job["spec"]["template"]["spec"]["tolerations"][0]["operator"] == toleration.get("operator", "Equal")
