@@ -48,7 +48,7 @@ def refused(kube: KubeEmulator, obj: Obj, code: int = 422) -> str:
     """Create `obj`; it must be refused with `code` and leave nothing stored. Returns the server's message."""
     kind = {"Job": "jobs", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Secret": "secrets",
             "Deployment": "deployments", "Role": "roles", "RoleBinding": "rolebindings",
-            "ClusterRoleBinding": "clusterrolebindings"}[obj["kind"]]
+            "ClusterRoleBinding": "clusterrolebindings", "Event": "events"}[obj["kind"]]
     namespace = obj["metadata"].get("namespace", "default")
     before = kube.list(kind, namespace)
     with pytest.raises(ApiError) as error:
@@ -372,6 +372,16 @@ def test_an_indexed_job_changes_completions_only_in_tandem_with_parallelism(kube
                                        "spec.parallelism"):
         kube.patch("jobs", "j", {"spec": {"completions": 3}})
     assert kube.patch("jobs", "j", {"spec": {"completions": 3, "parallelism": 3}})["spec"]["completions"] == 3
+
+
+def test_an_event_lives_in_the_namespace_of_the_object_it_is_about(kube: KubeEmulator) -> None:
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "reason": "Created",
+             "involvedObject": {"kind": "Job", "name": "j", "namespace": "elsewhere"}}
+    assert 'involvedObject.namespace: Invalid value: "elsewhere": does not match event.namespace' in refused(kube, event)
+    timed = {**event, "involvedObject": {"kind": "Job", "name": "j", "namespace": "default"},
+             "eventTime": "2026-01-01T00:00:00.000000Z"}
+    assert "reportingComponent: Required value" in refused(kube, timed)
+    assert kube.create({**event, "involvedObject": {"kind": "Job", "name": "j", "namespace": "default"}})
 
 
 # --- Deployments and RBAC -----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ PODS: GroupResource = ("", "pods")
 SERVICES: GroupResource = ("", "services")
 CONFIGMAPS: GroupResource = ("", "configmaps")
 SECRETS: GroupResource = ("", "secrets")
+EVENTS: GroupResource = ("", "events")
 JOBS: GroupResource = ("batch", "jobs")
 DEPLOYMENTS: GroupResource = ("apps", "deployments")
 RBAC = "rbac.authorization.k8s.io"
@@ -528,6 +529,37 @@ def validate_binding(binding: Obj, old: Obj | None, namespaced: bool) -> list[st
     return causes
 
 
+# ------------------------------------------------------------------------------------------------------ Events
+
+
+def validate_event(event: Obj) -> list[str]:
+    """ValidateEventCreate for core/v1 (legacyValidateEvent): the Event lives in its object's namespace; one with
+    an eventTime also names its reporting controller, instance, action and reason."""
+    causes: list[str] = []
+    namespace = event["metadata"].get("namespace", "")
+    involved = (event.get("involvedObject") or {}).get("namespace", "")
+    if not event.get("eventTime"):
+        if (involved and involved != namespace) or (not involved and namespace not in ("", "default")):
+            causes.append(v.invalid("involvedObject.namespace", involved, "does not match event.namespace"))
+        return causes
+    if not involved and namespace not in ("default", "kube-system"):
+        causes.append(v.invalid("involvedObject.namespace", involved, "does not match event.namespace"))
+    controller = event.get("reportingComponent", "")
+    if not controller:
+        causes.append(v.required("reportingComponent"))
+    else:
+        causes += v.each("reportingComponent", controller, v.qualified_name(controller))
+    for field, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128)):
+        value = event.get(field, "")
+        if not value:
+            causes.append(v.required(field))
+        elif len(value) > limit:
+            causes.append(v.too_long(field, limit))
+    if len(event.get("message", "")) > 1024:
+        causes.append(v.too_long("message", 1024))
+    return causes
+
+
 # ------------------------------------------------------------------------------------------------- dispatching
 
 
@@ -555,6 +587,8 @@ def admit(group_resource: GroupResource, obj: Obj, old: Obj | None, allocated_ip
         return validate_data(obj, ("data", "binaryData"), "[]")
     if group_resource == SECRETS:
         return validate_data(obj, ("data",), "data")
+    if group_resource == EVENTS and creating:
+        return validate_event(obj)
     if group_resource in (ROLES, CLUSTER_ROLES):
         return validate_rules(obj.get("rules"), group_resource == ROLES)
     if group_resource in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
