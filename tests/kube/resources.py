@@ -84,23 +84,11 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 
 
 def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
-    """The served versions of a CustomResourceDefinition; raises 422 for a malformed one."""
-    name = crd.get("metadata", {}).get("name", "")
-    spec = crd.get("spec") or {}
-    names = spec.get("names") or {}
-    group, plural, kind = spec.get("group", ""), names.get("plural", ""), names.get("kind", "")
-    causes = []
-    if not group or not plural or not kind:
-        causes.append("spec.group, spec.names.plural and spec.names.kind are required")
-    elif name != f"{plural}.{group}":
-        causes.append(f'metadata.name: Invalid value: {name!r}: must be spec.names.plural+"."+spec.group')
-    if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append("spec.scope: Unsupported value: must be Namespaced or Cluster")
-    versions = spec.get("versions") or []
-    if sum(1 for v in versions if v.get("storage")) != 1:
-        causes.append("spec.versions: Invalid value: must have exactly one version marked as storage version")
-    if causes:
-        raise errors.invalid("customresourcedefinitions.apiextensions.k8s.io", name, causes)
+    """The served versions of a CustomResourceDefinition that `crd_validation.check` accepted."""
+    spec = crd["spec"]
+    names = spec["names"]
+    group, plural, kind = spec["group"], names["plural"], names["kind"]
+    versions = spec["versions"]
     return [
         ResourceType(
             group=group,

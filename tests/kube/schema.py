@@ -1,8 +1,11 @@
-"""Structural-schema handling of custom resources, as the API server does on every write:
-prune unknown fields, apply defaults, validate (types, enums, bounds, patterns, required) and CEL rules.
+"""Structural-schema handling of custom resources, as the API server does on every write: prune unknown fields,
+apply defaults, validate the value against the OpenAPI schema (types, enums, bounds, patterns, required), then run the
+CEL `x-kubernetes-validations` unless a blocking error came first. Errors are worded as the server words them
+(`fielderrors`), rule failures honour `fieldPath`, `reason` and `messageExpression`.
 
 CEL rules are ratcheted as in Kubernetes 1.33+: a rule without `oldSelf` is skipped for a value an update leaves
-unchanged, so a status write does not re-run the spec's rules. Not covered: `format`, `anyOf`/`oneOf`/`allOf`/`not`, CEL `messageExpression` and `fieldPath`.
+unchanged, so a status write does not re-run the spec's rules. Not covered: `format`, `anyOf`/`oneOf`/`allOf`/`not`,
+`optionalOldSelf`, the runtime CEL cost budget (tests/kube/README.md lists what differs).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from typing import Any
 
 import celpy
 
+from tests.kube import fielderrors as fe
+from tests.kube.fielderrors import FieldError
+
 Schema = dict[str, Any]
-_MISSING = object()
+MISSING = object()  # no old value: a create, or a field the update adds
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -24,6 +30,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),
 }
+_BLOCKING = ("FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong", "FieldValueTooMany")
+_BLOCKED = "some validation rules were not checked because the object was invalid; correct the existing errors to "
 
 
 def admit(root: Schema, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
@@ -36,18 +44,43 @@ def admit(root: Schema, obj: dict[str, Any], old: dict[str, Any] | None = None) 
         if key not in properties and not root.get("x-kubernetes-preserve-unknown-fields"):
             del obj[key]
         else:
-            obj[key] = _prune_and_default(properties.get(key, {}), obj[key])
+            obj[key] = _prune_and_default(properties.get(key, {}), obj[key], defaults=True)
     _apply_defaults(root, obj)
-    causes: list[str] = []
-    body = _cel_view(obj)
-    old_body = None if old is None else _cel_view(old)
-    _validate(root, body, old_body, "", causes)
-    return causes
+    old_body = MISSING if old is None else _cel_view(old)
+    return [str(error) for error in validate(root, _cel_view(obj), old_body, fe.ROOT, ratchet=True)]
+
+
+def validate(schema: Schema, value: Any, old: Any, path: str, ratchet: bool) -> list[FieldError]:
+    """The server's order: OpenAPI validation of the whole value, then the CEL rules, which a blocking error
+    (wrong type, unsupported value, missing required field, too long, too many) skips."""
+    errors = openapi_errors(schema, value, path)
+    if any(error.reason in _BLOCKING or error.reason == "FieldValueTypeInvalid" for error in errors):
+        return [*errors, fe.invalid(fe.ROOT, None, _BLOCKED + "complete validation")]
+    return errors + cel_errors(schema, value, old, path, ratchet)
+
+
+def openapi_errors(schema: Schema, value: Any, path: str) -> list[FieldError]:
+    """The value against the OpenAPI keywords of its schema and every schema below (not the CEL rules)."""
+    errors: list[FieldError] = []
+    _openapi(schema, value, path, "", errors)
+    return errors
+
+
+def cel_errors(schema: Schema, value: Any, old: Any, path: str, ratchet: bool) -> list[FieldError]:
+    """The CEL rules of the schema and every schema below, for `value` (and `old`, MISSING on a create)."""
+    errors: list[FieldError] = []
+    _cel(schema, value, old, path, errors, ratchet)
+    return errors
+
+
+def prune(schema: Schema, value: Any) -> Any:
+    """`value` without the fields the schema does not know (a copy); defaults are not applied."""
+    return _prune_and_default(schema, copy.deepcopy(value), defaults=False)
 
 
 def _cel_view(obj: dict[str, Any]) -> dict[str, Any]:
     """The object as root-level CEL rules see it: like the API server, only name and generateName of metadata."""
-    body = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind", "metadata")}
+    body = {key: value for key, value in obj.items() if key != "metadata"}
     metadata = obj.get("metadata") or {}
     visible = {key: metadata[key] for key in ("name", "generateName") if key in metadata}
     if visible:
@@ -55,88 +88,149 @@ def _cel_view(obj: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _prune_and_default(schema: Schema, value: Any) -> Any:
+def _prune_and_default(schema: Schema, value: Any, defaults: bool) -> Any:
     if isinstance(value, dict) and schema.get("type", "object") == "object":
         properties = schema.get("properties")
         additional = schema.get("additionalProperties")
         keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") or properties is None
         for key in list(value):
-            if value[key] is None and not (properties or {}).get(key, {}).get("nullable"):
+            if defaults and value[key] is None and not (properties or {}).get(key, {}).get("nullable"):
                 del value[key]  # nulls of non-nullable fields are dropped before defaulting
             elif properties is not None and key in properties:
-                value[key] = _prune_and_default(properties[key], value[key])
+                value[key] = _prune_and_default(properties[key], value[key], defaults)
             elif isinstance(additional, dict):
-                value[key] = _prune_and_default(additional, value[key])
+                value[key] = _prune_and_default(additional, value[key], defaults)
             elif not keep_unknown and not additional:
                 del value[key]
-        _apply_defaults(schema, value)
+        if defaults:
+            _apply_defaults(schema, value)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        value = [_prune_and_default(schema["items"], item) for item in value]
+        value = [_prune_and_default(schema["items"], item, defaults) for item in value]
     return value
 
 
 def _apply_defaults(schema: Schema, value: dict[str, Any]) -> None:
     for key, sub in (schema.get("properties") or {}).items():
         if key not in value and "default" in sub:
-            value[key] = _prune_and_default(sub, copy.deepcopy(sub["default"]))
+            value[key] = _prune_and_default(sub, copy.deepcopy(sub["default"]), defaults=True)
 
 
-def _validate(schema: Schema, value: Any, old: Any, path: str, causes: list[str]) -> None:
-    where = path or "<root>"
-    if value is None:
-        if not schema.get("nullable"):
-            causes.append(f"{where}: Invalid value: null")
-        return
+# ------------------------------------------------------------------------------------------- OpenAPI validation
+
+
+def _json_type(value: Any) -> str:
+    for name, kinds in (("boolean", (bool,)), ("integer", (int,)), ("number", (float,)), ("string", (str,))):
+        if isinstance(value, kinds):
+            return name
+    return "object" if isinstance(value, dict) else "array" if isinstance(value, list) else "null"
+
+
+def _openapi(schema: Schema, value: Any, path: str, name: str, errors: list[FieldError]) -> None:
+    """kube-openapi's validation, as apiextensions converts its results to field errors (`name` is the value's
+    dotted path from the validated root, used in the "<name> in body ..." wording)."""
     expected = schema.get("type")
     if schema.get("x-kubernetes-int-or-string"):
         if not isinstance(value, (int, str)) or isinstance(value, bool):
-            causes.append(f"{where}: Invalid value: must be an integer or a string")
+            actual = _json_type(value)
+            detail = f'{name} in body must be of type integer,string: "{actual}"'
+            errors.append(FieldError("FieldValueTypeInvalid", path, actual, detail))
+            return
+    elif value is None:
+        if not schema.get("nullable") and expected:
+            detail = f'{name} in body must be of type {expected}: "null"'
+            errors.append(FieldError("FieldValueTypeInvalid", path, "null", detail))
+        return
     elif expected in _TYPES:
         ok = isinstance(value, _TYPES[expected]) and not (expected in ("integer", "number") and isinstance(value, bool))
         if not ok:
-            causes.append(f"{where}: Invalid value: {value!r}: must be of type {expected}")
+            actual = _json_type(value)
+            detail = f'{name} in body must be of type {expected}: "{actual}"'
+            errors.append(FieldError("FieldValueTypeInvalid", path, actual, detail))
             return
     if "enum" in schema and value not in schema["enum"]:
-        causes.append(f"{where}: Unsupported value: {value!r}: supported values: {schema['enum']}")
-    _validate_bounds(schema, value, where, causes)
+        supported = [item if isinstance(item, str) else fe.go_value(item) for item in schema["enum"]]
+        errors.append(fe.not_supported(path, value, supported))
+    _bounds(schema, value, path, name, errors)
+    if isinstance(value, dict):
+        _openapi_object(schema, value, path, name, errors)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for position, item in enumerate(value):
+            _openapi(schema["items"], item, fe.index(path, position), f"{name}[{position}]", errors)
+
+
+def _openapi_object(schema: Schema, value: dict[str, Any], path: str, name: str, errors: list[FieldError]) -> None:
+    properties = schema.get("properties") or {}
+    additional = schema.get("additionalProperties")
+    for key in schema.get("required") or []:
+        if key not in value and (path != fe.ROOT or key not in ("apiVersion", "kind", "metadata")):
+            errors.append(fe.required(fe.child(path, key)))
+    for key, item in value.items():
+        if path == fe.ROOT and key == "metadata":
+            continue  # metadata is validated by the API machinery, not the schema
+        sub = properties.get(key) or (additional if isinstance(additional, dict) else None)
+        if sub is not None:
+            _openapi(sub, item, fe.child(path, key), f"{name}.{key}" if name else key, errors)
+
+
+def _bounds(schema: Schema, value: Any, path: str, name: str, errors: list[FieldError]) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema:
+            exclusive = schema.get("exclusiveMinimum") is True
+            if value < schema["minimum"] or (exclusive and value == schema["minimum"]):
+                relation = "greater than" if exclusive else "greater than or equal to"
+                errors.append(fe.invalid(path, value, f"{name} in body should be {relation} {schema['minimum']}"))
+        if "maximum" in schema:
+            exclusive = schema.get("exclusiveMaximum") is True
+            if value > schema["maximum"] or (exclusive and value == schema["maximum"]):
+                relation = "less than" if exclusive else "less than or equal to"
+                errors.append(fe.invalid(path, value, f"{name} in body should be {relation} {schema['maximum']}"))
+    if isinstance(value, str):
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(fe.too_long(path, schema["maxLength"]))
+        if len(value) < schema.get("minLength", 0):
+            errors.append(
+                fe.invalid(path, value, f"{name} in body should be at least {schema['minLength']} chars long")
+            )
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(fe.invalid(path, value, f"{name} in body should match '{schema['pattern']}'"))
+    if isinstance(value, (list, dict)):
+        most, least, unit = (
+            ("maxItems", "minItems", "items")
+            if isinstance(value, list)
+            else (
+                "maxProperties",
+                "minProperties",
+                "properties",
+            )
+        )
+        if most in schema and len(value) > schema[most]:
+            errors.append(fe.too_many(path, len(value), schema[most]))
+        if len(value) < schema.get(least, 0):
+            detail = f"{name} in body should have at least {schema[least]} {unit}"
+            errors.append(fe.invalid(path, len(value), detail))
+
+
+# ------------------------------------------------------------------------------------------------ CEL rules
+
+
+def _cel(schema: Schema, value: Any, old: Any, path: str, errors: list[FieldError], ratchet: bool) -> None:
+    """Every node's rules, then its children's (apiextensions' cel.Validator walk)."""
+    if value is None:
+        return
+    for rule in schema.get("x-kubernetes-validations") or []:
+        _check_rule(schema, rule, value, old, path, errors, ratchet)
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
-        for key in schema.get("required") or []:
-            if key not in value and (path or key not in ("apiVersion", "kind", "metadata")):
-                causes.append(f"{path + '.' if path else ''}{key}: Required value")
+        additional = schema.get("additionalProperties")
         for key, item in value.items():
-            sub = properties.get(key) or (
-                schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None
-            )
-            if sub is not None:
-                old_item = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                _validate(sub, item, old_item, f"{path + '.' if path else ''}{key}", causes)
+            old_item = old.get(key, MISSING) if isinstance(old, dict) else MISSING
+            if key in properties:
+                _cel(properties[key], item, old_item, fe.child(path, key), errors, ratchet)
+            elif isinstance(additional, dict):
+                _cel(additional, item, old_item, fe.key(path, key), errors, ratchet)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(value):
-            _validate(schema["items"], item, _MISSING, f"{where}[{index}]", causes)
-    for rule in schema.get("x-kubernetes-validations") or []:
-        _check_rule(rule, value, old, where, causes)
-
-
-def _validate_bounds(schema: Schema, value: Any, where: str, causes: list[str]) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and (
-            value < schema["minimum"] or (schema.get("exclusiveMinimum") is True and value == schema["minimum"])
-        ):
-            causes.append(f"{where}: Invalid value: {value}: should be greater than or equal to {schema['minimum']}")
-        if "maximum" in schema and (
-            value > schema["maximum"] or (schema.get("exclusiveMaximum") is True and value == schema["maximum"])
-        ):
-            causes.append(f"{where}: Invalid value: {value}: should be less than or equal to {schema['maximum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
-            causes.append(f"{where}: Invalid value: {value!r}: length out of bounds")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            causes.append(f"{where}: Invalid value: {value!r}: should match {schema['pattern']!r}")
-    if isinstance(value, (list, dict)):
-        low, high = ("minItems", "maxItems") if isinstance(value, list) else ("minProperties", "maxProperties")
-        if len(value) < schema.get(low, 0) or len(value) > schema.get(high, len(value)):
-            causes.append(f"{where}: Invalid value: {len(value)} items: out of bounds")
+        for position, item in enumerate(value):
+            _cel(schema["items"], item, MISSING, fe.index(path, position), errors, ratchet)
 
 
 @lru_cache(maxsize=512)
@@ -163,20 +257,111 @@ def _program(rule: str) -> Any:
     return environment.program(environment.compile(rule))
 
 
-def _check_rule(rule: dict[str, Any], value: Any, old: Any, where: str, causes: list[str]) -> None:
-    expression = rule.get("rule", "")
-    uses_old = re.search(r"\boldSelf\b", expression) is not None
-    if uses_old and old is _MISSING:
-        return  # transition rules apply only to updates of an existing value
-    if not uses_old and old is not _MISSING and old == value:
-        return  # validation ratcheting (Kubernetes 1.33+): a value an update leaves unchanged is not re-checked
+def _evaluate(expression: str, value: Any, old: Any) -> Any:
+    """The result, or the Exception evaluation ended in."""
     activation = {"self": celpy.json_to_cel(_fields_read(expression, value))}
-    if uses_old:
+    if old is not MISSING:
         activation["oldSelf"] = celpy.json_to_cel(old)
     try:
-        result = _program(expression).evaluate(activation)
-    except Exception as error:  # noqa: BLE001 - a failing rule rejects the object, like the real server
-        causes.append(f"{where}: Invalid value: rule {expression!r} could not be evaluated: {error}")
+        return _program(expression).evaluate(activation)
+    except Exception as error:  # noqa: BLE001 - an evaluation error is a validation result, like on the server
+        return error
+
+
+def cel_error_text(error: Exception) -> str:
+    """cel-go's wording for the evaluation errors cel-python reports differently (the first one, as cel-go's
+    `||`/`&&` report the left error when both sides fail)."""
+    text = str(error.args[0]) if error.args else str(error)
+    missing = re.search(r"no such member in mapping: \\*'([^'\\]*)", str(error.args))
+    if missing:
+        return f"no such key: {missing.group(1)}"
+    if "divide by zero" in text or "division by zero" in text:
+        return "division by zero"
+    return text
+
+
+def _check_rule(
+    schema: Schema, rule: dict[str, Any], value: Any, old: Any, path: str, errors: list[FieldError], ratchet: bool
+) -> None:
+    expression = rule.get("rule", "")
+    uses_old = re.search(r"\boldSelf\b", expression) is not None
+    if uses_old and old is MISSING:
+        return  # transition rules apply only to updates of an existing value
+    if ratchet and not uses_old and old is not MISSING and old == value:
+        return  # validation ratcheting (Kubernetes 1.33+): a value an update leaves unchanged is not re-checked
+    result = _evaluate(expression, value, old if uses_old else MISSING)
+    message = (rule.get("message") or "").strip()
+    if isinstance(result, Exception):
+        text = cel_error_text(result)
+        where = message or expression.strip()
+        if text.startswith("no such overload"):
+            signature = "call arguments did not match a supported operator, function or macro signature"
+            detail = f"'{text}': {signature} for rule: {where}"
+        else:
+            detail = f"{text} evaluating rule: {where}"
+        errors.append(fe.invalid(path, schema.get("type", ""), detail))
         return
-    if isinstance(result, Exception) or not bool(result):
-        causes.append(f"{where}: Invalid value: {rule.get('message') or f'failed rule: {expression}'}")
+    if bool(result):
+        return
+    if rule.get("fieldPath"):
+        path = fe.child(path, normalized_field_path(schema, rule["fieldPath"]))
+    detail = _message_expression(rule, value) or message or f"failed rule: {expression.strip()}"
+    shown = fe.OMIT if schema.get("type") in ("object", "array") else value
+    reason = rule.get("reason")
+    if reason == "FieldValueForbidden":
+        errors.append(fe.forbidden(path, detail))
+    elif reason == "FieldValueRequired":
+        errors.append(fe.required(path, detail))
+    elif reason == "FieldValueDuplicate":
+        errors.append(fe.duplicate(path, shown))
+    else:
+        errors.append(fe.FieldError("FieldValueInvalid", path, shown, detail))
+
+
+def _message_expression(rule: dict[str, Any], value: Any) -> str:
+    """The evaluated messageExpression, or "" when there is none or it fails (the server then uses the message)."""
+    expression = rule.get("messageExpression")
+    if not expression:
+        return ""
+    result = _evaluate(expression, value, MISSING)
+    return result.strip() if isinstance(result, str) and result.strip() and "\n" not in result else ""
+
+
+def normalized_field_path(schema: Schema, field_path: str) -> str:
+    """A rule's `fieldPath` as the server normalizes it (`.a['b.c']` -> `a[b.c]`); ValueError if it does not name a
+    field of `schema` (apiextensions' ValidFieldPath, with its messages)."""
+    path, node = "", schema
+    tokens = re.findall(r"'(?:[^'\\]|\\.)*'|[.\[\]]|[^.\[\]']+", field_path)
+    position = 0
+
+    def take() -> str:
+        nonlocal position
+        if position >= len(tokens):
+            raise ValueError("unexpected end of JSON path")
+        position += 1
+        return str(tokens[position - 1])
+
+    while position < len(tokens):
+        token = take()
+        if token == "[":
+            quoted = take()
+            if len(quoted) < 2 or quoted[0] != "'" or quoted[-1] != "'":
+                raise ValueError(f"expected single quoted string but got {quoted}")
+            name = quoted[1:-1].replace("\\'", "'")
+            if take() != "]":
+                raise ValueError("expected ] but got something else")
+        elif token == ".":
+            name = take()
+        else:
+            raise ValueError(f"expected [ or . but got: {token}")
+        if node.get("properties") is not None:
+            if name not in node["properties"]:
+                raise ValueError("does not refer to a valid field")
+            node = node["properties"][name]
+            path = f"{path}.{name}" if path else name
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+            path = f"{path}[{name}]"
+        else:
+            raise ValueError("does not refer to a valid field")
+    return path

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.kube import admission, errors, patching, schema
+from tests.kube import admission, crd_validation, errors, patching, schema
 from tests.kube.resources import ResourceRegistry, ResourceType, types_from_crd
 
 Obj = dict[str, Any]
@@ -221,7 +221,7 @@ class ObjectStore:
         if rtype.group_resource == SECRETS_GR:
             _encode_string_data(obj)
         if rtype.group_resource == CRD_GR:
-            types_from_crd(obj)  # raises 422 for a malformed CRD
+            crd_validation.check(obj, old)  # kube-apiserver's CRD registration checks: raises its 422
             return []
         taken_ips = set()
         if rtype.group_resource == admission.SERVICES:  # a new Service gets a cluster IP no other one has
