@@ -461,9 +461,9 @@ def test_a_restricted_namespace_refuses_a_pod_like_the_server(kube: KubeEmulator
 
 
 @pytest.mark.parametrize(("mutate", "expected"), [
-    pytest.param(lambda p: p["spec"].update(volumes=[{"name": "host", "hostPath": {"path": "/"}}]),
-                 'hostPath volumes (volume "host"), restricted volume types (volume "host" uses restricted volume '
-                 'type "hostPath")', id="a hostPath volume"),
+    pytest.param(lambda p: p["spec"].update(volumes=[{"name": name, "hostPath": {"path": "/"}} for name in "ab"]),
+                 'restricted volume types (volumes "a", "b" use restricted volume type "hostPath")',
+                 id="hostPath volumes"),
     pytest.param(lambda p: p["spec"].update(hostNetwork=True, hostPID=True),
                  "host namespaces (hostNetwork=true, hostPID=true)", id="host namespaces"),
     pytest.param(lambda p: p["spec"]["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
@@ -472,8 +472,9 @@ def test_a_restricted_namespace_refuses_a_pod_like_the_server(kube: KubeEmulator
     pytest.param(lambda p: p["spec"]["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
                  'unrestricted capabilities (container "main" must not include "SYS_ADMIN" in '
                  "securityContext.capabilities.add)", id="an added capability"),
-    pytest.param(lambda p: p["spec"].update(securityContext={"runAsUser": 0}), "runAsUser=0 (pod must not set "
-                 "runAsUser=0)", id="root"),
+    pytest.param(lambda p: (p["spec"].update(securityContext={"runAsUser": 0}),
+                            p["spec"]["containers"][0]["securityContext"].update(runAsUser=0)),
+                 'runAsUser=0 (pod and container "main" must not set runAsUser=0)', id="root"),
     pytest.param(lambda p: p["spec"]["containers"][0]["securityContext"].update(runAsNonRoot=False),
                  'runAsNonRoot != true (container "main" must not set securityContext.runAsNonRoot=false)',
                  id="runAsNonRoot false"),
@@ -494,14 +495,31 @@ def test_each_restricted_check_refuses_what_it_covers(kube: KubeEmulator, mutate
         message), message
 
 
+def test_several_violations_read_as_a_real_server_wrote_them(kube: KubeEmulator) -> None:
+    """The message a v1.2x server gave for such a pod (a ReplicaSet's FailedCreate Event, pod name aside)."""
+    restricted(kube, "production")
+    manifest = pod("api-server", namespace="production", securityContext={"runAsUser": 0, "runAsGroup": 0})
+    manifest["spec"]["containers"][0].update(name="api", securityContext={
+        "privileged": True, "runAsNonRoot": False, "capabilities": {"add": ["NET_ADMIN", "SYS_TIME"]}})
+    assert refused(kube, manifest, code=403) == (
+        'pods "api-server" is forbidden: violates PodSecurity "restricted:latest": privileged (container "api" must '
+        'not set securityContext.privileged=true), allowPrivilegeEscalation != false (container "api" must set '
+        'securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "api" must set '
+        'securityContext.capabilities.drop=["ALL"]; container "api" must not include "NET_ADMIN", "SYS_TIME" in '
+        'securityContext.capabilities.add), runAsNonRoot != true (container "api" must not set '
+        'securityContext.runAsNonRoot=false), runAsUser=0 (pod must not set runAsUser=0), seccompProfile (pod or '
+        'container "api" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+
+
 def test_a_baseline_namespace_admits_a_plain_pod_and_refuses_a_privileged_one(kube: KubeEmulator) -> None:
     restricted(kube, "base", level="baseline")
     assert kube.create(pod(namespace="base"))
     privileged = pod("q", namespace="base")
     privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    privileged["spec"]["volumes"] = [{"name": "host", "hostPath": {"path": "/var/log"}}]
     assert refused(kube, privileged, code=403) == (
-        'pods "q" is forbidden: violates PodSecurity "baseline:latest": privileged (container "main" must not set '
-        "securityContext.privileged=true)")
+        'pods "q" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes (volume "host"), privileged '
+        '(container "main" must not set securityContext.privileged=true)')
 
 
 def test_a_job_whose_pods_would_be_forbidden_is_refused_and_an_invalid_one_gets_422_first(kube: KubeEmulator) -> None:

@@ -2,7 +2,7 @@
 enforced where a namespace is labelled `pod-security.kubernetes.io/enforce` (k8s.io/pod-security-admission/policy).
 
 A refusal reads like the server's: `pods "x" is forbidden: violates PodSecurity "restricted:latest": <reason>
-(<detail>), ...`, checks in the order of their IDs. The real server enforces on Pods and only warns for workload
+(<detail>), ...`: the baseline checks' failures, then the restricted ones', each in the order of their IDs. The real server enforces on Pods and only warns for workload
 templates; the emulator has no real Job controller creating pods, so it refuses a Job's or Deployment's template
 in an enforcing namespace with the message the controller's pod creation would get (the pod named by the
 controller's generateName prefix)."""
@@ -59,6 +59,12 @@ def _quoted(names: list[str]) -> str:
 
 def _who(names: list[str], noun: str = "container") -> str:
     return f'{noun}{"s" if len(names) > 1 else ""} {_quoted(names)}'
+
+
+def _setters(pod_bad: bool, containers: list[str]) -> str:
+    """`pod`, `container "a"`, `pod and containers "a", "b"`: who set a forbidden value."""
+    parts = (["pod"] if pod_bad else []) + ([_who(containers)] if containers else [])
+    return " and ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ the checks
@@ -147,22 +153,23 @@ def _proc_mount(_meta: Obj, spec: Obj) -> list[str]:
 
 
 def _restricted_volumes(_meta: Obj, spec: Obj) -> list[str]:
-    details = []
+    by_type: dict[str, list[str]] = {}
     for volume in spec.get("volumes") or []:
         kinds = [kind for kind in _VOLUME_SOURCES if volume.get(kind) is not None and kind not in _RESTRICTED_VOLUMES]
         if kinds:
-            details.append(f'volume {json.dumps(volume.get("name", ""))} uses restricted volume type '
-                           f"{json.dumps(kinds[0])}")
-    return details
+            by_type.setdefault(kinds[0], []).append(volume.get("name", ""))
+    return [f'{_who(names, "volume")} {"use" if len(names) > 1 else "uses"} restricted volume type {json.dumps(kind)}'
+            for kind, names in by_type.items()]
 
 
 def _run_as_non_root(_meta: Obj, spec: Obj) -> list[str]:
     pod_value = (spec.get("securityContext") or {}).get("runAsNonRoot")
-    details = ["pod must not set securityContext.runAsNonRoot=false"] if pod_value is False else []
     explicit_false = [c.get("name", "") for c in _containers(spec) if _context(c).get("runAsNonRoot") is False]
-    if explicit_false:
-        details.append(f"{_who(explicit_false)} must not set securityContext.runAsNonRoot=false")
-    if pod_value is not True:
+    details = []
+    if pod_value is False or explicit_false:
+        details.append(f"{_setters(pod_value is False, explicit_false)} must not set "
+                       f"securityContext.runAsNonRoot=false")
+    if pod_value is None:  # nothing at pod level: each container must say so itself
         unset = [c.get("name", "") for c in _containers(spec) if _context(c).get("runAsNonRoot") is None]
         if unset:
             details.append(f"pod or {_who(unset)} must set securityContext.runAsNonRoot=true")
@@ -170,9 +177,9 @@ def _run_as_non_root(_meta: Obj, spec: Obj) -> list[str]:
 
 
 def _run_as_user(_meta: Obj, spec: Obj) -> list[str]:
-    details = ["pod must not set runAsUser=0"] if (spec.get("securityContext") or {}).get("runAsUser") == 0 else []
+    pod_root = (spec.get("securityContext") or {}).get("runAsUser") == 0
     bad = [c.get("name", "") for c in _containers(spec) if _context(c).get("runAsUser") == 0]
-    return details + ([f"{_who(bad)} must not set runAsUser=0"] if bad else [])
+    return [f"{_setters(pod_root, bad)} must not set runAsUser=0"] if pod_root or bad else []
 
 
 def _se_linux(_meta: Obj, spec: Obj) -> list[str]:
@@ -194,13 +201,11 @@ def _seccomp_type(context: Obj) -> Any:
 
 
 def _seccomp_baseline(_meta: Obj, spec: Obj) -> list[str]:
-    details = []
-    if _seccomp_type(spec.get("securityContext") or {}) == "Unconfined":
-        details.append('pod must not set securityContext.seccompProfile.type to "Unconfined"')
+    pod_bad = _seccomp_type(spec.get("securityContext") or {}) == "Unconfined"
     bad = [c.get("name", "") for c in _containers(spec) if _seccomp_type(_context(c)) == "Unconfined"]
-    if bad:
-        details.append(f'{_who(bad)} must not set securityContext.seccompProfile.type to "Unconfined"')
-    return details
+    if pod_bad or bad:
+        return [f'{_setters(pod_bad, bad)} must not set securityContext.seccompProfile.type to "Unconfined"']
+    return []
 
 
 def _seccomp_restricted(meta: Obj, spec: Obj) -> list[str]:
@@ -220,7 +225,8 @@ def _sysctls(_meta: Obj, spec: Obj) -> list[str]:
     return [", ".join(bad)] if bad else []
 
 
-# (check ID, reason, level, the baseline check it replaces at restricted); messages list checks by ID
+# (check ID, reason, level, the baseline check it replaces at restricted); messages list the baseline checks, then
+# the restricted ones, each by ID (as Go's sort.Strings orders them)
 _CHECKS: tuple[tuple[str, str, str, str, Check], ...] = (
     ("allowPrivilegeEscalation", "allowPrivilegeEscalation != false", "restricted", "", _allow_privilege_escalation),
     ("appArmorProfile", "forbidden AppArmor profile", "baseline", "", _app_armor),
@@ -233,7 +239,7 @@ _CHECKS: tuple[tuple[str, str, str, str, Check], ...] = (
     ("hostProcess", "hostProcess", "baseline", "", _host_process),
     ("privileged", "privileged", "baseline", "", _privileged),
     ("procMount", "procMount", "baseline", "", _proc_mount),
-    ("restrictedVolumes", "restricted volume types", "restricted", "", _restricted_volumes),
+    ("restrictedVolumes", "restricted volume types", "restricted", "hostPathVolumes", _restricted_volumes),
     ("runAsNonRoot", "runAsNonRoot != true", "restricted", "", _run_as_non_root),
     ("runAsUser", "runAsUser=0", "restricted", "", _run_as_user),
     ("seLinuxOptions", "seLinuxOptions", "baseline", "", _se_linux),
@@ -247,7 +253,8 @@ def violations(level: str, meta: Obj, spec: Obj) -> list[str]:
     """`reason (detail; detail)` for each failed check of `level` (nothing for privileged)."""
     if level not in ("baseline", "restricted"):
         return []
-    active = [check for check in _CHECKS if check[2] == "baseline" or level == "restricted"]
+    active = sorted((check for check in _CHECKS if check[2] == "baseline" or level == "restricted"),
+                    key=lambda check: (check[2] == "restricted", check[0]))
     replaced = {check[3] for check in active if check[3]}
     found = []
     for check_id, reason, _level, _replaces, check in active:
