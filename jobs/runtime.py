@@ -31,7 +31,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_STOPPED = 143
-TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"  # where a pod's termination message goes (Job env)
 
 
 def utc_now() -> str:
@@ -119,9 +119,18 @@ def _scratch_dir(stage: str) -> Path:
 
 def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> int:
     """Run a stage body and map its outcome to the exit-code contract (docs/contracts.md)."""
-    ctx: JobContext | None = None
     try:
-        ctx = JobContext(RunConfig.load(run_path), stage)
+        config = RunConfig.load(run_path)
+    except OSError as exc:
+        return _fail(None, EXIT_CONFIG, "Failed", f"cannot read run config {run_path}: {exc.strerror or exc}")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # Not JSON, not a run config, or a spec the API refuses: nothing a retry would change.
+        return _fail(None, EXIT_CONFIG, "Failed", f"run config {run_path} is not usable: {type(exc).__name__}: {exc}")
+    try:
+        ctx = JobContext(config, stage)
+    except (ConfigError, ValueError) as exc:  # no entry for the stage, a store URI or endpoint that cannot work
+        return _fail(None, EXIT_CONFIG, "Failed", str(exc))
+    try:
         ctx.install_signal_handlers()
         ctx.progress("Running", force=True, startedAt=utc_now())
         body(ctx)
@@ -130,17 +139,11 @@ def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> i
         return _fail(ctx, EXIT_STOPPED, "Stopped", str(exc) or "stopped by signal after saving a checkpoint")
     except ConfigError as exc:
         return _fail(ctx, EXIT_CONFIG, "Failed", str(exc))
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        # Raised while reading the run config itself: nothing a retry would change.
-        if ctx is None:
-            return _fail(ctx, EXIT_CONFIG, "Failed", f"cannot read run config {run_path}: {exc}")
-        log.exception("stage %s failed", stage)
-        return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         log.exception("stage %s failed", stage)
         return _fail(ctx, EXIT_FAILED, "Failed", f"{type(exc).__name__}: {exc}")
     finally:
-        if ctx is not None and ctx.owns_workdir:
+        if ctx.owns_workdir:
             shutil.rmtree(ctx.workdir, ignore_errors=True)  # everything worth keeping is in the store
 
 
@@ -151,9 +154,18 @@ def _fail(ctx: JobContext | None, code: int, phase: str, reason: str) -> int:
             ctx.progress(phase, force=True, message=reason, exitCode=code)
         except Exception:
             log.warning("could not write progress.json", exc_info=True)
-    try:
-        TERMINATION_LOG.write_text(reason)
-    except OSError:
-        pass  # not in a pod
+    _write_termination_log(reason)
     print(f"kubetune-job: {phase.lower()}: {reason}", file=sys.stderr, flush=True)
     return code
+
+
+def _write_termination_log(reason: str) -> None:
+    """The pod's termination message. Only the Job builder sets the variable: run locally or by hand (even as root),
+    a job never writes the host's /dev/termination-log."""
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    if not path:
+        return
+    try:
+        Path(path).write_text(reason, encoding="utf-8")
+    except OSError as exc:
+        log.warning("could not write the termination log %s: %s", path, exc.strerror or exc)

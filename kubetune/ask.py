@@ -1,16 +1,32 @@
 """`kubetune ask`: one question to a GGUF in llama.cpp, with kubetune's chat template — a run's fine-tuned model, its
-base model (`--base`, for the bundled model), or any GGUF file."""
+base model (`--base`, for the bundled model), or any GGUF file.
+
+llama.cpp is handed only a file whose GGUF header our reader validated, and it runs in a child process
+(`python -m kubetune.ask` reads one request on stdin): a model llama.cpp cannot load, or one that crashes it
+(an abort or a segfault on a corrupt file), is one error line here instead of a dead interpreter.
+"""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.local import STATE_DIR
 from kubetune.store import open_store, read_manifest
 
 PREFERRED_TYPES = ("q8_0", "f16", "bf16", "f32", "q6_k", "q5_k_m", "q4_k_m")
+ANSWER_PREFIX = "kubetune-ask-reply: "  # the child's reply line on stdout, among anything llama.cpp prints
+N_CTX = 2048
+
+
+class UnusableModel(ValueError):
+    """The GGUF cannot be asked: llama.cpp refused it, failed on it or crashed."""
 
 
 @dataclass(frozen=True)
@@ -59,19 +75,94 @@ def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
     return Target(local, f"fine-tuned {chosen}", tuple(run.spec.training.stop_sequences))
 
 
-def ask(target: Target, prompt: str, max_tokens: int) -> str:
-    from kubetune.llama.checks import generate_chat, load
+def check_model_gguf(path: Path) -> None:
+    """Refuse, before llama.cpp sees it, a file that is not a well-formed GGUF model (InvalidGGUF, a ValueError;
+    OSError when it cannot be read)."""
+    from kubetune.llama.errors import InvalidGGUF
+    from kubetune.llama.gguf_reader import read_gguf_header
 
-    llm = load(target.gguf, n_ctx=2048)
-    try:
-        return generate_chat(llm, [{"role": "user", "content": prompt}], default_template(), stop=target.stop,
-                             max_tokens=max_tokens).strip()
-    finally:
-        llm.close()
+    header = read_gguf_header(path)
+    if header.string("general.architecture") is None:
+        raise InvalidGGUF(f"{path}: the GGUF has no general.architecture, so it is not a model llama.cpp can run")
+    if not header.tensors:
+        raise InvalidGGUF(f"{path}: the GGUF holds no tensors (a vocabulary-only file?); pass a model GGUF")
+
+
+def ask(target: Target, prompt: str, max_tokens: int) -> str:
+    """The model's answer; raises UnusableModel when llama.cpp cannot load or run the file."""
+    # A prompt from argv may carry undecodable bytes (as lone surrogates): llama.cpp takes UTF-8.
+    prompt = prompt.encode("utf-8", "replace").decode("utf-8")
+    request = {"gguf": str(target.gguf), "prompt": prompt, "max_tokens": max_tokens, "stop": list(target.stop)}
+    # -P: started from a checkout's root, the child must not import its operator/ folder as the stdlib's operator.
+    child = subprocess.run(
+        [sys.executable, "-P", "-m", "kubetune.ask"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    why = _llama_cpp_reason(child.stderr)
+    for line in reversed(child.stdout.splitlines()):
+        if line.startswith(ANSWER_PREFIX):
+            reply: dict[str, str] = json.loads(line[len(ANSWER_PREFIX):])
+            if "answer" in reply:
+                return reply["answer"]
+            raise UnusableModel(reply["error"] + why)
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name if -child.returncode in signal.valid_signals() else "a signal"
+        raise UnusableModel(f"{target.gguf}: llama.cpp crashed ({name}) on this file{why}; the file is corrupt or "
+                            "not a model this llama.cpp can run")
+    raise UnusableModel(f"{target.gguf}: llama.cpp failed (exit {child.returncode}){why}")
+
+
+def _llama_cpp_reason(stderr: str) -> str:
+    """llama.cpp's own account of a failure in its log: an error or a failed assertion, if it gave one."""
+    lines = stderr.splitlines()
+    for marker in ("GGML_ASSERT", "error", "failed"):  # the most specific account first
+        for line in reversed(lines):
+            if marker in line.lower() or marker in line:
+                return f": {' '.join(line.split())[:300]}"
+    return ""
 
 
 def resolve_target(path: Path, *, base: bool, store: str | None) -> Target:
     if path.suffix == ".gguf":
+        check_model_gguf(path)
         return Target(path, path.name, ("</output>",))
     run = load_runs(path)[0]
-    return base_target(run) if base else run_target(run, store)
+    target = base_target(run) if base else run_target(run, store)
+    check_model_gguf(target.gguf)
+    return target
+
+
+def _answer_one_request() -> int:
+    """The child: load the GGUF, answer, print one reply line. Any failure is a reply, not a traceback."""
+    from kubetune.llama.checks import generate_chat, load
+
+    request: dict[str, Any] = json.load(sys.stdin)
+    gguf = request["gguf"]
+    try:
+        # verbose: llama.cpp's log (stderr, read by the parent) then says why a file is refused.
+        llm = load(Path(gguf), n_ctx=N_CTX, verbose=True)
+    except (ValueError, RuntimeError, OSError) as exc:
+        return _reply(error=f"{gguf}: llama.cpp cannot load this file ({exc})")
+    try:
+        messages = [{"role": "user", "content": request["prompt"]}]
+        answer = generate_chat(llm, messages, default_template(), stop=request["stop"],
+                               max_tokens=request["max_tokens"]).strip()
+    except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run (hostile vocabulary or weights)
+        return _reply(error=f"{gguf}: llama.cpp failed while answering: {type(exc).__name__}: {exc}")
+    finally:
+        llm.close()
+    return _reply(answer=answer)
+
+
+def _reply(**reply: str) -> int:
+    sys.stdout.write(ANSWER_PREFIX + json.dumps(reply) + "\n")
+    sys.stdout.flush()
+    return 0 if "answer" in reply else 2
+
+
+if __name__ == "__main__":
+    sys.exit(_answer_one_request())

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
+import os
+import re
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubetune.api.crd import render as render_crd
 from kubetune.api.validate import InvalidManifest, load_runs
+from kubetune.llama.errors import ConversionError
 
 EXIT_INVALID = 1
+EXIT_BAD_INPUT = 2  # a file, field or store that cannot be used: one line on stderr names it
+MAX_ANSWER_TOKENS = 2048  # `kubetune ask` runs llama.cpp with a 2048-token context
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # metadata.name: no '/', so no path out of .kubetune
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -49,17 +57,20 @@ def cmd_crd(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from kubetune.local import run_locally  # local executor: imports the job runtime
 
-    return run_locally(args.file, store=args.store, from_stage=args.from_stage, to_stage=args.to_stage)
+    return run_locally(require_file(args.file), store=args.store, from_stage=args.from_stage, to_stage=args.to_stage)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kubetune.status_view import load_status, render_describe, render_get
 
+    for what, value in (("run name", args.run), ("namespace", args.namespace)):
+        if not OBJECT_NAME.fullmatch(value):
+            raise ValueError(f"{what} {value!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
     try:
         document = load_status(args.run, args.namespace)
     except FileNotFoundError as exc:
         print(f"kubetune: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     sys.stdout.write(render_get(document))
     sys.stdout.write("\n" + render_describe(document))
     return 0
@@ -68,30 +79,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     from kubetune.ask import ask, resolve_target
 
-    try:
-        target = resolve_target(args.target, base=args.base, store=args.store)
-    except (ValueError, FileNotFoundError, InvalidManifest) as exc:
-        print(f"kubetune: {exc}", file=sys.stderr)
-        return 1
+    if args.target.suffix != ".gguf":
+        require_file(args.target)
+    target = resolve_target(args.target, base=args.base, store=args.store)
     answer = ask(target, args.prompt, args.max_tokens)
     print(f"[{target.label}] {args.prompt}\n  → {answer}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kubetune.ask import check_model_gguf
     from kubetune.check import check
     from kubetune.jobs.evaluate import summarize
 
-    try:
-        run = load_runs(args.run)[0]
-        result = check(args.target, run, args.workdir)
-    except InvalidManifest as exc:
-        for error in exc.errors:
-            print(f"{exc.source}: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"kubetune: {exc}", file=sys.stderr)
-        return 1
+    run = load_runs(require_file(args.run))[0]
+    if args.target.suffix == ".gguf":
+        check_model_gguf(args.target)  # llama.cpp runs in this process here: only a well-formed GGUF reaches it
+    result = check(args.target, run, args.workdir)
     for report in result.reports:
         print(summarize(report))
         for prompt in report["prompts"]:
@@ -134,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("prompt")
     ask.add_argument("--base", action="store_true", help="ask the run's base model instead (bundled models)")
     ask.add_argument("--store", help="the store the run used, if not the default")
-    ask.add_argument("--max-tokens", type=int, default=96)
+    ask.add_argument("--max-tokens", type=_max_tokens, default=96, help=f"1 to {MAX_ANSWER_TOKENS} (default 96)")
     ask.set_defaults(func=cmd_ask)
 
     gate = sub.add_parser("check", help="run a run's evaluate gate on an adapter checkpoint, a merged folder or a GGUF")
@@ -146,10 +150,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _max_tokens(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ANSWER_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_ANSWER_TOKENS}, not {text!r}")
+    return value
+
+
+OS_ERROR_HINTS = {
+    errno.ENOENT: "check the path",
+    errno.EACCES: "check its permissions",
+    errno.EISDIR: "pass a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOSPC: "free some disk space",
+}
+
+
+def require_file(path: Path) -> Path:
+    """A path the command will read: missing, a directory or a FIFO (reading one would block forever) is bad input,
+    said before anything else happens."""
+    mode = path.stat().st_mode  # FileNotFoundError, PermissionError: reported by main()
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a pipe, socket or device); pass a file")
+    return path
+
+
+def bad_input_line(error: Exception) -> str:
+    """One line for an error the user's input caused: the file or field it names, what is wrong, what to do."""
+    if isinstance(error, InvalidManifest):
+        first = f"{error.source}: {error.errors[0]}" if error.errors else str(error)
+        more = len(error.errors) - 1
+        return first + (f" (and {more} more: `kubetune validate {error.source}` lists them)" if more > 0 else "")
+    if _is_store_error(error):
+        return f"store: {error}"
+    if isinstance(error, OSError) and error.filename is not None:
+        hint = OS_ERROR_HINTS.get(error.errno or 0, "check the path and its permissions")
+        return f"{error.filename}: {error.strerror or error}; {hint}"
+    return str(error)
+
+
+def _is_store_error(error: Exception) -> bool:
+    # Looked up, not imported: the store pulls in boto3, which `crd` and `validate` do not need.
+    errors = sys.modules.get("kubetune.store.errors")
+    return errors is not None and isinstance(error, errors.StoreError)
+
+
+def is_bad_input(error: Exception) -> bool:
+    """Errors our code raises for input it cannot use (InvalidManifest and InvalidGGUF are ValueErrors)."""
+    return isinstance(error, (OSError, ValueError, ConversionError)) or _is_store_error(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # A manifest, a GGUF or a file name may hold any character: messages name them, never crash printing them.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        code = func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): no traceback, and none when Python flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if not is_bad_input(exc):
+            raise  # a bug: its traceback is what a report needs
+        message = " ".join(bad_input_line(exc).split())
+        print(f"kubetune: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return code
 
 
 if __name__ == "__main__":

@@ -76,5 +76,5 @@ def test_a_gguf_that_meets_the_expectations_passes(tiny_model: Path, tmp_path: P
 def test_an_unknown_target_is_a_clear_error(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run.yaml", 'expectContains: ["x"]')
     result = kubetune("check", str(tmp_path), "--run", str(run))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "neither a .gguf file, an adapter folder" in result.stderr

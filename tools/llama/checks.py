@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 
-def load(gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_threads: int | None = None) -> Llama:
-    """Open a GGUF on the CPU with llama.cpp, quietly."""
+def load(
+    gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_threads: int | None = None, verbose: bool = False
+) -> Llama:
+    """Open a GGUF on the CPU with llama.cpp, quietly unless `verbose` (llama.cpp's log on stderr)."""
     from llama_cpp import Llama
 
     return Llama(
@@ -30,7 +32,7 @@ def load(gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_thre
         n_threads=n_threads,
         n_gpu_layers=0,
         seed=0,
-        verbose=False,
+        verbose=verbose,
     )
 
 
