@@ -25,6 +25,7 @@ from kubetune.planner import CreateJob, job_name
 from kubetune.stages import StageRef
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
+from tests.unit.test_chart_render import VALUE_SETS  # every value set the chart's own tests render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
@@ -32,10 +33,6 @@ CRD_FILE = ROOT / "crds" / "kubetune.dev_finetuneruns.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 RELEASE, RELEASE_NAMESPACE = "kubetune", "kubetune-system"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "all-on": yaml.safe_load((CHART / "ci" / "all-on-values.yaml").read_text()),
-}
 Obj = dict[str, Any]
 
 
