@@ -72,7 +72,9 @@ def _resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     return table
 
 
-_KubectlYamlLoader.yaml_implicit_resolvers = _resolvers()
+# How kubectl resolves plain scalars; a YAML writer given these quotes the strings it would misread.
+KUBECTL_RESOLVERS = _resolvers()
+_KubectlYamlLoader.yaml_implicit_resolvers = KUBECTL_RESOLVERS
 _TRUE = {"y", "yes", "true", "on"}
 
 
@@ -88,6 +90,7 @@ def load_documents(text: str) -> list[Any]:
     if text.lstrip().startswith("{"):
         return [to_json(doc) for doc in _json_documents(text)]
     try:
+        _refuse_deep_nesting(text)
         docs = [doc for doc in yaml.load_all(text, Loader=_KubectlYamlLoader) if doc is not None]
     except ManifestSyntaxError:
         raise
@@ -102,6 +105,33 @@ def load_documents(text: str) -> list[Any]:
     except ValueError as exc:  # an integer beyond Python's digit limit, and the like
         raise ManifestSyntaxError(f"not valid YAML: {' '.join(str(exc).split())}") from exc
     return [to_json(doc, surrogates="refuse") for doc in docs]
+
+
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _refuse_deep_nesting(text: str) -> None:
+    """Refuse nesting beyond MAX_DEPTH from the token stream, before PyYAML's parser (quadratic in the flow depth,
+    then recursive) spends seconds on it. Syntax errors are left to the parser, which words them better."""
+    scanner = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+    depth = 0
+    try:
+        for token in yaml.scan(text, Loader=scanner):
+            if isinstance(token, _OPEN):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ManifestSyntaxError(f"nested deeper than {MAX_DEPTH} levels", token.start_mark.line + 1)
+            elif isinstance(token, _CLOSE):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # libyaml stops at its own depth limit while looking ahead, before it hands out the tokens we count.
+        if "nesting depth" in str(exc.problem):
+            line = exc.problem_mark.line + 1 if exc.problem_mark else None
+            raise ManifestSyntaxError(f"nested deeper than {MAX_DEPTH} levels", line) from exc
+    except yaml.YAMLError:
+        return
 
 
 def _json_documents(text: str) -> list[Any]:
