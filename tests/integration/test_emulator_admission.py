@@ -511,6 +511,21 @@ def test_several_violations_read_as_a_real_server_wrote_them(kube: KubeEmulator)
         'container "api" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
 
 
+def test_a_namespace_names_a_pod_security_level_and_version_the_server_knows(kube: KubeEmulator) -> None:
+    with pytest.raises(ApiError) as refused_level:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "typo", "labels": {"pod-security.kubernetes.io/enforce": "strict"}}})
+    assert refused_level.value.message == (
+        'namespaces "typo" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": '
+        "must be one of privileged, baseline, restricted")
+    restricted(kube, "team")
+    with pytest.raises(ApiError, match=r'metadata.labels\[pod-security.kubernetes.io/warn-version\]: Invalid value: '
+                                       r'"1.30": must be "latest" or "v1.x"'):
+        kube.patch("namespaces", "team", {"metadata": {"labels": {"pod-security.kubernetes.io/warn-version": "1.30"}}},
+                   None)
+    assert kube.find("namespaces", "typo", None) is None
+
+
 def test_a_baseline_namespace_admits_a_plain_pod_and_refuses_a_privileged_one(kube: KubeEmulator) -> None:
     restricted(kube, "base", level="baseline")
     assert kube.create(pod(namespace="base"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -529,6 +530,24 @@ def validate_binding(binding: Obj, old: Obj | None, namespaced: bool) -> list[st
     return causes
 
 
+# -------------------------------------------------------------------------------------------------- Namespaces
+
+
+def validate_namespace_labels(namespace: Obj) -> list[str]:
+    """Pod Security Admission's check of a namespace's policy labels (a level, and "latest" or "v1.x")."""
+    causes: list[str] = []
+    labels = namespace["metadata"].get("labels") or {}
+    for mode in ("enforce", "audit", "warn"):
+        level_key = f"{pod_security.LABEL_PREFIX}{mode}"
+        level, version = labels.get(level_key), labels.get(f"{level_key}-version")
+        if level is not None and level not in pod_security.LEVELS:
+            causes.append(v.invalid(f"metadata.labels[{level_key}]", level,
+                                    "must be one of privileged, baseline, restricted"))
+        if version is not None and version != "latest" and not re.fullmatch(r"v1\.(0|[1-9][0-9]*)", version):
+            causes.append(v.invalid(f"metadata.labels[{level_key}-version]", version, 'must be "latest" or "v1.x"'))
+    return causes
+
+
 # ------------------------------------------------------------------------------------------------------ Events
 
 
@@ -587,6 +606,8 @@ def admit(group_resource: GroupResource, obj: Obj, old: Obj | None, allocated_ip
         return validate_data(obj, ("data", "binaryData"), "[]")
     if group_resource == SECRETS:
         return validate_data(obj, ("data",), "data")
+    if group_resource == NAMESPACES:
+        return validate_namespace_labels(obj)
     if group_resource == EVENTS and creating:
         return validate_event(obj)
     if group_resource in (ROLES, CLUSTER_ROLES):

@@ -18,8 +18,9 @@ from tests.kube import errors
 Obj = dict[str, Any]
 Check = Callable[[Obj, Obj], list[str]]
 
-ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
-ENFORCE_VERSION_LABEL = "pod-security.kubernetes.io/enforce-version"
+LABEL_PREFIX = "pod-security.kubernetes.io/"
+ENFORCE_LABEL = f"{LABEL_PREFIX}enforce"
+ENFORCE_VERSION_LABEL = f"{LABEL_PREFIX}enforce-version"
 LEVELS = ("privileged", "baseline", "restricted")
 
 _BASELINE_CAPABILITIES = frozenset({
