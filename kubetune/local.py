@@ -16,17 +16,34 @@ from typing import Any
 
 from kubetune.api.types import STAGES
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
+from kubetune.digests import DigestCache
+from kubetune.jobs.basemodel import default_cache_dir
 from kubetune.jobs.runtime import utc_now
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.status import StatusInputs, compute_status
-from kubetune.planner import CreateJob, Done, Fail, Idle, JobPhase, JobState, Lookup, Observed, Output, Plan, plan
+from kubetune.planner import (
+    CreateJob,
+    Done,
+    Fail,
+    Idle,
+    JobPhase,
+    JobState,
+    Lookup,
+    Observed,
+    Output,
+    Plan,
+    Resolve,
+    plan,
+)
 from kubetune.progress_view import ProgressView, format_size
 from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.sources import SourceError, Sources, resolve_sources
 from kubetune.stages import StageRef
-from kubetune.store import Manifest, Store, manifest_digest, open_store, read_manifest
+from kubetune.store import Manifest, Store, content_digest, open_store, read_manifest
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 143
 STATE_DIR = Path(".kubetune")
+DIGEST_CACHE = "digests.json"  # big local files' sha256 by stat, under STATE_DIR
 
 
 @dataclass
@@ -46,9 +63,10 @@ class LocalRun:
     durations: dict[str, float] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     status_created: str = field(default_factory=utc_now)
+    sources: Sources | None = None
 
     def observed(self) -> Observed:
-        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
+        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources)
 
 
 def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
@@ -88,7 +106,13 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
     while True:
         step = plan(run.namespace, run.name, run.spec, local.observed())
         action = step.action
-        if isinstance(action, Lookup):
+        if isinstance(action, Resolve):
+            try:
+                local.sources = _resolve(local)
+            except SourceError as error:
+                print(f"kubetune: {run.namespace}/{run.name}: {error}", file=sys.stderr)
+                return EXIT_CONFIG
+        elif isinstance(action, Lookup):
             local.refs[action.stage] = action.ref
             if action.stage not in forced:
                 _look_up(local, action.ref)
@@ -127,10 +151,24 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
             raise TypeError(f"unexpected action for the local executor: {action}")
 
 
+def _resolve(local: LocalRun) -> Sources:
+    """Every invocation resolves afresh: a local tree or model can change between two runs of the same manifest."""
+    config = local.store_config
+    cache = DigestCache(STATE_DIR.resolve() / DIGEST_CACHE)
+    sources = resolve_sources(
+        local.run.spec,
+        store_factory=lambda uri: open_store(uri, endpoint=config.endpoint, region=config.region,
+                                             path_style=config.path_style),
+        cache=cache, hub_cache=default_cache_dir() / "hf",
+    )
+    cache.save()
+    return sources
+
+
 def _look_up(local: LocalRun, ref: StageRef) -> None:
     manifest = read_manifest(local.store, ref.prefix)
     if manifest is not None and manifest.input_key == ref.key:
-        local.outputs[ref.key] = Output(ref.key, manifest_digest(manifest))
+        local.outputs[ref.key] = Output(ref.key, content_digest(manifest))
         local.manifests[manifest.stage] = manifest
 
 
@@ -169,6 +207,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
         spec=local.run.spec,
         store=local.store_config,
         stages={s: local.refs[s] for s in STAGES[: STAGES.index(stage) + 1] if s in local.refs},
+        sources=local.sources,
     )
     run_json = local.state_dir / f"{stage}.run.json"
     run_json.write_text(config.dumps(), encoding="utf-8")

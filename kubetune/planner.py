@@ -2,6 +2,10 @@
 
 Both executors (the operator and `kubetune run`) loop: observe → plan → act. Ordering, caching, resume, retry and
 "never two Jobs for one stage" live here and are tested without any server.
+
+Keys need the sources resolved to content first (sources.py). Without them the plan is to resolve: in-process
+(`Resolve`, the local executor) or, when the executor names where a resolution is kept (`Observed.resolve`), by
+looking it up and else running the `sources` Job, with the same retry rules as a stage.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kubetune.api.types import STAGES, FineTuneRunSpec
+from kubetune.sources import SOURCES, Sources
 from kubetune.stages import StageRef, stage_ref
 
 # Jobs started for one stage and input key before the run fails. Each Job has its own pod retries (backoffLimit);
@@ -45,13 +50,23 @@ class JobState:
 @dataclass(frozen=True)
 class Observed:
     outputs: Mapping[str, Output] = field(default_factory=dict)  # by stage key
-    looked_up: frozenset[str] = frozenset()  # stage keys whose output was looked for (found or not)
-    jobs: tuple[JobState, ...] = ()
+    looked_up: frozenset[str] = frozenset()  # stage keys (and the resolution key) looked for, found or not
+    jobs: tuple[JobState, ...] = ()  # stage Jobs, and the `sources` Jobs
+    sources: Sources | None = None  # what the stages read, resolved to content
+    resolve: StageRef | None = None  # where a resolution by Job is kept; None: the executor resolves in-process
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """Resolve the sources in-process and report them in `Observed.sources`."""
+
+    stage: str = SOURCES
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """Read the manifest at `ref.prefix` and report it (or its absence) in Observed."""
+    """Read the manifest at `ref.prefix` and report it (or its absence) in Observed (for the `sources` step: the
+    resolved sources it holds)."""
 
     stage: str
     ref: StageRef
@@ -102,7 +117,7 @@ class Fail:
     reason: str
 
 
-Action = Lookup | CreateJob | Wait | SuspendJob | ResumeJob | Idle | Done | Fail
+Action = Resolve | Lookup | CreateJob | Wait | SuspendJob | ResumeJob | Idle | Done | Fail
 
 StagePhase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Cached", "Failed"]
 
@@ -120,6 +135,7 @@ class StageView:
 class Plan:
     action: Action
     stages: Mapping[str, StageView]
+    sources: StageView = StageView("Pending")  # the resolution step
 
     @property
     def current_stage(self) -> str | None:
@@ -136,6 +152,11 @@ def job_name(run: str, stage: str, key: str, attempt: int) -> str:
 
 
 def plan(namespace: str, run: str, spec: FineTuneRunSpec, observed: Observed) -> Plan:
+    resolving, resolution = _resolution(run, spec, observed)
+    if resolving is not None:
+        return Plan(resolving, {stage: StageView("Pending") for stage in STAGES}, resolution)
+    sources = observed.sources
+    assert sources is not None  # _resolution asks for them until they are known
     enabled = [s for s in STAGES if s != "evaluate" or spec.evaluate.enabled]
     views: dict[str, StageView] = {}
     digests: dict[str, str] = {}
@@ -144,7 +165,7 @@ def plan(namespace: str, run: str, spec: FineTuneRunSpec, observed: Observed) ->
         if action is not None:
             views[stage] = StageView("Pending")
             continue
-        ref = stage_ref(namespace, run, spec, stage, digests)
+        ref = stage_ref(namespace, run, spec, stage, digests, sources)
         jobs = sorted((j for j in observed.jobs if j.stage == stage), key=lambda j: j.attempt)
         ours = [j for j in jobs if j.key == ref.key]
         output = observed.outputs.get(ref.key)
@@ -162,7 +183,22 @@ def plan(namespace: str, run: str, spec: FineTuneRunSpec, observed: Observed) ->
         action, views[stage] = _next_for_stage(run, stage, ref, jobs, ours, spec.suspend)
     for stage in STAGES:
         views.setdefault(stage, StageView("Pending"))
-    return Plan(action or Done(), views)
+    return Plan(action or Done(), views, resolution)
+
+
+def _resolution(run: str, spec: FineTuneRunSpec, observed: Observed) -> tuple[Action | None, StageView]:
+    """The resolution step: what to do while the sources are not known (None once they are), and its view."""
+    ref = observed.resolve
+    if ref is None:
+        return (None, StageView("Succeeded")) if observed.sources is not None else (Resolve(), StageView("Pending"))
+    jobs = sorted((j for j in observed.jobs if j.stage == SOURCES), key=lambda j: j.attempt)
+    ours = [j for j in jobs if j.key == ref.key]
+    if observed.sources is not None:
+        produced = any(j.phase in ("Succeeded", "Running") for j in ours)
+        return None, StageView("Succeeded" if produced else "Cached", ref, ours[-1] if ours else None, len(ours))
+    if ref.key not in observed.looked_up:
+        return Lookup(SOURCES, ref), StageView("Pending", ref)
+    return _next_for_stage(run, SOURCES, ref, jobs, ours, spec.suspend)
 
 
 def _next_for_stage(

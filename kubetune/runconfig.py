@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import types as t
+from kubetune.sources import Sources
 from kubetune.stages import StageRef
 
 
@@ -44,6 +45,7 @@ class RunConfig:
     stages: Mapping[str, StageRef]
     uid: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    sources: Sources | None = None  # what the keys were computed from: jobs check they read that content
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class RunConfig:
             "spec": self.spec.to_manifest(),
             "store": self.store.to_json(),
             "stages": {stage: ref.to_json() for stage, ref in self.stages.items()},
+            **({"sources": self.sources.to_json()} if self.sources is not None else {}),
         }
 
     def dumps(self) -> str:
@@ -69,6 +72,7 @@ class RunConfig:
             store=StoreConfig(uri=store["uri"], endpoint=store.get("endpoint"), region=store.get("region"),
                               path_style=bool(store.get("pathStyle", False))),
             stages={stage: StageRef(key=ref["key"], prefix=ref["prefix"]) for stage, ref in data["stages"].items()},
+            sources=Sources.from_json(data["sources"]) if "sources" in data else None,
         )
 
     @classmethod

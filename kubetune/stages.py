@@ -1,7 +1,9 @@
 """The stage graph and content keys.
 
-A stage's key hashes everything that determines its output: the spec fields it reads, the upstream outputs'
-digests and the stage's format version. Same key, same output: a stage whose key has a published output is skipped.
+A stage's key hashes everything that determines its output: the spec fields it reads, the content of the sources it
+reads (resolved digests, sources.py), the upstream outputs' content digests and the stage's format version. No URI
+goes into a key: what a URI points to can change, and the same content elsewhere is the same input. Same key, same
+output: a stage whose key has a published output is skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.types import STAGES, FineTuneRunSpec
+from kubetune.sources import SOURCES, Sources
 
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "dataset": (),
@@ -23,9 +26,13 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 
 # Bump a stage's version when its code changes what it writes; every key from that stage on changes with it.
-STAGE_VERSION: dict[str, int] = {"dataset": 1, "train": 1, "merge": 1, "convert": 1, "evaluate": 1}
+# Version 2: keys hash source content and upstream content digests instead of URIs and manifest bytes.
+STAGE_VERSION: dict[str, int] = {"dataset": 2, "train": 2, "merge": 2, "convert": 2, "evaluate": 2}
 
 KEY_PREFIX_LENGTH = 16
+
+# The run annotation whose new value makes the operator resolve the sources again (content changed, spec did not).
+REFRESH_ANNOTATION = "kubetune.dev/refresh"
 
 
 @dataclass(frozen=True)
@@ -43,42 +50,46 @@ class StageRef:
 HOW_TO_TRAIN = frozenset({"device", "recomputeLayers", "compile"})
 
 
-def stage_inputs(spec: FineTuneRunSpec, stage: str) -> dict[str, Any]:
-    """The spec fields that affect a stage's output (camelCase, defaults filled)."""
+def stage_inputs(spec: FineTuneRunSpec, stage: str, sources: Sources) -> dict[str, Any]:
+    """What affects a stage's output: spec fields (camelCase, defaults filled) and source digests."""
     m = spec.to_manifest()
+    model, template = sources.base_model.digest, sources.template.digest
     if stage == "dataset":
-        inputs = {"dataset": m["dataset"]}
+        dataset = {k: v for k, v in m["dataset"].items() if k != "uri"}
+        inputs: dict[str, Any] = {"dataset": dataset, "tree": sources.dataset.digest}
         if spec.dataset.token_stats:
-            inputs["baseModel"] = m["baseModel"]
+            inputs["baseModel"] = model  # its tokenizer counts the tokens
         return inputs
     if stage == "train":
         training = {k: v for k, v in m["training"].items() if k not in HOW_TO_TRAIN}
-        return {"training": training, "baseModel": m["baseModel"], "maxSeqLength": spec.dataset.max_seq_length}
+        return {"training": training, "baseModel": model, "template": template,
+                "maxSeqLength": spec.dataset.max_seq_length}
     if stage == "merge":
-        return {"merge": m["merge"], "baseModel": m["baseModel"]}
+        return {"merge": m["merge"], "baseModel": model}
     if stage == "convert":
-        return {"export": m["export"]}
+        return {"export": m["export"]}  # the template travels in the merged model's tokenizer files
     if stage == "evaluate":
         return {
             "evaluate": m["evaluate"],
             "stopSequences": m["training"]["stopSequences"],
             "placeholders": m["dataset"]["placeholders"],
+            "template": template,
         }
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def stage_key(spec: FineTuneRunSpec, stage: str, upstream_digests: Mapping[str, str]) -> str:
-    """The content key of a stage, given the output digests of the stages it reads."""
-    return _hash(stage, stage_inputs(spec, stage), upstream_digests)
+def stage_key(spec: FineTuneRunSpec, stage: str, upstream_digests: Mapping[str, str], sources: Sources) -> str:
+    """The content key of a stage, given the content digests of the stages it reads and the resolved sources."""
+    return _hash(stage, stage_inputs(spec, stage, sources), upstream_digests)
 
 
-def prefix_key(spec: FineTuneRunSpec, stage: str, upstream_digests: Mapping[str, str]) -> str:
+def prefix_key(spec: FineTuneRunSpec, stage: str, upstream_digests: Mapping[str, str], sources: Sources) -> str:
     """The key naming the stage's store folder.
 
     Equal to the stage key except for train, whose folder leaves out `extraEpochs`: continuing a finished run
     writes into the same folder and resumes from its checkpoints.
     """
-    inputs = stage_inputs(spec, stage)
+    inputs = stage_inputs(spec, stage, sources)
     if stage == "train":
         inputs["training"] = {k: v for k, v in inputs["training"].items() if k != "extraEpochs"}
     return _hash(stage, inputs, upstream_digests)
@@ -88,14 +99,33 @@ def stage_prefix(namespace: str, run: str, stage: str, key: str) -> str:
     return f"{namespace}/{run}/{stage}/{key[:KEY_PREFIX_LENGTH]}"
 
 
-def stage_ref(namespace: str, run: str, spec: FineTuneRunSpec, stage: str, digests: Mapping[str, str]) -> StageRef:
-    """Key and prefix of `stage`, given the digests of (at least) its upstream stages."""
+def stage_ref(namespace: str, run: str, spec: FineTuneRunSpec, stage: str, digests: Mapping[str, str],
+              sources: Sources) -> StageRef:
+    """Key and prefix of `stage`, given the content digests of (at least) its upstream stages."""
     missing = [up for up in UPSTREAM[stage] if up not in digests]
     if missing:
         raise ValueError(f"stage {stage} needs the outputs of {', '.join(missing)} first")
     upstream = {up: digests[up] for up in UPSTREAM[stage]}
-    key = stage_key(spec, stage, upstream)
-    return StageRef(key=key, prefix=stage_prefix(namespace, run, stage, prefix_key(spec, stage, upstream)))
+    key = stage_key(spec, stage, upstream, sources)
+    return StageRef(key=key, prefix=stage_prefix(namespace, run, stage, prefix_key(spec, stage, upstream, sources)))
+
+
+def resolution_ref(namespace: str, run: str, spec: FineTuneRunSpec, *, uid: str, image: str, refresh: str
+                   ) -> StageRef:
+    """Where the operator's sources Job writes, keyed by what it resolves: the source fields of the spec, the run
+    (uid), the image it runs in (it holds the template and the bundled data and model) and the refresh annotation.
+
+    The key leaves out the rest of the spec, the generation included: an edit of training fields or `suspend`
+    resolves nothing again (a suspend must reach the running Job at once, not wait behind a resolution). Content
+    that changed behind an unchanged URI is picked up when `kubetune.dev/refresh` gets a new value; a dataset
+    changed since it was resolved also fails its stage with that advice (jobs/sources.py).
+    """
+    m = spec.to_manifest()
+    fields = {"dataset": {"uri": m["dataset"]["uri"], "structure": m["dataset"]["structure"]},
+              "baseModel": {k: v for k, v in m["baseModel"].items() if k != "tokenSecret"},
+              "storage": m["storage"], "uid": uid, "image": image, "refresh": refresh}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return StageRef(key=key, prefix=stage_prefix(namespace, run, SOURCES, key))
 
 
 def _hash(stage: str, inputs: Mapping[str, Any], upstream: Mapping[str, str]) -> str:

@@ -20,6 +20,7 @@ from kubetune.operator.runstore import credentials_secret, resolve_store
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig
+from kubetune.sources import SOURCES, Sources
 from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
 
 CONFIG_DIR = "/etc/kubetune"
@@ -28,6 +29,7 @@ SCRATCH = "/scratch"
 EXIT_CONFIG_ERROR = 2  # jobs/runtime.py: bad configuration or input, retrying cannot help
 JOB_UID = 65532  # "nonroot" in distroless-style images
 DEFAULT_SHM = "8Gi"
+SOURCES_RESOURCES = {"cpu": "250m", "memory": "512Mi"}  # the sources Job lists objects and hashes files
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -47,8 +49,12 @@ def config_map_name(job_name: str) -> str:
 
 
 def effective_resources(resources: t.ResourcesSpec, stage: str) -> t.StageResources:
-    """`resources.defaults` overridden field by field by the stage's own block."""
+    """`resources.defaults` overridden field by field by the stage's own block (the sources Job: by small requests,
+    no GPU and one node, since it only lists and hashes)."""
     merged = resources.defaults.model_dump(exclude_none=True)
+    if stage == SOURCES:
+        merged = {k: v for k, v in merged.items() if k not in ("gpus", "nodes", "shm_size")} | SOURCES_RESOURCES
+        return t.StageResources.model_validate(merged)
     block: t.StageResources | None = getattr(resources, stage)
     if block is not None:
         merged.update(block.model_dump(exclude_none=True))
@@ -77,18 +83,21 @@ def rendezvous_service_name(run: FineTuneRun, action: CreateJob) -> str:
 
 
 def build(
-    run: FineTuneRun, action: CreateJob, settings: OperatorSettings, upstream: Mapping[str, StageRef]
+    run: FineTuneRun, action: CreateJob, settings: OperatorSettings, upstream: Mapping[str, StageRef],
+    sources: Sources | None = None,
 ) -> list[Manifest]:
-    """The objects to create, in order, for `action.stage`: its ConfigMap, the rendezvous Service when training
-    spans several nodes, and the Job (last). `upstream` holds the refs of the stages before it."""
+    """The objects to create, in order, for `action.stage` (a stage, or the `sources` step that resolves what they
+    read): its ConfigMap, the rendezvous Service when training spans several nodes, and the Job (last). `upstream`
+    holds the refs of the stages before it, `sources` what their keys were computed from."""
     stage = action.stage
-    if stage not in t.STAGES:
+    if stage not in (SOURCES, *t.STAGES):
         raise JobSpecError(f"unknown stage {stage!r}")
     resources = effective_resources(run.spec.resources, stage)
-    stages = {s: upstream[s] for s in t.STAGES[: t.STAGES.index(stage)] if s in upstream}
+    earlier = t.STAGES[: t.STAGES.index(stage)] if stage in t.STAGES else ()
+    stages = {s: upstream[s] for s in earlier if s in upstream}
     stages[stage] = action.ref
     config = RunConfig(name=run.name, namespace=run.namespace, uid=run.uid, spec=run.spec,
-                       store=resolve_store(run.spec.storage, settings), stages=stages)
+                       store=resolve_store(run.spec.storage, settings), stages=stages, sources=sources)
     meta_labels = _labels(run, action)
     config_map = {
         "apiVersion": "v1",

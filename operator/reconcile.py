@@ -10,6 +10,7 @@ be trusted, else from the API server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from kubetune.operator import labels
 from kubetune.operator.cache import ObjectCache, run_key, version_number
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
-from kubetune.operator.jobspec import JobSpecError, build
+from kubetune.operator.jobspec import JobSpecError, build, effective_resources
 from kubetune.operator.kube import ApiError, KubeApi, Obj
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
@@ -47,14 +48,15 @@ from kubetune.planner import (
     plan,
 )
 from kubetune.runconfig import StoreConfig
-from kubetune.stages import StageRef
+from kubetune.sources import SOURCES, SOURCES_FILE, Sources
+from kubetune.stages import REFRESH_ANNOTATION, StageRef, resolution_ref
 from kubetune.store import (
     Manifest,
     ManifestError,
     ObjectNotFoundError,
     Store,
     StoreError,
-    manifest_digest,
+    content_digest,
     open_store,
     read_manifest,
 )
@@ -100,9 +102,11 @@ class _Pass:
     manifests: dict[str, Manifest] = field(default_factory=dict)
     notes: list[Transition] = field(default_factory=list)  # actions taken, posted as Events
     wrote: bool = False  # created, suspended or resumed a Job, or patched the status
+    resolve: StageRef | None = None  # where the sources Job keeps what it resolved
+    sources: Sources | None = None  # ... once found there
 
     def observed(self) -> Observed:
-        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
+        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources, self.resolve)
 
     def set_phase(self, job_name: str, phase: Any) -> None:
         self.jobs = [replace(j, phase=phase) if j.name == job_name else j for j in self.jobs]
@@ -138,11 +142,12 @@ class Reconciler:
         self._gate = PriorityGate(RECONCILES_IN_FLIGHT)
         self._stores: dict[StoreConfig, Store] = {}
         self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
+        self._sources: dict[tuple[str, str, str], Sources] = {}  # the same, for the sources Jobs' sources.json
         self._serial: dict[tuple[str, str], _Serial] = {}
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
         self._read_at: dict[tuple[str, str], float] = {}  # ... and of its last read from the API server
         self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
-        self._generations: dict[tuple[str, str], tuple[str, int]] = {}  # run -> (uid, generation) events asked for
+        self._generations: dict[tuple[str, str], tuple[str, int, str | None]] = {}  # run -> (uid, generation) events asked for
         self._quiet: dict[tuple[str, str], _QuietPass] = {}  # run -> its last reconcile, if that changed nothing
         self._background: set[asyncio.Task[None]] = set()  # request_soon's (asyncio keeps only weak references)
         # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
@@ -260,7 +265,9 @@ class Reconciler:
         if event_type == "DELETED":
             self._generations.pop(key, None)
             return False
-        seen = (str(meta.get("uid", "")), int(meta.get("generation") or 0))
+        # The annotation that resolves the sources again is the one metadata change that matters.
+        seen = (str(meta.get("uid", "")), int(meta.get("generation") or 0),
+                (meta.get("annotations") or {}).get(REFRESH_ANNOTATION))
         if self._generations.get(key) == seen:
             return False
         self._generations[key] = seen
@@ -295,7 +302,7 @@ class Reconciler:
             return None
         generation = int(body["metadata"].get("generation") or 0)
         previous: dict[str, Any] = body.get("status") or {}
-        if is_settled(previous, generation):
+        if is_settled(previous, generation) and _refresh(body) == ((previous.get("sources") or {}).get("refresh") or ""):
             self.metrics.run_phase(namespace, name, previous["phase"])
             return str(previous["phase"])
         run = self._parse(namespace, name, body)
@@ -308,7 +315,7 @@ class Reconciler:
             return await self._write(body, failed_plan(first, "dataset", str(error)), _Pass([]), run, "", previous)
         store = self._store(store_config)
         observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
-        state = _Pass([job.state for job in observed_jobs])
+        state = _Pass([job.state for job in observed_jobs], resolve=self._resolution(run, body))
         step = await self._advance(run, store, state)
         progress_key = _progress_key(step, previous)
         training = None if progress_key is None else await self._read_json(store, progress_key)
@@ -360,10 +367,13 @@ class Reconciler:
         for _ in range(MAX_STEPS):
             step = plan(run.namespace, run.name, run.spec, state.observed())
             action = step.action
-            if isinstance(action, Lookup):
+            if isinstance(action, Lookup) and action.stage == SOURCES:
+                state.sources = await self._lookup_sources(store, action.ref)
+                state.looked_up.add(action.ref.key)
+            elif isinstance(action, Lookup):
                 manifest = await self._lookup(store, action.ref)
                 if manifest is not None:
-                    state.outputs[action.ref.key] = Output(action.ref.key, manifest_digest(manifest))
+                    state.outputs[action.ref.key] = Output(action.ref.key, content_digest(manifest))
                     state.manifests[action.stage] = manifest
                 state.looked_up.add(action.ref.key)
             elif isinstance(action, CreateJob):
@@ -392,7 +402,7 @@ class Reconciler:
         raise RuntimeError(f"the plan for {run.namespace}/{run.name} did not settle in {MAX_STEPS} steps")
 
     async def _create(self, run: FineTuneRun, action: CreateJob, upstream: dict[str, StageRef], state: _Pass) -> None:
-        *prerequisites, job = build(run, action, self.settings, upstream)
+        *prerequisites, job = build(run, action, self.settings, upstream, state.sources)
         state.wrote = True
         for obj in prerequisites:  # the Job's ConfigMap (and rendezvous Service) exist before its pods start
             await self.kube.create(obj)
@@ -434,6 +444,30 @@ class Reconciler:
         self._manifests[cache_key] = manifest
         return manifest
 
+    async def _lookup_sources(self, store: Store, ref: StageRef) -> Sources | None:
+        """What the sources Job published at `ref` (its sources.json, checked against its manifest), if anything."""
+        cache_key = (store.uri_for(ref.prefix), ref.prefix, ref.key)
+        if cache_key in self._sources:
+            return self._sources[cache_key]
+        manifest = await self._lookup(store, ref)
+        entry = next((f for f in manifest.files if f.path == SOURCES_FILE), None) if manifest is not None else None
+        if entry is None:
+            return None
+        try:
+            raw = await asyncio.to_thread(store.get_bytes, f"{ref.prefix}/{SOURCES_FILE}")
+            if hashlib.sha256(raw).hexdigest() != entry.sha256:
+                raise ValueError("it does not match its manifest")
+            sources = Sources.from_json(json.loads(raw))
+        except (ObjectNotFoundError, ValueError, TypeError, KeyError) as error:
+            log.warning("ignoring the sources at %s: %s", store.uri_for(ref.prefix), error)
+            return None
+        self._sources[cache_key] = sources
+        return sources
+
+    def _resolution(self, run: FineTuneRun, body: Obj) -> StageRef:
+        image = effective_resources(run.spec.resources, SOURCES).image or self.settings.job_image
+        return resolution_ref(run.namespace, run.name, run.spec, uid=run.uid, image=image, refresh=_refresh(body))
+
     async def _read_json(self, store: Store, key: str) -> dict[str, Any] | None:
         try:
             data = json.loads(await asyncio.to_thread(store.get_bytes, key))
@@ -466,6 +500,7 @@ class Reconciler:
         update = compute_status(StatusInputs(
             spec=spec, generation=int(meta.get("generation") or 0), plan=step, now=now, store_uri=store_uri,
             jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
+            sources=state.sources, refresh=_refresh(body),
         ))
         if update.changed(previous):
             state.wrote = True
@@ -488,6 +523,11 @@ def _progress_key(step: Plan, previous: dict[str, Any]) -> str | None:
             view.phase, view.ref.key):
         return None
     return f"{view.ref.prefix}/progress.json"
+
+
+def _refresh(body: Obj) -> str:
+    """The run's kubetune.dev/refresh annotation: a new value resolves the sources again."""
+    return str((body["metadata"].get("annotations") or {}).get(REFRESH_ANNOTATION, ""))
 
 
 def _invalid_spec_plan(reason: str) -> Plan:

@@ -14,7 +14,8 @@ from typing import Any, Literal, cast
 from kubetune.api import types as t
 from kubetune.operator.observe import ObservedJob
 from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
-from kubetune.store import Manifest, ManifestFile, manifest_digest
+from kubetune.sources import SOURCES, ResolvedSource, Sources
+from kubetune.store import Manifest, ManifestFile, content_digest
 
 MAX_STAGE_OUTPUTS = 20
 # The files that say what a stage produced, listed first when a stage has many (checkpoints, tokenizer files…).
@@ -48,6 +49,8 @@ class StatusInputs:
     jobs: Mapping[str, ObservedJob] = field(default_factory=dict)  # by Job name
     manifests: Mapping[str, Manifest] = field(default_factory=dict)  # by stage, outputs that exist
     training: Mapping[str, Any] | None = None  # the train stage's progress.json
+    sources: Sources | None = None  # what the stages read, once resolved
+    refresh: str = ""  # the run's kubetune.dev/refresh annotation
     previous: Mapping[str, Any] = field(default_factory=dict)  # the run's .status as it is now
 
 
@@ -71,6 +74,7 @@ def compute_status(inputs: StatusInputs) -> StatusUpdate:
         current_stage=stage,
         progress_text=_progress_text(phase, stage, stages, training),
         conditions=_conditions(phase, stage, message, inputs),
+        sources=_sources_status(inputs),
         stages=t.StagesStatus(**stages),
         progress=training,
         artifacts=_artifacts(inputs),
@@ -94,6 +98,8 @@ def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage
     enabled = [s for s in t.STAGES if s != "evaluate" or spec.evaluate.enabled]
     if isinstance(action, Done):
         return "Succeeded", cast(t.Stage, enabled[-1]), None
+    if action.stage == SOURCES:
+        return _resolution_phase(plan)
     stage = cast(t.Stage, action.stage)
     if isinstance(action, Fail):
         return "Failed", stage, f"stage {stage} failed: {action.reason}"
@@ -114,6 +120,40 @@ def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage
     assert isinstance(action, (CreateJob, Lookup))
     started = any(v.phase not in ("Pending",) for v in plan.stages.values())
     return ("Running" if started else "Pending"), stage, None
+
+
+def _resolution_phase(plan: Plan) -> tuple[t.RunPhase, None, str]:
+    """While the sources are resolved no stage is current: the stages' keys are not known yet."""
+    action, job = plan.action, plan.sources.job
+    if isinstance(action, Fail):
+        return "Failed", None, f"resolving the sources failed: {action.reason}"
+    if isinstance(action, (Idle, SuspendJob)):
+        return "Suspended", None, "suspended (spec.suspend: true)"
+    if isinstance(action, Wait):
+        return ("Queued" if job is not None and job.phase == "Queued" else "Running"), None, "resolving the sources"
+    return "Pending", None, "resolving the sources"
+
+
+def _sources_status(inputs: StatusInputs) -> t.SourcesStatus | None:
+    view, resolved = inputs.plan.sources, inputs.sources
+    if view.ref is None and resolved is None:
+        return None
+
+    def block(source: ResolvedSource | None) -> t.ResolvedSourceStatus | None:
+        return None if source is None else t.ResolvedSourceStatus(uri=source.uri, digest=source.digest,
+                                                                  revision=source.revision)
+
+    return t.SourcesStatus(
+        phase=view.phase,
+        job_name=view.job.name if view.job is not None else None,
+        input_key=view.ref.key if view.ref is not None else None,
+        observed_generation=inputs.generation,
+        refresh=inputs.refresh or None,
+        dataset=block(resolved.dataset if resolved is not None else None),
+        template=block(resolved.template if resolved is not None else None),
+        base_model=block(resolved.base_model if resolved is not None else None),
+        message=view.message or None,
+    )
 
 
 def _progress_text(phase: str, stage: str | None, stages: Mapping[str, t.StageStatus],
@@ -175,7 +215,7 @@ def _stage_status(inputs: StatusInputs, stage: str) -> t.StageStatus:
         start_time=(job.start_time if job is not None else None) or kept.get("startTime"),
         completion_time=finished if phase in ("Succeeded", "Cached", "Failed") else None,
         input_key=view.ref.key,
-        output_digest=manifest_digest(manifest) if manifest is not None else None,
+        output_digest=content_digest(manifest) if manifest is not None else None,
         outputs=_outputs(inputs.store_uri, view.ref.prefix, manifest) if manifest is not None else [],
         message=view.message or ("output reused: same inputs as an earlier run" if phase == "Cached" else None),
     )

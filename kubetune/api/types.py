@@ -594,6 +594,8 @@ class SourcesStatus(ApiModel):
     """Key of the resolution: the spec's source fields, the run's uid, the job image and kubetune.dev/refresh."""
     observed_generation: int | None = None
     """The spec generation these sources apply to."""
+    refresh: str | None = None
+    """The run's kubetune.dev/refresh annotation they were resolved under."""
     dataset: ResolvedSourceStatus | None = None
     """The dataset tree (structure file and topics/)."""
     template: ResolvedSourceStatus | None = None

@@ -6,7 +6,7 @@ import builtins
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubetune.store.keys import join_key, relative_key, validate_key, validate_prefix
@@ -16,6 +16,7 @@ from kubetune.store.keys import join_key, relative_key, validate_key, validate_p
 class ObjectInfo:
     key: str
     size: int
+    etag: str = field(default="", compare=False)  # S3's ETag (changes with the content); "" where a store has none
 
 
 @dataclass(frozen=True)

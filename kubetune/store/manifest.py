@@ -1,8 +1,10 @@
 """Stage outputs are published atomically: every file first, ``manifest.json`` last.
 
 An output exists only once its manifest does, so a job that dies mid-upload leaves nothing a reader would trust.
-The manifest lists each file's size and sha256; its own digest (sha256 of its bytes) identifies the output and
-feeds the keys of later stages, so its serialisation is canonical: sorted keys, compact separators, ASCII.
+The manifest lists each file's size and sha256. Its serialisation is canonical (sorted keys, compact separators,
+ASCII), so the sha256 of its bytes (`manifest_digest`) names one publication. What identifies the output's *content*,
+and feeds the keys of later stages, is `content_digest`: the stage and its files only, without the manifest's
+timestamp, input key or metadata, so identical content published twice, or in two stores, has one digest.
 """
 
 from __future__ import annotations
@@ -103,8 +105,21 @@ class Manifest:
 
 
 def manifest_digest(manifest: Manifest) -> str:
-    """The output's digest: sha256 of its ``manifest.json`` bytes as ``publish`` stores them."""
+    """sha256 of the ``manifest.json`` bytes as ``publish`` stores them: one publication (its time included)."""
     return hashlib.sha256(manifest.to_bytes()).hexdigest()
+
+
+def content_digest(manifest: Manifest) -> str:
+    """The output's content digest: sha256 of the stage name and the sorted ``path size sha256`` lines of its files.
+
+    Nothing else goes in: not ``createdAt`` (the same content published again would change every later key), not the
+    input key (two specs that produce identical files feed identical inputs downstream), not metadata (counts and
+    summaries derived from the files, or timings).
+    """
+    listing = hashlib.sha256(f"{manifest.stage}\n".encode())
+    for entry in sorted(manifest.files, key=lambda f: f.path):
+        listing.update(f"{entry.path} {entry.size} {entry.sha256}\n".encode())
+    return listing.hexdigest()
 
 
 def publish(

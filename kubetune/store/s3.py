@@ -190,7 +190,8 @@ class S3Store(Store):
             found = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=s3_prefix):
                 for item in page.get("Contents", []):
-                    found.append(ObjectInfo(item["Key"][strip:], int(item["Size"])))
+                    etag = str(item.get("ETag", "")).strip('"')
+                    found.append(ObjectInfo(item["Key"][strip:], int(item["Size"]), etag))
             return sorted(found)
 
         return self._retrying(f"list {self.uri_for_prefix(prefix)}", list_all)

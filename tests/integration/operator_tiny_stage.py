@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from kubetune.jobs import sources as sources_job
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped, run_job
 
 
@@ -99,7 +100,9 @@ def evaluate(ctx: JobContext) -> None:
     ctx.publish(out, {"summary": "all GGUF files passed"})
 
 
-STAGES = {"dataset": dataset, "train": train, "merge": merge, "convert": convert, "evaluate": evaluate}
+# The operator's first Job resolves what the stages read: the real job code (cheap, and it is what the keys rest on).
+STAGES = {"sources": sources_job.run, "dataset": dataset, "train": train, "merge": merge, "convert": convert,
+          "evaluate": evaluate}
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

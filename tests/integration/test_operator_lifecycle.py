@@ -15,7 +15,7 @@ import pytest
 from kubetune.api.types import STAGES
 from kubetune.operator.rbac import allows
 from kubetune.planner import MAX_ATTEMPTS
-from kubetune.store import manifest_digest, read_manifest
+from kubetune.store import content_digest, read_manifest
 from tests.fixtures.s3 import MotoServer
 from tests.integration.operator_harness import OperatorBed, operator_bed
 from tests.kube.emulator import KubeEmulator
@@ -66,7 +66,7 @@ def test_a_run_goes_from_created_to_succeeded_through_every_stage(bed: OperatorB
         assert block["jobName"] == f"tiny-{stage}-{block['inputKey'][:8]}"
         manifest = read_manifest(store, _prefix(bed, block))
         assert manifest is not None and manifest.input_key == block["inputKey"]
-        assert block["outputDigest"] == manifest_digest(manifest)
+        assert block["outputDigest"] == content_digest(manifest)
         assert [(o["name"], o["size"], o["sha256"]) for o in block["outputs"]] == [
             (f.path, f.size, f.sha256) for f in manifest.files]
         assert _time(block["startTime"]) <= _time(block["completionTime"])
@@ -139,7 +139,7 @@ def test_a_failing_stage_ends_the_run_failed_with_the_jobs_reason_and_earlier_ou
         block = status["stages"][stage]
         assert block["phase"] == "Succeeded"
         manifest = read_manifest(store, _prefix(bed, block))
-        assert manifest is not None and manifest_digest(manifest) == block["outputDigest"]
+        assert manifest is not None and content_digest(manifest) == block["outputDigest"]
     failed = [e for e in bed.events("broken") if e["type"] == "Warning"]
     assert [e["reason"] for e in failed] == ["StageFailed", "Failed"]
     assert len([job for job in bed.jobs("broken") if job["metadata"]["labels"]["kubetune.dev/stage"] == "convert"]) == 1

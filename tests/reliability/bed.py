@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.types import STAGES
-from kubetune.store import Store, join_key, manifest_digest, read_manifest
+from kubetune.store import Store, content_digest, join_key, read_manifest
 from tests.kube.emulator import KubeEmulator
 
 Obj = dict[str, Any]
@@ -208,7 +208,7 @@ def output_problems(store: Store, run: Obj, jobs: Iterable[Obj]) -> list[str]:
         if manifest is None or manifest.input_key != block["inputKey"]:
             problems.append(f"{name}/{stage}: no manifest for its input key at {prefix}")
             continue
-        if manifest_digest(manifest) != block.get("outputDigest"):
+        if content_digest(manifest) != block.get("outputDigest"):
             problems.append(f"{name}/{stage}: status digest {block.get('outputDigest')} != manifest digest")
         for entry in manifest.files:
             data = store.get_bytes(join_key(prefix, entry.path))

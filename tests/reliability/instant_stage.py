@@ -9,7 +9,9 @@ runs fit in the CI budget. What it does, in the contract's order:
 - writes progress.json (Running), its output file, then `manifest.json` LAST, in the canonical form
   (`kubetune.store.manifest.Manifest.to_bytes`: sorted keys, compact, ASCII), each write atomic (temp + rename,
   temp names carrying the store's reserved `.kubetune-tmp-` marker), then progress.json (Succeeded);
-- SIGTERM stops it with exit 143 (Python's default action gives the same code through the executor).
+- SIGTERM stops it with exit 143 (Python's default action gives the same code through the executor);
+- as the `sources` Job it publishes a sources.json whose digests hash the spec's URIs: the load tests' sources never
+  change behind a URI, and reading the real ones would cost the import this program avoids.
 
 The operator reads these manifests with the real `read_manifest`, which refuses anything non-canonical, and the tests
 verify every published output with the real store code: a drift from the contract fails them.
@@ -27,6 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 STAGES = ("dataset", "train", "merge", "convert", "evaluate")
+SOURCES = "sources"
 TEMP_MARKER = ".kubetune-tmp-"
 EXIT_CONFIG = 2
 
@@ -59,6 +62,14 @@ def verify_upstream(root: Path, stage: str, ref: dict[str, str]) -> None:
             raise LookupError(f"{stage}/{entry['path']} does not match its manifest")
 
 
+def uri_sources(spec: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    def source(uri: str) -> dict[str, str]:
+        return {"uri": uri, "digest": hashlib.sha256(uri.encode()).hexdigest()}
+
+    return {"dataset": source(spec["dataset"]["uri"]), "template": source("instant-template"),
+            "baseModel": source(spec["baseModel"]["uri"])}
+
+
 def main(argv: list[str]) -> int:
     stage, run_path = argv[0], Path(argv[argv.index("--run") + 1])
     run = json.loads(run_path.read_text())
@@ -76,18 +87,22 @@ def main(argv: list[str]) -> int:
 
     progress("Running")
     try:
-        for upstream in STAGES[: STAGES.index(stage)]:
+        for upstream in STAGES[: STAGES.index(stage)] if stage in STAGES else ():
             verify_upstream(root, upstream, run["stages"][upstream])
     except (LookupError, KeyError, OSError, ValueError) as error:
         reason = " ".join(str(error).split())
         progress("Failed", message=reason, exitCode=EXIT_CONFIG)
         print(f"kubetune-job: failed: {reason}", file=sys.stderr)
         return EXIT_CONFIG
-    payload = canonical({"stage": stage, "run": run["metadata"]["name"], "inputKey": own["key"]})
-    atomic_write(prefix / f"{stage}.json", payload)
+    if stage == SOURCES:
+        name, payload = "sources.json", canonical(uri_sources(run["spec"]))
+    else:
+        name, payload = f"{stage}.json", canonical({"stage": stage, "run": run["metadata"]["name"],
+                                                    "inputKey": own["key"]})
+    atomic_write(prefix / name, payload)
     manifest = {
         "schema": 1, "stage": stage, "inputKey": own["key"], "createdAt": utc_now(), "metadata": {"instant": True},
-        "files": [{"path": f"{stage}.json", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}],
+        "files": [{"path": name, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}],
     }
     atomic_write(prefix / "manifest.json", canonical(manifest))
     progress("Succeeded")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from kubetune.bundled import BundledGguf
 from kubetune.jobs.basemodel import (
     BaseModelError,
-    BundledGguf,
     folder_digest,
     resolve_base_model,
 )

@@ -13,6 +13,7 @@ from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, run_job
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import stage_ref
 from kubetune.store import open_store, read_manifest
+from tests.fixtures.sources import example_sources
 
 BUNDLED = Path(__file__).resolve().parents[2] / "datasets_new"
 IDENTITY_VALUES = {"NAME": "Nova", "SPEC": "a fine-tuned assistant for Kubernetes operators"}
@@ -21,7 +22,7 @@ IDENTITY_VALUES = {"NAME": "Nova", "SPEC": "a fine-tuned assistant for Kubernete
 def write_run(tmp_path: Path, dataset: dict[str, Any]) -> Path:
     spec = validate_spec({"dataset": dataset})
     config = RunConfig("demo", "default", spec, StoreConfig(str(tmp_path / "store")),
-                       {"dataset": stage_ref("default", "demo", spec, "dataset", {})})
+                       {"dataset": stage_ref("default", "demo", spec, "dataset", {}, example_sources())})
     path = tmp_path / "run.json"
     path.write_text(config.dumps())
     return path

@@ -26,11 +26,12 @@ from kubetune.jobs.runtime import (
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stages import stage_ref
 from kubetune.store import manifest_digest, open_store, read_manifest
+from tests.fixtures.sources import example_sources
 
 
 def write_run(tmp_path: Path, spec: dict | None = None) -> Path:
     parsed = validate_spec(spec or {})
-    dataset = stage_ref("default", "demo", parsed, "dataset", {})
+    dataset = stage_ref("default", "demo", parsed, "dataset", {}, example_sources())
     config = RunConfig("demo", "default", parsed, StoreConfig(str(tmp_path / "store")), {"dataset": dataset})
     path = tmp_path / "run.json"
     path.write_text(config.dumps())

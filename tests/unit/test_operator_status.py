@@ -12,7 +12,8 @@ from kubetune.operator.observe import ObservedJob
 from kubetune.operator.status import MAX_STAGE_OUTPUTS, StatusInputs, compute_status, failed_plan
 from kubetune.planner import JobPhase, JobState, Observed, Output, Plan, plan
 from kubetune.stages import StageRef, stage_ref
-from kubetune.store import Manifest, ManifestFile, manifest_digest
+from kubetune.store import Manifest, ManifestFile, content_digest
+from tests.fixtures.sources import example_sources
 
 STORE = "s3://bucket/runs"
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T00:09:00Z"
@@ -43,11 +44,11 @@ class Scenario:
         outputs: dict[str, Output] = {}
         enabled = [s for s in STAGES if s != "evaluate" or self.spec.evaluate.enabled]
         for stage in enabled[: done + 1]:
-            ref = self.refs[stage] = stage_ref("ns", "demo", self.spec, stage, digests)
+            ref = self.refs[stage] = stage_ref("ns", "demo", self.spec, stage, digests, example_sources())
             if len(self.manifests) < done:
                 manifest = Manifest(stage, ref.key, T0, files_for(stage))
                 self.manifests[stage] = manifest
-                digests[stage] = manifest_digest(manifest)
+                digests[stage] = content_digest(manifest)
                 outputs[ref.key] = Output(ref.key, digests[stage])
         self.jobs: list[JobState] = []
         self.times: dict[str, ObservedJob] = {}
@@ -65,7 +66,7 @@ class Scenario:
                 finished = T2 if phase in ("Succeeded", "Failed") else None
                 self.times[name] = ObservedJob(state, start_time=T1, completion_time=finished)
         self.plan = plan("ns", "demo", self.spec, Observed(outputs, frozenset(r.key for r in self.refs.values()),
-                                                           tuple(self.jobs)))
+                                                           tuple(self.jobs), example_sources()))
 
     def status(self, previous: Obj | None = None, *, now: str = T2, training: Obj | None = None,
                generation: int = 3) -> tuple[Obj, list[tuple[str, str, str]]]:
@@ -115,7 +116,7 @@ def test_stage_blocks_carry_job_attempts_times_key_digest_and_outputs() -> None:
     dataset, merge = status["stages"]["dataset"], status["stages"]["merge"]
     assert dataset["phase"] == "Cached"  # its output exists and no Job of ours made it
     assert dataset["inputKey"] == scenario.refs["dataset"].key
-    assert dataset["outputDigest"] == manifest_digest(scenario.manifests["dataset"])
+    assert dataset["outputDigest"] == content_digest(scenario.manifests["dataset"])
     assert dataset["completionTime"] == T0  # from the manifest
     assert dataset["outputs"] == [
         {"name": f.path, "uri": f"{STORE}/{scenario.refs['dataset'].prefix}/{f.path}", "size": f.size,

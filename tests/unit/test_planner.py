@@ -19,13 +19,16 @@ from kubetune.planner import (
     Observed,
     Output,
     Plan,
+    Resolve,
     ResumeJob,
     SuspendJob,
     Wait,
     job_name,
     plan,
 )
-from kubetune.stages import stage_ref
+from kubetune.sources import SOURCES, Sources
+from kubetune.stages import StageRef, resolution_ref, stage_ref
+from tests.fixtures.sources import example_sources
 
 NS, RUN = "default", "demo"
 
@@ -38,9 +41,12 @@ class World:
         self.outputs: dict[str, Output] = {}
         self.looked_up: set[str] = set()
         self.jobs: list[JobState] = []
+        self.sources: Sources | None = example_sources()
+        self.resolve: StageRef | None = None
+        self.same_content: set[str] = set()  # stages whose output comes out byte-identical whatever their key
 
     def observed(self) -> Observed:
-        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs))
+        return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources, self.resolve)
 
     def plan(self) -> Plan:
         return plan(NS, RUN, self.spec, self.observed())
@@ -59,7 +65,8 @@ class World:
     def finish(self, job: JobState, *, publish: bool = True, phase: str = "Succeeded", **extra: Any) -> None:
         self.jobs[self.jobs.index(job)] = JobState(job.name, job.stage, job.key, job.attempt, phase, **extra)  # type: ignore[arg-type]
         if publish:
-            self.outputs[job.key] = Output(job.key, f"digest-of-{job.stage}-{job.key[:6]}")
+            content = "same" if job.stage in self.same_content else job.key[:6]
+            self.outputs[job.key] = Output(job.key, f"digest-of-{job.stage}-{content}")
 
     def run_to_completion(self) -> list[str]:
         created: list[str] = []
@@ -139,8 +146,9 @@ def test_where_a_stage_runs_does_not_change_its_key() -> None:
 def test_extra_epochs_rerun_train_in_the_same_folder_so_it_resumes() -> None:
     spec = validate_spec({})
     more = validate_spec({"training": {"extraEpochs": 1}})
-    digests = {"dataset": "d"}
-    before, after = stage_ref(NS, RUN, spec, "train", digests), stage_ref(NS, RUN, more, "train", digests)
+    digests, sources = {"dataset": "d"}, example_sources()
+    before, after = stage_ref(NS, RUN, spec, "train", digests, sources), stage_ref(NS, RUN, more, "train", digests,
+                                                                                  sources)
     assert before.key != after.key
     assert before.prefix == after.prefix
 
@@ -231,3 +239,113 @@ def test_job_names_are_deterministic_and_fit_kubernetes_limits(stage: str) -> No
     assert job_name(longest_run, stage, key, 1) == job_name(longest_run, stage, key, 1)
     assert len(job_name(longest_run, stage, key, MAX_ATTEMPTS)) <= 63
     assert job_name(RUN, stage, key, 1) != job_name(RUN, stage, key, 2)
+
+
+# --- content addressing: what an input edit re-runs -----------------------------------------------------------------
+
+
+def completed(spec: dict[str, Any] | None = None) -> World:
+    world = World(spec)
+    world.run_to_completion()
+    return world
+
+
+def test_an_unchanged_rerun_reruns_nothing() -> None:
+    world = completed()
+    world.sources = example_sources()  # resolved again: the same content
+    assert world.run_to_completion() == []
+
+
+def test_an_edited_dataset_file_reruns_the_dataset_and_every_stage_after_it() -> None:
+    world = completed()
+    world.sources = example_sources(dataset="tree-2")
+    assert world.run_to_completion() == list(STAGES)
+
+
+def test_a_dataset_rebuilt_to_identical_files_reruns_nothing_after_it() -> None:
+    world = World()
+    world.same_content = {"dataset"}
+    world.run_to_completion()
+    world.sources = example_sources(dataset="tree-2")  # e.g. a topic file for a category the run leaves out
+    assert world.run_to_completion() == ["dataset"]
+
+
+def test_an_edited_chat_template_reruns_train_onward_but_not_the_dataset() -> None:
+    world = completed()
+    world.sources = example_sources(template="template-2")
+    assert world.run_to_completion() == ["train", "merge", "convert", "evaluate"]
+
+
+def test_changed_model_weights_rerun_the_dataset_for_its_token_stats_and_train_onward() -> None:
+    world = completed()
+    world.sources = example_sources(model="model-2")
+    assert world.run_to_completion() == list(STAGES)
+    without_stats = completed({"dataset": {"tokenStats": False}})
+    without_stats.sources = example_sources(model="model-2")
+    assert without_stats.run_to_completion() == ["train", "merge", "convert", "evaluate"]
+
+
+def test_an_edit_of_evaluate_prompts_reruns_only_evaluate() -> None:
+    world = completed()
+    world.spec = validate_spec({"evaluate": {"prompts": [{"prompt": "Who are you?", "expectContains": ["assistant"]}]}})
+    assert world.run_to_completion() == ["evaluate"]
+
+
+# --- resolving the sources ------------------------------------------------------------------------------------------
+
+
+def test_without_resolved_sources_the_plan_is_to_resolve_them_and_no_stage_has_a_key_yet() -> None:
+    world = World()
+    world.sources = None
+    p = world.plan()
+    assert isinstance(p.action, Resolve)
+    assert all(view.phase == "Pending" and view.ref is None for view in p.stages.values())
+
+
+def resolving_world(spec: dict[str, Any] | None = None) -> World:
+    world = World(spec)
+    world.sources = None
+    world.resolve = resolution_ref(NS, RUN, world.spec, uid="u1", image="job:1", refresh="")
+    return world
+
+
+def test_resolution_by_job_looks_for_an_earlier_one_then_runs_the_sources_job_then_the_stages() -> None:
+    world = resolving_world()
+    lookup = world.plan().action
+    assert isinstance(lookup, Lookup) and lookup.stage == SOURCES and lookup.ref == world.resolve
+    create = world.settle().action
+    assert isinstance(create, CreateJob) and create.stage == SOURCES
+    assert create.name == job_name(RUN, SOURCES, create.ref.key, 1)
+    job = world.start(create)
+    wait = world.settle()
+    assert isinstance(wait.action, Wait) and wait.sources.phase == "Running"
+    world.finish(job, publish=False)
+    world.sources = example_sources()  # the executor read what the Job published
+    after = world.settle()
+    assert isinstance(after.action, CreateJob) and after.action.stage == "dataset"
+    assert after.sources.phase == "Succeeded" and after.sources.job is not None
+
+
+def test_a_resolution_found_from_an_earlier_pass_is_cached_and_starts_no_job() -> None:
+    world = resolving_world()
+    world.sources = example_sources()
+    p = world.settle()
+    assert isinstance(p.action, CreateJob) and p.action.stage == "dataset"
+    assert p.sources.phase == "Cached"
+
+
+def test_a_sources_job_that_fails_on_bad_input_fails_the_run_without_retry() -> None:
+    world = resolving_world()
+    create = world.settle().action
+    assert isinstance(create, CreateJob)
+    world.finish(world.start(create), publish=False, phase="Failed", config_error=True,
+                 message="spec.dataset.uri: /data/tree is not a folder")
+    failed = world.settle()
+    assert isinstance(failed.action, Fail) and failed.action.stage == SOURCES
+    assert "spec.dataset.uri" in failed.action.reason and failed.sources.phase == "Failed"
+
+
+def test_a_suspended_run_resolves_nothing() -> None:
+    world = resolving_world({"suspend": True})
+    action = world.settle().action
+    assert isinstance(action, Idle) and action.stage == SOURCES

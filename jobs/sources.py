@@ -1,0 +1,56 @@
+"""The `sources` step as a Job: resolve what the run's stages read to content digests and publish `sources.json`.
+
+The operator cannot read the jobs' data sources (the credentials and the job image's files are the jobs'), so it
+runs this first, like an initializer, and computes the stage keys from what it publishes. `check_dataset` is the
+dataset stage's side of the contract: it reads only the content its key was computed from.
+"""
+
+from __future__ import annotations
+
+from kubetune.digests import DigestCache
+from kubetune.jobs.basemodel import default_cache_dir
+from kubetune.jobs.runtime import ConfigError, JobContext
+from kubetune.runconfig import RunConfig
+from kubetune.sources import SOURCES_FILE, SourceError, StoreFactory, dataset_source, resolve_sources
+from kubetune.store import open_store
+
+DIGEST_CACHE = "digests.json"
+
+
+def run(ctx: JobContext) -> None:
+    ctx.progress(message="resolving the dataset, chat template and base model to content digests")
+    cache_dir = default_cache_dir()
+    cache = DigestCache(cache_dir / DIGEST_CACHE)
+    try:
+        sources = resolve_sources(ctx.run.spec, store_factory=store_factory(ctx.run), cache=cache,
+                                  hub_cache=cache_dir / "hf")
+    except SourceError as error:
+        raise ConfigError(str(error)) from error
+    cache.save()
+    outputs = ctx.workdir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    (outputs / SOURCES_FILE).write_bytes(sources.dumps())
+    ctx.publish(outputs, {"dataset": sources.dataset.digest, "baseModel": sources.base_model.digest,
+                          "template": sources.template.digest})
+
+
+def check_dataset(ctx: JobContext) -> None:
+    """Fail unless the dataset tree still has the content its stage key was computed from."""
+    resolved = ctx.run.sources
+    if resolved is None:
+        return  # a run config written by hand, without resolved sources: nothing to hold the tree to
+    try:
+        now = dataset_source(ctx.run.spec.dataset, store_factory(ctx.run))
+    except SourceError as error:
+        raise ConfigError(str(error)) from error
+    if now.digest != resolved.dataset.digest:
+        raise ConfigError(
+            f"spec.dataset.uri: the dataset at {now.uri} changed since it was resolved (digest "
+            f"{resolved.dataset.digest[:12]}…, now {now.digest[:12]}…): run again (`kubetune run`), or set the "
+            "annotation kubetune.dev/refresh to a new value on the FineTuneRun, to resolve it afresh"
+        )
+
+
+def store_factory(run: RunConfig) -> StoreFactory:
+    store = run.store
+    return lambda uri: open_store(uri, endpoint=store.endpoint, region=store.region, path_style=store.path_style)

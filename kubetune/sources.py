@@ -1,0 +1,239 @@
+"""What the stages read, resolved to content: the dataset tree, the chat template and the base model.
+
+A URI alone is never a key (ARCHITECTURE decision 3): `hf://org/name@main`, an S3 prefix or a local folder can point
+at other content tomorrow. Resolution turns each into a digest of what it holds now, and the stage keys hash those
+digests (stages.py), so editing any input re-runs exactly the stages that read it.
+
+- dataset: the files the builder reads (the structure file and `topics/`): a local tree (`bundled` is the one
+  packaged with kubetune) by each file's sha256, an `s3://` prefix by its objects' ETags.
+- template: `templates/chat_template.jinja` as installed with kubetune, by sha256.
+- base model: `bundled://` by the GGUF file's sha256, a local folder by its folder digest, `s3://` by
+  `spec.baseModel.sha256` when given (the folder digest, checked when fetched) else its objects' ETags, and
+  `hf://org/name@revision` by the commit the revision points to.
+
+`kubetune run` resolves in-process on every invocation; the operator, which cannot read the jobs' data sources,
+runs `python -m kubetune.jobs sources` as a Job of its own and reads its `sources.json` (docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from kubetune.api import types as t
+from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
+from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
+from kubetune.store import Store
+from kubetune.store.base import local_files
+from kubetune.store.keys import validate_key
+
+SOURCES = "sources"  # the step before the stages that resolves what they read
+SOURCES_FILE = "sources.json"
+TOPICS_FOLDER = "topics"
+TEMPLATE_PACKAGE, TEMPLATE_FILE = "kubetune.templates", "chat_template.jinja"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+StoreFactory = Callable[[str], Store]
+
+
+class SourceError(ValueError):
+    """A source cannot be resolved as configured (the message names the spec field)."""
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """One input as resolved: where it is and what it held then."""
+
+    uri: str
+    digest: str  # sha256 (hex) of its content listing
+    revision: str | None = None  # the commit an hf:// revision pointed to
+
+    def to_json(self) -> dict[str, str]:
+        out = {"uri": self.uri, "digest": self.digest}
+        if self.revision is not None:
+            out["revision"] = self.revision
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResolvedSource:
+        digest = data["digest"]
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise ValueError(f"source digest must be 64 lowercase hex characters, got {digest!r}")
+        revision = data.get("revision")
+        return cls(uri=str(data["uri"]), digest=digest, revision=None if revision is None else str(revision))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a run's stages read, by content."""
+
+    dataset: ResolvedSource
+    template: ResolvedSource
+    base_model: ResolvedSource
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset.to_json(), "template": self.template.to_json(),
+                "baseModel": self.base_model.to_json()}
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: Any) -> Sources:
+        if not isinstance(data, Mapping):
+            raise TypeError("sources must be a JSON object")
+        return cls(dataset=ResolvedSource.from_json(data["dataset"]),
+                   template=ResolvedSource.from_json(data["template"]),
+                   base_model=ResolvedSource.from_json(data["baseModel"]))
+
+
+def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cache: DigestCache,
+                    hub_cache: Path) -> Sources:
+    """Resolve every source of `spec`; raises `SourceError` naming the field when one cannot be."""
+    return Sources(
+        dataset=dataset_source(spec.dataset, store_factory, cache),
+        template=template_source(),
+        base_model=base_model_source(spec.base_model, store_factory, cache, hub_cache),
+    )
+
+
+# --- dataset ------------------------------------------------------------------------------------------------------
+
+
+def dataset_tree(uri: str) -> Path | None:
+    """The local folder of a dataset URI, or None for one in a store."""
+    if uri == "bundled":
+        root = resources.files("kubetune.datasets_new")
+        if not isinstance(root, Path):
+            raise SourceError("spec.dataset.uri: the bundled dataset is not installed as plain files; use s3://…")
+        return root
+    if uri.startswith("s3://"):
+        return None
+    return Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+
+
+def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: DigestCache | None = None
+                   ) -> ResolvedSource:
+    root = dataset_tree(dataset.uri)
+    if root is None:
+        return ResolvedSource(dataset.uri, _dataset_listing_digest(dataset, store_factory(dataset.uri)))
+    return ResolvedSource(dataset.uri, local_dataset_digest(root, dataset.structure, cache))
+
+
+def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None = None) -> str:
+    """Digest of what the dataset builder reads under `root`: the structure file and every file under topics/."""
+    if not root.is_dir():
+        raise SourceError(f"spec.dataset.uri: {root} is not a folder")
+    structure_file = root / structure
+    if not structure_file.is_file():
+        raise SourceError(f"spec.dataset.structure: {structure_file} does not exist")
+    files = [(structure, structure_file)]
+    topics = root / TOPICS_FOLDER
+    if topics.is_dir():
+        try:
+            files += [(f"{TOPICS_FOLDER}/{relative}", path) for relative, path in local_files(topics)]
+        except ValueError as error:
+            raise SourceError(f"spec.dataset.uri: {error}") from None
+    try:
+        return listing_digest(file_lines(root, files, cache, confined=True))
+    except ValueError as error:
+        raise SourceError(f"spec.dataset.uri: {error}") from None
+
+
+def _dataset_listing_digest(dataset: t.DatasetSpec, store: Store) -> str:
+    objects = [o for o in store.list("") if o.key == dataset.structure or o.key.startswith(f"{TOPICS_FOLDER}/")]
+    if not any(o.key == dataset.structure for o in objects):
+        raise SourceError(f"spec.dataset.structure: {store.uri_for(validate_key(dataset.structure))} does not exist")
+    return _etag_digest("spec.dataset.uri", store, objects)
+
+
+def _etag_digest(field_name: str, store: Store, objects: list[Any]) -> str:
+    missing = [o.key for o in objects if not o.etag]
+    if missing:
+        raise SourceError(f"{field_name}: the store gave no ETag for {store.uri_for(missing[0])}, so its content "
+                          "cannot be told apart from a changed one")
+    return listing_digest((o.key, o.size, f"etag:{o.etag}") for o in objects)
+
+
+# --- template -----------------------------------------------------------------------------------------------------
+
+
+def template_source() -> ResolvedSource:
+    text = resources.files(TEMPLATE_PACKAGE).joinpath(TEMPLATE_FILE).read_bytes()
+    return ResolvedSource(f"{TEMPLATE_PACKAGE}/{TEMPLATE_FILE}", hashlib.sha256(text).hexdigest())
+
+
+# --- base model ---------------------------------------------------------------------------------------------------
+
+
+def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache: DigestCache | None,
+                      hub_cache: Path) -> ResolvedSource:
+    uri = base.uri
+    if uri.startswith(BUNDLED_SCHEME):
+        name = uri[len(BUNDLED_SCHEME):]
+        bundled = BUNDLED_MODELS.get(name)
+        if bundled is None:
+            raise SourceError(f"spec.baseModel.uri: unknown bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+        try:
+            gguf = bundled.locate()
+        except BaseModelError as error:
+            raise SourceError(f"spec.baseModel.uri: {error}") from None
+        digest = cache.sha256(gguf) if cache is not None else DigestCache().sha256(gguf)
+        return ResolvedSource(uri, digest)
+    if uri.startswith("hf://"):
+        repo_id, commit = hub_commit(uri, base.revision, hub_cache)
+        return ResolvedSource(uri, hashlib.sha256(f"hf {repo_id} {commit}".encode()).hexdigest(), revision=commit)
+    if uri.startswith("s3://"):
+        if base.sha256:
+            return ResolvedSource(uri, base.sha256)  # the folder digest: the model job checks it when it fetches
+        store = store_factory(uri.rstrip("/"))
+        objects = store.list("")
+        if not objects:
+            raise SourceError(f"spec.baseModel.uri: no objects under {uri}")
+        return ResolvedSource(uri, _etag_digest("spec.baseModel.uri", store, objects))
+    folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
+    if not folder.is_dir():
+        raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
+    return ResolvedSource(uri, folder_digest(folder, cache))
+
+
+def hub_commit(uri: str, revision: str | None, hub_cache: Path) -> tuple[str, str]:
+    """(repo id, commit sha) that `hf://org/name[@rev]` (or `revision`) points to now.
+
+    A 40-hex revision is a commit already. Otherwise the Hub is asked (`HF_ENDPOINT`, `HF_TOKEN` as
+    huggingface_hub reads them); with `HF_HUB_OFFLINE` set, the ref recorded in the local Hugging Face cache answers.
+    """
+    repo_id, _, uri_revision = uri[len("hf://"):].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SourceError(f"spec.baseModel.uri: {uri!r} must look like hf://org/name or hf://org/name@revision")
+    wanted = revision or uri_revision or "main"
+    if COMMIT.fullmatch(wanted):
+        return repo_id, wanted
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        ref = hub_cache / f"models--{repo_id.replace('/', '--')}" / "refs" / wanted
+        commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
+        if not COMMIT.fullmatch(commit):
+            raise SourceError(f"spec.baseModel.uri: cannot resolve {uri} revision {wanted!r} offline (HF_HUB_OFFLINE "
+                              f"is set and {ref} holds no commit); pin a commit sha or allow Hub access")
+        return repo_id, commit
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None,
+                     token=os.environ.get("HF_TOKEN") or None).model_info(repo_id, revision=wanted)
+    except HfHubHTTPError as error:
+        raise SourceError(f"spec.baseModel.uri: cannot resolve {uri} revision {wanted!r} on the Hub: "
+                          f"{' '.join(str(error).split())}") from None
+    if not isinstance(info.sha, str) or not COMMIT.fullmatch(info.sha):
+        raise SourceError(f"spec.baseModel.uri: the Hub gave no commit for {uri} revision {wanted!r}")
+    return repo_id, info.sha

@@ -1,0 +1,249 @@
+"""Source resolution: every input a stage reads becomes a digest of what it holds now, never just its URI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import kubetune.digests
+from kubetune.api import types as t
+from kubetune.api.validate import validate_spec
+from kubetune.digests import DigestCache, folder_digest
+from kubetune.sources import (
+    SourceError,
+    Sources,
+    base_model_source,
+    dataset_source,
+    resolve_sources,
+    template_source,
+)
+from kubetune.store import Store
+
+BUNDLED_TREE = Path(__file__).resolve().parents[2] / "datasets_new"
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def no_store(uri: str) -> Store:
+    raise AssertionError(f"no store expected, asked for {uri}")
+
+
+def tree(root: Path) -> Path:
+    """A small dataset tree: a structure file, two topic files, and a README the builder never reads."""
+    (root / "topics" / "identity").mkdir(parents=True)
+    (root / "structure.enriched.json").write_text('{"categories": []}')
+    (root / "topics" / "identity" / "name.json").write_text('{"samples": ["a"]}')
+    (root / "topics" / "identity" / "role.json").write_text('{"samples": ["b"]}')
+    (root / "README.md").write_text("notes")
+    return root
+
+
+def dataset_digest(root: Path, **spec: Any) -> str:
+    return dataset_source(t.DatasetSpec(uri=str(root), **spec), no_store).digest
+
+
+def test_editing_a_topic_file_changes_the_dataset_digest(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    before = dataset_digest(root)
+    assert dataset_digest(root) == before
+    (root / "topics" / "identity" / "name.json").write_text('{"samples": ["c"]}')
+    assert dataset_digest(root) != before
+
+
+def test_adding_a_topic_file_or_editing_the_structure_changes_the_dataset_digest(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    before = dataset_digest(root)
+    (root / "topics" / "identity" / "extra.json").write_text("{}")
+    added = dataset_digest(root)
+    (root / "structure.enriched.json").write_text('{"categories": ["identity"]}')
+    assert len({before, added, dataset_digest(root)}) == 3
+
+
+def test_files_the_builder_does_not_read_leave_the_dataset_digest_alone(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    before = dataset_digest(root)
+    (root / "README.md").write_text("other notes")
+    (root / "scratch.txt").write_text("x")
+    assert dataset_digest(root) == before
+
+
+def test_the_same_tree_in_two_folders_has_one_digest(tmp_path: Path) -> None:
+    root = tree(tmp_path / "one")
+    copy = shutil.copytree(root, tmp_path / "two")
+    assert dataset_digest(root) == dataset_digest(copy)
+    assert dataset_source(t.DatasetSpec(uri=f"file://{copy}"), no_store).digest == dataset_digest(root)
+
+
+def test_the_bundled_dataset_is_the_tree_packaged_with_kubetune() -> None:
+    assert dataset_source(t.DatasetSpec(uri="bundled"), no_store).digest == dataset_digest(BUNDLED_TREE)
+
+
+def test_a_symlink_out_of_the_tree_is_refused(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    (tmp_path / "secret.json").write_text("{}")
+    (root / "topics" / "identity" / "leak.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(SourceError, match=r"spec\.dataset\.uri: .*leak\.json is a symlink .* outside"):
+        dataset_digest(root)
+
+
+def test_a_missing_tree_or_structure_file_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"^spec\.dataset\.uri: .* is not a folder"):
+        dataset_digest(tmp_path / "absent")
+    with pytest.raises(SourceError, match=r"^spec\.dataset\.structure: .*other\.json does not exist"):
+        dataset_digest(tree(tmp_path / "tree"), structure="other.json")
+
+
+def test_the_template_digest_is_the_sha256_of_the_installed_chat_template() -> None:
+    installed = Path(__file__).resolve().parents[2] / "templates" / "chat_template.jinja"
+    assert template_source().digest == hashlib.sha256(installed.read_bytes()).hexdigest()
+
+
+# --- base models --------------------------------------------------------------------------------------------------
+
+
+def model_folder(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "llama"}')
+    (root / "model.safetensors").write_bytes(b"\x00" * 2048)
+    return root
+
+
+def model_digest(uri: str, tmp_path: Path, **spec: Any) -> str:
+    return base_model_source(t.BaseModelSpec(uri=uri, **spec), no_store, None, tmp_path / "hf").digest
+
+
+def test_a_local_model_folder_is_addressed_by_its_folder_digest_and_new_weights_change_it(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "model")
+    before = model_digest(str(folder), tmp_path)
+    assert before == folder_digest(folder) == model_digest(f"file://{folder}", tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x01" * 2048)
+    assert model_digest(str(folder), tmp_path) != before
+
+
+def test_the_bundled_model_is_addressed_by_its_gguf_file() -> None:
+    from kubetune.bundled import BUNDLED_MODELS
+
+    gguf = BUNDLED_MODELS["smollm2-135m-instruct"].locate()
+    resolved = base_model_source(t.BaseModelSpec(), no_store, None, Path("/nonexistent"))
+    assert resolved.digest == kubetune.digests.sha256_file(gguf)
+
+
+def test_an_s3_model_with_a_pinned_sha256_is_that_folder_digest_without_listing(tmp_path: Path) -> None:
+    pinned = "c" * 64
+    assert model_digest("s3://models/smol/", tmp_path, sha256=pinned) == pinned
+
+
+def test_the_digest_cache_rehashes_a_big_file_only_when_its_stat_changes(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(kubetune.digests.CACHED_MIN_SIZE))
+    hashed: list[Path] = []
+    real = kubetune.digests.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(kubetune.digests, "sha256_file", counting)
+    cache = DigestCache(tmp_path / "state" / "digests.json")
+    first = cache.sha256(big)
+    cache.save()
+    again = DigestCache(tmp_path / "state" / "digests.json")  # a later run reads the saved cache
+    assert again.sha256(big) == first and hashed == [big]
+    big.write_bytes(os.urandom(kubetune.digests.CACHED_MIN_SIZE))  # rewritten: new mtime
+    assert again.sha256(big) != first and hashed == [big, big]
+
+
+# --- hf:// revisions ----------------------------------------------------------------------------------------------
+
+
+class ModelInfo(BaseHTTPRequestHandler):
+    """The Hub's model-info API for one repo: GET /api/models/org/name/revision/<rev> → {"sha": <commit>}."""
+
+    refs: ClassVar[dict[str, str]] = {}
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        prefix = "/api/models/org/tiny/revision/"
+        commit = self.refs.get(self.path[len(prefix):].split("?")[0]) if self.path.startswith(prefix) else None
+        body = json.dumps({"id": "org/tiny", "sha": commit} if commit else {"error": "Revision Not Found"}).encode()
+        self.send_response(200 if commit else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ModelInfo]]:
+    """A local stand-in for the Hub's model-info API at HF_ENDPOINT, with Hub access allowed for this test."""
+    import huggingface_hub.constants
+
+    ModelInfo.refs, ModelInfo.asked = {"main": COMMIT_A}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelInfo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield ModelInfo
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_hf_ref_resolves_to_its_commit_and_a_moved_ref_changes_the_digest(hub: type[ModelInfo],
+                                                                             tmp_path: Path) -> None:
+    base = t.BaseModelSpec(uri="hf://org/tiny@main")
+    first = base_model_source(base, no_store, None, tmp_path)
+    assert first.revision == COMMIT_A and hub.asked
+    hub.refs["main"] = COMMIT_B  # a new commit pushed to main
+    moved = base_model_source(base, no_store, None, tmp_path)
+    assert moved.revision == COMMIT_B and moved.digest != first.digest
+
+
+def test_an_hf_commit_revision_needs_no_hub(hub: type[ModelInfo], tmp_path: Path) -> None:
+    resolved = base_model_source(t.BaseModelSpec(uri="hf://org/tiny", revision=COMMIT_B), no_store, None, tmp_path)
+    assert resolved.revision == COMMIT_B and hub.asked == []
+
+
+def test_an_unknown_hf_revision_names_the_field(hub: type[ModelInfo], tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"^spec\.baseModel\.uri: cannot resolve hf://org/tiny@nope revision"):
+        base_model_source(t.BaseModelSpec(uri="hf://org/tiny@nope"), no_store, None, tmp_path)
+
+
+def test_offline_an_hf_ref_is_read_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = t.BaseModelSpec(uri="hf://org/tiny@main")
+    with pytest.raises(SourceError, match="cannot resolve hf://org/tiny@main revision 'main' offline"):
+        base_model_source(base, no_store, None, tmp_path)
+    refs = tmp_path / "models--org--tiny" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(COMMIT_A)
+    assert base_model_source(base, no_store, None, tmp_path).revision == COMMIT_A
+
+
+# --- all together ---------------------------------------------------------------------------------------------------
+
+
+def test_resolved_sources_round_trip_through_json(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    folder = model_folder(tmp_path / "model")
+    spec = validate_spec({"dataset": {"uri": str(root)}, "baseModel": {"uri": str(folder)}})
+    sources = resolve_sources(spec, store_factory=no_store, cache=DigestCache(), hub_cache=tmp_path / "hf")
+    assert Sources.from_json(json.loads(sources.dumps())) == sources
+    assert (sources.dataset.uri, sources.base_model.uri) == (str(root), str(folder))
