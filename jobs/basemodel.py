@@ -82,6 +82,9 @@ def _check_model_folder(folder: Path, uri: str) -> None:
 def _local(path: Path) -> Path:
     if not path.is_absolute():
         raise BaseModelError(f"{URI_FIELD}: a local base model path must be absolute, got {str(path)!r}")
+    # Checked after decoding too: a percent-encoded '..' (%2e%2e) in a file:// URI passes a check of the URI as written.
+    if ".." in path.parts or "\x00" in str(path):
+        raise BaseModelError(f"{URI_FIELD}: a local base model path must not contain '..' or NUL, got {str(path)!r}")
     return path
 
 

@@ -71,6 +71,8 @@ BAD_BASES: dict[str, tuple[str, str]] = {
     "folder without config.json": ("{tmp}/empty", r"is not a Hugging Face model folder: no config\.json"),
     "unknown bundled model": ("bundled://llama-70b", r"unknown bundled model 'llama-70b'.*smollm2-135m-instruct"),
     "malformed hub id": ("hf://just-a-name", r"must look like hf://org/name"),
+    "percent-encoded traversal": ("file:///models/%2e%2e/etc", r"must not contain '\.\.' or NUL, got '/models/\.\./etc'"),
+    "plain path traversal": ("/models/../etc", r"must not contain '\.\.' or NUL"),
 }
 
 
