@@ -1,6 +1,5 @@
-"""CEL compile-time checks as kube-apiserver runs them on a CRD's `x-kubernetes-validations`: the CEL type of each
-schema node (apiextensions' SchemaDeclType), a parsed and macro-expanded AST (cel-go's macros) and a type checker
-that reports cel-go's errors (undefined field, undeclared reference, no matching overload, result not bool/string).
+"""CEL compile-time checks as kube-apiserver runs them on a CRD's `x-kubernetes-validations`, against the CEL types
+of the schema nodes (`cel_types`): a parsed and macro-expanded AST (cel-go's macros) and a type checker that reports cel-go's errors (undefined field, undeclared reference, no matching overload, result not bool/string).
 
 cel-python parses; it has no type checker, so the checking is ours. The function library covered is the standard one
 plus the Kubernetes string and list extensions listed in `_FUNCTIONS`; anything else is an "undeclared reference", as
@@ -19,166 +18,24 @@ import celpy
 import lark
 from celpy.evaluation import celbytes, celstr
 
-Schema = dict[str, Any]
-MAX_REQUEST_BYTES = 3 * 1024 * 1024  # celconfig.MaxRequestSizeBytes
-ACCUMULATOR = "@result"
-_RESERVED = frozenset(
-    ("true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if", "import")
-    + ("let", "loop", "package", "namespace", "return", "var", "void", "while")
+from tests.kube.cel_types import (
+    BOOL,
+    BYTES,
+    DOUBLE,
+    DYN,
+    INT,
+    NULL,
+    NUMERIC,
+    STRING,
+    TYPE,
+    UINT,
+    CelType,
+    elem_of,
+    key_of,
+    list_of,
 )
-_ESCAPES = {"__": "__underscores__", ".": "__dot__", "-": "__dash__", "/": "__slash__"}
 
-
-@dataclass(eq=False)
-class CelType:
-    """A CEL type with the size facts the cost estimator reads (apiextensions' DeclType)."""
-
-    kind: str  # bool int uint double string bytes null_type duration timestamp list map object dyn type
-    elem: CelType | None = None  # list items, map values
-    key: CelType | None = None  # map keys
-    fields: dict[str, CelType] = field(default_factory=dict)  # object fields, by escaped name
-    max_elements: int = 0  # characters (strings), items (lists), entries (maps)
-    min_size: int = 1  # smallest JSON serialization, for worst-case counts
-    name: str = ""  # objects: the type name in messages
-
-    def __str__(self) -> str:
-        if self.kind == "list":
-            return f"list({self.elem})"
-        if self.kind == "map":
-            return f"map({self.key}, {self.elem})"
-        if self.kind == "object":
-            return self.name or "object"
-        return self.kind
-
-    def same(self, other: CelType) -> bool:
-        """Assignable either way (dyn matches anything), as the checker's overload resolution needs."""
-        if "dyn" in (self.kind, other.kind):
-            return True
-        if self.kind != other.kind:
-            return False
-        if self.kind == "list":
-            return _elem(self).same(_elem(other))
-        if self.kind == "map":
-            return _key(self).same(_key(other)) and _elem(self).same(_elem(other))
-        if self.kind == "object":
-            return self.name == other.name
-        return True
-
-
-def _elem(cel_type: CelType) -> CelType:
-    return cel_type.elem or DYN
-
-
-def _key(cel_type: CelType) -> CelType:
-    return cel_type.key or DYN
-
-
-DYN = CelType("dyn")
-BOOL = CelType("bool", min_size=4)
-INT = CelType("int")
-UINT = CelType("uint")
-DOUBLE = CelType("double")
-STRING = CelType("string", min_size=2)
-BYTES = CelType("bytes", min_size=2)
-NULL = CelType("null_type", min_size=4)
-TYPE = CelType("type")
-NUMERIC = ("int", "uint", "double")
-
-
-def list_of(elem: CelType) -> CelType:
-    return CelType("list", elem=elem, min_size=2)
-
-
-def escape(name: str) -> str | None:
-    """A property name as CEL sees it (apiserver cel.Escape); None when it cannot be exposed."""
-    if not name or name[0].isdigit():
-        return None
-    if name in _RESERVED:
-        return f"__{name}__"
-    if re.search(r"[^a-zA-Z0-9\-./_]", name):
-        return None
-    return re.sub(r"__|[-./]", lambda match: _ESCAPES[match.group()], name)
-
-
-def with_type_and_object_meta(schema: Schema) -> Schema:
-    """The root of a resource: apiVersion, kind, metadata.name and metadata.generateName are always visible,
-    and metadata shows nothing else."""
-    properties = dict(schema.get("properties") or {})
-    properties["kind"] = {"type": "string"}
-    properties["apiVersion"] = {"type": "string"}
-    properties["metadata"] = {
-        "type": "object",
-        "properties": {"name": {"type": "string"}, "generateName": {"type": "string"}},
-    }
-    return {**schema, "properties": properties}
-
-
-def schema_decl_type(schema: Schema, is_root: bool, name: str = "selfType") -> CelType | None:
-    """The CEL type of a structural schema node, with apiextensions' worst-case sizes for unbounded values."""
-    if schema.get("x-kubernetes-int-or-string"):
-        bound = schema.get("maxLength")
-        return CelType("dyn", max_elements=max(bound, 0) * 4 if bound is not None else MAX_REQUEST_BYTES - 2)
-    if is_root:
-        schema = with_type_and_object_meta(schema)
-    kind = schema.get("type")
-    if kind == "array":
-        items = schema.get("items")
-        if not isinstance(items, dict):
-            return None
-        item_type = schema_decl_type(items, bool(items.get("x-kubernetes-embedded-resource")), f"{name}.@idx")
-        if item_type is None:
-            return None
-        bound = schema.get("maxItems")
-        count = max(bound, 0) if bound is not None else (MAX_REQUEST_BYTES - 2) // (item_type.min_size + 1)
-        return CelType("list", elem=item_type, max_elements=count, min_size=2)
-    if kind == "object":
-        additional = schema.get("additionalProperties")
-        if isinstance(additional, dict):
-            value_type = schema_decl_type(
-                additional, bool(additional.get("x-kubernetes-embedded-resource")), f"{name}.@elem"
-            )
-            if value_type is None:
-                return None
-            bound = schema.get("maxProperties")
-            count = max(bound, 0) if bound is not None else (MAX_REQUEST_BYTES - 2) // (value_type.min_size + 6)
-            return CelType("map", key=STRING, elem=value_type, max_elements=count, min_size=2)
-        fields: dict[str, CelType] = {}
-        required = set(schema.get("required") or [])
-        min_size = 2
-        for prop_name, prop in (schema.get("properties") or {}).items():
-            escaped = escape(prop_name)
-            prop_type = schema_decl_type(
-                prop, bool(prop.get("x-kubernetes-embedded-resource")), f"{name}.{escaped or prop_name}"
-            )
-            if prop_type is None:
-                continue
-            if escaped is not None:
-                fields[escaped] = prop_type
-            if prop_name in required and "default" not in prop:
-                min_size += len(prop_name) + prop_type.min_size + 4
-        return CelType("object", fields=fields, min_size=min_size, name=name)
-    if kind == "string":
-        return _string_decl_type(schema)
-    return {"boolean": BOOL, "number": DOUBLE, "integer": INT}.get(kind or "")
-
-
-def _string_decl_type(schema: Schema) -> CelType:
-    unbounded = MAX_REQUEST_BYTES - 2
-    fmt = schema.get("format")
-    if fmt == "byte":
-        bound = schema.get("maxLength")
-        return CelType("bytes", max_elements=max(bound, 0) if bound is not None else unbounded, min_size=2)
-    if fmt == "duration":
-        return CelType("duration", max_elements=32, min_size=3)
-    if fmt in ("date", "date-time"):
-        return CelType("timestamp", max_elements=12 if fmt == "date" else 32, min_size=12 if fmt == "date" else 21)
-    if schema.get("maxLength") is not None:
-        count = max(schema["maxLength"], 0) * 4
-    elif schema.get("enum"):
-        count = max((len(value) for value in schema["enum"] if isinstance(value, str)), default=0)
-    else:
-        count = unbounded
-    return CelType("string", max_elements=count, min_size=2)
+ACCUMULATOR = "@result"
 
 
 # --------------------------------------------------------------------------------------------------------- the AST
@@ -525,7 +382,7 @@ class _Checker:
                 return DYN
             return operand.fields[expr.name]
         if operand.kind == "map":
-            return _elem(operand)
+            return elem_of(operand)
         if operand.kind == "dyn":
             return DYN
         self.issues.append((expr.offset, f"type '{operand}' does not support field selection"))
@@ -535,9 +392,9 @@ class _Checker:
         assert expr.iter_range and expr.accu_init and expr.loop_cond and expr.loop_step and expr.result
         range_type = self.check(expr.iter_range)
         if range_type.kind == "list":
-            var_type = _elem(range_type)
+            var_type = elem_of(range_type)
         elif range_type.kind == "map":
-            var_type = _key(range_type)
+            var_type = key_of(range_type)
         else:
             if range_type.kind != "dyn":
                 self.issues.append(
@@ -593,15 +450,15 @@ class _Checker:
             result, expr.overload = self._arithmetic(function, args)
         elif function == "_[_]":
             if kinds[0] == "list" and kinds[1] in ("int", "dyn"):
-                result, expr.overload = _elem(args[0]), "index_list"
-            elif kinds[0] == "map" and _key(args[0]).same(args[1]):
-                result, expr.overload = _elem(args[0]), "index_map"
+                result, expr.overload = elem_of(args[0]), "index_list"
+            elif kinds[0] == "map" and key_of(args[0]).same(args[1]):
+                result, expr.overload = elem_of(args[0]), "index_map"
             elif kinds[0] == "dyn":
                 result, expr.overload = DYN, "index_dyn"
         elif function == "@in":
-            if kinds[1] == "list" and _elem(args[1]).same(args[0]):
+            if kinds[1] == "list" and elem_of(args[1]).same(args[0]):
                 result, expr.overload = BOOL, "in_list"
-            elif kinds[1] == "map" and _key(args[1]).same(args[0]):
+            elif kinds[1] == "map" and key_of(args[1]).same(args[0]):
                 result, expr.overload = BOOL, "in_map"
             elif kinds[1] == "dyn":
                 result, expr.overload = BOOL, "in_dyn"
@@ -638,7 +495,7 @@ class _Checker:
             return left, "arithmetic_numeric"
         if function == "_+_" and left.kind == right.kind and left.kind in ("string", "bytes", "list"):
             if left.kind == "list":
-                return list_of(_elem(left) if _elem(left).same(_elem(right)) else DYN), "add_list"
+                return list_of(elem_of(left) if elem_of(left).same(elem_of(right)) else DYN), "add_list"
             return left, f"add_{left.kind}"
         return None, ""
 
@@ -649,12 +506,12 @@ class _Checker:
                 continue
             if receiver is not None and receiver.kind not in (receiver_kind, "dyn"):
                 continue
-            element = _elem(receiver) if receiver is not None else DYN
+            element = elem_of(receiver) if receiver is not None else DYN
             if all(
                 wanted == "*" or arg.kind in (wanted, "dyn") or (wanted == "A" and element.same(arg))
                 for wanted, arg in zip(arg_kinds, args, strict=True)
             ):
-                if function == "join" and receiver is not None and _elem(receiver).kind not in ("string", "dyn"):
+                if function == "join" and receiver is not None and elem_of(receiver).kind not in ("string", "dyn"):
                     continue
                 expr.overload = f"{function}_{receiver_kind or '_'.join(arg_kinds)}"
                 return element if result_kind == "A" else _RESULT_TYPES[result_kind]

@@ -2,7 +2,7 @@
 Kubernetes size estimator and library costs), so the emulator refuses the rules a real server refuses.
 
 A rule's estimated cost is the worst case of its expression, with unbounded strings, lists and maps sized from the
-3 MiB request limit (`cel_check.schema_decl_type`). The apiextensions validation multiplies it by the largest number
+3 MiB request limit (`cel_types.schema_decl_type`). The apiextensions validation multiplies it by the largest number
 of times the rule's node can occur (the product of the enclosing maxItems/maxProperties, or a worst case from the
 request size when one of them is unbounded) and refuses a rule over 10,000,000 or a CRD whose rules total more than
 100,000,000. Costs of functions outside `cel_check._FUNCTIONS` are not modelled (they do not compile here).
@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tests.kube.cel_check import ACCUMULATOR, CelType, Compiled, Expr
+from tests.kube.cel_check import ACCUMULATOR, Compiled, Expr
+from tests.kube.cel_types import CelType
 
 PER_RULE_LIMIT = 10_000_000  # StaticEstimatedCostLimit
 PER_CRD_LIMIT = 100_000_000  # StaticEstimatedCRDCostLimit

@@ -97,11 +97,13 @@ def duplicate(path: str, value: Any) -> FieldError:
 
 
 def too_many(path: str, actual: int, most: int) -> FieldError:
-    return FieldError("FieldValueTooMany", path, actual, f"must have at most {most} items")
+    return FieldError("FieldValueTooMany", path, actual, f"must have at most {most} {'item' if most == 1 else 'items'}")
 
 
 def too_long(path: str, most: int) -> FieldError:
-    return FieldError("FieldValueTooLong", path, OMIT, f"may not be more than {most} bytes")
+    return FieldError(
+        "FieldValueTooLong", path, OMIT, f"may not be more than {most} {'byte' if most == 1 else 'bytes'}"
+    )
 
 
 def invalid_status(kind: str, group: str, name: str, field_errors: list[FieldError]) -> errors.ApiError:
