@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tests.kube import pod_security, podspec
+from tests.kube import jobs_admission, pod_security, podspec
 from tests.kube import validation as v
 
 Obj = dict[str, Any]
@@ -35,10 +35,6 @@ ROLE_BINDINGS: GroupResource = (RBAC, "rolebindings")
 CLUSTER_ROLE_BINDINGS: GroupResource = (RBAC, "clusterrolebindings")
 
 MAX_DATA_SIZE = 1024 * 1024  # ConfigMap and Secret payloads (core.MaxConfigMapSize, core.MaxSecretSize)
-CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
-JOB_NAME = "batch.kubernetes.io/job-name"
-LEGACY_CONTROLLER_UID = "controller-uid"
-LEGACY_JOB_NAME = "job-name"
 _SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
 _FINALIZERS = ("kubernetes", "orphan", "foregroundDeletion")  # standard finalizers that need no domain
 
@@ -78,256 +74,6 @@ def metadata_causes(meta: Obj) -> list[str]:
     return causes
 
 
-def _immutable(path: str, new: Any, old: Any) -> list[str]:
-    return [] if new == old else [v.invalid(path, new, "field is immutable")]
-
-
-# -------------------------------------------------------------------------------------------------------- Jobs
-
-
-def default_job(job: Obj, creating: bool) -> None:
-    """SetDefaults_Job (batch/v1 defaults.go), then, on create, the strategy's generated selector and labels."""
-    spec = job.setdefault("spec", {})
-    if not isinstance(spec, dict):
-        return
-    if spec.get("completions") is None and spec.get("parallelism") is None:
-        spec["completions"] = spec["parallelism"] = 1
-    spec.setdefault("parallelism", 1)
-    spec.setdefault("backoffLimit", 2**31 - 1 if spec.get("backoffLimitPerIndex") is not None else 6)
-    spec.setdefault("completionMode", "NonIndexed")
-    spec.setdefault("suspend", False)
-    policy = spec.get("podFailurePolicy")
-    for rule in (policy.get("rules") or []) if isinstance(policy, dict) else []:
-        for pattern in rule.get("onPodConditions") or []:
-            pattern.setdefault("status", "True")
-    spec.setdefault("podReplacementPolicy", "Failed" if policy else "TerminatingOrFailed")
-    template = spec.setdefault("template", {})
-    if not isinstance(template, dict):
-        return
-    template_labels = (template.get("metadata") or {}).get("labels")
-    if template_labels and not job["metadata"].get("labels"):
-        job["metadata"]["labels"] = dict(template_labels)
-    podspec.default_pod_template(template)
-    if creating and not spec.get("manualSelector"):
-        uid, name = job["metadata"]["uid"], job["metadata"]["name"]
-        labels = template.setdefault("metadata", {}).setdefault("labels", {})
-        for key, value in ((CONTROLLER_UID, uid), (JOB_NAME, name), (LEGACY_CONTROLLER_UID, uid),
-                           (LEGACY_JOB_NAME, name)):
-            labels.setdefault(key, value)
-        spec.setdefault("selector", {"matchLabels": {CONTROLLER_UID: uid}})
-
-
-def _selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
-        present = key in labels
-        if (operator == "In" and labels.get(key) not in values) or (operator == "NotIn" and labels.get(key) in values):
-            return False
-        if (operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
-            return False
-    return True
-
-
-def _label_selector(selector: Any, path: str) -> list[str]:
-    if not isinstance(selector, dict):
-        return [v.required(path)]
-    causes = v.labels(f"{path}.matchLabels", selector.get("matchLabels"))
-    for index, expression in enumerate(selector.get("matchExpressions") or []):
-        at = f"{path}.matchExpressions[{index}]"
-        operator, values = expression.get("operator"), expression.get("values") or []
-        causes += v.each(f"{at}.key", expression.get("key", ""), v.qualified_name(expression.get("key", "")))
-        if operator in ("In", "NotIn") and not values:
-            causes.append(v.required(f"{at}.values", "must be specified when `operator` is 'In' or 'NotIn'"))
-        elif operator in ("Exists", "DoesNotExist") and values:
-            causes.append(v.forbidden(f"{at}.values", "may not be specified when `operator` is 'Exists' or "
-                                                        "'DoesNotExist'"))
-        elif operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            causes.append(v.invalid(f"{at}.operator", operator, "not a valid selector operator"))
-    return causes
-
-
-def _generated_selector(job: Obj) -> list[str]:
-    spec, meta = job["spec"], job["metadata"]
-    if spec.get("manualSelector") or not isinstance(spec.get("selector"), dict):
-        return []
-    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    expected = {CONTROLLER_UID: meta["uid"], JOB_NAME: meta["name"], LEGACY_CONTROLLER_UID: meta["uid"],
-                LEGACY_JOB_NAME: meta["name"]}
-    causes = [v.invalid(f"spec.template.metadata.labels[{key}]", labels.get(key, ""), f"must be '{value}'")
-              for key, value in expected.items() if labels.get(key) != value]
-    if not _selector_matches(spec["selector"], expected):
-        causes.append(v.invalid("spec.selector", spec["selector"], "`selector` not auto-generated"))
-    return causes
-
-
-def _pod_failure_policy(spec: Obj, path: str) -> list[str]:
-    policy = spec["podFailurePolicy"]
-    rules = policy.get("rules") or [] if isinstance(policy, dict) else []
-    causes = [v.too_many(f"{path}.rules", len(rules), 20)] if len(rules) > 20 else []
-    pod = (spec.get("template") or {}).get("spec") or {}
-    names = {c.get("name") for c in [*(pod.get("containers") or []), *(pod.get("initContainers") or [])]}
-    actions = ("Count", "FailIndex", "FailJob", "Ignore")
-    for index, rule in enumerate(rules):
-        at = f"{path}.rules[{index}]"
-        action = rule.get("action", "")
-        if not action:
-            causes.append(v.required(f"{at}.action", "valid values: " + str(list(actions)).replace("'", '"')))
-        elif action == "FailIndex" and spec.get("backoffLimitPerIndex") is None:
-            causes.append(v.invalid(f"{at}.action", action, "requires the backoffLimitPerIndex to be set"))
-        elif action not in actions:
-            causes.append(v.unsupported(f"{at}.action", action, actions))
-        on_exit, on_conditions = rule.get("onExitCodes"), rule.get("onPodConditions") or []
-        if on_exit is not None:
-            causes += _on_exit_codes(on_exit, f"{at}.onExitCodes", names)
-        if len(on_conditions) > 20:
-            causes.append(v.too_many(f"{at}.onPodConditions", len(on_conditions), 20))
-        for number, pattern in enumerate(on_conditions):
-            where = f"{at}.onPodConditions[{number}]"
-            causes += v.each(f"{where}.type", pattern.get("type", ""), v.qualified_name(pattern.get("type", "")))
-            if pattern.get("status") not in ("False", "True", "Unknown"):
-                causes.append(v.unsupported(f"{where}.status", pattern.get("status"), ("False", "True", "Unknown")))
-        if on_exit is not None and on_conditions:
-            causes.append(f"{at}: Invalid value: specifying both OnExitCodes and OnPodConditions is not supported")
-        if on_exit is None and not on_conditions:
-            causes.append(f"{at}: Invalid value: specifying one of OnExitCodes and OnPodConditions is required")
-    return causes
-
-
-def _on_exit_codes(requirement: Obj, path: str, container_names: set[Any]) -> list[str]:
-    causes: list[str] = []
-    operator = requirement.get("operator", "")
-    if not operator:
-        causes.append(v.required(f"{path}.operator", 'valid values: ["In" "NotIn"]'))
-    elif operator not in ("In", "NotIn"):
-        causes.append(v.unsupported(f"{path}.operator", operator, ("In", "NotIn")))
-    name = requirement.get("containerName")
-    if name is not None and name not in container_names:
-        causes.append(v.invalid(f"{path}.containerName", name,
-                                "must be one of the container or initContainer names in the pod template"))
-    values = requirement.get("values") or []
-    if not values:
-        causes.append(v.invalid(f"{path}.values", values, "at least one value is required"))
-    elif len(values) > 255:
-        causes.append(v.too_many(f"{path}.values", len(values), 255))
-    seen: set[int] = set()
-    for index, value in enumerate(values):
-        if operator == "In" and value == 0:
-            causes.append(v.invalid(f"{path}.values[{index}]", value, "must not be 0 for the In operator"))
-        if value in seen:
-            causes.append(v.duplicate(f"{path}.values[{index}]", value))
-        seen.add(value)
-    if values != sorted(values):
-        causes.append(v.invalid(f"{path}.values", values, "must be ordered"))
-    return causes
-
-
-def validate_job_spec(spec: Obj) -> list[str]:
-    """validateJobSpec + ValidateJobSpec: counts, completion mode, policies, the pod template, the selector."""
-    causes: list[str] = []
-    for field in ("parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished",
-                  "backoffLimitPerIndex", "maxFailedIndexes"):
-        causes += v.nonnegative(f"spec.{field}", spec.get(field))
-    indexed = spec.get("completionMode") == "Indexed"
-    if spec.get("maxFailedIndexes") is not None and spec.get("backoffLimitPerIndex") is None:
-        causes.append(v.required("spec.backoffLimitPerIndex", "when maxFailedIndexes is specified"))
-    if spec.get("completionMode") not in ("NonIndexed", "Indexed"):
-        causes.append(v.unsupported("spec.completionMode", spec.get("completionMode"), ("NonIndexed", "Indexed")))
-    elif indexed:
-        if spec.get("completions") is None:
-            causes.append(v.required("spec.completions", "when completion mode is Indexed"))
-        if (spec.get("parallelism") or 0) > 100_000:
-            causes.append(v.invalid("spec.parallelism", spec["parallelism"],
-                                    "must be less than or equal to 100000 when completion mode is Indexed"))
-    else:
-        for field in ("backoffLimitPerIndex", "maxFailedIndexes"):
-            if spec.get(field) is not None:
-                causes.append(v.invalid(f"spec.{field}", spec[field], "requires indexed completion mode"))
-    if spec.get("podFailurePolicy") is not None:
-        causes += _pod_failure_policy(spec, "spec.podFailurePolicy")
-    replacement = spec.get("podReplacementPolicy")
-    allowed = ("Failed",) if spec.get("podFailurePolicy") is not None else ("Failed", "TerminatingOrFailed")
-    if replacement not in allowed:
-        causes.append(v.unsupported("spec.podReplacementPolicy", replacement, allowed))
-    causes += podspec.validate_pod_template(spec.get("template"), "spec.template")
-    restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
-    if restart in ("Always", "", None):
-        causes.append(v.required("spec.template.spec.restartPolicy", 'valid values: "OnFailure", "Never"'))
-    elif restart not in ("OnFailure", "Never"):
-        causes.append(v.unsupported("spec.template.spec.restartPolicy", restart, ("OnFailure", "Never")))
-    elif spec.get("podFailurePolicy") is not None and restart != "Never":
-        causes.append(v.invalid("spec.template.spec.restartPolicy", restart,
-                                'only "Never" is supported when podFailurePolicy is specified'))
-    causes += _label_selector(spec.get("selector"), "spec.selector")
-    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    if isinstance(spec.get("selector"), dict) and not _selector_matches(spec["selector"], labels):
-        causes.append(v.invalid("spec.template.metadata.labels", labels, "`selector` does not match template "
-                                                                         "`labels`"))
-    return causes
-
-
-def validate_job(job: Obj) -> list[str]:
-    spec = job["spec"]
-    causes = _generated_selector(job) + validate_job_spec(spec)
-    if spec.get("completionMode") == "Indexed" and (spec.get("completions") or 0) > 0:
-        # The controller names each pod's hostname `<job>-<index>`: it must stay a DNS label.
-        hostname = f"{job['metadata']['name']}-{spec['completions'] - 1}"
-        if v.dns1123_label(hostname):
-            causes.append(v.invalid("metadata.name", job["metadata"]["name"],
-                                    f"will not able to create pod with invalid DNS label: {hostname}"))
-    return causes
-
-
-def _scheduling_directives_free(template: Any, other: Any) -> Any:
-    """`template` with the fields a suspended, never-started Job may change replaced by `other`'s."""
-    if not isinstance(template, dict) or not isinstance(other, dict):
-        return template
-    result = copy.deepcopy(template)
-    meta, other_meta = result.setdefault("metadata", {}), other.get("metadata") or {}
-    for key in ("labels", "annotations"):
-        meta.pop(key, None)
-        if key in other_meta:
-            meta[key] = other_meta[key]
-    spec, other_spec = result.setdefault("spec", {}), other.get("spec") or {}
-    for key in ("nodeSelector", "tolerations", "schedulingGates"):
-        spec.pop(key, None)
-        if key in other_spec:
-            spec[key] = other_spec[key]
-    affinity = dict(spec.get("affinity") or {})
-    affinity.pop("nodeAffinity", None)
-    if (other_spec.get("affinity") or {}).get("nodeAffinity") is not None:
-        affinity["nodeAffinity"] = other_spec["affinity"]["nodeAffinity"]
-    spec.pop("affinity", None)
-    if affinity:
-        spec["affinity"] = affinity
-    return result
-
-
-def validate_job_update(job: Obj, old: Obj) -> list[str]:
-    """ValidateJobSpecUpdate: the template is immutable, except the scheduling directives, labels and annotations
-    of a Job that is suspended and never started (status.startTime unset); selector, completionMode,
-    podFailurePolicy, backoffLimitPerIndex, managedBy and successPolicy never change; completions only in
-    tandem with parallelism for Indexed Jobs (elastic Indexed Jobs)."""
-    spec, old_spec = job["spec"], old.get("spec") or {}
-    causes = validate_job_spec(spec)
-    if spec.get("completionMode") == "Indexed" and spec.get("completions") != old_spec.get("completions"):
-        if spec.get("completions") is not None and spec.get("completions") != spec.get("parallelism"):
-            causes.append(v.invalid("spec.completions", spec["completions"],
-                                    "can only be modified in tandem with spec.parallelism"))
-    else:
-        causes += _immutable("spec.completions", spec.get("completions"), old_spec.get("completions"))
-    causes += _immutable("spec.selector", spec.get("selector"), old_spec.get("selector"))
-    old_template = old_spec.get("template")
-    if old_spec.get("suspend") and not (old.get("status") or {}).get("startTime"):
-        old_template = _scheduling_directives_free(old_template, spec.get("template"))
-    causes += _immutable("spec.template", spec.get("template"), old_template)
-    for field in ("completionMode", "podFailurePolicy", "backoffLimitPerIndex", "managedBy", "successPolicy"):
-        causes += _immutable(f"spec.{field}", spec.get(field), old_spec.get(field))
-    return causes
-
-
 # ------------------------------------------------------------------------------------------------- Deployments
 
 
@@ -353,11 +99,11 @@ def validate_deployment(deployment: Obj, old: Obj | None) -> list[str]:
     for field in ("replicas", "minReadySeconds", "revisionHistoryLimit"):
         causes += v.nonnegative(f"spec.{field}", spec.get(field))
     selector = spec.get("selector")
-    causes += _label_selector(selector, "spec.selector")
+    causes += v.label_selector(selector, "spec.selector")
     if isinstance(selector, dict) and not (selector.get("matchLabels") or selector.get("matchExpressions")):
         causes.append(v.invalid("spec.selector", selector, "empty selector is invalid for deployment"))
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    if isinstance(selector, dict) and not _selector_matches(selector, labels):
+    if isinstance(selector, dict) and not v.selector_matches(selector, labels):
         causes.append(v.invalid("spec.template.metadata.labels", labels,
                                 "`selector` does not match template `labels`"))
     causes += podspec.validate_pod_template(spec.get("template"), "spec.template")
@@ -365,7 +111,7 @@ def validate_deployment(deployment: Obj, old: Obj | None) -> list[str]:
     if restart != "Always":
         causes.append(v.unsupported("spec.template.spec.restartPolicy", restart, ("Always",)))
     if old is not None:
-        causes += _immutable("spec.selector", selector, (old.get("spec") or {}).get("selector"))
+        causes += v.immutable("spec.selector", selector, (old.get("spec") or {}).get("selector"))
     return causes
 
 
@@ -586,8 +332,8 @@ def admit(group_resource: GroupResource, obj: Obj, old: Obj | None, allocated_ip
     """Default `obj` (in place) and validate it, on create (`old` None) or update. Returns the 422 causes."""
     creating = old is None
     if group_resource == JOBS:
-        default_job(obj, creating)
-        return validate_job(obj) if creating else validate_job_update(obj, old or {})
+        jobs_admission.default_job(obj, creating)
+        return jobs_admission.validate_job(obj) if creating else jobs_admission.validate_job_update(obj, old or {})
     if group_resource == PODS:
         # Creates are validated as the server's defaults would leave them, though stored without those defaults;
         # updates are not validated (the emulator's own tests patch pods freely).

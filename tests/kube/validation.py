@@ -218,6 +218,45 @@ def labels(path: str, values: Any) -> list[str]:
     return causes
 
 
+def immutable(path: str, new: Any, old: Any) -> list[str]:
+    """ValidateImmutableField."""
+    return [] if new == old else [invalid(path, new, "field is immutable")]
+
+
+def selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels and matchExpressions) selects these labels."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        present = key in labels
+        if (operator == "In" and labels.get(key) not in values) or (operator == "NotIn" and labels.get(key) in values):
+            return False
+        if (operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
+            return False
+    return True
+
+
+def label_selector(selector: Any, path: str) -> list[str]:
+    """ValidateLabelSelector: a selector is required, its labels and expressions well formed."""
+    if not isinstance(selector, dict):
+        return [required(path)]
+    causes = labels(f"{path}.matchLabels", selector.get("matchLabels"))
+    for index, expression in enumerate(selector.get("matchExpressions") or []):
+        at = f"{path}.matchExpressions[{index}]"
+        operator, values = expression.get("operator"), expression.get("values") or []
+        causes += each(f"{at}.key", expression.get("key", ""), qualified_name(expression.get("key", "")))
+        if operator in ("In", "NotIn") and not values:
+            causes.append(required(f"{at}.values", "must be specified when `operator` is 'In' or 'NotIn'"))
+        elif operator in ("Exists", "DoesNotExist") and values:
+            causes.append(forbidden(f"{at}.values", "may not be specified when `operator` is 'Exists' or "
+                                                        "'DoesNotExist'"))
+        elif operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            causes.append(invalid(f"{at}.operator", operator, "not a valid selector operator"))
+    return causes
+
+
 # ---------------------------------------------------------------------------------------------------- quantities
 
 _QUANTITY = re.compile(r"([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)")
