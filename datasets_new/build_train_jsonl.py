@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune.datasets_new.builder import BuildOptions
-from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError, OutputError, printable
+from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError, OutputError
 from kubetune.datasets_new.pipeline import EVAL_FILE, STATS_FILE, TRAIN_FILE, OutputPaths, build_and_write
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS, PlaceholderError, Placeholders, parse_assignments
 from kubetune.datasets_new.stats import TokenizerError, summary
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error.issue.format(), file=sys.stderr)
         return EXIT_BAD_INPUT
     except TokenizerError as error:
-        print(f"error: {printable(str(error))}", file=sys.stderr)
+        print(error.issue.format(), file=sys.stderr)
         return EXIT_BAD_INPUT
     if outcome.stats is not None:
         print(summary(outcome.stats), file=sys.stderr)

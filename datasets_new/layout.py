@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.datasets_new.errors import DatasetIssue, IssueCollector
-from kubetune.datasets_new.files import is_inside
+from kubetune.datasets_new.files import is_inside, unreadable
 from kubetune.datasets_new.structure import (
     Category,
     Structure,
@@ -43,10 +43,11 @@ def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) 
     found: list[TopicFile] = []
     for category_entry in tree.entries(topics_dir, shown_root):
         shown = f"{shown_root}/{category_entry.name}"
-        if not tree.stays_inside(category_entry, shown):
+        is_dir = tree.is_dir(category_entry, shown)
+        if is_dir is None:
             continue
         category = structure.category(category_entry.name)
-        if not category_entry.is_dir():
+        if not is_dir:
             issues.add(DatasetIssue(shown, "file outside any category folder", LAYOUT_HINT))
         elif category is None:
             issues.add(DatasetIssue(shown, f"folder {category_entry.name!r} is not a category of the structure",
@@ -69,10 +70,11 @@ def _scan_category(structure: Structure, category: Category, folder: Path, shown
     issues = tree.issues
     for sub_entry in tree.entries(folder, shown_folder):
         shown = f"{shown_folder}/{sub_entry.name}"
-        if not tree.stays_inside(sub_entry, shown):
+        is_dir = tree.is_dir(sub_entry, shown)
+        if is_dir is None:
             continue
         subcategory = category.subcategory(sub_entry.name)
-        if not sub_entry.is_dir():
+        if not is_dir:
             issues.add(DatasetIssue(shown, "file directly in a category folder", LAYOUT_HINT))
         elif subcategory is None:
             issues.add(DatasetIssue(shown, f"folder {sub_entry.name!r} is not a subcategory of {category.name!r}",
@@ -80,20 +82,22 @@ def _scan_category(structure: Structure, category: Category, folder: Path, shown
         else:
             for file_entry in tree.entries(Path(sub_entry.path), shown):
                 shown_file = f"{shown}/{file_entry.name}"
-                if not tree.stays_inside(file_entry, shown_file):
+                is_dir = tree.is_dir(file_entry, shown_file)
+                if is_dir is None:
                     continue
-                topic = _topic_file(structure, category, subcategory, file_entry, shown_file,
-                                    f"{root_name}/{category.name}/{subcategory.name}/{file_entry.name}", issues)
+                topic = _topic_file(structure, category, subcategory, file_entry.name, is_dir, Path(file_entry.path),
+                                    shown_file, f"{root_name}/{category.name}/{subcategory.name}/{file_entry.name}",
+                                    issues)
                 if topic is not None:
                     yield topic
 
 
-def _topic_file(structure: Structure, category: Category, subcategory: Subcategory, entry: os.DirEntry[str],
-                shown: str, source: str, issues: IssueCollector) -> TopicFile | None:
-    if entry.is_dir():
+def _topic_file(structure: Structure, category: Category, subcategory: Subcategory, name: str, is_dir: bool,
+                path: Path, shown: str, source: str, issues: IssueCollector) -> TopicFile | None:
+    if is_dir:
         issues.add(DatasetIssue(shown, "unexpected folder inside a subcategory folder", LAYOUT_HINT))
         return None
-    parts = entry.name.split(".")
+    parts = name.split(".")
     if len(parts) != 4 or parts[3] != "json":
         example = topic_file_name(category.name, subcategory.name, subcategory.content_types[0])
         issues.add(DatasetIssue(shown, "file name is not <category>.<subcategory>.<content_type>.json",
@@ -116,7 +120,7 @@ def _topic_file(structure: Structure, category: Category, subcategory: Subcatego
             f"listed content types: {', '.join(subcategory.content_types)}; "
             "add it to the subcategory's content_types in structure.enriched.json or rename the file"))
         return None
-    return TopicFile(category, subcategory, content_type, Path(entry.path), shown, source)
+    return TopicFile(category, subcategory, content_type, path, shown, source)
 
 
 @dataclass
@@ -137,14 +141,20 @@ class _Tree:
                                          "make the folder readable by the user running the build"))
             return []
 
-    def stays_inside(self, entry: os.DirEntry[str], shown: str) -> bool:
-        """False (and an issue) for a symlink that leads outside the topics folder: a tree never reads beyond itself.
+    def is_dir(self, entry: os.DirEntry[str], shown: str) -> bool | None:
+        """Whether the entry is a folder (following an in-tree symlink); None, and an issue, for a symlink that leads
+        outside the topics folder (a tree never reads beyond itself) or an entry that cannot be examined (a symlink
+        loop).
 
         Plain entries are inside by construction; only symlinks (known from the directory listing, no extra system
         call) are resolved.
         """
-        if not entry.is_symlink() or is_inside(Path(entry.path), self.real_root):
-            return True
-        self.issues.add(DatasetIssue(shown, "symlink leads outside the topics folder",
-                                     "copy the file or folder into the tree instead of linking to it"))
-        return False
+        if entry.is_symlink() and not is_inside(Path(entry.path), self.real_root):
+            self.issues.add(DatasetIssue(shown, "symlink leads outside the topics folder",
+                                         "copy the file or folder into the tree instead of linking to it"))
+            return None
+        try:
+            return entry.is_dir()
+        except OSError as error:
+            self.issues.add(unreadable(shown, error))
+            return None

@@ -10,6 +10,7 @@ from typing import Any
 
 from kubetune.datasets_new.builder import BuildResult
 from kubetune.datasets_new.difficulty import DifficultyScale
+from kubetune.datasets_new.errors import DatasetIssue
 from kubetune.datasets_new.samples import BuiltRecord
 from kubetune.datasets_new.schema import load_bundled_schema
 
@@ -17,7 +18,11 @@ STATS_SCHEMA_VERSION = 1
 
 
 class TokenizerError(ValueError):
-    pass
+    """A tokenizer path that cannot be used; `issue` names it, says why and how to fix it."""
+
+    def __init__(self, issue: DatasetIssue) -> None:
+        super().__init__(f"{issue.location()}: {issue.message}")
+        self.issue = issue
 
 
 def build_stats(result: BuildResult, tokenizer: LoadedTokenizer | None = None) -> dict[str, Any]:
@@ -67,13 +72,16 @@ def load_tokenizer(path: Path) -> LoadedTokenizer:
     from tokenizers import Tokenizer  # imported here: plain builds do not need it
 
     file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise TokenizerError(f"no tokenizer.json at {path}: --tokenizer-path takes a local folder holding "
-                             "tokenizer.json (models are never downloaded from a hub)")
+    if not file.is_file():  # (is_file: a FIFO or device is never opened)
+        raise TokenizerError(DatasetIssue(path.as_posix(), "no tokenizer.json here",
+                                          "--tokenizer-path takes a local folder holding tokenizer.json (models are "
+                                          "never downloaded from a hub)"))
     try:
         return LoadedTokenizer(path, Tokenizer.from_file(str(file)))
     except Exception as error:  # the Rust library raises plain Exception subclasses
-        raise TokenizerError(f"cannot load {file}: {error}") from error
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise TokenizerError(DatasetIssue(file.as_posix(), f"cannot load the tokenizer: {first_line}",
+                                          "pass the folder of a model saved with save_pretrained")) from error
 
 
 def token_stats(records: Sequence[BuiltRecord], loaded: LoadedTokenizer) -> dict[str, Any]:
