@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from tests.fixtures.kube import kube  # noqa: F401 - the fixture, until tests/conftest.py registers the plugin
-from tests.kube import cel_check, cel_cost, cel_types
+from tests.kube import cel_check, cel_cost, cel_types, crd_validation
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
-from tests.kube.fielderrors import kubectl_lines
+from tests.kube.fielderrors import FieldError, kubectl_lines
 from tests.kube.http import KubeHttp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,3 +356,27 @@ def test_the_estimator_multiplies_macros_by_the_list_bound_and_nests_them() -> N
     assert _cost(types, "self.types.all(t, self.types.exists_one(u, u == t))") == 3 + 13 * (1 + 69 + 2)
     unbounded = {"type": "object", "properties": {"types": {"type": "array", "items": enum}}}
     assert _cost(unbounded, "self.types.all(t, self.types.exists_one(u, u == t))") > cel_cost.PER_RULE_LIMIT
+
+
+def test_a_rule_inside_lists_is_charged_once_per_possible_item() -> None:
+    """The cardinality: the product of the enclosing maxItems, or a worst case from the request size if unbounded."""
+    rule = _rule("self.matches('^[a-z]+$')")
+    unbounded_items = gadget_crd({"names": {"type": "array", "items": {**STRING, **rule}}})
+    ten_items = gadget_crd({"names": {"type": "array", "maxItems": 10, "items": {**STRING, **rule}}})
+    inner = {"type": "array", "maxItems": 2, "items": {**STRING, **rule}}
+    nested = gadget_crd({"groups": {"type": "array", "maxItems": 10, "items": inner}})
+    where = f"{SPEC}.properties[names].items.x-kubernetes-validations[0].rule"
+    assert [(error.field, error.detail[:40]) for error in _field_errors(unbounded_items)] == [
+        (where, "estimated rule cost exceeds budget by fa"),
+        (where, "contributed to estimated rule cost total"),
+        (SCHEMA, "x-kubernetes-validations estimated rule "),
+    ]
+    assert _field_errors(ten_items) == []  # 629,147 x 10
+    assert [error.detail.split(" (")[0] for error in _field_errors(nested)] == [
+        "estimated rule cost exceeds budget by factor of 1.258294x"  # 629,147 x 10 x 2
+    ]
+
+
+def _field_errors(crd: dict[str, Any]) -> list[FieldError]:
+    crd_validation.set_defaults(crd)
+    return crd_validation.validate(crd)
