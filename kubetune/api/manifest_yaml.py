@@ -194,7 +194,8 @@ def _to_json(value: Any, path: str, depth: int, budget: list[int], surrogates: s
     if budget[0] < 0:
         raise ManifestSyntaxError(f"more than {MAX_VALUES} values after expanding aliases (excessive aliasing)")
     if depth > MAX_DEPTH:
-        raise ManifestSyntaxError(f"{path or 'the document'} is nested deeper than {MAX_DEPTH} levels")
+        where = path if len(path) <= 80 else path[:60] + "…"
+        raise ManifestSyntaxError(f"{where or 'the document'} is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():

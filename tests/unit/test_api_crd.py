@@ -123,6 +123,20 @@ def test_no_rule_on_the_object_root_names_a_field_path() -> None:
     assert all("fieldPath" not in rule for rule in schema()["x-kubernetes-validations"])
 
 
+def test_every_field_path_names_a_property_below_its_rule() -> None:
+    # The server refuses a fieldPath that does not resolve in the schema of the rule's own node.
+    checked = 0
+    for path, node in walk(schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            if "fieldPath" in rule:
+                target = node
+                for step in rule["fieldPath"].removeprefix(".").split("."):
+                    assert step in target.get("properties", {}), f"{path}: {rule['fieldPath']} names no property"
+                    target = target["properties"][step]
+                checked += 1
+    assert checked >= 15
+
+
 def test_every_rule_that_matches_or_iterates_is_bounded_for_the_cel_cost_budget() -> None:
     for path, node in walk(schema()):
         for rule in node.get("x-kubernetes-validations", []):
