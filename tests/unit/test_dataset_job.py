@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kubetune.api.validate import validate_spec
 from kubetune.datasets_new.builder import BuildOptions, build_dataset
@@ -19,8 +22,12 @@ BUNDLED = Path(__file__).resolve().parents[2] / "datasets_new"
 IDENTITY_VALUES = {"NAME": "Nova", "SPEC": "a fine-tuned assistant for Kubernetes operators"}
 
 
-def write_run(tmp_path: Path, dataset: dict[str, Any]) -> Path:
+def write_run(tmp_path: Path, dataset: dict[str, Any], unvalidated_uri: str | None = None) -> Path:
+    """A run config for the dataset stage; `unvalidated_uri` replaces the dataset URI after validation, as a run
+    config written by hand (or by a buggy writer) could."""
     spec = validate_spec({"dataset": dataset})
+    if unvalidated_uri is not None:
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"uri": unvalidated_uri})})
     config = RunConfig("demo", "default", spec, StoreConfig(str(tmp_path / "store")),
                        {"dataset": stage_ref("default", "demo", spec, "dataset", {}, example_sources())})
     path = tmp_path / "run.json"
@@ -100,3 +107,63 @@ def test_dataset_stage_builds_the_bundled_tree(tmp_path: Path, monkeypatch: Any)
     manifest = read_manifest(open_store(config.store.uri), config.stages["dataset"].prefix)
     assert manifest is not None and manifest.metadata["train"] >= 400
     assert "identity" in manifest.metadata["categories"]
+
+
+def test_the_dataset_stage_builds_with_the_default_placeholders_when_the_spec_names_none(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    run = write_run(tmp_path, {"uri": str(tmp_path / "tree"), "tokenStats": False})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_OK
+    config = RunConfig.load(run)
+    text = open_store(config.store.uri).get_bytes(f"{config.stages['dataset'].prefix}/train_data.jsonl").decode()
+    assert "I am Nova." in text and "an assistant for fine-tuning language models on Kubernetes" in text
+
+
+def test_a_blank_placeholder_value_is_a_config_error_naming_the_field(tmp_path: Path, monkeypatch: Any,
+                                                                       capsys: Any) -> None:
+    # Exit 2: the executors never retry it (docs/contracts.md, exit codes).
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    run = write_run(tmp_path, {"uri": str(tmp_path / "tree"), "tokenStats": False,
+                               "placeholders": {"NAME": " \t", "SPEC": "x"}})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "spec.dataset.placeholders: placeholder NAME has an empty value" in err and "Traceback" not in err
+
+
+def link_topics_outside(root: Path, outside: Path) -> None:
+    (root / "topics").rename(outside)
+    (root / "topics").symlink_to(outside)
+
+
+def link_structure_outside(root: Path, outside: Path) -> None:
+    (root / "structure.enriched.json").rename(outside)
+    (root / "structure.enriched.json").symlink_to(outside)
+
+
+def topic_fifo(root: Path, _outside: Path) -> None:
+    topic = root / "topics" / "identity" / "who" / "identity.who.reasoning.json"
+    topic.unlink()
+    os.mkfifo(topic)
+
+
+@pytest.mark.parametrize("hostile", [link_topics_outside, link_structure_outside, topic_fifo],
+                         ids=["topics folder linked outside", "structure linked outside", "topic file is a FIFO"])
+def test_a_hostile_tree_fails_the_stage_at_once_with_exit_2(hostile: Any, tmp_path: Path, monkeypatch: Any,
+                                                           capsys: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    hostile(tmp_path / "tree", tmp_path / "outside")
+    run = write_run(tmp_path, {"uri": f"file://{tmp_path / 'tree'}", "tokenStats": False})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_CONFIG
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_file_uri_is_checked_again_after_percent_decoding(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    (tmp_path / "tree" / "inner").mkdir()
+    run = write_run(tmp_path, {"tokenStats": False}, unvalidated_uri=f"file://{tmp_path / 'tree' / 'inner'}/%2e%2e")
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_CONFIG
+    assert "without '..'" in capsys.readouterr().err
