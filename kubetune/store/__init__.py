@@ -1,7 +1,18 @@
 """The object store: stage inputs and outputs under ``s3://bucket/prefix`` or a local folder."""
 
 from kubetune.store.base import Download, ObjectInfo, Store, Upload
-from kubetune.store.errors import IntegrityError, ObjectNotFoundError, StoreError
+from kubetune.store.errors import (
+    BucketNotFoundError,
+    IntegrityError,
+    ObjectNotFoundError,
+    StoreAccessDeniedError,
+    StoreAccessError,
+    StoreConfigError,
+    StoreCredentialsError,
+    StoreError,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
 from kubetune.store.factory import open_store
 from kubetune.store.hashing import sha256_file
 from kubetune.store.keys import join_key, validate_key, validate_prefix
@@ -21,6 +32,7 @@ from kubetune.store.s3 import S3Settings, S3Store
 
 __all__ = [
     "MANIFEST_NAME",
+    "BucketNotFoundError",
     "Download",
     "IntegrityError",
     "LocalStore",
@@ -32,7 +44,13 @@ __all__ = [
     "S3Settings",
     "S3Store",
     "Store",
+    "StoreAccessDeniedError",
+    "StoreAccessError",
+    "StoreConfigError",
+    "StoreCredentialsError",
     "StoreError",
+    "StoreUnavailableError",
+    "StoreUnreachableError",
     "Upload",
     "content_digest",
     "fetch",

@@ -1,10 +1,51 @@
-"""Errors the store raises beyond ``ValueError`` (bad keys/URIs) and the backends' own I/O errors."""
+"""Errors the store raises beyond ``ValueError`` (bad keys) and the local backend's own ``OSError``s.
+
+Every message is one line that names the store URI (and the S3 endpoint, where there is one) and says what to check,
+so a CLI or the operator can show ``str(error)`` as it is; the backend's own exception stays on ``__cause__``.
+"""
 
 from __future__ import annotations
 
 
 class StoreError(Exception):
     """Base class for store failures."""
+
+
+class StoreConfigError(StoreError, ValueError):
+    """The store URI or its settings cannot work: unsupported scheme, no bucket name, a malformed endpoint URL.
+    Also a ``ValueError``: it is bad input, found before anything is sent."""
+
+
+class StoreAccessError(StoreError):
+    """The store's server could not be used for ``uri``; the subclasses say why. Never retried by the store."""
+
+    def __init__(self, uri: str, endpoint: str | None, problem: str, hint: str) -> None:
+        where = f"{uri} (endpoint {endpoint})" if endpoint else uri
+        super().__init__(f"{problem} for {where}: {hint}")
+        self.uri = uri
+        self.endpoint = endpoint
+        self.problem = problem
+        self.hint = hint
+
+
+class StoreCredentialsError(StoreAccessError):
+    """No credentials were found, or the server does not accept them (unknown access key, wrong secret)."""
+
+
+class StoreAccessDeniedError(StoreAccessError):
+    """The server knows the credentials but they may not do this (policy, read-only identity)."""
+
+
+class BucketNotFoundError(StoreAccessError):
+    """The bucket named in the store URI does not exist at the endpoint."""
+
+
+class StoreUnreachableError(StoreAccessError):
+    """No connection to the endpoint after the request retries: closed port, unknown host, firewall, timeout."""
+
+
+class StoreUnavailableError(StoreAccessError):
+    """The server kept failing (5xx, throttling, dropped connections) after every retry."""
 
 
 class ObjectNotFoundError(StoreError, FileNotFoundError):

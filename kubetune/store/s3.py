@@ -1,9 +1,13 @@
-"""A store in an S3 bucket (AWS, MinIO, Ceph RGW, R2, moto) through boto3's transfer manager.
+"""A store in an S3 bucket (AWS, MinIO, Ceph RGW, SeaweedFS, R2) through boto3's transfer manager.
 
 Two layers of retries: botocore retries each request (``standard`` or ``adaptive`` mode), and every whole transfer
 or call is retried here on transient failures that outlast those (connection resets mid-stream, 5xx/SlowDown
-bursts), with exponential backoff and jitter. Credentials come only from boto3's standard chain (environment,
-shared config, instance/pod identity) and never appear in messages or logs.
+bursts), with exponential backoff and jitter. A connection that cannot be opened at all gets botocore's retries
+only, so an unreachable endpoint fails within seconds. Credentials come only from boto3's standard chain
+(environment, shared config, instance/pod identity) and never appear in messages or logs.
+
+Whatever finally fails leaves as a one-line ``StoreError`` (``kubetune.store.errors``) naming the URI, the endpoint
+and what to check; botocore's exception is its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import builtins
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -27,7 +33,18 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.exceptions import RetriesExceededError
 
 from kubetune.store.base import Download, ObjectInfo, Store, Upload
-from kubetune.store.errors import IntegrityError, ObjectNotFoundError, StoreError
+from kubetune.store.errors import (
+    BucketNotFoundError,
+    IntegrityError,
+    ObjectNotFoundError,
+    StoreAccessDeniedError,
+    StoreAccessError,
+    StoreConfigError,
+    StoreCredentialsError,
+    StoreError,
+    StoreUnavailableError,
+    StoreUnreachableError,
+)
 from kubetune.store.hashing import sha256_file
 from kubetune.store.keys import validate_key, validate_prefix
 from kubetune.store.localfiles import temp_path_beside
@@ -55,6 +72,17 @@ _TRANSIENT_ERROR_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# The server does not know the access key or the signature is wrong (a wrong secret key).
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
+)
+# HEAD answers carry no body, so a HEAD refused for any reason comes back as a bare "403".
+_DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
+# The set of names botocore itself accepts (it refuses others before sending); AWS's own rules are stricter.
+_BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+_CREDENTIALS_HINT = (
+    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in a cluster: the Secret named by storage.credentialsSecret)"
+)
 
 T = TypeVar("T")
 
@@ -70,7 +98,7 @@ class S3Settings:
     max_attempts: int = 5  # botocore attempts per request, the first included
     transfer_attempts: int = 3  # our attempts per whole transfer or call
     retry_backoff_s: float = 0.5  # base delay between our attempts, doubled each time
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -99,8 +127,12 @@ class S3Store(Store):
         path_style: bool = False,
         settings: S3Settings | None = None,
     ) -> None:
-        if not bucket or "/" in bucket:
-            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise StoreConfigError(
+                f"invalid S3 bucket name {bucket!r}: use letters, digits, '.', '-' and '_' (s3://bucket/prefix)"
+            )
+        if endpoint is not None:
+            check_endpoint(endpoint)
         self.bucket = bucket
         self.prefix = validate_prefix(prefix)
         self.endpoint = endpoint
@@ -115,7 +147,10 @@ class S3Store(Store):
             read_timeout=self.settings.read_timeout_s,
         )
         # A session of its own: boto3's default session is shared, mutable state.
-        self.client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+        try:
+            self.client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+        except ValueError as error:  # botocore's own endpoint URL check
+            raise StoreConfigError(f"unusable S3 endpoint {endpoint!r}: {error}") from None
         self._transfer_config = TransferConfig(
             multipart_threshold=self.settings.multipart_threshold,
             multipart_chunksize=self.settings.multipart_chunksize,
@@ -207,9 +242,12 @@ class S3Store(Store):
             errors = response.get("Errors", [])
             if errors:
                 first = errors[0]
-                raise StoreError(
-                    f"could not delete {len(errors)} object(s) under {self.uri_for_prefix(prefix)}; first: "
-                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                raise self._refusal(
+                    self.uri_for_prefix(prefix),
+                    str(first.get("Code", "")),
+                    str(first.get("Message", "")),
+                    f"deleting {len(errors)} object(s), first {first.get('Key')}",
+                    transient=False,
                 )
 
     def put_files(self, uploads: Sequence[Upload]) -> None:
@@ -245,18 +283,17 @@ class S3Store(Store):
                             transfer.finish()
                         except Exception as error:  # noqa: BLE001 - every failure is collected, then judged below
                             transfer.abandon()
-                            failed.append((transfer, transfer.translate(error)))
+                            failed.append((transfer, error))
             except BaseException:
                 for transfer in pending:  # interrupted: leave no temp files (abandon is a no-op once finished)
                     transfer.abandon()
                 raise
             if not failed:
                 return
-            fatal = [error for _, error in failed if not is_transient(error)]
-            if fatal:
-                raise fatal[0]
-            if attempt == self.settings.transfer_attempts:
-                raise failed[0][1]
+            fatal = [(transfer, error) for transfer, error in failed if not is_transient(error)]
+            if fatal or attempt == self.settings.transfer_attempts:
+                first, first_error = (fatal or failed)[0]
+                self._raise_translated(first_error, first.key, first.describe())
             self._pause_before_retry(
                 f"{len(failed)} transfer(s), e.g. {failed[0][0].describe()}", failed[0][1], attempt
             )
@@ -266,13 +303,10 @@ class S3Store(Store):
         for attempt in range(1, self.settings.transfer_attempts + 1):
             try:
                 return call()
-            except Exception as error:
-                translated = self._translate(error, key)
-                if not is_transient(translated) or attempt == self.settings.transfer_attempts:
-                    if translated is error:
-                        raise
-                    raise translated from error
-                self._pause_before_retry(what, translated, attempt)
+            except Exception as error:  # noqa: BLE001 - re-raised below, translated, unless retried
+                if not is_transient(error) or attempt == self.settings.transfer_attempts:
+                    self._raise_translated(error, key, what)
+                self._pause_before_retry(what, error, attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _pause_before_retry(self, what: str, error: Exception, attempt: int) -> None:
@@ -287,13 +321,88 @@ class S3Store(Store):
         )
         time.sleep(delay)
 
-    def _translate(self, error: Exception, key: str | None) -> Exception:
-        if (
-            key is not None
-            and isinstance(error, botocore.exceptions.ClientError)
-            and _error_code(error) in _NOT_FOUND_CODES
-        ):
-            return ObjectNotFoundError(self.uri_for(key))
+    def _raise_translated(self, error: Exception, key: str | None, what: str) -> NoReturn:
+        translated = self._translate(error, key, what)
+        if translated is error:
+            raise error
+        raise translated from error
+
+    def _refusal(self, uri: str, code: str, message: str, what: str, *, transient: bool) -> StoreAccessError:
+        """The error for a request the server answered with an S3 error ``code``."""
+        endpoint = self.endpoint
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(
+                uri, endpoint, f"no bucket {self.bucket!r}", "create the bucket, or fix the bucket in the store URI"
+            )
+        if code in _CREDENTIAL_CODES:
+            return StoreCredentialsError(
+                uri, endpoint, f"the S3 server rejected the credentials ({code})", _CREDENTIALS_HINT
+            )
+        if code in _DENIED_CODES:
+            return StoreAccessDeniedError(
+                uri,
+                endpoint,
+                f"access denied ({code}) on {what}",
+                "the credentials may not do this here: check the identity's permissions for this bucket and prefix",
+            )
+        problem = f"{what} failed: {code}: {message}".rstrip(": ")
+        if transient:
+            return StoreUnavailableError(
+                uri, endpoint, problem, "the server kept failing through every retry; check its health and load"
+            )
+        return StoreAccessError(uri, endpoint, problem, "the server refused the request")
+
+    def _code_behind_bare_status(self, code: str) -> str:
+        """A HEAD refused with 403 or 404 has no body to say why; a one-key listing of the store (refused for the
+        same reason: credentials, permissions, no bucket) does. Only asked on the failure path."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._full_prefix(""), MaxKeys=1)
+        except botocore.exceptions.ClientError as error:
+            return _error_code(error)
+        except botocore.exceptions.BotoCoreError:
+            pass
+        return code
+
+    def _translate(self, error: Exception, key: str | None, what: str) -> Exception:
+        """The store's one-line error for what botocore raised; our own errors and local file errors as they are."""
+        if isinstance(error, (StoreError, FileNotFoundError, ValueError)):
+            return error
+        cause = _unwrap(error)
+        uri = self.uri_for(key) if key is not None else self.uri_for_prefix("")
+        if isinstance(cause, botocore.exceptions.ClientError):
+            code = _error_code(cause)
+            if code == "403" or (code == "404" and key is not None):
+                code = self._code_behind_bare_status(code)
+            if key is not None and code in _NOT_FOUND_CODES:
+                return ObjectNotFoundError(uri)
+            message = str(cause.response.get("Error", {}).get("Message", ""))
+            return self._refusal(uri, code, message, what, transient=is_transient(cause))
+        endpoint = self.endpoint
+        if isinstance(cause, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+            return StoreCredentialsError(
+                uri, endpoint, f"no usable S3 credentials ({cause})", f"{_CREDENTIALS_HINT}, or an AWS profile"
+            )
+        if isinstance(cause, botocore.exceptions.CredentialRetrievalError):
+            return StoreCredentialsError(
+                uri, endpoint, f"S3 credentials could not be loaded ({cause})", _CREDENTIALS_HINT
+            )
+        if _is_connect_failure(cause):
+            return StoreUnreachableError(
+                uri,
+                endpoint,
+                f"cannot connect to the S3 endpoint ({type(cause).__name__}: {cause})",
+                "check the endpoint URL (storage.endpoint), that the server is running, and that it is reachable "
+                "from here",
+            )
+        if is_transient(cause):
+            return StoreUnavailableError(
+                uri,
+                endpoint,
+                f"{what} kept failing: {_describe(cause)}",
+                "the connection broke or timed out on every retry; check the server's health and the network",
+            )
+        if isinstance(cause, botocore.exceptions.BotoCoreError):
+            return StoreAccessError(uri, endpoint, f"{what} failed: {_describe(cause)}", "check the store settings")
         return error
 
 
@@ -311,9 +420,6 @@ class _Transfer:
 
     def describe(self) -> str:
         raise NotImplementedError
-
-    def translate(self, error: Exception) -> Exception:
-        return error
 
 
 class _UploadTransfer(_Transfer):
@@ -359,24 +465,21 @@ class _DownloadTransfer(_Transfer):
     def abandon(self) -> None:
         self.temp.unlink(missing_ok=True)
 
-    def translate(self, error: Exception) -> Exception:
-        return self.store._translate(error, self.key)
-
     def describe(self) -> str:
         return f"download {self.store.uri_for(self.key)} to {self.path}"
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether retrying the whole operation may succeed: dropped connections, timeouts, 5xx and throttling."""
-    if isinstance(error, (StoreError, FileNotFoundError, ValueError)):
+    """Whether retrying the whole operation may succeed: dropped connections, timeouts, 5xx and throttling.
+    A connection that could not be opened at all is not: botocore has already retried it with backoff."""
+    error = _unwrap(error)
+    if isinstance(error, (StoreError, FileNotFoundError, ValueError)) or _is_connect_failure(error):
         return False
     if isinstance(
         error,
         (
-            botocore.exceptions.ConnectionError,  # connect failures, endpoint unreachable
             botocore.exceptions.HTTPClientError,  # connection closed/reset, read timeouts, broken streams
             botocore.exceptions.IncompleteReadError,
-            RetriesExceededError,  # s3transfer gave up re-reading a download stream
             ConnectionError,  # raw socket resets surfacing from a body read
             TimeoutError,
         ),
@@ -388,10 +491,41 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def check_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint botocore could only fail on later, with a message that names it (credentials masked)."""
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc:
+        masked = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+        raise StoreConfigError(
+            f"S3 endpoint {masked!r} must be a plain http(s)://host[:port] URL: credentials go in "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, not in the URL"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise StoreConfigError(f"S3 endpoint {endpoint!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StoreConfigError(f"S3 endpoint must be an http(s) URL such as http://minio:9000, got {endpoint!r}")
+    if parts.query or parts.fragment:
+        raise StoreConfigError(f"S3 endpoint {endpoint!r} must be a plain http(s)://host[:port] URL (no query)")
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    # s3transfer gives up re-reading a download stream with the last socket error inside.
+    if isinstance(error, RetriesExceededError) and error.last_exception is not None:
+        return error.last_exception
+    return error
+
+
+def _is_connect_failure(error: BaseException) -> bool:
+    # EndpointConnectionError (refused, unknown host), ConnectTimeoutError, proxy and TLS handshake failures.
+    return isinstance(error, botocore.exceptions.ConnectionError)
+
+
 def _error_code(error: botocore.exceptions.ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: BaseException) -> str:
     # Exception text from botocore names the operation and the server's message; it never carries credentials.
     return f"{type(error).__name__}: {error}"
