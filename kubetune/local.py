@@ -119,6 +119,7 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
             local.looked_up.add(action.ref.key)
         elif isinstance(action, CreateJob):
             if STAGES.index(action.stage) > last:
+                record_status(local, step)  # `kubetune status` shows what ran and what was reused
                 print(f"kubetune: stopped after the {to_stage} stage (--to-stage); run without it to go on.",
                       file=sys.stderr)
                 return 0
@@ -187,6 +188,7 @@ def record_status(local: LocalRun, step: Plan) -> None:
     update = compute_status(StatusInputs(
         spec=local.run.spec, generation=max(local.run.generation, 1), plan=step, now=utc_now(),
         store_uri=local.store_config.uri, jobs=jobs, manifests=manifests, training=training, previous=local.status,
+        sources=local.sources,
     ))
     local.status = update.status
     document = {**local.run.manifest(), "status": update.status}
