@@ -4,7 +4,11 @@ written to the output path."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,7 @@ from typing import Any
 import pytest
 
 from kubetune.datasets_new.builder import BuildOptions
-from kubetune.datasets_new.errors import DatasetError, DatasetIssue
+from kubetune.datasets_new.errors import DatasetError, DatasetIssue, OutputError
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 
 WHO = "topics/identity/who/identity.who.reasoning.json"
@@ -164,6 +168,21 @@ CASES = [
          structure_doc='{"version": 1,\n "name": }', line=2, column=10),
     Case("unknown --category", {}, "structure.enriched.json", "--category 'physics' is not in the structure",
          "categories: identity, math", options={"categories": ("physics",)}),
+    Case("lone surrogate escape", {ARITH: samples_text(sample(1), sample(2, tags=["ok"])).replace('"ok"', '"\\udc80"')},
+         ARITH, "[1].tags[0] holds a lone UTF-16 surrogate escape", "both halves of a surrogate pair", line=3),
+    Case("integer beyond the parser's digit limit", {ARITH: samples_text(sample(1), sample(2, difficulty=0)).replace(
+        '"difficulty": 0', '"difficulty": ' + "7" * 4301)}, ARITH, "an integer has more than 4300 digits",
+         "put long digit strings in quotes", line=3, column=106),
+    Case("nesting deeper than the parser", {ARITH: "[" * 100_000 + "]" * 100_000}, ARITH,
+         "values nest more than 500 levels deep", "remove the nested brackets", line=1, column=501),
+    Case("deep nesting the parser reads", {ARITH: "[\n" + "[" * 450 + "]" * 450 + "\n]"}, ARITH,
+         "sample 0: must be an object", "each item of the top-level array is one sample object", line=2),
+    Case("blank placeholder value", {}, "--placeholder", "placeholder NAME has an empty value", "give NAME some text",
+         options={"placeholders": {"NAME": " \t"}}),
+    Case("placeholder value closing the output tag", {}, "--placeholder", "placeholder NAME's value holds </think>",
+         "the builder adds these tags", options={"placeholders": {"NAME": "Nova</output>"}}),
+    Case("placeholder value that is not Unicode", {}, "--placeholder", "placeholder SPEC's value is not valid Unicode",
+         "UTF-8", options={"placeholders": {"NAME": "Nova", "SPEC": "\udcff"}}),
 ]
 
 
@@ -171,8 +190,8 @@ def build_case(tmp_path: Path, case: Case) -> tuple[DatasetError, Path]:
     root = tmp_path / "tree"
     write_tree(root, case.files, case.structure_doc)
     out = tmp_path / "out"
-    options = BuildOptions(root / "structure.enriched.json", root / "topics", placeholders={"NAME": "Nova"},
-                           **case.options)
+    options = BuildOptions(root / "structure.enriched.json", root / "topics",
+                           **{"placeholders": {"NAME": "Nova"}, **case.options})
     with pytest.raises(DatasetError) as raised:
         build_and_write(options, OutputPaths.in_folder(out), with_stats=True)
     return raised.value, out
@@ -227,3 +246,81 @@ def test_a_failed_rebuild_leaves_the_previous_output_untouched(tmp_path: Path) -
     with pytest.raises(DatasetError):
         build_and_write(options, out)
     assert {path.name: path.read_bytes() for path in out.train.parent.iterdir()} == before
+
+
+def build_tree(tmp_path: Path, files: dict[str, str | bytes] | None = None) -> tuple[BuildOptions, OutputPaths]:
+    root = tmp_path / "tree"
+    write_tree(root, files or {})
+    options = BuildOptions(root / "structure.enriched.json", root / "topics", placeholders={"NAME": "Nova"})
+    return options, OutputPaths.in_folder(tmp_path / "out")
+
+
+def only_issue(options: BuildOptions, outputs: OutputPaths) -> DatasetIssue:
+    with pytest.raises(DatasetError) as raised:
+        build_and_write(options, outputs)
+    assert raised.value.total == 1, raised.value.report()
+    assert not outputs.train.parent.exists()
+    return raised.value.issues[0]
+
+
+@pytest.mark.parametrize("which", ["topic file", "structure file"])
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path, which: str) -> None:
+    options, outputs = build_tree(tmp_path)
+    target = options.topics_dir.parent / ARITH if which == "topic file" else options.structure_path
+    target.unlink()
+    os.mkfifo(target)
+    signal.alarm(30)  # a regression would block in open(); fail instead of hanging the suite
+    try:
+        issue = only_issue(options, outputs)
+    finally:
+        signal.alarm(0)
+    assert issue.path == target.as_posix() and issue.message == "is a named pipe (FIFO), not a regular file"
+
+
+@pytest.mark.parametrize("link", [ARITH, "topics/math", "topics/math/arith"])
+def test_a_symlink_out_of_the_topics_folder_is_refused_and_never_read(tmp_path: Path, link: str) -> None:
+    options, outputs = build_tree(tmp_path)
+    outside = tmp_path / "outside"
+    write_tree(outside, {})  # a whole valid tree: whatever the link points at would build
+    target = options.topics_dir.parent / link
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.symlink_to(outside / link)
+    issue = only_issue(options, outputs)
+    assert issue.path == target.as_posix() and issue.message == "symlink leads outside the topics folder"
+
+
+def test_a_folder_or_file_the_build_may_not_read_is_reported_not_raised(tmp_path: Path, monkeypatch: Any) -> None:
+    # The tests run as root, which permissions do not stop: the refusal is simulated where the system reports it.
+    options, outputs = build_tree(tmp_path)
+    denied = {str(options.topics_dir / "identity"), str(options.topics_dir.parent / ARITH)}
+
+    def refuse(real: Any) -> Any:
+        def call(path: Any, *args: Any) -> Any:
+            if str(path) in denied:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args)
+        return call
+
+    monkeypatch.setattr(os, "scandir", refuse(os.scandir))
+    monkeypatch.setattr(os, "open", refuse(os.open))
+    with pytest.raises(DatasetError) as raised:
+        build_and_write(options, outputs)
+    messages = {(Path(issue.path).name, issue.message) for issue in raised.value.issues}
+    assert messages == {("identity", "cannot list folder: Permission denied"),
+                        ("math.arith.reasoning.json", "cannot read file: Permission denied")}
+
+
+@pytest.mark.parametrize("outputs_of", [
+    lambda out, tree: OutputPaths(out / "a.jsonl", out / "eval.jsonl", out / "a.jsonl"),
+    lambda out, tree: OutputPaths.in_folder(tree / "topics" / "math"),
+    lambda out, tree: OutputPaths(tree / "structure.enriched.json", out / "e", out / "s"),
+    lambda out, tree: OutputPaths(out, out / "e", out / "s"),
+], ids=["one file for two outputs", "inside the topics folder", "the structure file", "a folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_build(tmp_path: Path, outputs_of: Any) -> None:
+    options, _ = build_tree(tmp_path)
+    (tmp_path / "out").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(OutputError) as raised:
+        build_and_write(options, outputs_of(tmp_path / "out", tmp_path / "tree"))
+    assert raised.value.issue.hint and "\n" not in raised.value.issue.message
+    assert sorted(tmp_path.rglob("*")) == before
