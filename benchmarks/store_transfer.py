@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/store_transfer.py [--big-mib 64] [--small 200] [--small-kib 16] [--repeat 3]
 
 The folder is one large file (a model) plus many small ones (tokenizer, configs, dataset shards).
-1. S3 (moto server over HTTP on 127.0.0.1): ``S3Store.put_dir`` / ``get_dir`` (all files on one transfer manager,
+1. S3 (SeaweedFS ``weed mini`` on 127.0.0.1): ``S3Store.put_dir`` / ``get_dir`` (all files on one transfer manager,
    concurrently) against the plain approach: boto3 ``upload_file`` / ``download_file`` one file after another,
    with the same part size and concurrency. Then ``publish`` / ``fetch`` (sha256 of every file, manifest last)
    against ``put_dir`` / ``get_dir``, to show what verification costs.
 2. Local store: ``LocalStore.put_dir`` (temp file, fsync, rename per file) against ``shutil.copytree``.
-Each figure is the best of --repeat runs. moto keeps objects in memory in one Python process, so absolute S3
-throughput here says little about a real endpoint; the ratios are the point.
+Each figure is the best of --repeat runs. SeaweedFS on loopback, sharing the CPU with the client, is not a real
+endpoint's throughput; the ratios are the point.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pathlib import Path
 import boto3
 from boto3.s3.transfer import TransferConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures.s3 (the moto server helper)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures (the SeaweedFS helper)
 
 from kubetune.store import LocalStore, S3Settings, S3Store, fetch, publish
-from tests.fixtures.s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REGION, running_moto_server
+from tests.fixtures.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REGION
+from tests.fixtures.seaweedfs import running_seaweedfs
 
 MiB = 1024 * 1024
 PART = 8 * MiB
@@ -61,7 +62,7 @@ def report(name: str, seconds: float, baseline: float, total_bytes: int) -> None
 def bench_s3(work: Path, source: Path, total: int, repeat: int) -> None:
     os.environ.update(AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY)
     files = sorted(path for path in source.rglob("*") if path.is_file())
-    with running_moto_server(work / "moto.log") as server:
+    with running_seaweedfs(work / "seaweedfs") as server:
         client = server.client()
         client.create_bucket(Bucket="bench")
         config = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=8)
@@ -91,7 +92,7 @@ def bench_s3(work: Path, source: Path, total: int, repeat: int) -> None:
         )
         fetched = best_of(repeat, lambda attempt: fetch(store, "pub/0", work / f"fetch-down-{attempt}"))
 
-    print(f"S3 via moto server, {len(files)} files, {total / MiB:.1f} MiB, best of {repeat}:")
+    print(f"S3 via SeaweedFS, {len(files)} files, {total / MiB:.1f} MiB, best of {repeat}:")
     report("upload: boto3 upload_file, file by file", upload_baseline, upload_baseline, total)
     report("upload: S3Store.put_dir", put_dir, upload_baseline, total)
     report("upload: publish (sha256 + manifest last)", published, put_dir, total)

@@ -1,5 +1,5 @@
 """Controlling a run while it goes: suspend and resume, spec edits (GitOps), an operator restart mid-stage, Kueue.
-Real kopf against the Kubernetes emulator; the stage Jobs run as local processes; moto's S3 server is the store."""
+Real kopf against the Kubernetes emulator; the stage Jobs run as local processes; SeaweedFS is the store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kubetune.api.types import STAGES
-from tests.fixtures.s3 import MotoServer
+from tests.fixtures.s3 import S3Server
 from tests.integration.operator_harness import Obj, OperatorBed, eventually, operator_bed
 from tests.kube.emulator import KubeEmulator
 
@@ -24,8 +24,8 @@ SLOW_TRAIN = {"TINY_STEPS": "80", "TINY_STEP_SECONDS": "0.1"}
 
 
 @pytest.fixture
-def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, moto_server: MotoServer) -> Iterator[OperatorBed]:
-    with operator_bed(kube, tmp_path / "executor", s3_bucket, moto_server.endpoint) as bed:
+def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, s3_server: S3Server) -> Iterator[OperatorBed]:
+    with operator_bed(kube, tmp_path / "executor", s3_bucket, s3_server.endpoint) as bed:
         yield bed
 
 

@@ -1,5 +1,5 @@
 """The operator drives a FineTuneRun through its stage Jobs: real kopf against the Kubernetes emulator, the stage
-Jobs run as local processes (the tiny stage program, through the real job runtime), moto's S3 server as the store."""
+Jobs run as local processes (the tiny stage program, through the real job runtime), SeaweedFS as the store."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kubetune.api.types import STAGES
 from kubetune.operator.rbac import allows
 from kubetune.planner import MAX_ATTEMPTS
 from kubetune.store import content_digest, read_manifest
-from tests.fixtures.s3 import MotoServer
+from tests.fixtures.s3 import S3Server
 from tests.integration.operator_harness import OperatorBed, operator_bed
 from tests.kube.emulator import KubeEmulator
 
@@ -28,9 +28,9 @@ GROUPS = {"finetuneruns": "kubetune.dev", "finetuneruns/status": "kubetune.dev",
 
 
 @pytest.fixture
-def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, moto_server: MotoServer) -> Iterator[OperatorBed]:
+def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, s3_server: S3Server) -> Iterator[OperatorBed]:
     # A long timer: progress from one stage to the next must come from the Job watch, not from polling.
-    with operator_bed(kube, tmp_path / "executor", s3_bucket, moto_server.endpoint, reconcile_interval=60.0) as bed:
+    with operator_bed(kube, tmp_path / "executor", s3_bucket, s3_server.endpoint, reconcile_interval=60.0) as bed:
         yield bed
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.s3 import MotoServer, free_port
+from tests.fixtures.s3 import S3Server, free_port
 from tests.integration.operator_harness import TINY_STAGE, OperatorBed, eventually, operator_bed
 from tests.kube.emulator import KubeEmulator
 
@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, moto_server: MotoServer) -> Iterator[OperatorBed]:
-    with operator_bed(kube, tmp_path / "executor", s3_bucket, moto_server.endpoint) as bed:
+def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, s3_server: S3Server) -> Iterator[OperatorBed]:
+    with operator_bed(kube, tmp_path / "executor", s3_bucket, s3_server.endpoint) as bed:
         yield bed
 
 

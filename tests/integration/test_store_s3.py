@@ -1,4 +1,4 @@
-"""The S3 store against a real S3 protocol server (moto over HTTP), directly and through a fault-injecting proxy."""
+"""The S3 store against a real S3 server (SeaweedFS), directly and through a fault-injecting proxy."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from kubetune.store import (
     ObjectNotFoundError,
     S3Settings,
     S3Store,
+    StoreUnavailableError,
     fetch,
     manifest_digest,
     open_store,
@@ -24,7 +25,7 @@ from kubetune.store import (
     read_manifest,
 )
 from kubetune.store.keys import TEMP_MARKER
-from tests.fixtures.s3 import FaultPlan, FaultProxy, MotoServer
+from tests.fixtures.s3 import FaultPlan, FaultProxy, S3Server
 
 pytest_plugins = ["tests.fixtures.s3"]
 pytestmark = pytest.mark.integration
@@ -49,13 +50,13 @@ def big_payload() -> bytes:
 
 
 @pytest.fixture
-def open_s3(s3_bucket: str, moto_server: MotoServer) -> StoreFactory:
-    """Opens an S3 store on this test's bucket under ``runs/``; straight to moto unless given another endpoint."""
+def open_s3(s3_bucket: str, s3_server: S3Server) -> StoreFactory:
+    """Opens an S3 store on this test's bucket under ``runs/``; straight to SeaweedFS unless given another endpoint."""
 
     def opener(endpoint: str | None = None, **settings: Any) -> S3Store:
         store = open_store(
             f"s3://{s3_bucket}/runs",
-            endpoint=endpoint or moto_server.endpoint,
+            endpoint=endpoint or s3_server.endpoint,
             region="us-east-1",
             path_style=True,
             s3_settings=S3Settings(**{**SMALL_PARTS, **FAST_RETRIES, **settings}),
@@ -90,11 +91,9 @@ def small_files(count: int) -> dict[str, bytes]:
 # -- objects and folders -------------------------------------------------------------------------------------------
 
 
-def test_objects_live_under_the_store_prefix_in_the_bucket(
-    store: S3Store, s3_bucket: str, moto_server: MotoServer
-) -> None:
+def test_objects_live_under_the_store_prefix_in_the_bucket(store: S3Store, s3_bucket: str, s3_server: S3Server) -> None:
     store.put_bytes("ns/run/progress.json", b'{"phase": "Running"}')
-    raw = moto_server.client().get_object(Bucket=s3_bucket, Key="runs/ns/run/progress.json")
+    raw = s3_server.client().get_object(Bucket=s3_bucket, Key="runs/ns/run/progress.json")
     assert raw["Body"].read() == b'{"phase": "Running"}'
     assert store.get_bytes("ns/run/progress.json") == b'{"phase": "Running"}'
     assert store.uri_for("ns/run/progress.json") == f"s3://{s3_bucket}/runs/ns/run/progress.json"
@@ -116,9 +115,9 @@ def test_exists_delete_and_missing_keys(store: S3Store, tmp_path: Path) -> None:
 
 
 def test_list_is_recursive_sorted_with_sizes_and_folder_scoped(
-    store: S3Store, s3_bucket: str, moto_server: MotoServer
+    store: S3Store, s3_bucket: str, s3_server: S3Server
 ) -> None:
-    moto_server.client().put_object(Bucket=s3_bucket, Key="outside-the-prefix", Body=b"not ours")
+    s3_server.client().put_object(Bucket=s3_bucket, Key="outside-the-prefix", Body=b"not ours")
     for key, data in {"b/2": b"22", "a/bc/1": b"1", "a/b/z": b"zzz", "a/b/y/x": b""}.items():
         store.put_bytes(key, data)
     assert store.list() == [
@@ -153,13 +152,13 @@ def test_folders_round_trip(store: S3Store, tmp_path: Path) -> None:
 
 
 def test_a_file_larger_than_the_part_size_goes_up_and_down_in_parts(
-    store: S3Store, s3_bucket: str, moto_server: MotoServer, tmp_path: Path, big_payload: bytes
+    store: S3Store, s3_bucket: str, s3_server: S3Server, tmp_path: Path, big_payload: bytes
 ) -> None:
     source = tmp_path / "model.gguf"
     source.write_bytes(big_payload)
     store.put_file("big/model.gguf", source)
 
-    head = moto_server.client().head_object(Bucket=s3_bucket, Key="runs/big/model.gguf")
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key="runs/big/model.gguf")
     assert head["ContentLength"] == len(big_payload)
     assert head["ETag"].strip('"').endswith("-3")  # S3's multipart ETag: three parts of 5, 5 and 2 MiB
 
@@ -170,12 +169,12 @@ def test_a_file_larger_than_the_part_size_goes_up_and_down_in_parts(
 
 
 def test_a_tampered_object_fails_sha256_verification_and_leaves_no_file(
-    store: S3Store, s3_bucket: str, moto_server: MotoServer, tmp_path: Path, big_payload: bytes
+    store: S3Store, s3_bucket: str, s3_server: S3Server, tmp_path: Path, big_payload: bytes
 ) -> None:
     store.put_bytes("w/small.bin", b"original")
     (tmp_path / "big.bin").write_bytes(big_payload)
     store.put_file("w/big.bin", tmp_path / "big.bin")
-    raw = moto_server.client()
+    raw = s3_server.client()
     raw.put_object(Bucket=s3_bucket, Key="runs/w/small.bin", Body=b"tampered")
     raw.put_object(Bucket=s3_bucket, Key="runs/w/big.bin", Body=big_payload[:-1] + b"\x00")
 
@@ -191,7 +190,7 @@ def test_a_tampered_object_fails_sha256_verification_and_leaves_no_file(
 
 
 def test_publish_read_manifest_fetch_round_trip(
-    store: S3Store, s3_bucket: str, moto_server: MotoServer, tmp_path: Path, big_payload: bytes
+    store: S3Store, s3_bucket: str, s3_server: S3Server, tmp_path: Path, big_payload: bytes
 ) -> None:
     files = {"model/weights.bin": big_payload, "tokenizer.json": b'{"v": 1}', **small_files(5)}
     outputs = write_tree(tmp_path / "outputs", files)
@@ -200,7 +199,7 @@ def test_publish_read_manifest_fetch_round_trip(
 
     manifest = read_manifest(store, prefix)
     assert manifest == published
-    stored = moto_server.client().get_object(Bucket=s3_bucket, Key=f"runs/{prefix}/{MANIFEST_NAME}")["Body"].read()
+    stored = s3_server.client().get_object(Bucket=s3_bucket, Key=f"runs/{prefix}/{MANIFEST_NAME}")["Body"].read()
     assert manifest_digest(manifest) == sha256_of(stored)
 
     fetched = fetch(store, prefix, tmp_path / "dest")
@@ -216,7 +215,7 @@ def test_an_output_is_absent_until_its_manifest_is_written(
     fault_proxy.set_plan(FaultPlan(error_rate=1.0, methods=frozenset({"PUT"}), path_contains=MANIFEST_NAME))
     dying = open_s3(fault_proxy.endpoint, max_attempts=2, transfer_attempts=1)
     files = small_files(4)
-    with pytest.raises(Exception, match="InternalError"):
+    with pytest.raises(StoreUnavailableError, match="InternalError"):
         publish(dying, "out", write_tree(tmp_path / "outputs", files), stage="train", input_key=INPUT_KEY)
     assert fault_proxy.injected["error"] == 2
 
@@ -348,7 +347,7 @@ def test_downloads_cut_off_mid_body_are_read_again(
 def test_without_whole_transfer_retries_the_same_fault_is_fatal(open_s3: StoreFactory, fault_proxy: FaultProxy) -> None:
     store = open_s3(fault_proxy.endpoint, max_attempts=1, transfer_attempts=1)
     fault_proxy.fail_next("reset")
-    with pytest.raises(Exception, match="(?i)connection"):
+    with pytest.raises(StoreUnavailableError, match="(?i)connection"):
         store.put_bytes("k", b"v")
 
 
@@ -362,10 +361,10 @@ def test_a_read_timeout_on_a_slow_response_is_retried(open_s3: StoreFactory, fau
 
 
 def test_integrity_failures_are_not_retried(
-    store: S3Store, open_s3: StoreFactory, fault_proxy: FaultProxy, s3_bucket: str, moto_server: MotoServer,
+    store: S3Store, open_s3: StoreFactory, fault_proxy: FaultProxy, s3_bucket: str, s3_server: S3Server,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    moto_server.client().put_object(Bucket=s3_bucket, Key="runs/t/x.bin", Body=b"tampered")
+    s3_server.client().put_object(Bucket=s3_bucket, Key="runs/t/x.bin", Body=b"tampered")
     proxied = open_s3(fault_proxy.endpoint)
     with pytest.raises(IntegrityError):
         proxied.get_file("t/x.bin", tmp_path / "x.bin", sha256=sha256_of(b"original"))

@@ -20,7 +20,8 @@ from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob
 from kubetune.stages import StageRef
 from kubetune.store import LocalStore, S3Store, validate_key, validate_prefix
-from tests.fixtures.s3 import FAKE_ACCESS_KEY, REGION, MotoServer
+from tests.fixtures.s3 import FAKE_ACCESS_KEY, REGION, S3Identity, S3Server
+from tests.fixtures.seaweedfs import running_seaweedfs
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
 from tests.kube.executor import JobExecutor
@@ -131,6 +132,14 @@ def _hits(text: str) -> list[str]:
     return [needle for needle in needles if needle in text]
 
 
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS whose identity's secret is the planted one: the jobs and the operator must really sign with it."""
+    identity = S3Identity(FAKE_ACCESS_KEY, PLANTED_STORE_SECRET)
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs-planted"), (identity,)) as server:
+        yield server
+
+
 @pytest.fixture
 def operator(kube: KubeEmulator, kubeconfig: Path, tmp_path: Path, s3_credentials: None) -> Iterator[OperatorProcess]:
     install_crd(kube)
@@ -138,7 +147,7 @@ def operator(kube: KubeEmulator, kubeconfig: Path, tmp_path: Path, s3_credential
                  "stringData": {"AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": PLANTED_STORE_SECRET}})
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": HF_SECRET, "namespace": "default"},
                  "stringData": {"token": PLANTED_HF_TOKEN}})
-    # The operator reads the store with the same planted credentials (moto accepts any secret key).
+    # The operator reads the store with the same planted credentials (this module's SeaweedFS holds them).
     env = operator_environment(kubeconfig, ("python", "-m", "kubetune.jobs"),
                                AWS_SECRET_ACCESS_KEY=PLANTED_STORE_SECRET)
     process = OperatorProcess(env, tmp_path / "operator.log")
@@ -157,9 +166,9 @@ def _real_dataset_then_tiny(job: Obj, argv: list[str]) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_planted_secret_values_appear_nowhere_and_every_pod_is_restricted(
-    kube: KubeEmulator, operator: OperatorProcess, tmp_path: Path, s3_bucket: str, moto_server: MotoServer
+    kube: KubeEmulator, operator: OperatorProcess, tmp_path: Path, s3_bucket: str, s3_server: S3Server
 ) -> None:
-    storage = {"uri": f"s3://{s3_bucket}/runs", "endpoint": moto_server.endpoint, "region": REGION,
+    storage = {"uri": f"s3://{s3_bucket}/runs", "endpoint": s3_server.endpoint, "region": REGION,
                "pathStyle": True, "credentialsSecret": STORE_SECRET}
     hf = {"baseModel": {"uri": "hf://org/model", "tokenSecret": {"name": HF_SECRET, "key": "token"}},
           "dataset": {"categories": ["logic"]}}
@@ -190,7 +199,7 @@ def test_planted_secret_values_appear_nowhere_and_every_pod_is_restricted(
     for path in sorted((tmp_path / "executor").rglob("*")):
         if path.is_file() and path.suffix in (".log", ".txt", "") and "volumes" not in path.parts:
             places[f"job file {path.relative_to(tmp_path)}"] = path.read_text(errors="replace")
-    direct = moto_server.client()
+    direct = s3_server.client()
     for item in direct.list_objects_v2(Bucket=s3_bucket).get("Contents", []):
         body = direct.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
         places[f"artifact s3://{s3_bucket}/{item['Key']}"] = body.decode(errors="replace")
@@ -280,10 +289,11 @@ def test_store_keys_that_could_escape_the_store_root_are_rejected_by_every_store
 
 @pytest.mark.integration
 def test_a_foreign_object_named_with_dotdot_in_the_bucket_cannot_land_outside_the_download_folder(
-    s3_bucket: str, moto_server: MotoServer, tmp_path: Path
+    moto_bucket: str, moto_server: S3Server, tmp_path: Path
 ) -> None:
-    moto_server.client().put_object(Bucket=s3_bucket, Key="runs/out/../../escaped.txt", Body=b"planted")
-    store = S3Store(s3_bucket, "runs", endpoint=moto_server.endpoint, region=REGION, path_style=True)
+    # moto: AWS stores such a key verbatim, SeaweedFS and rclone refuse to (tests/fixtures/moto.py).
+    moto_server.client().put_object(Bucket=moto_bucket, Key="runs/out/../../escaped.txt", Body=b"planted")
+    store = S3Store(moto_bucket, "runs", endpoint=moto_server.endpoint, region=REGION, path_style=True)
     with pytest.raises(ValueError):
         store.get_dir("out", tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists() and not any(tmp_path.rglob("escaped.txt"))

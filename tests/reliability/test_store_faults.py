@@ -3,7 +3,7 @@ halfway through a response body — and more are slow: runs still finish, retryi
 artifact is ever visible (every published manifest's files verify by sha256, checked while the jobs write and after).
 
 The stage Jobs run the tiny stage program on the real job runtime and S3 store (boto3), through the fault proxy in
-front of moto; the operator (a subprocess) reads the store through the same proxy.
+front of SeaweedFS; the operator (a subprocess) reads the store through the same proxy.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from tests.fixtures.s3 import (
     REGION,
     FaultPlan,
     FaultProxy,
-    MotoServer,
     RecordedRequest,
+    S3Server,
 )
 from tests.kube.emulator import KubeEmulator
 from tests.kube.executor import JobExecutor
@@ -71,7 +71,7 @@ def retried_faults(requests: list[RecordedRequest]) -> int:
 
 
 class Auditor(threading.Thread):
-    """Verifies every visible output, over and over, straight from moto (no faults), while the jobs publish."""
+    """Verifies every visible output, over and over, straight from SeaweedFS (no faults), while the jobs publish."""
 
     def __init__(self, store: S3Store) -> None:
         super().__init__(name="artifact-auditor", daemon=True)
@@ -97,12 +97,12 @@ def operator(kube: KubeEmulator, kubeconfig: Path, tmp_path: Path, s3_credential
 
 
 def test_runs_finish_and_no_corrupt_artifact_is_visible_when_a_tenth_of_store_requests_fail(
-    kube: KubeEmulator, operator: OperatorProcess, tmp_path: Path, s3_bucket: str, moto_server: MotoServer,
+    kube: KubeEmulator, operator: OperatorProcess, tmp_path: Path, s3_bucket: str, s3_server: S3Server,
     fault_proxy: FaultProxy,
 ) -> None:
     storage = {"uri": f"s3://{s3_bucket}/runs", "endpoint": fault_proxy.endpoint, "region": REGION, "pathStyle": True,
                "credentialsSecret": SECRET}
-    direct = S3Store(s3_bucket, "runs", endpoint=moto_server.endpoint, region=REGION, path_style=True)
+    direct = S3Store(s3_bucket, "runs", endpoint=s3_server.endpoint, region=REGION, path_style=True)
     names = [f"store-{i}" for i in range(RUNS)]
     fault_proxy.set_plan(TEN_PERCENT)
     auditor = Auditor(direct)
