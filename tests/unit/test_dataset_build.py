@@ -4,6 +4,7 @@ deterministic bytes, statistics, the schemas, and the CLIs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,48 @@ def test_scaffold_and_normalize_clis(tmp_path: Path) -> None:
     pasted.write_text("two\nlines\n", encoding="utf-8")
     normalized = run_cli("datasets_new/scripts/normalizeJson.py", str(pasted))
     assert normalized.returncode == 0 and normalized.stdout == '"two\\nlines"\n'
+
+
+def test_the_seed_quickstart_builds_the_bundled_dataset_on_the_documented_defaults(tmp_path: Path) -> None:
+    # The seed's command as written (identity placeholders swapped automatically), writing into tmp_path.
+    out = tmp_path / "train_data.jsonl"
+    done = run_cli("datasets_new/build_train_jsonl.py", "--structure", "datasets_new/structure.enriched.json",
+                   "--topics-dir", "datasets_new/topics", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    identity = [record for record in lines(out) if record["category"] == "identity"]
+    answers = " ".join(record["messages"][1]["content"] for record in identity)
+    assert "Nova" in answers and "an assistant for fine-tuning language models on Kubernetes" in answers
+    assert "${" not in answers
+
+
+def test_placeholder_flags_override_the_defaults_and_each_other(tmp_path: Path) -> None:
+    options = write_tree(tmp_path, {("identity", "who"): [sample("1", output="I am ${NAME}, ${SPEC}.")]})
+    out = tmp_path / "out.jsonl"
+    done = run_cli("datasets_new/build_train_jsonl.py", "--structure", str(options.structure_path),
+                   "--topics-dir", str(options.topics_dir), "--output", str(out), "--no-stats",
+                   "--name", "Ada", "--placeholder", "SPEC=a tester")
+    assert done.returncode == 0, done.stderr
+    assert lines(out)[0]["messages"][1]["content"].endswith("<output>I am Ada, a tester.</output>")
+
+
+def test_scaffolding_never_writes_through_a_symlink_out_of_the_tree_nor_raises(tmp_path: Path) -> None:
+    options = write_tree(tmp_path, {("a", "x"): [sample("1")]})
+    fresh, outside = tmp_path / "fresh", tmp_path / "outside"
+    fresh.mkdir()
+    outside.mkdir()
+    (fresh / "a").symlink_to(outside)
+    linked = run_cli("datasets_new/create_dataset_by_structure.py", "--structure", str(options.structure_path),
+                     "--topics-dir", str(fresh))
+    assert linked.returncode == 2 and "symlink leads outside the topics folder" in linked.stderr
+    assert list(outside.iterdir()) == []
+    under_a_file = run_cli("datasets_new/create_dataset_by_structure.py", "--structure", str(options.structure_path),
+                           "--topics-dir", str(options.structure_path / "topics"))
+    assert under_a_file.returncode == 2 and "cannot create: Not a directory" in under_a_file.stderr
+    assert "Traceback" not in linked.stderr + under_a_file.stderr
+
+
+def test_normalize_refuses_a_named_pipe_instead_of_waiting(tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    done = run_cli("datasets_new/scripts/normalizeJson.py", str(pipe))
+    assert done.returncode == 2 and "is a named pipe (FIFO), not a regular file" in done.stderr
