@@ -84,7 +84,7 @@ def restricted(kube: KubeEmulator, name: str = "secure", level: str = "restricte
                  'metadata.labels: Invalid value: "a/b/c": a qualified name must consist of',
                  id="a label key with two slashes"),
     pytest.param({"kind": "ConfigMap", "metadata": {"name": "c", "annotations": {"big": "x" * 262_142}}},
-                 "metadata.annotations: Too long: must have at most 262144 bytes", id="annotations over 256 KiB"),
+                 "metadata.annotations: Too long: may not be more than 262144 bytes", id="annotations over 256 KiB"),
     pytest.param({"kind": "ConfigMap", "metadata": {"name": "c", "finalizers": ["cleanup"]}},
                  'metadata.finalizers: Invalid value: "cleanup": name is neither a standard finalizer name nor is '
                  "it fully qualified", id="an unqualified finalizer"),
@@ -115,7 +115,7 @@ def test_config_map_keys_must_be_config_keys_and_unique_and_the_payload_at_most_
     assert "binaryData[k]: Invalid value: \"k\": duplicate of key present in another field" in both
     too_big = refused(kube, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
                              "data": {"a": "x" * (1024 * 1024), "b": "y"}})
-    assert too_big == 'configmaps "c" is invalid: []: Too long: must have at most 1048576 bytes'
+    assert too_big == 'ConfigMap "c" is invalid: []: Too long: may not be more than 1048576 bytes'
     assert kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
                         "data": {"a": "x" * (1024 * 1024)}})
 
@@ -266,7 +266,7 @@ def test_job_specs_the_server_refuses_are_refused(kube: KubeEmulator, mutate: Mu
     manifest = job()
     mutate(manifest)
     message = refused(kube, manifest)
-    assert message.startswith('jobs.batch "j" is invalid: ') and expected in message, message
+    assert message.startswith('Job.batch "j" is invalid: ') and expected in message, message
 
 
 def test_an_indexed_job_whose_last_pod_hostname_is_no_dns_label_is_refused(kube: KubeEmulator) -> None:
@@ -516,7 +516,7 @@ def test_a_namespace_names_a_pod_security_level_and_version_the_server_knows(kub
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": "typo", "labels": {"pod-security.kubernetes.io/enforce": "strict"}}})
     assert refused_level.value.message == (
-        'namespaces "typo" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": '
+        'Namespace "typo" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": '
         "must be one of privileged, baseline, restricted")
     restricted(kube, "team")
     with pytest.raises(ApiError, match=r'metadata.labels\[pod-security.kubernetes.io/warn-version\]: Invalid value: '
@@ -545,7 +545,7 @@ def test_a_job_whose_pods_would_be_forbidden_is_refused_and_an_invalid_one_gets_
     assert indexed.startswith('pods "train-0-" is forbidden')
     invalid = job("train", namespace="secure")
     pod_spec(invalid)["restartPolicy"] = "Always"
-    assert refused(kube, invalid, code=422).startswith('jobs.batch "train" is invalid: ')
+    assert refused(kube, invalid, code=422).startswith('Job.batch "train" is invalid: ')
     assert kube.create(job("train", namespace="secure", secure=True))
     assert kube.create(job("anywhere"))  # an unlabelled namespace enforces nothing
 
@@ -561,5 +561,10 @@ def test_refusals_arrive_as_status_objects_over_http(kube: KubeEmulator) -> None
     main_container(bad)["name"] = "Main"
     invalid = api.post("/apis/batch/v1/namespaces/default/jobs", bad)
     assert (invalid.status, invalid.body["reason"]) == (422, "Invalid")
-    assert [cause["message"].split(":")[0] for cause in invalid.body["details"]["causes"]] == [
-        "spec.template.spec.containers[0].name", "spec.template.spec.restartPolicy"]
+    assert invalid.body["message"].startswith('Job.batch "j" is invalid: [spec.template.spec.containers[0].name: ')
+    details = invalid.body["details"]
+    assert (details["kind"], details["group"], details["name"]) == ("Job", "batch", "j")
+    assert [(cause["field"], cause["reason"]) for cause in details["causes"]] == [
+        ("spec.template.spec.containers[0].name", "FieldValueInvalid"),
+        ("spec.template.spec.restartPolicy", "FieldValueRequired")]
+    assert details["causes"][1]["message"] == 'Required value: valid values: "OnFailure", "Never"'

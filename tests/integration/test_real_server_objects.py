@@ -219,7 +219,7 @@ def test_the_server_refuses_changes_to_a_started_jobs_immutable_fields(cluster: 
     with pytest.raises(ApiError) as refused:
         cluster.patch("jobs", name, patch, run.namespace, patch_type="strategic")
     assert (refused.value.code, refused.value.reason) == (422, "Invalid")
-    assert refused.value.message.startswith(f'jobs.batch "{name}" is invalid: ')
+    assert refused.value.message.startswith(f'Job.batch "{name}" is invalid: ')
     assert f"{field}: Invalid value: " in refused.value.message and "field is immutable" in refused.value.message
     assert cluster.get("jobs", name, run.namespace)["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.kube import admission, crd_validation, errors, patching, schema
+from tests.kube import admission, crd_validation, errors, patching, schema, validation
 from tests.kube.resources import ResourceRegistry, ResourceType, types_from_crd
 
 Obj = dict[str, Any]
@@ -183,8 +183,8 @@ class ObjectStore:
                 meta["name"] = meta["generateName"] + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
             name = meta.get("name") or ""
             if not name:
-                raise errors.invalid(
-                    rtype.qualified, "", ["metadata.name: Required value: name or generateName is required"]
+                raise validation.invalid_status(
+                    rtype.kind, rtype.group, "", ["metadata.name: Required value: name or generateName is required"]
                 )
             causes = admission.name_causes(rtype.group_resource, name) + _validate_metadata(meta)
             if self.find(rtype, namespace, name) is not None:
@@ -199,7 +199,7 @@ class ObjectStore:
                 obj.pop("status", None)
             causes += self._admit(rtype, obj, None)
             if causes:
-                raise errors.invalid(rtype.qualified, name, causes)
+                raise validation.invalid_status(rtype.kind, rtype.group, name, causes)
             if rtype.namespaced:  # validating admission runs after validation: 422 comes before PSA's 403
                 ns_labels = self._objects[NAMESPACES_GR][""][namespace or ""]["metadata"].get("labels") or {}
                 admission.enforce_pod_security(rtype.group_resource, obj, ns_labels)
@@ -337,7 +337,7 @@ class ObjectStore:
                 )
         causes += self._admit(rtype, new, old, subresource)
         if causes:
-            raise errors.invalid(rtype.qualified, old_meta["name"], causes)
+            raise validation.invalid_status(rtype.kind, rtype.group, old_meta["name"], causes)
         if rtype.has_generation and _spec_part(new, rtype.has_status) != _spec_part(old, rtype.has_status):
             meta["generation"] = old_meta.get("generation", 1) + 1
         if new == old:

@@ -26,7 +26,7 @@ def render(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def invalid(path: str, value: Any, detail: str) -> str:
@@ -56,11 +56,35 @@ def not_found(path: str, value: Any) -> str:
 
 
 def too_long(path: str, limit: int) -> str:
-    return f"{path}: Too long: must have at most {limit} bytes"
+    return f"{path}: Too long: may not be more than {limit} bytes"
 
 
 def too_many(path: str, count: int, limit: int) -> str:
     return f"{path}: Too many: {count}: must have at most {limit} items"
+
+
+_CAUSE_TYPES = {
+    "Required value": "FieldValueRequired", "Forbidden": "FieldValueForbidden", "Invalid value": "FieldValueInvalid",
+    "Unsupported value": "FieldValueNotSupported", "Duplicate value": "FieldValueDuplicate",
+    "Too many": "FieldValueTooMany", "Too long": "FieldValueTooLong", "Not found": "FieldValueNotFound",
+}
+
+
+def _status_cause(cause: str) -> dict[str, str]:
+    field, _, body = cause.partition(": ")
+    return {"reason": _CAUSE_TYPES.get(body.split(":", 1)[0], "FieldValueInvalid"), "message": body, "field": field}
+
+
+def invalid_status(kind: str, group: str, name: str, causes: list[str]) -> errors.ApiError:
+    """422 Invalid as errors.NewInvalid builds it: `Kind.group "name" is invalid: <cause>` (several causes, without
+    repeats, as `[a, b]`), and in `details` the kind, group and one cause per error with its field and type."""
+    qualified = f"{kind}.{group}" if group else kind
+    unique = list(dict.fromkeys(causes))
+    listed = unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+    return errors.ApiError(
+        422, "Invalid", f'{qualified} "{name}" is invalid: {listed}',
+        details={"name": name, "group": group, "kind": kind, "causes": [_status_cause(cause) for cause in causes]},
+    )
 
 
 def nonnegative(path: str, value: Any) -> list[str]:
