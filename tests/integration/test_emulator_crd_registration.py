@@ -380,3 +380,48 @@ def test_a_rule_inside_lists_is_charged_once_per_possible_item() -> None:
 def _field_errors(crd: dict[str, Any]) -> list[FieldError]:
     crd_validation.set_defaults(crd)
     return crd_validation.validate(crd)
+
+
+def _array(items: dict[str, Any], bound: int | None = None) -> dict[str, Any]:
+    return {"type": "array", "items": items, **({"maxItems": bound} if bound is not None else {})}
+
+
+def _map(values: dict[str, Any], bound: int | None = None) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": values, **({"maxProperties": bound} if bound is not None else {})}
+
+
+def _string(bound: int | None = None) -> dict[str, Any]:
+    return {"type": "string", **({"maxLength": bound} if bound is not None else {})}
+
+
+NUMBER, DURATION = {"type": "number"}, {"type": "string", "format": "duration"}
+# Expected costs as kube-apiserver computes them (apiextensions-apiserver schema/cel TestCostEstimation).
+SERVER_COSTS: list[tuple[dict[str, Any], str, int]] = [
+    (_array(NUMBER), "self.all(x, true)", 4_718_591),
+    (_array(NUMBER, 10), "self.all(x, true)", 32),
+    (_array(STRING, 20), "self.all(x, true)", 62),
+    (_array(NUMBER, 10), "self.all(x, self.all(y, self.all(z, true)))", 3_552),
+    (_array(_array(NUMBER)), "self.all(x, true)", 3_145_727),
+    (_array(DURATION), "self.all(x, true)", 2_359_295),
+    (_array({"x-kubernetes-int-or-string": True}), "self[0] == 5", 3),
+    (_array(STRING), "self[1] == self[1]", 314_577),
+    (_map(NUMBER), "self.all(x, true)", 1_348_169),
+    (_map(STRING, 3), "self.all(x, true)", 11),
+    (_string(), "self.contains('test')", 314_574),
+    (_string(), 'size(self + "hello") > size("hello")', 314_578),
+    (_string(50), 'self.matches("x")', 22),
+    (_string(), "self.find('[0-9]+') == ''", 629_147),
+    (_string(0), 'self == "x"', 1),
+    ({"type": "string", "enum": ["A", "B", "C", "LongValue"]}, "self.contains('A')", 2),
+    (_map({"type": "integer"}), "oldSelf.size() == self.size()", 5),
+]
+
+
+@pytest.mark.parametrize(
+    ("node", "rule", "cost"), SERVER_COSTS, ids=[f"{rule}-{cost}" for _, rule, cost in SERVER_COSTS]
+)
+def test_the_estimator_gives_the_costs_kube_apiserver_computes(node: dict[str, Any], rule: str, cost: int) -> None:
+    self_type = cel_types.schema_decl_type(node, is_root=False)
+    assert self_type is not None
+    compiled = cel_check.compile_expression(rule, {"self": self_type, "oldSelf": self_type})
+    assert cel_cost.expression_cost(compiled, self_type) == cost
