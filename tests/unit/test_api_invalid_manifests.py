@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.validate import InvalidManifest, parse_run
+from kubetune.api import types as t
+from kubetune.api.crd import openapi_schema
+from kubetune.api.validate import InvalidManifest, cel_errors, parse_run, raw_cel_errors
 
 
 def manifest(spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
@@ -242,3 +244,46 @@ def test_all_errors_of_a_manifest_are_reported_together() -> None:
         parse_run(doc)
     assert {e.path for e in raised.value.errors} == {
         "spec.training.lora.r", "spec.training.batchSize", "spec.export.types[0]"}
+
+
+def test_rules_are_checked_beside_a_bound_or_pattern_error_as_the_server_does() -> None:
+    doc = manifest({"baseModel": {"uri": "hf://org/m", "revision": "../.."},
+                    "dataset": {"uri": "file:///data/%2e%2e/etc", "placeholders": {"name": "x"}},
+                    "training": {"method": "lora", "fp8": True, "batchSize": 0}})
+    with pytest.raises(InvalidManifest) as raised:
+        parse_run(doc)
+    assert {e.path for e in raised.value.errors} == {
+        "spec.baseModel.revision", "spec.training.batchSize",  # the models' bounds and patterns
+        "spec.dataset.uri", "spec.dataset.placeholders", "spec.training.fp8"}  # and the CEL rules
+
+
+def test_a_wrong_type_stops_the_rules_as_it_stops_them_on_the_server() -> None:
+    doc = manifest({"dataset": {"uri": "file:///data/%2e%2e/etc"}, "training": {"batchSize": "four"}})
+    with pytest.raises(InvalidManifest) as raised:
+        parse_run(doc)
+    assert [str(e) for e in raised.value.errors] == ["spec.training.batchSize: must be an integer"]
+
+
+def _models_accept(spec: Any) -> bool:
+    try:
+        t.FineTuneRunSpec.model_validate(spec, strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+# The table's cases that only a CEL rule refuses.
+RULE_CASES = [(case, doc) for case, doc, path, _ in INVALID if path.startswith("spec.") and _models_accept(doc["spec"])]
+
+
+@pytest.mark.parametrize(("case", "doc"), RULE_CASES, ids=[case for case, _ in RULE_CASES])
+def test_rules_on_the_json_after_schema_defaults_agree_with_rules_on_the_defaulted_model(case: str, doc: dict[str, Any],
+                                                                                        ) -> None:
+    model = t.FineTuneRunSpec.model_validate(doc["spec"], strict=True)
+    on_model = set(cel_errors(model, "spec"))
+    on_json = set(raw_cel_errors(doc["spec"], openapi_schema()["properties"]["spec"], "spec"))
+    assert on_model and on_json == on_model
+
+
+def test_the_rule_cases_cover_every_kind_of_rule() -> None:
+    assert len(RULE_CASES) >= 15
