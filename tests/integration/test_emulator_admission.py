@@ -5,6 +5,7 @@ Deployments, RBAC, and Pod Security Admission in namespaces that enforce a level
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -253,8 +254,6 @@ JOB_CASES: list[Any] = [
                  "to 0", id="a negative backoffLimit"),
     pytest.param(spec_field(ttlSecondsAfterFinished=-5), "spec.ttlSecondsAfterFinished: Invalid value: -5: must be "
                  "greater than or equal to 0", id="a negative ttlSecondsAfterFinished"),
-    pytest.param(spec_field(selector={"matchLabels": {"app": "x"}}), "spec.selector: Invalid value: "
-                 '{"matchLabels":{"app":"x"}}: `selector` not auto-generated', id="a hand-written selector"),
     pytest.param(lambda obj: obj["spec"]["template"].update(metadata={"labels": {"job-name": "other"}}),
                  'spec.template.metadata.labels[job-name]: Invalid value: "other": must be \'j\'',
                  id="a template label that contradicts the generated ones"),
@@ -267,6 +266,16 @@ def test_job_specs_the_server_refuses_are_refused(kube: KubeEmulator, mutate: Mu
     mutate(manifest)
     message = refused(kube, manifest)
     assert message.startswith('Job.batch "j" is invalid: ') and expected in message, message
+
+
+def test_a_hand_written_selector_without_manual_selector_gets_the_uid_and_is_refused(kube: KubeEmulator) -> None:
+    manifest = job(selector={"matchLabels": {"app": "x"}})
+    manifest["spec"]["template"]["metadata"] = {"labels": {"app": "x"}}
+    message = refused(kube, manifest)
+    assert re.search(r'spec.selector: Invalid value: \{"matchLabels":\{"app":"x","batch.kubernetes.io/controller-uid":'
+                     r'"[-0-9a-f]{36}"\}\}: `selector` not auto-generated', message), message
+    manifest["spec"]["manualSelector"] = True
+    assert kube.create(manifest)["spec"]["selector"] == {"matchLabels": {"app": "x"}}
 
 
 def test_an_indexed_job_whose_last_pod_hostname_is_no_dns_label_is_refused(kube: KubeEmulator) -> None:

@@ -46,7 +46,10 @@ def default_job(job: Obj, creating: bool) -> None:
         for key, value in ((CONTROLLER_UID, uid), (JOB_NAME, name), (LEGACY_CONTROLLER_UID, uid),
                            (LEGACY_JOB_NAME, name)):
             labels.setdefault(key, value)
-        spec.setdefault("selector", {"matchLabels": {CONTROLLER_UID: uid}})
+        # A selector the user wrote gets the uid too; validation then refuses it as not auto-generated.
+        selector = spec.setdefault("selector", {})
+        if isinstance(selector, dict):
+            selector.setdefault("matchLabels", {}).setdefault(CONTROLLER_UID, uid)
 
 
 def _generated_selector(job: Obj) -> list[str]:
