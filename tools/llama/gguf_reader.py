@@ -124,9 +124,10 @@ class _Cursor:
         self.pos += n
 
     def unpack(self, fmt: str, what: str) -> Any:
-        packer = self._structs.get(fmt)
+        key = self.order + fmt  # the order is known only after the version is read
+        packer = self._structs.get(key)
         if packer is None:
-            packer = self._structs[fmt] = struct.Struct(self.order + fmt)
+            packer = self._structs[key] = struct.Struct(key)
         return packer.unpack(self.read(packer.size, what))[0]
 
     def u32(self, what: str) -> int:

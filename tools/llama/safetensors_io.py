@@ -166,7 +166,7 @@ def weight_files(model_dir: Path) -> list[Path]:
         if missing:
             raise ConversionError(f"{index} lists missing shard(s): {', '.join(missing[:8])}")
         return files
-    files = sorted(path for path in model_dir.glob("*.safetensors") if path.is_file())
+    files = sorted(model_dir.glob("*.safetensors"))  # a folder or FIFO among them: read_header names it
     if not files:
         others = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
         hint = f" (found {', '.join(others)}; save the model with safe_serialization=True)" if others else ""
