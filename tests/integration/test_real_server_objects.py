@@ -1,9 +1,9 @@
 """Everything we ship or create is accepted by the API server, as the emulator's admission mirrors it
 (tests/kube/admission.py: defaulting, validation, immutable fields; tests/kube/pod_security.py: Pod Security
-Admission): the CRD and every object of the Helm chart (default and all-on values), and the ConfigMaps, Services
-and Jobs the operator builds for every example, every stage and multi-node training, in namespaces that enforce
-the "restricted" Pod Security Standard. Then the updates the operator makes (suspend, resume) are accepted and
-the changes the server forbids are refused."""
+Admission): the CRD and every object of the Helm chart (for every value set), and the ConfigMaps, Services and
+Jobs the operator builds for every example, the sources step and every stage, and multi-node training, in
+namespaces that enforce the "restricted" Pod Security Standard. Then the updates the operator makes (suspend,
+resume) are accepted and the changes the server forbids are refused."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from kubetune.operator import labels
 from kubetune.operator.jobspec import build
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
+from kubetune.sources import SOURCES
 from kubetune.stages import StageRef
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
@@ -168,7 +169,7 @@ def test_every_example_gets_objects_the_server_accepts_for_every_stage(cluster: 
     [manifest] = yaml.safe_load_all(example.read_text())
     run = create_run(cluster, manifest)
     assert load_runs(example)[0].spec == run.spec  # the server's defaults agree with ours
-    for stage in STAGES:
+    for stage in (SOURCES, *STAGES):  # the step that resolves what the stages read, then every stage
         built = build(run, action(run, stage), SETTINGS[settings], upstream(run))
         created = create_all(cluster, built)
         job = created[-1]
