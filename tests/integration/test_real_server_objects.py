@@ -7,12 +7,14 @@ resume) are accepted and the changes the server forbids are refused."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes
 import pytest
 import yaml
 
@@ -20,6 +22,7 @@ from kubetune.api.types import RUN_NAME_MAX, STAGES
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs, parse_run
 from kubetune.operator import labels
 from kubetune.operator.jobspec import build
+from kubetune.operator.kube import KubeApi
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.sources import SOURCES
@@ -191,16 +194,31 @@ def test_multi_node_training_objects_are_accepted_with_the_longest_run_name(clus
         "Indexed", 8, 8)
 
 
-def test_the_operators_suspend_and_resume_patches_are_accepted(cluster: KubeEmulator) -> None:
+def test_the_operators_client_creates_suspends_resumes_and_reports_through_the_server(cluster: KubeEmulator) -> None:
+    """Over HTTP, with the operator's own client: the stage's objects, the suspend and resume merge patches the
+    reconciler sends, and an Event about the run (its message cut to the operator's limit)."""
     run = create_run(cluster, run_manifest("demo", {}))
-    *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
-    name, namespace = job["metadata"]["name"], run.namespace
-    suspended = cluster.patch("jobs", name, {"metadata": {"annotations": {labels.SUSPENDED: "true"}},
-                                             "spec": {"suspend": True}}, namespace)
+    built = build(run, action(run, "train"), SETTINGS["plain"], upstream(run))
+    name, namespace = built[-1]["metadata"]["name"], run.namespace
+    api = KubeApi(kubernetes.client.Configuration(host=cluster.url))
+
+    async def scenario() -> tuple[Obj, Obj]:
+        for obj in built:
+            assert await api.create(obj) is not None
+        suspended = await api.patch_job(namespace, name, {"metadata": {"annotations": {labels.SUSPENDED: "true"}},
+                                                          "spec": {"suspend": True}})
+        resumed = await api.patch_job(namespace, name, {"metadata": {"annotations": {labels.SUSPENDED: None}},
+                                                        "spec": {"suspend": False}})
+        await api.post_event(cluster.get("finetuneruns", "demo", namespace), "Warning", "StageFailed", "x" * 5000,
+                             "2026-01-01T00:00:00Z")
+        await api.close()
+        return suspended, resumed
+
+    suspended, resumed = asyncio.run(scenario())
     assert suspended["spec"]["suspend"] is True and suspended["metadata"]["generation"] == 2
-    resumed = cluster.patch("jobs", name, {"metadata": {"annotations": {labels.SUSPENDED: None}},
-                                           "spec": {"suspend": False}}, namespace)
     assert resumed["spec"]["suspend"] is False and labels.SUSPENDED not in resumed["metadata"]["annotations"]
+    [event] = cluster.events(namespace, involved_name="demo")
+    assert (event["reason"], event["involvedObject"]["uid"]) == ("StageFailed", run.uid)
 
 
 @pytest.mark.parametrize(("patch", "field"), [
