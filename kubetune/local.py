@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.types import STAGES
-from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
+from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.digests import DigestCache
 from kubetune.jobs.basemodel import default_cache_dir
 from kubetune.jobs.runtime import utc_now
@@ -71,12 +71,7 @@ class LocalRun:
 
 def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
                 to_stage: str | None = None) -> int:
-    try:
-        runs = load_runs(path)
-    except InvalidManifest as exc:
-        for error in exc.errors:
-            print(f"{exc.source}: {error}", file=sys.stderr)
-        return 1
+    runs = load_runs(path)  # InvalidManifest: the CLI reports it as one line, exit 2
     for run in runs:
         code = _execute(_prepare(run, store), from_stage, to_stage)
         if code != 0:
@@ -91,10 +86,10 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
         uri = str(Path(uri).resolve())
     config = StoreConfig.from_spec(run.spec.storage, uri)
     config = StoreConfig(uri=uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
+    store = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    return LocalRun(run, config, open_store(uri, endpoint=config.endpoint, region=config.region,
-                                            path_style=config.path_style), state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
+    return LocalRun(run, config, store, state_dir)
 
 
 def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = None) -> int:
@@ -216,6 +211,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     log_path = local.state_dir / f"{stage}.log"
     workdir = local.state_dir / "work"
     env = dict(os.environ, KUBETUNE_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
+    env.pop("KUBETUNE_TERMINATION_LOG", None)  # a pod's file: a local stage must never write the host's
     # -P: started from a checkout's root, the job must not import its operator/ folder as the stdlib's operator.
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)

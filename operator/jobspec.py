@@ -26,6 +26,7 @@ from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
 CONFIG_DIR = "/etc/kubetune"
 RUN_JSON = "run.json"
 SCRATCH = "/scratch"
+TERMINATION_LOG = "/dev/termination-log"  # the container's terminationMessagePath, also told to the job by env
 EXIT_CONFIG_ERROR = 2  # jobs/runtime.py: bad configuration or input, retrying cannot help
 JOB_UID = 65532  # "nonroot" in distroless-style images
 DEFAULT_SHM = "8Gi"
@@ -230,7 +231,7 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: Manifest = {
@@ -269,6 +270,8 @@ def _env(run: FineTuneRun, settings: OperatorSettings) -> list[Manifest]:
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/.cache"},
         {"name": "HF_HOME", "value": f"{SCRATCH}/.cache/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Only here does a job write a termination message: run locally it must not touch the host's file.
+        {"name": "KUBETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
     if not run.spec.base_model.uri.startswith("hf://"):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # nothing may come from a hub at run time
