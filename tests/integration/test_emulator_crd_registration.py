@@ -319,17 +319,27 @@ def test_a_rule_at_the_root_is_reported_at_no_path(kube: KubeEmulator) -> None: 
 def test_create_prunes_unknown_fields_drops_nulls_and_fills_nested_defaults(kube: KubeEmulator) -> None:  # noqa: F811
     inner = {"type": "object", "properties": {"n": {"type": "integer", "default": 7}}, "default": {}}
     free = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    kube.apply_crd(gadget_crd({"inner": inner, "free": free, "a": {**STRING, "default": "d"}}))
+    bare = {"type": "object"}  # no properties: a real server keeps none of its fields
+    raw = {"type": "array", "x-kubernetes-preserve-unknown-fields": True, "items": {"type": "object"}}
+    kube.apply_crd(
+        gadget_crd({"inner": inner, "free": free, "bare": bare, "raw": raw, "a": {**STRING, "default": "d"}})
+    )
     created = kube.create(
         {
             "apiVersion": "example.dev/v1",
             "kind": "Gadget",
             "metadata": {"name": "g"},
-            "spec": {"unknown": 1, "a": None, "free": {"anything": [1]}},
+            "spec": {"unknown": 1, "a": None, "free": {"anything": [1]}, "bare": {"x": 1}, "raw": [{"kept": True}]},
             "extra": True,
         }
     )
-    assert created["spec"] == {"a": "d", "free": {"anything": [1]}, "inner": {"n": 7}}
+    assert created["spec"] == {
+        "a": "d",
+        "free": {"anything": [1]},
+        "inner": {"n": 7},
+        "bare": {},
+        "raw": [{"kept": True}],
+    }
     assert "extra" not in created
 
 

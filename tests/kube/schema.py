@@ -35,17 +35,11 @@ _BLOCKED = "some validation rules were not checked because the object was invali
 
 
 def admit(root: Schema, obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """Prune and default `obj` in place (metadata, apiVersion and kind are left alone), then validate it.
-    Returns the causes of rejection, empty when valid."""
-    properties = root.get("properties") or {}
-    for key in list(obj):
-        if key in ("apiVersion", "kind", "metadata"):
-            continue
-        if key not in properties and not root.get("x-kubernetes-preserve-unknown-fields"):
-            del obj[key]
-        else:
-            obj[key] = _prune_and_default(properties.get(key, {}), obj[key], defaults=True)
-    _apply_defaults(root, obj)
+    """Default and prune `obj` in place as the server does when it decodes a custom resource (apiVersion, kind and
+    metadata are left alone), then validate it. Returns the causes of rejection, empty when valid."""
+    _drop_nulls(root, obj)
+    _default(root, obj)
+    _prune(root, obj, resource_root=True)
     old_body = MISSING if old is None else _cel_view(old)
     return [str(error) for error in validate(root, _cel_view(obj), old_body, fe.ROOT, ratchet=True)]
 
@@ -75,7 +69,9 @@ def cel_errors(schema: Schema, value: Any, old: Any, path: str, ratchet: bool) -
 
 def prune(schema: Schema, value: Any) -> Any:
     """`value` without the fields the schema does not know (a copy); defaults are not applied."""
-    return _prune_and_default(schema, copy.deepcopy(value), defaults=False)
+    pruned = copy.deepcopy(value)
+    _prune(schema, pruned, resource_root=bool(schema.get("x-kubernetes-embedded-resource")))
+    return pruned
 
 
 def _cel_view(obj: dict[str, Any]) -> dict[str, Any]:
@@ -88,31 +84,82 @@ def _cel_view(obj: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _prune_and_default(schema: Schema, value: Any, defaults: bool) -> Any:
-    if isinstance(value, dict) and schema.get("type", "object") == "object":
-        properties = schema.get("properties")
-        additional = schema.get("additionalProperties")
-        keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") or properties is None
+def _field_schema(schema: Schema | None, key: str) -> Schema | None:
+    if schema is None:
+        return None
+    properties = schema.get("properties") or {}
+    if key in properties:
+        return dict(properties[key])
+    additional = schema.get("additionalProperties")
+    return additional if isinstance(additional, dict) else None
+
+
+def _drop_nulls(schema: Schema | None, value: Any) -> None:
+    """PruneNonNullableNullsWithoutDefaults: a null where the schema allows none and has no default is dropped."""
+    if isinstance(value, dict):
         for key in list(value):
-            if defaults and value[key] is None and not (properties or {}).get(key, {}).get("nullable"):
-                del value[key]  # nulls of non-nullable fields are dropped before defaulting
-            elif properties is not None and key in properties:
-                value[key] = _prune_and_default(properties[key], value[key], defaults)
-            elif isinstance(additional, dict):
-                value[key] = _prune_and_default(additional, value[key], defaults)
-            elif not keep_unknown and not additional:
+            sub = _field_schema(schema, key)
+            if value[key] is None and sub is not None and not sub.get("nullable") and "default" not in sub:
                 del value[key]
-        if defaults:
-            _apply_defaults(schema, value)
+            else:
+                _drop_nulls(sub, value[key])
+    elif isinstance(value, list):
+        items = schema.get("items") if schema is not None else None
+        for item in value:
+            _drop_nulls(items if isinstance(items, dict) else None, item)
+
+
+def _default(schema: Schema | None, value: Any) -> None:
+    """The server's defaulting: a missing field, or a null where none is allowed, gets its default (a copy), and
+    the defaulting goes on inside it, so nested defaults are filled too."""
+    if schema is None:
+        return
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        for key, sub in properties.items():
+            if "default" in sub and (key not in value or (value[key] is None and not sub.get("nullable"))):
+                value[key] = copy.deepcopy(sub["default"])
+        additional = schema.get("additionalProperties")
+        for key in value:
+            if key in properties:
+                _default(properties[key], value[key])
+            elif isinstance(additional, dict):
+                if value[key] is None and not additional.get("nullable") and "default" in additional:
+                    value[key] = copy.deepcopy(additional["default"])
+                _default(additional, value[key])
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        value = [_prune_and_default(schema["items"], item, defaults) for item in value]
-    return value
+        items = schema["items"]
+        for position, item in enumerate(value):
+            if item is None and not items.get("nullable") and "default" in items:
+                value[position] = copy.deepcopy(items["default"])
+            _default(items, value[position])
 
 
-def _apply_defaults(schema: Schema, value: dict[str, Any]) -> None:
-    for key, sub in (schema.get("properties") or {}).items():
-        if key not in value and "default" in sub:
-            value[key] = _prune_and_default(sub, copy.deepcopy(sub["default"]), defaults=True)
+def _prune(schema: Schema | None, value: Any, resource_root: bool = False, skip: bool = False) -> None:
+    """Structural pruning (pruning/algorithm.go): fields the schema does not declare are dropped, an object without
+    properties keeps none; under `x-kubernetes-preserve-unknown-fields` (`skip`, which carries on into list items)
+    unknown fields stay and known ones are still pruned. apiVersion, kind and metadata of a resource stay."""
+    if schema is not None:
+        skip = skip or bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        resource_root = resource_root or bool(schema.get("x-kubernetes-embedded-resource"))
+    elif skip:
+        return
+    if isinstance(value, dict):
+        properties = (schema or {}).get("properties") or {}
+        additional = (schema or {}).get("additionalProperties")
+        for key in list(value):
+            if resource_root and key in ("apiVersion", "kind", "metadata"):
+                continue
+            if key in properties:
+                _prune(properties[key], value[key])
+            elif additional is not None:
+                _prune(additional if isinstance(additional, dict) else None, value[key])
+            elif not skip:
+                del value[key]
+    elif isinstance(value, list):
+        items = (schema or {}).get("items")
+        for item in value:
+            _prune(items if isinstance(items, dict) else None, item, skip=skip)
 
 
 # ------------------------------------------------------------------------------------------- OpenAPI validation
