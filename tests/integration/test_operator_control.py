@@ -132,10 +132,14 @@ def test_with_a_kueue_queue_jobs_are_created_suspended_and_the_run_is_queued_unt
     with bed.operator():
         bed.create_run("queued", resources={"defaults": {"queueName": "cpu-queue"}})
         queued = bed.wait_phase("queued", "Queued", timeout=30)
-        [job] = bed.jobs("queued")
+        [sources] = bed.jobs("queued")  # resolving the sources comes first, through the run's queue like every Job
+        assert sources["metadata"]["labels"]["kubetune.dev/stage"] == "sources"
+        assert sources["spec"]["suspend"] is True and queued["status"]["sources"]["phase"] == "Queued"
+        bed.kube.patch("jobs", sources["metadata"]["name"], {"spec": {"suspend": False}})
+        queued = bed.wait_run("queued", lambda run: run["status"]["stages"]["dataset"]["phase"] == "Queued", timeout=30)
+        [job] = [j for j in bed.jobs("queued") if j["metadata"]["labels"]["kubetune.dev/stage"] == "dataset"]
         assert job["spec"]["suspend"] is True
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "cpu-queue"
-        assert queued["status"]["stages"]["dataset"]["phase"] == "Queued"
         assert queued["status"]["progressText"] == "dataset queued"
         admitted = 0
         while admitted < len(STAGES):  # play Kueue: admit each stage's Job as it is queued
