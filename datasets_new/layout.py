@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.datasets_new.errors import DatasetIssue, IssueCollector
+from kubetune.datasets_new.errors import DatasetIssue, IssueCollector, printable
 from kubetune.datasets_new.files import is_inside, unreadable
 from kubetune.datasets_new.structure import (
     Category,
@@ -33,7 +33,9 @@ class TopicFile:
 def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) -> tuple[list[TopicFile], list[str]]:
     """Check the tree's layout against the structure; return its topic files in build order and the topic files
     the structure declares but the tree lacks."""
-    shown_root = topics_dir.as_posix()
+    # Display paths go into stats.json and records (`metadata.source`): an undecodable byte in a folder name (a
+    # surrogate escape) must not make them unwritable as UTF-8.
+    shown_root = printable(topics_dir.as_posix())
     if not topics_dir.is_dir():
         problem = "is not a folder" if topics_dir.exists() or topics_dir.is_symlink() else "does not exist"
         issues.add(DatasetIssue(shown_root, f"topics folder {problem}",
@@ -53,8 +55,8 @@ def scan_topics(structure: Structure, topics_dir: Path, issues: IssueCollector) 
             issues.add(DatasetIssue(shown, f"folder {category_entry.name!r} is not a category of the structure",
                                     "add the category to structure.enriched.json or rename the folder"))
         else:
-            found.extend(_scan_category(structure, category, Path(category_entry.path), shown, topics_dir.name,
-                                        tree))
+            found.extend(_scan_category(structure, category, Path(category_entry.path), shown,
+                                        printable(topics_dir.name), tree))
     declared = {
         topic_relative_path(category.name, sub.name, content_type).as_posix()
         for category in structure.categories for sub in category.subcategories for content_type in sub.content_types

@@ -10,7 +10,7 @@ from typing import Any
 
 from kubetune.datasets_new.builder import BuildResult
 from kubetune.datasets_new.difficulty import DifficultyScale
-from kubetune.datasets_new.errors import DatasetIssue
+from kubetune.datasets_new.errors import DatasetIssue, printable
 from kubetune.datasets_new.samples import BuiltRecord
 from kubetune.datasets_new.schema import load_bundled_schema
 
@@ -94,7 +94,7 @@ def token_stats(records: Sequence[BuiltRecord], loaded: LoadedTokenizer) -> dict
                          for encoding in tokenizer.encode_batch(assistants, add_special_tokens=False)]
     totals = [user + assistant for user, assistant in zip(user_lengths, assistant_lengths, strict=True)]
     return {
-        "tokenizer": loaded.path.as_posix(),
+        "tokenizer": printable(loaded.path.as_posix()),
         "counted": "user + assistant message content, without the chat template",
         "total": percentiles(totals),
         "user": percentiles(user_lengths),

@@ -221,6 +221,32 @@ def test_every_valid_tree_builds_with_every_sample(files: list[list[dict[str, An
         assert sorted(built) == sorted(expected)
 
 
+folder_name = st.binary(min_size=1, max_size=40).filter(lambda name: b"/" not in name and b"\0" not in name
+                                                      and name not in (b".", b".."))
+
+
+@given(tree_name=folder_name, topics_name=folder_name)
+def test_a_tree_under_any_folder_names_builds_with_stats(tree_name: bytes, topics_name: bytes) -> None:
+    # Undecodable bytes arrive as surrogate escapes: they must reach neither stats.json nor a record undecoded.
+    with scratch() as base:
+        root = Path(os.fsdecode(os.path.join(os.fsencode(base), tree_name)))
+        write_valid_tree(root)
+        topics = Path(os.fsdecode(os.path.join(os.fsencode(root / "in"), topics_name)))
+        topics.parent.mkdir()
+        (root / "topics").rename(topics)
+        (topics / "math" / "arith" / "math.arith.reasoning.json").unlink()  # listed in stats as missing
+        argv = ["--structure", str(root / "structure.enriched.json"), "--topics-dir", str(topics),
+                "--output", str(base / "out" / "train_data.jsonl")]
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), hang_guard():
+            code = main(argv)
+        outcome = Outcome(code, stderr.getvalue(), base / "out")
+        assert outcome.code == 0, outcome.stderr
+        assert_clean(outcome)
+        assert len(outcome.records()) == 4
+        assert len(json.loads((base / "out" / "stats.json").read_text(encoding="utf-8"))["missing_topic_files"]) == 1
+
+
 # ---- hostile file contents ---------------------------------------------------------------------------------------
 
 json_values = st.recursive(
