@@ -4,6 +4,7 @@ server would refuse is refused with the server's 422, field paths and wording, a
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from tests.fixtures.kube import kube  # noqa: F401 - the fixture, until tests/conftest.py registers the plugin
-from tests.kube import cel_check, cel_cost, cel_types, crd_validation
+from tests.kube import cel_check, cel_cost, cel_types, crd_validation, schema
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
 from tests.kube.fielderrors import FieldError, kubectl_lines
@@ -435,3 +436,40 @@ def test_the_estimator_gives_the_costs_kube_apiserver_computes(node: dict[str, A
     assert self_type is not None
     compiled = cel_check.compile_expression(rule, {"self": self_type, "oldSelf": self_type})
     assert cel_cost.expression_cost(compiled, self_type) == cost
+
+
+FIELD_PATH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "foo": {"type": "object", "additionalProperties": {"type": "object", "properties": {"f1": NUMBER}}},
+        "a": {
+            "type": "object",
+            "properties": {
+                "bbb": {"type": "object", "properties": {"c": NUMBER, "34": NUMBER}},
+                "bbb.c": {"type": "object", "properties": {"a-b34": NUMBER}},
+            },
+        },
+        "list": _array({"type": "object", "properties": {"a": NUMBER}}),
+    },
+}
+# The server's verdicts (apiextensions TestValidateFieldPath): None = valid, else ValidFieldPath's error.
+FIELD_PATHS: list[tuple[str, str | None]] = [
+    (".a['bbb.c'].a-b34", None),
+    (".foo.f1", None),
+    (".a.bbb.34", None),
+    (".list", None),
+    (".a.foo", "does not refer to a valid field"),
+    (".list[1]", "expected single quoted string but got 1"),
+    (".list.a", "does not refer to a valid field"),
+    ("a", "expected [ or . but got: a"),
+    (".a..b", "does not refer to a valid field"),
+]
+
+
+@pytest.mark.parametrize(("field_path", "refusal"), FIELD_PATHS)
+def test_a_rules_field_path_gets_the_servers_verdict(field_path: str, refusal: str | None) -> None:
+    if refusal is None:
+        schema.normalized_field_path(FIELD_PATH_SCHEMA, field_path)
+    else:
+        with pytest.raises(ValueError, match=re.escape(refusal)):
+            schema.normalized_field_path(FIELD_PATH_SCHEMA, field_path)
