@@ -86,10 +86,10 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
         uri = str(Path(uri).resolve())
     config = StoreConfig.from_spec(run.spec.storage, uri)
     config = StoreConfig(uri=uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
-    store = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
+    opened = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
-    return LocalRun(run, config, store, state_dir)
+    return LocalRun(run, config, opened, state_dir)
 
 
 def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = None) -> int:
