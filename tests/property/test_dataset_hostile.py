@@ -317,6 +317,41 @@ def test_any_file_content_ends_in_a_build_or_located_errors(content: bytes, in_s
         assert_clean(build(root, "--no-stats"))
 
 
+@st.composite
+def mutated_structure(draw: st.DrawFn) -> bytes:
+    """The valid structure with one field anywhere in it replaced by any JSON value, removed, or joined by an
+    unknown one."""
+    document: Any = structure_doc()
+    parent: Any = document
+    while True:  # walk down to a random container
+        keys = list(range(len(parent))) if isinstance(parent, list) else sorted(parent)
+        if not keys:
+            break
+        key = draw(st.sampled_from(keys))
+        child = parent[key]
+        if not isinstance(child, (dict, list)) or draw(st.booleans()):
+            break
+        parent = child
+    action = draw(st.sampled_from(["replace", "remove", "add"]))
+    if action == "replace" and keys:
+        parent[key] = draw(json_values)
+    elif action == "remove" and keys:
+        del parent[key]
+    elif isinstance(parent, dict):
+        parent[draw(st.text(max_size=8))] = draw(json_values)
+    else:
+        parent.append(draw(json_values))
+    return json.dumps(document).encode()
+
+
+@given(content=mutated_structure())
+def test_any_structure_document_ends_in_a_build_or_located_errors(content: bytes) -> None:
+    with scratch() as root:
+        write_valid_tree(root)
+        (root / "structure.enriched.json").write_bytes(content)
+        assert_clean(build(root, "--no-stats"))
+
+
 # ---- hostile trees -----------------------------------------------------------------------------------------------
 
 Mutation = Callable[[Path, Path], bool]  # (tree root, outside folder) -> whether the build must fail

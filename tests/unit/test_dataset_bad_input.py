@@ -324,3 +324,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_build(tmp_path: 
         build_and_write(options, outputs_of(tmp_path / "out", tmp_path / "tree"))
     assert raised.value.issue.hint and "\n" not in raised.value.issue.message
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_file_too_large_for_a_dataset_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    options, outputs = build_tree(tmp_path)
+    topic = options.topics_dir.parent / ARITH
+    os.truncate(topic, 300 * 1024 * 1024)  # sparse: nothing is written to disk, and nothing must be read
+    issue = only_issue(options, outputs)
+    assert issue.path == topic.as_posix() and issue.message == "file is larger than 256 MiB"
