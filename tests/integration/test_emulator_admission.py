@@ -95,6 +95,12 @@ def test_names_labels_and_annotations_follow_the_servers_syntax(kube: KubeEmulat
     assert expected in message
 
 
+def test_a_generate_name_prefix_follows_the_name_rule_and_may_end_in_a_dash(kube: KubeEmulator) -> None:
+    message = refused(kube, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "Run-"}})
+    assert 'metadata.generateName: Invalid value: "Run-": a lowercase RFC 1123 subdomain' in message
+    assert kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "run-"}})
+
+
 def test_two_controller_owner_references_are_refused(kube: KubeEmulator) -> None:
     owner = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}})
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"],

@@ -2,7 +2,7 @@
 strategy), its validation on create and on update (immutable fields), and Pod Security Admission, mirrored from
 kube-apiserver's pkg/apis/*/validation, pkg/apis/*/v1/defaults.go and the registry strategies.
 
-`admit(group_resource, obj, old)` defaults `obj` in place and returns the causes of a 422 Invalid (the server's
+`admit(group_resource, obj, old, taken_ips)` defaults `obj` in place and returns the causes of a 422 Invalid (the server's
 `field: Invalid value: ...: message` lines); `enforce_pod_security(...)` raises the 403 Forbidden of PSA.
 """
 
@@ -50,11 +50,15 @@ _NAME_RULES: dict[GroupResource, Callable[[str], list[str]]] = {
 }
 
 
-def name_causes(group_resource: GroupResource, name: str) -> list[str]:
-    """The kind's name rule (most kinds: an RFC 1123 subdomain; Services: a DNS-1035 label). The server reports
-    these at `metadata.name`."""
+def name_causes(group_resource: GroupResource, name: str, generate_name: str = "") -> list[str]:
+    """The kind's name rule (most kinds: an RFC 1123 subdomain; Services: a DNS-1035 label), for the name and for
+    a `generateName` prefix (a trailing '-' is allowed there)."""
     rule = _NAME_RULES.get(group_resource, v.dns1123_subdomain)
-    return v.each("metadata.name", name, rule(name))
+    causes = []
+    if generate_name:
+        masked = generate_name[:-1] + "a" if generate_name.endswith("-") else generate_name
+        causes += v.each("metadata.generateName", generate_name, rule(masked))
+    return causes + v.each("metadata.name", name, rule(name))
 
 
 def metadata_causes(meta: Obj) -> list[str]:

@@ -186,7 +186,8 @@ class ObjectStore:
                 raise validation.invalid_status(
                     rtype.kind, rtype.group, "", ["metadata.name: Required value: name or generateName is required"]
                 )
-            causes = admission.name_causes(rtype.group_resource, name) + _validate_metadata(meta)
+            causes = admission.name_causes(rtype.group_resource, name, meta.get("generateName") or "")
+            causes += _validate_metadata(meta)
             if self.find(rtype, namespace, name) is not None:
                 raise errors.already_exists(rtype.qualified, name)
             for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
