@@ -29,6 +29,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubetune.datasets_new.build_train_jsonl import main
+from kubetune.datasets_new.create_dataset_by_structure import main as scaffold_main
+from kubetune.datasets_new.scripts.normalizeJson import main as normalize_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "datasets_new" / "build_train_jsonl.py"
@@ -350,6 +352,36 @@ def test_any_structure_document_ends_in_a_build_or_located_errors(content: bytes
         write_valid_tree(root)
         (root / "structure.enriched.json").write_bytes(content)
         assert_clean(build(root, "--no-stats"))
+
+
+@given(content=st.one_of(mutated_structure(), hostile_contents))
+def test_scaffolding_from_any_structure_creates_the_tree_or_ends_in_located_errors(content: bytes) -> None:
+    with scratch() as root:
+        (root / "structure.enriched.json").write_bytes(content)
+        stderr, stdout = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), hang_guard():
+            code = scaffold_main(["--structure", str(root / "structure.enriched.json"),
+                                  "--topics-dir", str(root / "topics")])
+        assert code in (0, 2) and "Traceback" not in stderr.getvalue()
+        if code == 2:
+            assert LOCATED_PROBLEM.search(stderr.getvalue()) and not (root / "topics").exists()
+        else:
+            assert len(stdout.getvalue().splitlines()) == len(list((root / "topics").rglob("*.json")))
+
+
+@given(content=st.binary(max_size=300))
+def test_normalize_turns_any_utf8_text_into_one_json_string_and_refuses_the_rest(content: bytes) -> None:
+    with scratch() as root:
+        (root / "pasted.txt").write_bytes(content)
+        stderr, stdout = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            code = normalize_main([str(root / "pasted.txt")])
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            assert code == 2 and "is not valid UTF-8" in stderr.getvalue()
+        else:
+            assert code == 0 and json.loads(stdout.getvalue()) == text.replace("\r\n", "\n").rstrip()
 
 
 # ---- hostile trees -----------------------------------------------------------------------------------------------
