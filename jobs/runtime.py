@@ -119,6 +119,8 @@ def _scratch_dir(stage: str) -> Path:
 
 def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> int:
     """Run a stage body and map its outcome to the exit-code contract (docs/contracts.md)."""
+    if run_path.exists() and not run_path.is_file():  # a folder, or a FIFO that would block the read forever
+        return _fail(None, EXIT_CONFIG, "Failed", f"run config {run_path} is not a regular file")
     try:
         config = RunConfig.load(run_path)
     except OSError as exc:

@@ -206,3 +206,18 @@ def test_a_closed_stdout_pipe_is_not_a_traceback() -> None:
     stderr = reader.stderr.read().decode()
     reader.wait(timeout=60)
     assert "Traceback" not in stderr, stderr
+
+
+def test_ask_reports_a_llama_cpp_crash_as_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp aborts on some corrupt files (a failed GGML_ASSERT): the child dies, the command says why."""
+    import kubetune.ask
+
+    gguf = write_gguf(tmp_path / "model.gguf")
+
+    def child_aborts(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        assert argv[1:] == ["-P", "-m", "kubetune.ask"]
+        return subprocess.CompletedProcess(argv, -6, "", "llama_model_load: loading\nggml.c:123: GGML_ASSERT(ne % 32 == 0) failed\n")
+
+    monkeypatch.setattr(kubetune.ask.subprocess, "run", child_aborts)
+    line = one_error_line("ask", str(gguf), "hello")
+    assert f"{gguf}: llama.cpp crashed (SIGABRT)" in line and "GGML_ASSERT(ne % 32 == 0) failed" in line

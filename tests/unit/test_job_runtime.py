@@ -132,6 +132,27 @@ def test_an_unreadable_run_config_is_a_config_error(tmp_path: Path) -> None:
     assert run_job("dataset", tmp_path / "missing.json", lambda ctx: None) == EXIT_CONFIG
 
 
+@pytest.mark.parametrize("kind", ["a folder", "a named pipe", "not JSON", "a JSON list", "a spec the API refuses"])
+def test_a_run_config_that_cannot_be_used_is_one_line_and_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    path = tmp_path / "run.json"
+    if kind == "a folder":
+        path.mkdir()
+    elif kind == "a named pipe":
+        os.mkfifo(path)  # reading it would block forever
+    else:
+        document = {"not JSON": "{", "a JSON list": "[]"}.get(kind)
+        if document is None:
+            data = json.loads(write_run(tmp_path).read_text())
+            data["spec"] = {"training": {"epochs": "many"}}
+            document = json.dumps(data)
+        path.write_text(document)
+    assert run_job("dataset", path, lambda ctx: None) == EXIT_CONFIG
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("kubetune-job: failed: ") and str(path) in line
+
+
 def test_sigterm_asks_the_stage_to_stop_and_it_exits_143(tmp_path: Path) -> None:
     run_path = write_run(tmp_path)
     program = textwrap.dedent(f"""
