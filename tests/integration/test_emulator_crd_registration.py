@@ -473,3 +473,36 @@ def test_a_rules_field_path_gets_the_servers_verdict(field_path: str, refusal: s
     else:
         with pytest.raises(ValueError, match=re.escape(refusal)):
             schema.normalized_field_path(FIELD_PATH_SCHEMA, field_path)
+
+
+KEYWORDS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "namespace": _array(_array(STRING)),
+        "if": {"type": "integer"},
+        "self": {"type": "integer"},
+        "d": NUMBER,
+    },
+}
+# The server's compile verdicts (apiextensions TestCelCompilation and cel-go): None = compiles, else the error.
+COMPILES: list[tuple[str, str | None]] = [
+    ("size(self.__namespace__[0]) == 10", None),
+    ("size(self.namespace[0]) == 10", None),  # keywords as field names, Kubernetes 1.32+
+    ("self.if == 10 && self.self == 10", None),
+    ("string(self.self).endsWith('s')", None),
+    ("self == 10", "found no matching overload for '_==_' applied to '(selfType, int)'"),
+    ("self.d == 0", "found no matching overload for '_==_' applied to '(double, int)'"),
+    ("self.d > 0", None),  # cross-type numeric ordering (Kubernetes 1.28+)
+    ("fakeFunction('abc') == 'ABC'", "undeclared reference to 'fakeFunction'"),
+]
+
+
+@pytest.mark.parametrize(("rule", "error"), COMPILES)
+def test_a_rule_compiles_or_not_as_on_the_server(rule: str, error: str | None) -> None:
+    self_type = cel_types.schema_decl_type(KEYWORDS_SCHEMA, is_root=False)
+    assert self_type is not None
+    if error is None:
+        assert cel_check.compile_expression(rule, {"self": self_type}).type.kind == "bool"
+    else:
+        with pytest.raises(cel_check.CelCompileError, match=re.escape(error)):
+            cel_check.compile_expression(rule, {"self": self_type})

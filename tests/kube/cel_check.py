@@ -26,6 +26,7 @@ from tests.kube.cel_types import (
     INT,
     NULL,
     NUMERIC,
+    RESERVED,
     STRING,
     TYPE,
     UINT,
@@ -377,10 +378,13 @@ class _Checker:
 
     def _select(self, operand: CelType, expr: Expr) -> CelType:
         if operand.kind == "object":
-            if expr.name not in operand.fields:
+            name = expr.name
+            if name not in operand.fields and name in RESERVED:
+                name = f"__{name}__"  # Kubernetes 1.32+ also accepts a keyword as a field name
+            if name not in operand.fields:
                 self.issues.append((expr.offset, f"undefined field '{expr.name}'"))
                 return DYN
-            return operand.fields[expr.name]
+            return operand.fields[name]
         if operand.kind == "map":
             return elem_of(operand)
         if operand.kind == "dyn":
@@ -442,7 +446,7 @@ class _Checker:
             if kinds[0] in ("bool", "dyn") and args[1].same(args[2]):
                 result, expr.overload = (args[1] if args[1].kind != "dyn" else args[2]), "conditional"
         elif function in ("_==_", "_!=_"):
-            if args[0].same(args[1]) or (kinds[0] in NUMERIC and kinds[1] in NUMERIC) or "null_type" in kinds:
+            if args[0].same(args[1]) or "null_type" in kinds:
                 result, expr.overload = BOOL, "equals" if function == "_==_" else "not_equals"
         elif function in ("_<_", "_<=_", "_>_", "_>=_"):
             result, expr.overload = self._relation(args)

@@ -11,7 +11,7 @@ from typing import Any
 
 Schema = dict[str, Any]
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # celconfig.MaxRequestSizeBytes
-_RESERVED = frozenset(
+RESERVED = frozenset(
     ("true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if", "import")
     + ("let", "loop", "package", "namespace", "return", "var", "void", "while")
 )
@@ -82,7 +82,7 @@ def escape(name: str) -> str | None:
     """A property name as CEL sees it (apiserver cel.Escape); None when it cannot be exposed."""
     if not name or name[0].isdigit():
         return None
-    if name in _RESERVED:
+    if name in RESERVED:
         return f"__{name}__"
     if re.search(r"[^a-zA-Z0-9\-./_]", name):
         return None
