@@ -89,9 +89,14 @@ def token_stats(records: Sequence[BuiltRecord], loaded: LoadedTokenizer) -> dict
     tokenizer = loaded.tokenizer
     users = [record.user for record in records]
     assistants = [record.assistant for record in records]
-    user_lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(users, add_special_tokens=False)]
-    assistant_lengths = [len(encoding.ids)
-                         for encoding in tokenizer.encode_batch(assistants, add_special_tokens=False)]
+    try:
+        user_lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(users, add_special_tokens=False)]
+        assistant_lengths = [len(encoding.ids)
+                             for encoding in tokenizer.encode_batch(assistants, add_special_tokens=False)]
+    except Exception as error:  # a tokenizer.json that loads may still fail to encode (e.g. no unknown token)
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise TokenizerError(DatasetIssue(printable(loaded.path.as_posix()), f"cannot count tokens: {first_line}",
+                                          "pass the folder of the model the run trains")) from error
     totals = [user + assistant for user, assistant in zip(user_lengths, assistant_lengths, strict=True)]
     return {
         "tokenizer": printable(loaded.path.as_posix()),

@@ -18,6 +18,7 @@ import pytest
 from kubetune.datasets_new.builder import BuildOptions
 from kubetune.datasets_new.errors import DatasetError, DatasetIssue, OutputError
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
+from kubetune.datasets_new.stats import TokenizerError
 
 WHO = "topics/identity/who/identity.who.reasoning.json"
 ARITH = "topics/math/arith/math.arith.reasoning.json"
@@ -332,3 +333,19 @@ def test_a_file_too_large_for_a_dataset_is_refused_before_it_is_read(tmp_path: P
     os.truncate(topic, 300 * 1024 * 1024)  # sparse: nothing is written to disk, and nothing must be read
     issue = only_issue(options, outputs)
     assert issue.path == topic.as_posix() and issue.message == "file is larger than 256 MiB"
+
+
+@pytest.mark.parametrize("tokenizer_json", [
+    "{}",  # does not load
+    json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                "pre_tokenizer": None, "post_processor": None, "decoder": None,
+                "model": {"type": "WordLevel", "vocab": {}, "unk_token": "zz"}}),  # loads, cannot encode
+], ids=["not a tokenizer", "cannot encode"])
+def test_an_unusable_tokenizer_is_one_located_error_and_nothing_is_written(tmp_path: Path, tokenizer_json: str) -> None:
+    options, outputs = build_tree(tmp_path)
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    with pytest.raises(TokenizerError) as raised:
+        build_and_write(options, outputs, tmp_path / "tokenizer")
+    assert raised.value.issue.hint and "\n" not in raised.value.issue.message
+    assert not outputs.train.parent.exists()
