@@ -211,7 +211,7 @@ def _sentencepiece_vocab(
     try:
         processor.LoadFromFile(str(model_dir / "tokenizer.model"))
     except (OSError, RuntimeError) as exc:
-        raise ConversionError(f"tokenizer.model is not a SentencePiece model: {exc}") from exc
+        raise ConversionError(f"{model_dir / 'tokenizer.model'}: not a SentencePiece model ({exc}){TOKENIZER_HINT}") from None
     tokens: dict[int, tuple[str, int]] = {}
     scores: dict[int, float] = {}
     for token_id in range(processor.vocab_size()):
