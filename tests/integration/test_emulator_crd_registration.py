@@ -132,7 +132,20 @@ def _rule(rule: str, **fields: Any) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, **fields}]}
 
 
+def _with_root(crd: dict[str, Any], **properties: Any) -> dict[str, Any]:
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"].update(properties)
+    return crd
+
+
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "metadata fields beyond name and generateName",
+        _with_root(gadget_crd({}), metadata={"type": "object", "properties": {"labels": {"type": "object"}}}),
+        (
+            f"* {SCHEMA}.properties[metadata]: Forbidden: must not specify anything other than name and generateName, "
+            "but metadata is implicitly specified"
+        ),
+    ),
     (
         "a default that fails its own rule",
         gadget_crd({"n": {"type": "integer", "default": 0, **_rule("self > 0")}}),

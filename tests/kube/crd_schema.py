@@ -205,7 +205,9 @@ def _metadata_schema_errors(meta: Schema, check_type: bool, level: str, path: st
     if check_type and meta.get("type") != "object":
         errors.append(fe.invalid(f"{where}.type", meta.get("type", ""), "must be object"))
     if level == "root":
-        rest = {key: value for key, value in meta.items() if key not in ("type", "default")}
+        rest = {
+            key: value for key, value in meta.items() if key not in ("type", "default") and value not in ({}, [], None)
+        }
         names = set(rest.get("properties") or {})
         if names and names <= {"name", "generateName"}:
             rest.pop("properties")
