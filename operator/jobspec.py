@@ -31,6 +31,10 @@ EXIT_CONFIG_ERROR = 2  # jobs/runtime.py: bad configuration or input, retrying c
 JOB_UID = 65532  # "nonroot" in distroless-style images
 DEFAULT_SHM = "8Gi"
 SOURCES_RESOURCES = {"cpu": "250m", "memory": "512Mi"}  # the sources Job lists objects and hashes files
+# The emptyDir sizeLimit of /scratch when the run does not set resources.<stage>.scratchSize: room for the stage's
+# inputs, outputs and caches with a 135M-8B model (train: base model + checkpoints; convert: f16 GGUF + quants).
+DEFAULT_SCRATCH = {"sources": "1Gi", "dataset": "10Gi", "train": "100Gi", "merge": "100Gi", "convert": "150Gi",
+                   "evaluate": "50Gi"}
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -203,7 +207,8 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
     volumes: list[Manifest] = [
         {"name": "run-config", "configMap": {"name": config_map_name(action.name),
                                              "items": [{"key": RUN_JSON, "path": RUN_JSON}]}},
-        {"name": "scratch", "emptyDir": {}},
+        # A limit the kubelet enforces (it evicts the pod): a runaway stage cannot fill its node's disk.
+        {"name": "scratch", "emptyDir": {"sizeLimit": resources.scratch_size or DEFAULT_SCRATCH[stage]}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[Manifest] = [

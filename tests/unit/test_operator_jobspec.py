@@ -205,7 +205,7 @@ def test_a_read_only_root_gets_writable_scratch_with_every_cache_pointed_at_it()
     _, job = manifests(stage="dataset")
     mounts = {m["mountPath"]: m["name"] for m in container(job)["volumeMounts"]}
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
-    assert volumes[mounts["/scratch"]]["emptyDir"] == {}
+    assert volumes[mounts["/scratch"]]["emptyDir"] == {"sizeLimit": "10Gi"}
     assert volumes[mounts["/tmp"]]["emptyDir"] == {}
     assert {k: env(job)[k] for k in ("KUBETUNE_WORKDIR", "HOME", "TMPDIR", "HF_HOME", "XDG_CACHE_HOME")} == {
         "KUBETUNE_WORKDIR": "/scratch/work", "HOME": "/scratch", "TMPDIR": "/tmp",
@@ -224,6 +224,23 @@ def test_a_memory_backed_dev_shm_is_mounted_for_training_and_where_asked(stage: 
     mounts = {m["mountPath"]: m["name"] for m in container(job)["volumeMounts"]}
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
+
+
+@pytest.mark.parametrize(("stage", "resources", "size"), [
+    ("dataset", {}, "10Gi"),
+    ("train", {}, "100Gi"),
+    ("convert", {}, "150Gi"),
+    ("evaluate", {}, "50Gi"),
+    ("train", {"train": {"scratchSize": "400Gi"}}, "400Gi"),
+    ("merge", {"defaults": {"scratchSize": "20Gi"}}, "20Gi"),
+    ("merge", {"defaults": {"scratchSize": "20Gi"}, "merge": {"scratchSize": "300G"}}, "300G"),
+])
+def test_scratch_has_the_size_limit_the_spec_or_the_stage_default_gives(stage: str, resources: Obj,
+                                                                       size: str) -> None:
+    _, job = manifests({"resources": resources}, stage=stage)
+    mounts = {m["mountPath"]: m["name"] for m in container(job)["volumeMounts"]}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/scratch"]]["emptyDir"] == {"sizeLimit": size}
 
 
 @pytest.mark.parametrize(("stage", "grace"), [("train", 300), ("dataset", 60), ("convert", 60)])
