@@ -23,6 +23,8 @@ from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs, parse
 from kubetune.operator import labels
 from kubetune.operator.jobspec import build
 from kubetune.operator.kube import KubeApi
+from kubetune.operator.metrics import Metrics
+from kubetune.operator.reconcile import Reconciler
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.sources import SOURCES
@@ -30,6 +32,10 @@ from kubetune.stages import StageRef
 from tests.kube import admission
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
+from tests.kube.executor import JobExecutor
+from tests.reliability.bed import INSTANT_COMMAND
+from tests.reliability.bed import run_manifest as bed_run_manifest
+from tests.reliability.bed import terminal as bed_terminal
 from tests.unit.test_chart_render import VALUE_SETS  # every value set the chart's own tests render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,3 +319,33 @@ def test_the_largest_evaluate_prompts_the_crd_accepts_still_fit_the_stages_confi
     built = build(run, action(run, "evaluate"), SETTINGS["plain"], upstream(run))
     assert len(built[0]["data"]["run.json"].encode()) <= admission.MAX_DATA_SIZE
     assert [obj["kind"] for obj in create_all(cluster, built)] == ["ConfigMap", "Job"]
+
+
+def test_a_run_in_a_restricted_namespace_succeeds_through_the_servers_admission(cluster: KubeEmulator,
+                                                                                tmp_path: Path) -> None:
+    """The reconciler creates every Job of a run (instant stages) in a namespace that enforces "restricted", and
+    the executor's pods for them, through admission: the run succeeds, and no object was refused on the way."""
+    manifest = bed_run_manifest("demo", {"uri": (tmp_path / "store").as_uri()})
+    manifest["metadata"]["namespace"] = "team"
+    create_run(cluster, manifest)
+    cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetune-job",
+                                                                               "namespace": "team"}})
+    settings = OperatorSettings(job_image="kubetune-job:test", job_command=INSTANT_COMMAND)
+    operator = Reconciler(settings, KubeApi(kubernetes.client.Configuration(host=cluster.url)), Metrics())
+
+    async def scenario() -> Obj:
+        for _ in range(600):
+            await operator.request("team", "demo", fresh=True)
+            run = cluster.get("finetuneruns", "demo", "team")
+            if bed_terminal(run):
+                break
+            await asyncio.sleep(0.05)
+        await operator.kube.close()
+        return run
+
+    with JobExecutor(cluster, tmp_path / "executor"):
+        run = asyncio.run(scenario())
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    jobs = cluster.list("jobs", "team")
+    assert sorted(job["metadata"]["labels"][labels.STAGE] for job in jobs) == sorted((SOURCES, *STAGES))
+    assert len(cluster.list("pods", "team")) >= len(jobs)  # every Job's pod was admitted
