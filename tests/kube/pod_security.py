@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tests.kube import errors
+from tests.kube.podspec import VOLUME_SOURCES
 
 Obj = dict[str, Any]
 Check = Callable[[Obj, Obj], list[str]]
@@ -36,12 +37,6 @@ _SAFE_SYSCTLS = frozenset({
 _SELINUX_TYPES = ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
 _RESTRICTED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                        "projected", "secret")
-_VOLUME_SOURCES = (
-    "hostPath", "emptyDir", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "secret", "nfs", "iscsi",
-    "glusterfs", "persistentVolumeClaim", "rbd", "flexVolume", "cinder", "cephfs", "flocker", "downwardAPI", "fc",
-    "azureFile", "configMap", "vsphereVolume", "quobyte", "azureDisk", "photonPersistentDisk", "projected",
-    "portworxVolume", "scaleIO", "storageos", "csi", "ephemeral", "image",
-)
 _APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
 
 
@@ -156,7 +151,7 @@ def _proc_mount(_meta: Obj, spec: Obj) -> list[str]:
 def _restricted_volumes(_meta: Obj, spec: Obj) -> list[str]:
     by_type: dict[str, list[str]] = {}
     for volume in spec.get("volumes") or []:
-        kinds = [kind for kind in _VOLUME_SOURCES if volume.get(kind) is not None and kind not in _RESTRICTED_VOLUMES]
+        kinds = [kind for kind in VOLUME_SOURCES if volume.get(kind) is not None and kind not in _RESTRICTED_VOLUMES]
         if kinds:
             by_type.setdefault(kinds[0], []).append(volume.get("name", ""))
     return [f'{_who(names, "volume")} {"use" if len(names) > 1 else "uses"} restricted volume type {json.dumps(kind)}'
