@@ -13,4 +13,6 @@ df -h "${TMPDIR:-/tmp}" | awk 'NR == 2 {print "test temp dir: " $4 " free of " $
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # -P keeps the repository root off sys.path at start-up (its operator/ folder would shadow the standard library);
 # pytest adds it once the interpreter is up (pythonpath in pyproject.toml) so tests can import tests.fixtures.
+# hypothesis keeps its scratch (constants, unicode data) out of the checkout.
+export HYPOTHESIS_STORAGE_DIRECTORY="${HYPOTHESIS_STORAGE_DIRECTORY:-${TMPDIR:-/tmp}/kubetune-hypothesis}"
 exec .venv/bin/python -P -m pytest "$@"
