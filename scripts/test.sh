@@ -3,9 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-# The Argo CD health check is Lua; its tests run it with Debian's interpreter.
-if ! command -v lua5.4 >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq lua5.4 >/dev/null) || echo "warning: could not install lua5.4" >&2
+# Debian packages the tests use: Lua for the Argo CD health check, Chromium and its driver for the web view's
+# browser tests (Selenium).
+missing=()
+command -v lua5.4 >/dev/null || missing+=(lua5.4)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null) \
+    || echo "warning: could not install ${missing[*]}" >&2
 fi
 # Models, checkpoints and GGUFs of the tests go under the temp dir (a few GB at a time, removed as tests pass): say how
 # much room there is, so that a full disk reads as what it is.
