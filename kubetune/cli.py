@@ -61,18 +61,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kubetune.status_view import load_status, render_describe, render_get
+    from kubetune.status_view import load_status, render_describe, render_get, status_path
 
     for what, value in (("run name", args.run), ("namespace", args.namespace)):
         if not OBJECT_NAME.fullmatch(value):
             raise ValueError(f"{what} {value!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
     try:
         document = load_status(args.run, args.namespace)
+        text = render_get(document) + "\n" + render_describe(document)
     except FileNotFoundError as exc:
         print(f"kubetune: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sys.stdout.write(render_get(document))
-    sys.stdout.write("\n" + render_describe(document))
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        # status.json is kubetune run's own file: one edited or cut short by hand says so, not a traceback.
+        raise ValueError(f"{status_path(args.run, args.namespace)}: not a status kubetune run wrote "
+                         f"({type(exc).__name__}); run `kubetune run` again to rewrite it") from None
+    sys.stdout.write(text)
     return 0
 
 

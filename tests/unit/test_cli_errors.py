@@ -221,3 +221,11 @@ def test_ask_reports_a_llama_cpp_crash_as_one_line(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(kubetune.ask.subprocess, "run", child_aborts)
     line = one_error_line("ask", str(gguf), "hello")
     assert f"{gguf}: llama.cpp crashed (SIGABRT)" in line and "GGML_ASSERT(ne % 32 == 0) failed" in line
+
+
+@pytest.mark.parametrize("content", ["{cut short", "[]", '{"status": 7, "metadata": "x"}', "[" * 100_000])
+def test_status_of_a_damaged_status_file_is_one_line(tmp_path: Path, content: str) -> None:
+    path = tmp_path / ".kubetune" / "runs" / "default" / "demo" / "status.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    assert "not a status kubetune run wrote" in one_error_line("status", "demo")
