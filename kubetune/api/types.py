@@ -382,12 +382,37 @@ class StorageSpec(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration."""
 
-    key: Annotated[str | None, Field(default=None, max_length=316)]
-    """Taint key (empty with operator Exists: every taint)."""
+    # The API server's own rules for a pod's tolerations (core validation), so that a run the CRD accepts never
+    # fails later, when its Job is created. Absent operator means its default, Equal.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "has(self.key) && self.key != '' || has(self.operator) && self.operator == 'Exists'",
+            "operator must be Exists when key is empty (it then tolerates every taint)",
+            ".operator",
+        ),
+        CelRule(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            ".value",
+        ),
+        CelRule(
+            "!has(self.tolerationSeconds) || has(self.effect) && self.effect == 'NoExecute'",
+            "effect must be 'NoExecute' when tolerationSeconds is set",
+            ".effect",
+        ),
+        CelRule(
+            "!has(self.key) || !self.key.matches('^[^/]{254}')",
+            "the key's prefix must be at most 253 characters",
+            ".key",
+        ),
+    )
+
+    key: Annotated[str | None, Field(default=None, max_length=317, pattern=f"^$|{LABEL_KEY}")]
+    """Taint key, a label key (empty with operator Exists: every taint)."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """How key and value are compared."""
-    value: Annotated[str | None, Field(default=None, max_length=63)]
-    """Taint value."""
+    value: Annotated[str | None, Field(default=None, max_length=63, pattern=LABEL_VALUE)]
+    """Taint value, a label value (empty with operator Exists)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate (empty: all)."""
     toleration_seconds: Annotated[int | None, Field(default=None, ge=0)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,37 +278,40 @@ def test_a_started_job_may_not_change_its_scheduling(cluster: KubeEmulator) -> N
             "nodeSelector": {"zone": "b"}}}}}, run.namespace)
 
 
-VALIDATE_AGREES = pytest.mark.xfail(strict=True, raises=ApiError, reason="issue 18 (5): kubetune validate and the CRD "
-                                    "accept this toleration, the server refuses the Job")
-
-
 @pytest.mark.parametrize("toleration", [
     pytest.param({"operator": "Exists"}, id="every taint"),
     pytest.param({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, id="a key that exists"),
     pytest.param({"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 600},
                  id="a NoExecute taint for a while"),
-    pytest.param({"key": "k", "operator": "Exists", "value": "v"}, id="a value with Exists",
-                 marks=VALIDATE_AGREES),
-    pytest.param({"operator": "Equal", "value": "v"}, id="no key with Equal",
-                 marks=VALIDATE_AGREES),
-    pytest.param({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}, id="tolerationSeconds without NoExecute",
-                 marks=VALIDATE_AGREES),
-    pytest.param({"key": "a b", "operator": "Exists"}, id="a key that is no label key",
-                 marks=VALIDATE_AGREES),
-    pytest.param({"key": "k", "value": "a b"}, id="a value that is no label value",
-                 marks=VALIDATE_AGREES),
 ])
 def test_a_toleration_the_run_accepts_is_one_the_server_accepts_in_its_jobs(cluster: KubeEmulator,
                                                                            toleration: Obj) -> None:
-    """A run that passes `kubetune validate` and the CRD must not fail later, when its Job is created."""
     spec = {"resources": {"defaults": {"tolerations": [toleration]}}}
-    try:
-        parse_run(run_manifest("demo", spec))
-        run = create_run(cluster, run_manifest("demo", spec))
-    except (InvalidManifest, ApiError):
-        return  # refused up front, as it should be
+    parse_run(run_manifest("demo", spec))
+    run = create_run(cluster, run_manifest("demo", spec))
     *_, job = create_all(cluster, build(run, action(run, "train"), SETTINGS["plain"], upstream(run)))
     assert job["spec"]["template"]["spec"]["tolerations"][0]["operator"] == toleration.get("operator", "Equal")
+
+
+@pytest.mark.parametrize(("toleration", "field"), [
+    pytest.param({"key": "k", "operator": "Exists", "value": "v"}, "value", id="a value with Exists"),
+    pytest.param({"operator": "Equal", "value": "v"}, "operator", id="no key with Equal"),
+    pytest.param({"value": "v"}, "operator", id="no key and the default operator"),
+    pytest.param({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}, "effect",
+                 id="tolerationSeconds without NoExecute"),
+    pytest.param({"key": "a b", "operator": "Exists"}, "key", id="a key that is no label key"),
+    pytest.param({"key": "k", "value": "a b"}, "value", id="a value that is no label value"),
+])
+def test_a_toleration_the_server_would_refuse_in_a_job_is_refused_by_validate_and_the_crd_at_its_field(
+        cluster: KubeEmulator, toleration: Obj, field: str) -> None:
+    """Refused up front, by both, at the same path: never later, when the stage's Job is created."""
+    spec = {"resources": {"defaults": {"tolerations": [toleration]}}}
+    path = f"spec.resources.defaults.tolerations[0].{field}"
+    with pytest.raises(InvalidManifest, match=re.escape(path)):
+        parse_run(run_manifest("demo", spec))
+    with pytest.raises(ApiError, match=re.escape(path)):
+        create_run(cluster, run_manifest("demo", spec))
+    assert cluster.find("finetuneruns", "demo") is None
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
