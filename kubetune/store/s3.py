@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.exceptions import RetriesExceededError
 
@@ -480,6 +481,7 @@ def is_transient(error: BaseException) -> bool:
         (
             botocore.exceptions.HTTPClientError,  # connection closed/reset, read timeouts, broken streams
             botocore.exceptions.IncompleteReadError,
+            urllib3.exceptions.ProtocolError,  # an error answer's body cut off: botocore reads it unwrapped
             ConnectionError,  # raw socket resets surfacing from a body read
             TimeoutError,
         ),

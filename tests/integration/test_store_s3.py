@@ -344,6 +344,14 @@ def test_downloads_cut_off_mid_body_are_read_again(
     assert (fault_proxy.injected["reset_mid_body"], fault_proxy.pending) == (4, 0)
 
 
+def test_an_error_answer_cut_off_mid_body_is_read_again(open_s3: StoreFactory, fault_proxy: FaultProxy) -> None:
+    # botocore reads an error's body itself and lets urllib3's ProtocolError out unwrapped: still a transient fault.
+    store = open_s3(fault_proxy.endpoint, max_attempts=1, transfer_attempts=3)
+    fault_proxy.fail_next("reset_mid_body", 2)  # the 404 NoSuchKey answers of a manifest not published yet
+    assert read_manifest(store, "not/yet") is None
+    assert (fault_proxy.injected["reset_mid_body"], fault_proxy.pending) == (2, 0)
+
+
 def test_without_whole_transfer_retries_the_same_fault_is_fatal(open_s3: StoreFactory, fault_proxy: FaultProxy) -> None:
     store = open_s3(fault_proxy.endpoint, max_attempts=1, transfer_attempts=1)
     fault_proxy.fail_next("reset")
