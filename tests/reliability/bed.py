@@ -36,6 +36,7 @@ TINY_STAGE = REPO / "tests" / "integration" / "operator_tiny_stage.py"
 INSTANT_COMMAND = ("python", "-S", str(INSTANT_STAGE))
 RUN_LABEL = "kubetune.dev/run"
 STAGE_LABEL = "kubetune.dev/stage"
+JOBS_PER_RUN = 1 + len(STAGES)  # the sources Job, then one Job per stage (each publishes one output)
 ATTEMPT_LABEL = "kubetune.dev/attempt"
 PREFIX_ANNOTATION = "kubetune.dev/prefix"
 INPUT_KEY_ANNOTATION = "kubetune.dev/input-key"

@@ -19,6 +19,7 @@ from tests.kube.executor import JobExecutor
 from tests.kube.faults import FaultPlan
 from tests.reliability.bed import (
     INSTANT_COMMAND,
+    JOBS_PER_RUN,
     OperatorProcess,
     duplicate_jobs,
     install_crd,
@@ -109,6 +110,6 @@ def test_every_run_converges_when_a_tenth_of_api_requests_fail(
     assert by_kind["watch_gone"] == by_kind["watch_drop"] == 2, by_kind
     assert 0.06 <= failed / total <= 0.14
     assert duplicate_jobs(jobs) == {}
-    assert len(jobs) == 2 * RUNS * 5
+    assert len(jobs) == 2 * RUNS * JOBS_PER_RUN
     store = open_store(store_uri)
     assert [p for run in [*baseline_runs, *faulted_runs] for p in output_problems(store, run, jobs)] == []

@@ -21,6 +21,7 @@ from tests.kube.emulator import KubeEmulator
 from tests.kube.executor import JobExecutor
 from tests.reliability.bed import (
     INSTANT_COMMAND,
+    JOBS_PER_RUN,
     KillSchedule,
     OperatorProcess,
     duplicate_jobs,
@@ -77,9 +78,10 @@ def test_a_hundred_runs_survive_random_operator_sigkills_without_duplicate_or_lo
           f"stage Jobs existing at each kill {schedule.jobs_at_kill}; {len(jobs)} Jobs, pods per Job {dict(attempts)}; "
           f"all Succeeded in {elapsed:.0f} s")
     assert MIN_KILLS <= operator.kills <= MAX_KILLS
-    assert any(0 < count < RUNS * 5 for count in schedule.jobs_at_kill), "the kills must land while Jobs are created"
+    assert any(0 < count < RUNS * JOBS_PER_RUN for count in schedule.jobs_at_kill), (
+        "the kills must land while Jobs are created")
     assert duplicate_jobs(jobs) == {}
-    assert len(jobs) == RUNS * 5
+    assert len(jobs) == RUNS * JOBS_PER_RUN
     assert all(job["metadata"]["labels"]["kubetune.dev/attempt"] == "1" for job in jobs)
     assert attempts == {1: len(jobs)}  # no stage ran twice, not even inside its Job
     assert problems == []

@@ -24,6 +24,7 @@ from tests.fixtures.tiny_models import build_tiny_model, repo_root, small_bpe_to
 from tests.kube.emulator import KubeEmulator
 from tests.kube.executor import Attempt, JobExecutor
 from tests.reliability.bed import (
+    JOBS_PER_RUN,
     PREFIX_ANNOTATION,
     STAGE_LABEL,
     KillSchedule,
@@ -155,7 +156,7 @@ def test_real_tiny_model_runs_survive_operator_sigkills_and_train_preemptions(
           f"preemption {lost} (max {max(lost)}, checkpoint interval {CHECKPOINT_EVERY})")
     assert operator.kills == OPERATOR_KILLS
     assert duplicate_jobs(jobs) == {}
-    assert len(jobs) == RUNS * 5 and set(other_pods) == {1}
+    assert len(jobs) == RUNS * JOBS_PER_RUN and set(other_pods) == {1}
     assert [p for run in runs for p in output_problems(store, run, jobs)] == []
     for run in runs:
         merge = read_manifest(store, run["status"]["stages"]["merge"]["outputs"][0]["uri"].removeprefix(

@@ -29,6 +29,7 @@ from tests.fixtures.s3 import (
 from tests.kube.emulator import KubeEmulator
 from tests.kube.executor import JobExecutor
 from tests.reliability.bed import (
+    JOBS_PER_RUN,
     TINY_STAGE,
     OperatorProcess,
     duplicate_jobs,
@@ -133,6 +134,6 @@ def test_runs_finish_and_no_corrupt_artifact_is_visible_when_a_tenth_of_store_re
     assert 0.06 <= faulted / requests <= 0.14
     assert retried == faulted  # the store's clients retry every failed request
     assert auditor.passes > 0 and auditor.problems == []
-    assert problems == [] and published == RUNS * 5
+    assert problems == [] and published == RUNS * JOBS_PER_RUN
     assert duplicate_jobs(jobs) == {}
     assert [p for run in runs for p in output_problems(direct, run, jobs)] == []
