@@ -11,9 +11,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {"deadline": None, "database": None, "print_blob": True,
-           "suppress_health_check": (HealthCheck.too_slow, HealthCheck.data_too_large)}
-settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
-settings.register_profile("dev", max_examples=150, **_COMMON)
-settings.register_profile("thorough", max_examples=3000, **_COMMON)
+_COMMON = settings(deadline=None, database=None, print_blob=True,
+                   suppress_health_check=(HealthCheck.too_slow, HealthCheck.data_too_large))
+settings.register_profile("ci", _COMMON, max_examples=60, derandomize=True)
+settings.register_profile("dev", _COMMON, max_examples=150)
+settings.register_profile("thorough", _COMMON, max_examples=3000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
