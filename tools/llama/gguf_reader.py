@@ -105,7 +105,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
-            raise self.fail(f"truncated: {what} needs {n:,} bytes but the file ends after {self.size - self.pos:,}")
+            raise self.fail(f"truncated: {what} needs {n:,} bytes but only {self.size - self.pos:,} remain")
 
     def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
@@ -118,10 +118,6 @@ class _Cursor:
                 raise self.fail("the file shrank while it was read")
         self.pos += n
         return self._buffer[start:start + n]
-
-    def skip(self, n: int, what: str) -> None:
-        self.need(n, what)
-        self.pos += n
 
     def unpack(self, fmt: str, what: str) -> Any:
         key = self.order + fmt  # the order is known only after the version is read
