@@ -80,6 +80,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from kubetune.status_view import STATE_DIR
+    from kubetune.webview.localsource import LocalRuns
+    from kubetune.webview.server import WebView
+
+    try:
+        server = WebView(LocalRuns(STATE_DIR, args.store), args.host, args.port)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+                         "pick another --port or --host") from None
+    print(f"kubetune: serving the runs under {STATE_DIR}/ at {server.url}/ (read-only; Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from kubetune.ask import ask, resolve_target
 
@@ -136,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="the run's metadata.name")
     status.add_argument("-n", "--namespace", default="default")
     status.set_defaults(func=cmd_status)
+
+    ui = sub.add_parser("ui", help="a read-only web view of the local runs: stages, loss curve, artifacts, answers")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=8420, help="port to listen on (default: 8420; 0 picks a free one)")
+    ui.add_argument("--store", help="the store the runs used, if `kubetune run --store` named one")
+    ui.set_defaults(func=cmd_ui)
 
     ask = sub.add_parser("ask", help="ask a run's fine-tuned GGUF (or its bundled base model, or a GGUF) in llama.cpp")
     ask.add_argument("target", type=Path, help="a FineTuneRun manifest that ran locally, or a .gguf file")

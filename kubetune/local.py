@@ -186,6 +186,11 @@ def record_status(local: LocalRun, step: Plan) -> None:
         sources=local.sources,
     ))
     local.status = update.status
+    if update.transitions:  # what the operator posts as Events: kept for `kubetune ui`
+        with (local.state_dir / "events.jsonl").open("a", encoding="utf-8") as events:
+            events.writelines(json.dumps({"lastTimestamp": utc_now(),
+                                          "type": t.type, "reason": t.reason, "message": t.message}) + "\n"
+                              for t in update.transitions)
     document = {**local.run.manifest(), "status": update.status}
     document["metadata"]["creationTimestamp"] = local.status_created
     path = local.state_dir / "status.json"

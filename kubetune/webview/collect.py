@@ -1,0 +1,223 @@
+"""A run's page data from its status document, its store and its events: the part both sources share.
+
+Reads only what the stages publish: manifests (which files exist, with sizes and digests), the train stage's
+`metrics.csv` (or, while it trains, its latest checkpoint's `trainer_state.json` and `progress.json`), and the
+evaluate stage's `results.json`. Anything unreadable becomes a problem line on the page, never an error page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.types import STAGES
+from kubetune.stages import KEY_PREFIX_LENGTH
+from kubetune.store import Manifest, ManifestError, Store, StoreError, join_key, read_manifest
+from kubetune.webview.model import (
+    EventRow,
+    FetchedFile,
+    FileRow,
+    GateReport,
+    LossHistory,
+    LossPoint,
+    NotFound,
+    PromptAnswer,
+    RunPage,
+    RunSummary,
+    StageRow,
+)
+
+LIVE_FIELDS = ("step", "totalSteps", "epoch", "loss", "tokensPerSecond", "etaSeconds")
+CHECKPOINTS = "checkpoints"  # the train stage's checkpoint folder under its prefix (jobs/checkpoints.py)
+Obj = Mapping[str, Any]
+
+
+def summary(document: Obj) -> RunSummary:
+    meta, status = document.get("metadata") or {}, document.get("status") or {}
+    return RunSummary(
+        namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
+        phase=str(status.get("phase") or ""), current_stage=str(status.get("currentStage") or ""),
+        progress_text=str(status.get("progressText") or ""), created=str(meta.get("creationTimestamp") or ""),
+    )
+
+
+def stage_rows(status: Obj) -> tuple[StageRow, ...]:
+    blocks = status.get("stages") or {}
+    rows = []
+    for stage in STAGES:
+        block = blocks.get(stage)
+        if not isinstance(block, dict):
+            continue
+        rows.append(StageRow(
+            name=stage, phase=str(block.get("phase") or ""), job=str(block.get("jobName") or ""),
+            attempts=int(block.get("attempts") or 0), started=str(block.get("startTime") or ""),
+            finished=str(block.get("completionTime") or ""), message=str(block.get("message") or ""),
+        ))
+    return tuple(rows)
+
+
+def stage_prefix(namespace: str, name: str, stage: str, block: Obj) -> str | None:
+    """The stage's store folder: from its outputs' URIs (`…/<ns>/<run>/<stage>/<key>/<file>`), else from its input
+    key (the folder's key equals it, except for a train stage continued with extraEpochs before it published)."""
+    head = f"/{namespace}/{name}/{stage}/"
+    for output in block.get("outputs") or []:
+        uri = str(output.get("uri") or "") if isinstance(output, dict) else ""
+        at = uri.rfind(head)
+        if at >= 0:
+            folder = uri[at + len(head):].split("/", 1)[0]
+            if folder and folder not in (".", ".."):
+                return f"{namespace}/{name}/{stage}/{folder}"
+    key = block.get("inputKey")
+    return f"{namespace}/{name}/{stage}/{key[:KEY_PREFIX_LENGTH]}" if isinstance(key, str) and key else None
+
+
+def event_rows(events: Sequence[Obj]) -> tuple[EventRow, ...]:
+    rows = [EventRow(time=str(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""),
+                     type=str(e.get("type") or ""), reason=str(e.get("reason") or ""),
+                     message=str(e.get("message") or "")) for e in events]
+    return tuple(sorted(rows, key=lambda row: row.time))
+
+
+class RunReader:
+    """The page data of one run whose stage outputs live in `store` (None: no store could be opened)."""
+
+    def __init__(self, document: Obj, store: Store | None, problems: list[str] | None = None) -> None:
+        self.document = document
+        self.summary = summary(document)
+        self.status: Obj = document.get("status") or {}
+        self.store = store
+        self.problems = list(problems or [])
+
+    def prefix(self, stage: str) -> str | None:
+        block = (self.status.get("stages") or {}).get(stage)
+        if not isinstance(block, dict):
+            return None
+        return stage_prefix(self.summary.namespace, self.summary.name, stage, block)
+
+    def page(self, events: Sequence[Obj]) -> RunPage:
+        manifests = {stage: m for stage in STAGES if (m := self._manifest(stage)) is not None}
+        status_training = self.status.get("progress")
+        training = dict(status_training) if isinstance(status_training, dict) else {}
+        if "train" not in manifests:
+            # Training now: its progress.json is newer than any status (`kubetune run` writes one per stage).
+            training.update({k: v for k, v in self._progress().items() if k in LIVE_FIELDS})
+        return RunPage(
+            summary=self.summary, message=str(self.status.get("message") or ""), stages=stage_rows(self.status),
+            training=training,
+            loss=self._loss(manifests.get("train")), events=event_rows(events), gate=self._gate(),
+            files=tuple(FileRow(stage, f.path, f.size, f.sha256) for stage, m in manifests.items() for f in m.files),
+            problems=tuple(self.problems),
+        )
+
+    def download(self, stage: str, path: str) -> FetchedFile:
+        """Only a file the stage's manifest lists, fetched whole and checked against its sha256 before a byte goes
+        out: a request names a manifest entry, never a store key."""
+        manifest = self._manifest(stage) if stage in STAGES else None
+        entry = next((f for f in manifest.files if f.path == path), None) if manifest is not None else None
+        prefix = self.prefix(stage)
+        if entry is None or prefix is None or self.store is None:
+            raise NotFound(f"{stage}/{path} is not a published file of {self.summary.namespace}/{self.summary.name}")
+        handle, temporary = tempfile.mkstemp(prefix="kubetune-download-")
+        os.close(handle)
+        try:
+            self.store.get_file(join_key(prefix, entry.path), temporary, sha256=entry.sha256)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        return FetchedFile(FileRow(stage, entry.path, entry.size, entry.sha256), Path(temporary))
+
+    # --- what the stages published ------------------------------------------------------------------------------
+
+    def _read(self, what: str, read: Any) -> Any:
+        try:
+            return read()
+        except (StoreError, ManifestError, OSError, ValueError, TypeError, KeyError) as error:
+            self.problems.append(f"{what}: {error}")
+            return None
+
+    def _manifest(self, stage: str) -> Manifest | None:
+        prefix = self.prefix(stage)
+        if prefix is None or self.store is None:
+            return None
+        store = self.store
+        found: Manifest | None = self._read(f"{stage} manifest", lambda: read_manifest(store, prefix))
+        return found
+
+    def _json(self, key: str) -> Any:
+        store = self.store
+        if store is None or not self._read(key, lambda: store.exists(key)):
+            return None
+        return self._read(key, lambda: json.loads(store.get_bytes(key)))
+
+    def _loss(self, train: Manifest | None) -> LossHistory:
+        prefix = self.prefix("train")
+        if prefix is None or self.store is None:
+            return LossHistory()
+        store = self.store
+        rows: list[dict[str, Any]] = []
+        if train is not None and any(f.path == "metrics.csv" for f in train.files):
+            text = self._read("metrics.csv", lambda: store.get_bytes(join_key(prefix, "metrics.csv")).decode())
+            rows = list(csv.DictReader(io.StringIO(text))) if text else []
+        else:
+            rows = self._checkpoint_metrics(prefix)
+            progress = self._progress()
+            if "step" in progress:
+                rows.append({"step": progress.get("step"), "loss": progress.get("loss"),
+                             "eval_loss": progress.get("evalLoss")})
+        return LossHistory(train=_points(rows, "loss"), eval=_points(rows, "eval_loss"))
+
+    def _progress(self) -> dict[str, Any]:
+        prefix = self.prefix("train")
+        found = self._json(join_key(prefix, "progress.json")) if prefix is not None else None
+        return found if isinstance(found, dict) else {}
+
+    def _checkpoint_metrics(self, prefix: str) -> list[dict[str, Any]]:
+        """Training in progress: the metrics saved in its latest published checkpoint."""
+        store, root = self.store, join_key(prefix, CHECKPOINTS)
+        assert store is not None
+        listed = self._read("checkpoints", lambda: store.list(root)) or []
+        names = sorted({info.key[len(root) + 1:].split("/", 1)[0] for info in listed
+                        if info.key.endswith("/manifest.json")})
+        state = self._json(join_key(root, f"{names[-1]}/trainer_state.json")) if names else None
+        metrics = state.get("metrics") if isinstance(state, dict) else None
+        return [row for row in metrics if isinstance(row, dict)] if isinstance(metrics, list) else []
+
+    def _gate(self) -> tuple[GateReport, ...]:
+        prefix = self.prefix("evaluate")
+        # A failed gate keeps results.json beside the (absent) manifest; a passed one publishes it.
+        reports = self._json(join_key(prefix, "results.json")) if prefix is not None else None
+        if not isinstance(reports, list):
+            return ()
+        parsed = self._read("results.json", lambda: tuple(_gate_report(r) for r in reports))
+        return parsed or ()
+
+
+def _points(rows: list[dict[str, Any]], column: str) -> tuple[LossPoint, ...]:
+    points: list[LossPoint] = []
+    for row in rows:
+        try:
+            step, loss = float(row["step"]), float(row[column])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(step) and math.isfinite(loss) and (not points or step > points[-1].step):
+            points.append(LossPoint(step, loss))
+    return tuple(points)
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _gate_report(report: Any) -> GateReport:
+    prompts = tuple(PromptAnswer(str(p["prompt"]), str(p["answer"]), bool(p["passed"]), str(p.get("reason") or ""))
+                    for p in report["prompts"])
+    return GateReport(file=str(report["file"]), pass_rate=float(report["passRate"]),
+                      top1_agreement=_optional_float(report.get("top1Agreement")),
+                      mean_kl=_optional_float(report.get("meanKl")), prompts=prompts)

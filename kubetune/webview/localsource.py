@@ -1,0 +1,82 @@
+"""The runs `kubetune run` executed on this machine: their status.json and events.jsonl under .kubetune/runs/, their
+outputs in the store each one used (spec.storage, else .kubetune/store, as `kubetune run` chooses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.store import Store, StoreError, open_store
+from kubetune.webview.collect import RunReader, summary
+from kubetune.webview.model import FetchedFile, NotFound, RunPage, RunSummary
+
+STATUS_FILE, EVENTS_FILE = "status.json", "events.jsonl"
+
+
+class LocalRuns:
+    def __init__(self, state_dir: Path, store: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.store_override = store  # `kubetune ui --store`: what `kubetune run --store` was given
+
+    def runs(self) -> list[RunSummary]:
+        found = []
+        for path in sorted((self.state_dir / "runs").glob(f"*/*/{STATUS_FILE}")):
+            document = _read_json(path)
+            if isinstance(document, dict):
+                found.append(summary(document))
+        return found
+
+    def page(self, namespace: str, name: str) -> RunPage:
+        reader = self._reader(namespace, name)
+        return reader.page(self._events(namespace, name))
+
+    def download(self, namespace: str, name: str, stage: str, path: str) -> FetchedFile:
+        return self._reader(namespace, name).download(stage, path)
+
+    def _folder(self, namespace: str, name: str) -> Path:
+        runs = self.state_dir / "runs"
+        folder = runs / namespace / name
+        # Names come from the URL: only a run folder that is there, directly under runs/<namespace>/, is read.
+        if "/" in namespace + name or namespace in ("", ".", "..") or name in ("", ".", ".."):
+            raise NotFound(f"no run {namespace}/{name}")
+        if not (folder / STATUS_FILE).is_file():
+            raise NotFound(f"no run {namespace}/{name}")
+        return folder
+
+    def _reader(self, namespace: str, name: str) -> RunReader:
+        document = _read_json(self._folder(namespace, name) / STATUS_FILE)
+        if not isinstance(document, dict):
+            raise NotFound(f"{namespace}/{name}: its {STATUS_FILE} is not one kubetune run wrote")
+        store, problems = self._store(document)
+        return RunReader(document, store, problems)
+
+    def _store(self, document: dict[str, Any]) -> tuple[Store | None, list[str]]:
+        storage = (document.get("spec") or {}).get("storage") or {}
+        uri = self.store_override or storage.get("uri") or str((self.state_dir / "store").resolve())
+        try:
+            return open_store(uri, endpoint=storage.get("endpoint"), region=storage.get("region"),
+                              path_style=bool(storage.get("pathStyle"))), []
+        except (StoreError, OSError, ValueError) as error:
+            return None, [f"the store {uri}: {error}"]
+
+    def _events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        path = self._folder(namespace, name) / EVENTS_FILE
+        if not path.is_file():
+            return []
+        events = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a stopped run
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,132 @@
+"""What the pages show, as plain data, and the interface a source of runs implements (local state or the cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    namespace: str
+    name: str
+    phase: str
+    current_stage: str
+    progress_text: str
+    created: str
+
+
+@dataclass(frozen=True)
+class StageRow:
+    name: str
+    phase: str
+    job: str
+    attempts: int
+    started: str
+    finished: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file of a stage's published output (its manifest's entry)."""
+
+    stage: str
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    time: str
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    step: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class LossHistory:
+    train: tuple[LossPoint, ...] = ()
+    eval: tuple[LossPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptAnswer:
+    prompt: str
+    answer: str
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """The evaluate stage's answers for one GGUF file."""
+
+    file: str
+    pass_rate: float
+    top1_agreement: float | None
+    mean_kl: float | None
+    prompts: tuple[PromptAnswer, ...]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    summary: RunSummary
+    message: str = ""
+    stages: tuple[StageRow, ...] = ()
+    training: dict[str, Any] = field(default_factory=dict)  # status.progress: step, totalSteps, loss, ETA…
+    loss: LossHistory = LossHistory()
+    files: tuple[FileRow, ...] = ()
+    events: tuple[EventRow, ...] = ()
+    gate: tuple[GateReport, ...] = ()
+    problems: tuple[str, ...] = ()  # what could not be read (the store unreachable…): shown, never a crash
+
+    @property
+    def active(self) -> bool:
+        return self.summary.phase in ("", "Pending", "Queued", "Running")
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A verified copy of a published file in a temporary file, removed when the `with` block ends."""
+
+    row: FileRow
+    path: Path
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(size):
+                yield chunk
+
+
+class NotFound(LookupError):
+    """No such run, or no such file in a run's published outputs."""
+
+
+class RunSource(Protocol):
+    """Where the view reads runs from. Every method only reads."""
+
+    def runs(self) -> list[RunSummary]: ...
+
+    def page(self, namespace: str, name: str) -> RunPage:
+        """The run's page data; raises NotFound for a run that does not exist."""
+        ...
+
+    def download(self, namespace: str, name: str, stage: str, path: str) -> FetchedFile:
+        """A file a stage's manifest lists, verified against its sha256; NotFound for anything else."""
+        ...
