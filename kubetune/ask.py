@@ -2,8 +2,8 @@
 base model (`--base`, for the bundled model), or any GGUF file.
 
 llama.cpp is handed only a file whose GGUF header our reader validated, and it runs in a child process
-(`python -m kubetune.ask` reads one request on stdin): a model llama.cpp cannot load, or one that crashes it
-(an abort or a segfault on a corrupt file), is one error line here instead of a dead interpreter.
+(`python -m kubetune.llama.answer`): a model llama.cpp cannot load, or one that crashes it (an abort or a segfault on
+a corrupt file), is one error line here instead of a dead interpreter.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubetune.api.validate import FineTuneRun, load_runs
+from kubetune.llama.answer import REPLY_PREFIX
 from kubetune.local import STATE_DIR
 from kubetune.store import open_store, read_manifest
 
 PREFERRED_TYPES = ("q8_0", "f16", "bf16", "f32", "q6_k", "q5_k_m", "q4_k_m")
-ANSWER_PREFIX = "kubetune-ask-reply: "  # the child's reply line on stdout, among anything llama.cpp prints
-N_CTX = 2048
 
 
 class UnusableModel(ValueError):
@@ -92,10 +90,11 @@ def ask(target: Target, prompt: str, max_tokens: int) -> str:
     """The model's answer; raises UnusableModel when llama.cpp cannot load or run the file."""
     # A prompt from argv may carry undecodable bytes (as lone surrogates): llama.cpp takes UTF-8.
     prompt = prompt.encode("utf-8", "replace").decode("utf-8")
-    request = {"gguf": str(target.gguf), "prompt": prompt, "max_tokens": max_tokens, "stop": list(target.stop)}
+    request = {"gguf": str(target.gguf), "prompt": prompt, "template": default_template(), "max_tokens": max_tokens,
+               "stop": list(target.stop)}
     # -P: started from a checkout's root, the child must not import its operator/ folder as the stdlib's operator.
     child = subprocess.run(
-        [sys.executable, "-P", "-m", "kubetune.ask"],
+        [sys.executable, "-P", "-m", "kubetune.llama.answer"],
         input=json.dumps(request),
         capture_output=True,
         text=True,
@@ -104,8 +103,8 @@ def ask(target: Target, prompt: str, max_tokens: int) -> str:
     )
     why = _llama_cpp_reason(child.stderr)
     for line in reversed(child.stdout.splitlines()):
-        if line.startswith(ANSWER_PREFIX):
-            reply: dict[str, str] = json.loads(line[len(ANSWER_PREFIX):])
+        if line.startswith(REPLY_PREFIX):
+            reply: dict[str, str] = json.loads(line[len(REPLY_PREFIX):])
             if "answer" in reply:
                 return reply["answer"]
             raise UnusableModel(reply["error"] + why)
@@ -134,35 +133,3 @@ def resolve_target(path: Path, *, base: bool, store: str | None) -> Target:
     target = base_target(run) if base else run_target(run, store)
     check_model_gguf(target.gguf)
     return target
-
-
-def _answer_one_request() -> int:
-    """The child: load the GGUF, answer, print one reply line. Any failure is a reply, not a traceback."""
-    from kubetune.llama.checks import generate_chat, load
-
-    request: dict[str, Any] = json.load(sys.stdin)
-    gguf = request["gguf"]
-    try:
-        # verbose: llama.cpp's log (stderr, read by the parent) then says why a file is refused.
-        llm = load(Path(gguf), n_ctx=N_CTX, verbose=True)
-    except (ValueError, RuntimeError, OSError) as exc:
-        return _reply(error=f"{gguf}: llama.cpp cannot load this file ({exc})")
-    try:
-        messages = [{"role": "user", "content": request["prompt"]}]
-        answer = generate_chat(llm, messages, default_template(), stop=request["stop"],
-                               max_tokens=request["max_tokens"]).strip()
-    except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run (hostile vocabulary or weights)
-        return _reply(error=f"{gguf}: llama.cpp failed while answering: {type(exc).__name__}: {exc}")
-    finally:
-        llm.close()
-    return _reply(answer=answer)
-
-
-def _reply(**reply: str) -> int:
-    sys.stdout.write(ANSWER_PREFIX + json.dumps(reply) + "\n")
-    sys.stdout.flush()
-    return 0 if "answer" in reply else 2
-
-
-if __name__ == "__main__":
-    sys.exit(_answer_one_request())

@@ -215,7 +215,7 @@ def test_ask_reports_a_llama_cpp_crash_as_one_line(tmp_path: Path, monkeypatch: 
     gguf = write_gguf(tmp_path / "model.gguf")
 
     def child_aborts(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-        assert argv[1:] == ["-P", "-m", "kubetune.ask"]
+        assert argv[1:] == ["-P", "-m", "kubetune.llama.answer"]
         return subprocess.CompletedProcess(argv, -6, "", "llama_model_load: loading\nggml.c:123: GGML_ASSERT(ne % 32 == 0) failed\n")
 
     monkeypatch.setattr(kubetune.ask.subprocess, "run", child_aborts)
