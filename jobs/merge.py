@@ -13,6 +13,7 @@ from pathlib import Path
 from kubetune.jobs.basemodel import BaseModelError, StoreFactory, default_cache_dir, resolve_base_model
 from kubetune.jobs.lora_merge import MergeError, MergeStopped, merge_adapter
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.jobs.sources import check_base_model
 from kubetune.store import Store, fetch, join_key, open_store, read_manifest
 
 ADAPTER_DIR = "adapter"
@@ -25,6 +26,7 @@ def run(ctx: JobContext) -> None:
     adapter = _fetch_adapter(ctx, spec.merge.checkpoint)
 
     ctx.progress(message=f"resolving base model {spec.base_model.uri}")
+    check_base_model(ctx)  # the model its key was computed from
     try:
         base = resolve_base_model(spec.base_model, store_factory=_store_factory(ctx), cache_dir=default_cache_dir())
     except BaseModelError as exc:

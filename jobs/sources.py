@@ -2,7 +2,9 @@
 
 The operator cannot read the jobs' data sources (the credentials and the job image's files are the jobs'), so it
 runs this first, like an initializer, and computes the stage keys from what it publishes. `check_dataset` is the
-dataset stage's side of the contract: it reads only the content its key was computed from.
+dataset stage's side of the contract: it reads only the content its key was computed from; `check_base_model` is the
+model stages' side where it is cheap (a bundled GGUF's digest is cached by stat, an hf:// ref is one Hub request, S3
+is a listing; a local folder would be hashed again in full, so it is checked only through spec.baseModel.sha256).
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from kubetune.digests import DigestCache
 from kubetune.jobs.basemodel import default_cache_dir
 from kubetune.jobs.runtime import ConfigError, JobContext
 from kubetune.runconfig import RunConfig
-from kubetune.sources import SOURCES_FILE, SourceError, StoreFactory, dataset_source, resolve_sources
+from kubetune.sources import (
+    SOURCES_FILE,
+    SourceError,
+    StoreFactory,
+    base_model_source,
+    dataset_source,
+    is_local_model,
+    resolve_sources,
+)
 from kubetune.store import open_store
 
 DIGEST_CACHE = "digests.json"
@@ -48,6 +58,27 @@ def check_dataset(ctx: JobContext) -> None:
             f"spec.dataset.uri: the dataset at {now.uri} changed since it was resolved (digest "
             f"{resolved.dataset.digest[:12]}…, now {now.digest[:12]}…): run again (`kubetune run`), or set the "
             "annotation kubetune.dev/refresh to a new value on the FineTuneRun, to resolve it afresh"
+        )
+
+
+def check_base_model(ctx: JobContext) -> None:
+    """Fail unless the base model still is what the stage key was computed from (where that is cheap to tell)."""
+    resolved, base = ctx.run.sources, ctx.run.spec.base_model
+    if resolved is None or is_local_model(base.uri):
+        return
+    cache_dir = default_cache_dir()
+    cache = DigestCache(cache_dir / DIGEST_CACHE)
+    try:
+        now = base_model_source(base, store_factory(ctx.run), cache, cache_dir / "hf")
+    except SourceError as error:
+        raise ConfigError(str(error)) from error
+    cache.save()
+    if now.digest != resolved.base_model.digest:
+        was = resolved.base_model.revision or f"digest {resolved.base_model.digest[:12]}…"
+        raise ConfigError(
+            f"spec.baseModel.uri: the model at {now.uri} changed since it was resolved ({was}, now "
+            f"{now.revision or now.digest[:12] + '…'}): run again (`kubetune run`), or set the annotation "
+            "kubetune.dev/refresh to a new value on the FineTuneRun, to resolve it afresh"
         )
 
 

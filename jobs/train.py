@@ -35,6 +35,7 @@ from kubetune.jobs.generation import Generation, generate_answers
 from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
+from kubetune.jobs.sources import check_base_model
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
@@ -287,6 +288,7 @@ def output_metadata(result: TrainResult) -> dict[str, Any]:
 
 
 def base_model_dir(ctx: JobContext) -> Path:
+    check_base_model(ctx)  # the model its key was computed from
     store = ctx.run.store
     try:
         return resolve_base_model(

@@ -206,6 +206,11 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
     return ResolvedSource(uri, folder_digest(folder, cache))
 
 
+def is_local_model(uri: str) -> bool:
+    """A model in a local folder (a path or file://), as opposed to a bundled, S3 or Hub one."""
+    return not uri.startswith((BUNDLED_SCHEME, "hf://", "s3://"))
+
+
 def hub_commit(uri: str, revision: str | None, hub_cache: Path) -> tuple[str, str]:
     """(repo id, commit sha) that `hf://org/name[@rev]` (or `revision`) points to now.
 

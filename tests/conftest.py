@@ -9,4 +9,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.moto", "tests.fixtures.kube"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.moto", "tests.fixtures.kube", "tests.fixtures.sources"]

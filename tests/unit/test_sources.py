@@ -6,11 +6,8 @@ import hashlib
 import json
 import os
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -27,9 +24,9 @@ from kubetune.sources import (
     template_source,
 )
 from kubetune.store import Store
+from tests.fixtures.sources import COMMIT_A, COMMIT_B, ModelInfo
 
 BUNDLED_TREE = Path(__file__).resolve().parents[2] / "datasets_new"
-COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 
 
 def no_store(uri: str) -> Store:
@@ -163,47 +160,6 @@ def test_the_digest_cache_rehashes_a_big_file_only_when_its_stat_changes(tmp_pat
 
 
 # --- hf:// revisions ----------------------------------------------------------------------------------------------
-
-
-class ModelInfo(BaseHTTPRequestHandler):
-    """The Hub's model-info API for one repo: GET /api/models/org/name/revision/<rev> → {"sha": <commit>}."""
-
-    refs: ClassVar[dict[str, str]] = {}
-    asked: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        self.asked.append(self.path)
-        prefix = "/api/models/org/tiny/revision/"
-        commit = self.refs.get(self.path[len(prefix):].split("?")[0]) if self.path.startswith(prefix) else None
-        body = json.dumps({"id": "org/tiny", "sha": commit} if commit else {"error": "Revision Not Found"}).encode()
-        self.send_response(200 if commit else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ModelInfo]]:
-    """A local stand-in for the Hub's model-info API at HF_ENDPOINT, with Hub access allowed for this test."""
-    import huggingface_hub.constants
-
-    ModelInfo.refs, ModelInfo.asked = {"main": COMMIT_A}, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelInfo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    try:
-        yield ModelInfo
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_an_hf_ref_resolves_to_its_commit_and_a_moved_ref_changes_the_digest(hub: type[ModelInfo],

@@ -14,13 +14,16 @@ from kubetune.api.validate import validate_spec
 from kubetune.digests import DigestCache
 from kubetune.jobs import dataset as dataset_stage
 from kubetune.jobs import sources as sources_job
-from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, run_job
+from kubetune.jobs.errors import ConfigError
+from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, JobContext, run_job
+from kubetune.jobs.sources import check_base_model
 from kubetune.operator.jobspec import build
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import SOURCES, SOURCES_FILE, Sources, resolve_sources
 from kubetune.stages import resolution_ref, stage_ref
 from kubetune.store import Store, open_store, read_manifest
+from tests.fixtures.sources import COMMIT_A, COMMIT_B, ModelInfo
 from tests.unit.test_operator_jobspec import SETTINGS, container, make_run
 from tests.unit.test_sources import tree
 
@@ -86,3 +89,32 @@ def test_the_dataset_stage_refuses_a_tree_edited_since_it_was_resolved(tmp_path:
     assert "kubetune.dev/refresh" in reason
     config = RunConfig.load(run)
     assert read_manifest(open_store(config.store.uri), config.stages["dataset"].prefix) is None
+
+
+def model_context(tmp_path: Path, uri: str, sources: Sources) -> JobContext:
+    spec = validate_spec({"baseModel": {"uri": uri}})
+    ref = stage_ref("default", "demo", spec, "dataset", {}, sources)
+    config = RunConfig("demo", "default", spec, StoreConfig(str(tmp_path / "store")), {"dataset": ref}, sources=sources)
+    return JobContext(config, "dataset", workdir=tmp_path / "work")
+
+
+def test_a_model_stage_refuses_an_hf_ref_moved_since_it_was_resolved(hub: type[ModelInfo], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    spec = validate_spec({"baseModel": {"uri": "hf://org/tiny@main"}})
+    resolved = resolve_sources(spec, store_factory=no_store, cache=DigestCache(), hub_cache=tmp_path / "hf")
+    ctx = model_context(tmp_path, "hf://org/tiny@main", resolved)
+    check_base_model(ctx)  # unchanged: nothing to say
+    hub.refs["main"] = COMMIT_B
+    with pytest.raises(ConfigError, match=rf"^spec\.baseModel\.uri: the model at hf://org/tiny@main changed since it "
+                                          rf"was resolved \({COMMIT_A}, now {COMMIT_B}\)"):
+        check_base_model(ctx)
+
+
+def test_the_bundled_model_check_reads_the_gguf_digest_from_the_stat_cache(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    resolved = resolve_sources(validate_spec({}), store_factory=no_store, cache=DigestCache(),
+                               hub_cache=tmp_path / "hf")
+    check_base_model(model_context(tmp_path, "bundled://smollm2-135m-instruct", resolved))
+    assert (tmp_path / "cache" / sources_job.DIGEST_CACHE).is_file()
