@@ -90,7 +90,8 @@ def read_json_document(path: Path, shown: str) -> JsonDocument | DatasetIssue:
     except RecursionError:
         line, column = _line_column(text, _first_token(text, _deeper_than(_REPORTED_DEPTH)))
         return DatasetIssue(shown, f"values nest more than {_REPORTED_DEPTH} levels deep",
-                            "a topic file is one array of flat sample objects; remove the nested brackets",
+                            "dataset files nest a few levels at most (a topic file is one array of flat sample "
+                            "objects); remove the nested brackets",
                             line=line, column=column)
     except ValueError:  # the only other error json.loads raises: an integer beyond the int conversion limit
         line, column = _line_column(text, _first_token(text, _long_integer))
