@@ -44,6 +44,7 @@ class OperatorSettings:
     reconcile_interval: float = 3.0  # seconds between timer reconciles of an active run
     metrics_port: int = 9090  # 0 disables the metrics server
     health_port: int = 8080  # kopf liveness endpoint at /healthz; 0 disables it
+    web_port: int = 0  # the read-only web view of runs (operator/web.py); 0 disables it
     standalone: bool = True  # no kopf peering (one replica; see docs)
 
     @classmethod
@@ -74,6 +75,7 @@ class OperatorSettings:
             reconcile_interval=reader.number("KUBETUNE_RECONCILE_INTERVAL", defaults.reconcile_interval, minimum=0.5),
             metrics_port=reader.integer("KUBETUNE_METRICS_PORT", defaults.metrics_port, minimum=0),
             health_port=reader.integer("KUBETUNE_HEALTH_PORT", defaults.health_port, minimum=0),
+            web_port=reader.integer("KUBETUNE_WEB_PORT", defaults.web_port, minimum=0),
             standalone=reader.boolean("KUBETUNE_STANDALONE", defaults.standalone),
         )
 

@@ -55,18 +55,21 @@ def test_passes_after_the_first_read_come_from_memory_and_a_late_event_doubles_n
     operator = reconciler(kube)
 
     async def scenario() -> None:
-        await operator.request(*KEY)  # first sight: a real read, then the dataset Job
-        assert stages(kube) == ["dataset"] and reads(kube) == 2
+        await operator.request(*KEY)  # first sight: a real read, then the sources Job
+        assert stages(kube) == ["sources"] and reads(kube) == 2
+        await completed(kube, "sources")
+        await operator.request(*KEY)  # the resolution is published: the dataset Job, with no read
+        assert stages(kube) == ["dataset", "sources"] and reads(kube) == 2
         dataset = await completed(kube, "dataset")
         executor.stop()  # no later stage runs: the Jobs below stay as created
         kube.faults.reset_counters()
         # The watch has not brought the completion: the cache says Running, but the stage's output is published,
         # and the store, not the Job, says a stage is done. The hand-off needs no read of the API server.
         await operator.request(*KEY)
-        assert stages(kube) == ["dataset", "train"] and reads(kube) == 0
+        assert stages(kube) == ["dataset", "sources", "train"] and reads(kube) == 0
         operator.cache.observe_job("MODIFIED", dataset)  # the late event, and the pass it requests
         await operator.request(*KEY, urgent=True)
-        assert stages(kube) == ["dataset", "train"] and reads(kube) == 0
+        assert stages(kube) == ["dataset", "sources", "train"] and reads(kube) == 0
         assert kube.faults.request_counts()[("create", "jobs")] == 1
         await operator.kube.close()
 
@@ -81,23 +84,27 @@ def test_a_job_the_cache_missed_is_read_for_real_and_not_created_twice(kube: Kub
     async def scenario() -> None:
         first = reconciler(kube)
         await first.request(*KEY)
+        sources = await completed(kube, "sources")
+        first.cache.observe_job("MODIFIED", sources)
+        await first.request(*KEY, urgent=True)
         dataset = await completed(kube, "dataset")
         executor.stop()  # no later stage runs: the Jobs below stay as created
         first.cache.observe_job("MODIFIED", dataset)
         await first.request(*KEY, urgent=True)
-        assert stages(kube) == ["dataset", "train"]
-        # A cache that holds the completed dataset Job but missed the train Job (as if its events were lost).
+        assert stages(kube) == ["dataset", "sources", "train"]
+        # A cache that holds the completed sources and dataset Jobs but missed the train Job (as if its events were
+        # lost).
         stale = reconciler(kube)
         stale.cache.track(KEY)
-        stale.cache.fill(KEY, kube.get("finetuneruns", "demo"), [dataset], None)
+        stale.cache.fill(KEY, kube.get("finetuneruns", "demo"), [sources, dataset], None)
         kube.faults.reset_counters()
         await stale.request(*KEY, urgent=True)
         counts = kube.faults.request_counts()
         assert counts[("create", "jobs")] == 1  # answered "already exists"
         assert reads(kube) == 2  # so the run was read for real in one more pass
-        assert stages(kube) == ["dataset", "train"]
+        assert stages(kube) == ["dataset", "sources", "train"]
         view = stale.cache.view(KEY)
-        assert view is not None and len(view[1]) == 2
+        assert view is not None and len(view[1]) == 3
         await first.kube.close()
         await stale.kube.close()
 
@@ -113,7 +120,7 @@ def test_a_run_created_while_the_operator_watches_is_reconciled_without_reading_
     async def scenario() -> None:
         assert operator.run_event_matters("ADDED", kube.create(run_manifest("demo", {"uri": store_uri})))
         await operator.request(*KEY)
-        assert stages(kube) == ["dataset"] and reads(kube) == 0
+        assert stages(kube) == ["sources"] and reads(kube) == 0
         await operator.kube.close()
 
     store_uri = (tmp_path / "store").as_uri()
@@ -128,7 +135,7 @@ def test_a_new_run_that_has_a_job_all_the_same_is_read_for_real_and_gets_no_seco
     kube.create(run_manifest("demo", {"uri": store_uri}))
 
     async def scenario() -> None:
-        # Another operator instance (a rolling update) saw the run first and created its dataset Job.
+        # Another operator instance (a rolling update) saw the run first and created its first Job.
         first = reconciler(kube)
         await first.request(*KEY)
         late = reconciler(kube)
@@ -138,7 +145,7 @@ def test_a_new_run_that_has_a_job_all_the_same_is_read_for_real_and_gets_no_seco
         counts = kube.faults.request_counts()
         assert counts[("create", "jobs")] == 1  # answered "already exists"
         assert reads(kube) == 2  # so the run was read for real in one more pass
-        assert stages(kube) == ["dataset"]
+        assert stages(kube) == ["sources"]
         await first.kube.close()
         await late.kube.close()
 

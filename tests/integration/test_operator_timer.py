@@ -46,7 +46,9 @@ def test_a_tick_with_nothing_new_makes_no_request_and_new_progress_is_mirrored(
     timer = RunTimer(operator, settings.reconcile_interval)
 
     async def scenario() -> None:
-        await operator.request(*KEY)
+        await operator.request(*KEY)  # the sources Job first
+        operator.cache.observe_job("MODIFIED", await completed(kube, "sources"))
+        await operator.request(*KEY, urgent=True)  # then the dataset Job
         operator.cache.observe_job("MODIFIED", await completed(kube, "dataset"))
         executor.stop()  # the train Job stays Running
         await operator.request(*KEY, urgent=True)  # creates the train Job and writes the status: train Running

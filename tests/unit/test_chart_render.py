@@ -146,7 +146,7 @@ SERVICE_MONITOR_SCHEMA = {
 def test_service_monitor_is_well_formed_and_scrapes_the_metrics_service() -> None:
     (monitor,) = of_kind("all-on", "ServiceMonitor")
     jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
-    (service,) = of_kind("all-on", "Service")
+    (service,) = [s for s in of_kind("all-on", "Service") if s["metadata"]["name"].endswith("-metrics")]
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
