@@ -377,6 +377,33 @@ def test_random_bit_flips_are_refused_or_harmless(scratch: Path, small_model: En
     read_or_refuse(write(scratch, bytes(mutated)))
 
 
+def many_entries(kind: str, count: int) -> bytes:
+    """A file that really holds `count` tiny metadata entries, tensor infos or nested (empty) arrays."""
+    if kind == "metadata":
+        body = b"".join(struct.pack("<Q", len(k)) + k + struct.pack("<IB", V.UINT8, 1)
+                        for k in (f"k{i}".encode() for i in range(count)))
+        return b"GGUF" + struct.pack("<IQQ", 3, 0, count) + body
+    if kind == "tensors":
+        body = b"".join(struct.pack("<Q", len(n)) + n + struct.pack("<IQIQ", 1, 0, Q.F32, 0)  # empty: no data
+                        for n in (f"t{i}".encode() for i in range(count)))
+        return b"GGUF" + struct.pack("<IQQ", 3, count, 0) + body + bytes(32)
+    key = b"nested"
+    return (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<IIQ", V.ARRAY, V.ARRAY, count) + struct.pack("<IQ", V.UINT8, 0) * count)
+
+
+@pytest.mark.parametrize("kind", ["metadata", "tensors", "nested arrays"])
+def test_a_file_of_a_hundred_thousand_tiny_entries_is_refused_at_once(scratch: Path, kind: str) -> None:
+    """Each entry costs Python objects and calls: a large file of tiny ones must not take minutes or gigabytes."""
+    path = write(scratch, many_entries(kind, 100_000))
+    assert read_or_refuse(path) is None
+
+
+def test_real_numbers_of_entries_are_accepted(scratch: Path) -> None:
+    for kind, count in (("metadata", 5_000), ("tensors", 5_000), ("nested arrays", 1_000)):
+        assert read_or_refuse(write(scratch, many_entries(kind, count))) is not None, kind
+
+
 @given(st.binary(max_size=512), st.sampled_from([2, 3, 1, 4, 0x03000000]))
 def test_random_bytes_after_the_magic_are_refused_or_harmless(scratch: Path, tail: bytes, version: int) -> None:
     read_or_refuse(write(scratch, b"GGUF" + struct.pack("<I", version) + tail))

@@ -31,7 +31,9 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME_BYTES = 64
-MAX_ARRAY_NESTING = 8  # the spec allows nested arrays; none of real files nests at all, llama.cpp refuses any
+MAX_ARRAY_NESTING = 8  # the spec allows nested arrays; no real file nests at all, and llama.cpp refuses any
+MAX_NESTED_ARRAYS = 4096  # in the whole file
+MAX_ENTRIES = 1 << 16  # metadata entries, and tensors (real files: dozens of entries, at most thousands of tensors)
 KEPT_ITEMS = 8  # array items kept for display; the rest are checked and skipped
 KEPT_STRING_BYTES = 1 << 20  # a longer string keeps its first MiB (chat templates are tens of KiB)
 INT64_MAX = (1 << 63) - 1
@@ -99,6 +101,7 @@ class _Cursor:
         self._buffer = b""
         self._buffer_at = 0
         self._structs: dict[str, struct.Struct] = {}
+        self.nested_arrays_left = MAX_NESTED_ARRAYS
 
     def fail(self, message: str, at: int | None = None) -> InvalidGGUF:
         return InvalidGGUF(f"{self.path}: not a valid GGUF file: {message} (at byte {self.pos if at is None else at})")
@@ -173,6 +176,11 @@ def _array(cursor: _Cursor, what: str, depth: int, keep: int) -> tuple[list[Any]
     """(the first `keep` items, the item count, the item type) of an array; the other items are checked, not kept."""
     if depth > MAX_ARRAY_NESTING:
         raise cursor.fail(f"{what} nests arrays more than {MAX_ARRAY_NESTING} deep")
+    if depth > 1:
+        # Nested arrays cost a call each: a budget for the whole file keeps a file of empty ones from taking minutes.
+        cursor.nested_arrays_left -= 1
+        if cursor.nested_arrays_left < 0:
+            raise cursor.fail(f"{what}: more than {MAX_NESTED_ARRAYS:,} nested arrays in the file")
     item_type = cursor.value_type(f"the items of {what}")
     count = cursor.u64(f"the length of {what}")
     items: list[Any] = []
@@ -286,6 +294,11 @@ def read_gguf_header(path: Path) -> GGUFHeader:
             raise cursor.fail(f"the header claims {n_fields:,} metadata entries, more than {room:,} bytes can hold", 16)
         if n_tensors > room // 24:
             raise cursor.fail(f"the header claims {n_tensors:,} tensors, more than {room:,} bytes can hold", 8)
+        # Each entry becomes a few hundred bytes of Python objects: a large file of tiny entries must not make this
+        # reader take gigabytes. Real models have a few dozen entries and at most a few thousand tensors.
+        for count, what, at in ((n_fields, "metadata entries", 16), (n_tensors, "tensors", 8)):
+            if count > MAX_ENTRIES:
+                raise cursor.fail(f"the header claims {count:,} {what}; this reader takes at most {MAX_ENTRIES:,}", at)
         seen: set[bytes] = set()
         fields: dict[str, GGUFField] = {}
         for index in range(n_fields):
