@@ -4,7 +4,9 @@ gguf-py's GGUFReader memory-maps the file and trusts its counts, lengths and off
 raise whatever numpy raises, or allocate and loop for as long as the header says. This reader checks every count,
 length, type and offset against the file's size *before* using it, never reads tensor data, keeps at most
 `KEPT_ITEMS` items of an array and `KEPT_STRING_BYTES` of a string, and so does work proportional to the header's
-real size. Every defect is an `InvalidGGUF` naming the file, the byte offset and the field.
+real size; what costs Python objects per entry is capped (`MAX_ENTRIES` metadata entries and tensors,
+`MAX_NESTED_ARRAYS` nested arrays: real files have dozens, thousands and none). Every defect is an `InvalidGGUF`
+naming the file, the byte offset and the field.
 
 The rules are the GGUF specification's, with llama.cpp's loader where the specification leaves room: versions 2
 and 3 (either byte order), known value and tensor types, at most 4 dimensions, tensor names of at most 64 bytes,
