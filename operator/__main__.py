@@ -12,6 +12,7 @@ from kubetune.operator.kube import KubeApi, connect
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.reconcile import Reconciler
 from kubetune.operator.settings import OperatorSettings
+from kubetune.operator.web import serve_web
 
 
 def main() -> None:
@@ -23,9 +24,12 @@ def main() -> None:
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
+    configuration = connect()
+    if settings.web_port:
+        serve_web(settings, configuration)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)
-    register(registry, Reconciler(settings, KubeApi(connect()), metrics), settings)
+    register(registry, Reconciler(settings, KubeApi(configuration), metrics), settings)
     tune_garbage_collector()
     kopf.run(
         registry=registry,

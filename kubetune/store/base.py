@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,11 @@ class Store(ABC):
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
+
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes a chunk at a time, unverified (the caller checks the digest): serving a large file
+        without holding it in memory or copying it to disk. Backends stream; this default reads it whole."""
+        yield self.get_bytes(key)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +47,11 @@ class LocalStore(Store):
 
     def get_bytes(self, key: str) -> bytes:
         return self._existing(key).read_bytes()
+
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self._existing(key).open("rb") as source:
+            while chunk := source.read(chunk_size):
+                yield chunk
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

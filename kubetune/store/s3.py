@@ -18,7 +18,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -186,6 +186,17 @@ class S3Store(Store):
             return body
 
         return self._retrying(f"get {self.uri_for(key)}", read, key=key)
+
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        full_key = self._full_key(key)
+        what = f"get {self.uri_for(key)}"
+        body = self._retrying(what, lambda: self.client.get_object(Bucket=self.bucket, Key=full_key)["Body"], key=key)
+        try:
+            yield from body.iter_chunks(chunk_size)
+        except Exception as error:  # noqa: BLE001 - a connection dropped mid-object: our one-line error
+            self._raise_translated(error, key, what)
+        finally:
+            body.close()
 
     def exists(self, key: str) -> bool:
         full_key = self._full_key(key)

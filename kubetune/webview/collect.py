@@ -11,10 +11,7 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from kubetune.api.types import STAGES
@@ -117,21 +114,15 @@ class RunReader:
         )
 
     def download(self, stage: str, path: str) -> FetchedFile:
-        """Only a file the stage's manifest lists, fetched whole and checked against its sha256 before a byte goes
-        out: a request names a manifest entry, never a store key."""
+        """Only a file the stage's manifest lists: a request names a manifest entry, never a store key."""
         manifest = self._manifest(stage) if stage in STAGES else None
         entry = next((f for f in manifest.files if f.path == path), None) if manifest is not None else None
         prefix = self.prefix(stage)
         if entry is None or prefix is None or self.store is None:
             raise NotFound(f"{stage}/{path} is not a published file of {self.summary.namespace}/{self.summary.name}")
-        handle, temporary = tempfile.mkstemp(prefix="kubetune-download-")
-        os.close(handle)
-        try:
-            self.store.get_file(join_key(prefix, entry.path), temporary, sha256=entry.sha256)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-        return FetchedFile(FileRow(stage, entry.path, entry.size, entry.sha256), Path(temporary))
+        key = join_key(prefix, entry.path)
+        return FetchedFile(FileRow(stage, entry.path, entry.size, entry.sha256), self.store.read_chunks(key),
+                           self.store.uri_for(key))
 
     # --- what the stages published ------------------------------------------------------------------------------
 

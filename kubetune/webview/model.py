@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Self
+
+from kubetune.store.errors import IntegrityError
 
 
 @dataclass(frozen=True)
@@ -95,23 +97,36 @@ class RunPage:
         return self.summary.phase in ("", "Pending", "Queued", "Running")
 
 
-@dataclass(frozen=True)
 class FetchedFile:
-    """A verified copy of a published file in a temporary file, removed when the `with` block ends."""
+    """A published file streamed from the store, checked against its manifest entry as it goes."""
 
-    row: FileRow
-    path: Path
+    def __init__(self, row: FileRow, chunks: Iterator[bytes], uri: str) -> None:
+        self.row = row
+        self.uri = uri
+        self._chunks = chunks
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        with self.path.open("rb") as handle:
-            while chunk := handle.read(size):
-                yield chunk
+    def verified(self) -> Iterator[bytes]:
+        """The file's chunks, each held back until the next one arrives: the last goes out only once the size and
+        sha256 match, so an object changed in the store ends in a cut-off download, never in wrong bytes whole."""
+        digest, size, held = hashlib.sha256(), 0, b""
+        for chunk in self._chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            if held:
+                yield held
+            held = chunk
+        if size != self.row.size or digest.hexdigest() != self.row.sha256:
+            raise IntegrityError(self.uri, self.row.sha256, digest.hexdigest())
+        if held:
+            yield held
 
 
 class NotFound(LookupError):

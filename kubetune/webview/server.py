@@ -16,6 +16,7 @@ from kubetune.webview.model import NotFound, RunSource
 
 log = logging.getLogger(__name__)
 
+CHECKED_WHOLE_BYTES = 16 << 20
 # Inline style and the refresh script only; the page fetches itself and nothing else.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -100,19 +101,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _download(self, namespace: str, name: str, stage: str, path: str, body: bool) -> None:
         with self.server.source.download(namespace, name, stage, path) as fetched:
             row = fetched.row
-            filename = row.path.rsplit("/", 1)[-1]
+            # A small file is checked whole before the answer starts: a changed one is a clean 502.
+            whole = b"".join(fetched.verified()) if row.size <= CHECKED_WHOLE_BYTES else None
             self.send_response(HTTPStatus.OK)
             for header, value in SECURITY_HEADERS.items():
                 self.send_header(header, value)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(row.size))
+            filename = row.path.rsplit("/", 1)[-1]
             self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(filename, safe='')}")
             digest = base64.b64encode(bytes.fromhex(row.sha256)).decode()
             self.send_header("Repr-Digest", f"sha-256=:{digest}:")  # RFC 9530: what the bytes must hash to
             self.end_headers()
-            if body:
-                for chunk in fetched.chunks():
+            if not body:
+                return
+            if whole is not None:
+                self.wfile.write(whole)
+                return
+            try:
+                for chunk in fetched.verified():
                     self.wfile.write(chunk)
+            except StoreError as error:
+                # Headers are out: end the connection short of Content-Length, so the client sees a failed download.
+                log.warning("web view: download of %s cut off: %s", self.path, error)
+                self.close_connection = True
 
     def _send_html(self, status: HTTPStatus, html: str, body: bool, extra: dict[str, str] | None = None) -> None:
         self._send(status, html.encode("utf-8"), "text/html; charset=utf-8", body, extra)

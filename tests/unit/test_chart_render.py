@@ -211,8 +211,10 @@ def test_container_ports_are_the_ports_the_operator_listens_on(value_set: str) -
     assert ports["health"] == settings.health_port
     if settings.metrics_port:
         assert ports["metrics"] == settings.metrics_port
-        (service,) = of_kind(value_set, "Service")
+        (service,) = [s for s in of_kind(value_set, "Service") if s["metadata"]["name"].endswith("-metrics")]
         assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    if settings.web_port:
+        assert ports["web"] == settings.web_port
 
 
 def test_operator_reads_the_default_stores_credentials_from_the_secret_by_reference() -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from kubetune.stages import KEY_PREFIX_LENGTH
-from kubetune.store import LocalStore, publish
+from kubetune.store import IntegrityError, LocalStore, publish
 from kubetune.webview.localsource import LocalRuns
-from kubetune.webview.model import NotFound
+from kubetune.webview.model import FetchedFile, FileRow, NotFound
 from kubetune.webview.server import WebView
 
 KEYS = {stage: hashlib.sha256(stage.encode()).hexdigest() for stage in ("dataset", "train", "evaluate")}
@@ -204,3 +204,15 @@ def test_pages_forbid_scripts_from_anywhere_else_and_unknown_pages_are_404(serve
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert fetch(f"{url}/runs/default/other")[0] == 404
     assert fetch(f"{url}/etc/passwd")[0] == 404
+
+
+def test_a_large_changed_file_is_cut_off_before_its_last_chunk_instead_of_delivered_whole() -> None:
+    original = [b"a" * 10, b"b" * 10, b"c" * 10]
+    row = FileRow("convert", "model.gguf", 30, hashlib.sha256(b"".join(original)).hexdigest())
+    with FetchedFile(row, iter(original), "file:///store/model.gguf") as fetched:
+        assert list(fetched.verified()) == original
+    changed = iter([b"a" * 10, b"X" * 10, b"c" * 10])
+    sent = []
+    with FetchedFile(row, changed, "file:///store/model.gguf") as fetched, pytest.raises(IntegrityError):
+        sent.extend(fetched.verified())
+    assert sent == [b"a" * 10, b"X" * 10]  # never the last chunk: the client's download ends short
