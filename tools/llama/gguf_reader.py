@@ -142,7 +142,7 @@ class _Cursor:
     def string_bytes(self, what: str, keep: int = KEPT_STRING_BYTES) -> tuple[bytes, int]:
         """(the first `keep` bytes, the full length) of a length-prefixed string."""
         length = self.u64(f"the length of {what}")
-        self.need(length, f"{what} ({length:,} bytes)")
+        self.need(length, what)
         kept = self.read(min(length, keep), what)
         self.pos += length - len(kept)
         return kept, length
