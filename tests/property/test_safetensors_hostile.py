@@ -38,6 +38,7 @@ from kubetune.llama.errors import ConversionError
 from kubetune.llama.gguf_reader import read_gguf_header
 from kubetune.llama.safetensors_io import DTYPE_BITS, read_header, weight_files
 
+UP, UP_GGUF = "model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"
 MAX_SECONDS = 10.0  # one conversion of the tiny model, or one refusal: a loop driven by a hostile size takes longer
 
 # --- a tiny Qwen2 model folder written without torch or transformers -------------------------------------------------
@@ -383,6 +384,8 @@ def test_any_json_anywhere_in_a_header_is_refused_or_harmless(
         ("shard is a pipe", lambda m: _replace_with_fifo(m / "model.safetensors"), "not a regular file"),
         ("slash in --name", lambda m: None, "plain file name"),
         ("output is a file", lambda m: (m.parent / "out").write_text("x"), "File exists"),
+        ("NaN weights", lambda m: save_file({**weights(), UP: np.full((64, 32), np.nan, np.float16)},
+                                            str(m / "model.safetensors")), f"{UP_GGUF}: the weights hold NaN"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )

@@ -166,14 +166,14 @@ def _permute_rows(rows: np.ndarray, head_dim: int) -> np.ndarray:
 def _encode(values: np.ndarray, qtype: GGMLQuantizationType, name: str) -> bytes:
     if qtype == Q.F32:
         return values.astype("<f4", copy=False).tobytes()
+    if qtype != Q.BF16 and not np.isfinite(values).all():  # f32 and bf16 store NaN and infinity as they are
+        raise ConversionError(f"{name}: the weights hold NaN or infinite values, which {qtype.name} cannot store; "
+                              "choose f32 or bf16, or fix the model")
     if qtype == Q.F16:
         half = values.astype("<f2")
         if not np.isfinite(half).all():
             raise ConversionError(f"{name}: values overflow float16; choose bf16 or f32")
         return half.tobytes()
-    if not np.isfinite(values).all():
-        raise ConversionError(f"{name}: the weights hold NaN or infinite values, which cannot be quantized to "
-                              f"{qtype.name}; choose f32 or bf16, or fix the model")
     return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype).tobytes()
 
 
