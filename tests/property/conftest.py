@@ -1,8 +1,9 @@
 """The property-based tier: hypothesis generates hostile (and valid) inputs for every user-facing command.
 
 Profiles (HYPOTHESIS_PROFILE overrides): `ci` when CI is set (modest example counts: the whole tier stays well under
-90 s on 2 cores), `dev` otherwise, `thorough` for a long hunt. No example database is written (nothing is left in the
-checkout); failures print the example and its @reproduce_failure blob instead.
+90 s on 2 cores), `dev` otherwise, `thorough` for a long hunt. No example database is kept: failures print the
+example and its @reproduce_failure blob instead (hypothesis still caches Unicode tables and literals in the gitignored
+.hypothesis/).
 """
 
 from __future__ import annotations
