@@ -60,9 +60,8 @@ def stage_rows(status: Obj) -> tuple[StageRow, ...]:
     return tuple(rows)
 
 
-def stage_prefix(namespace: str, name: str, stage: str, block: Obj) -> str | None:
-    """The stage's store folder: from its outputs' URIs (`…/<ns>/<run>/<stage>/<key>/<file>`), else from its input
-    key (the folder's key equals it, except for a train stage continued with extraEpochs before it published)."""
+def output_folder(namespace: str, name: str, stage: str, block: Obj) -> str | None:
+    """The store folder of a stage that published: from its outputs' URIs (`…/<ns>/<run>/<stage>/<folder>/<file>`)."""
     head = f"/{namespace}/{name}/{stage}/"
     for output in block.get("outputs") or []:
         uri = str(output.get("uri") or "") if isinstance(output, dict) else ""
@@ -71,8 +70,7 @@ def stage_prefix(namespace: str, name: str, stage: str, block: Obj) -> str | Non
             folder = uri[at + len(head):].split("/", 1)[0]
             if folder and folder not in (".", ".."):
                 return f"{namespace}/{name}/{stage}/{folder}"
-    key = block.get("inputKey")
-    return f"{namespace}/{name}/{stage}/{key[:KEY_PREFIX_LENGTH]}" if isinstance(key, str) and key else None
+    return None
 
 
 def event_rows(events: Sequence[Obj]) -> tuple[EventRow, ...]:
@@ -91,12 +89,36 @@ class RunReader:
         self.status: Obj = document.get("status") or {}
         self.store = store
         self.problems = list(problems or [])
+        self._prefixes: dict[str, str | None] = {}
 
     def prefix(self, stage: str) -> str | None:
-        block = (self.status.get("stages") or {}).get(stage)
-        if not isinstance(block, dict):
+        if stage not in self._prefixes:
+            block = (self.status.get("stages") or {}).get(stage)
+            found = None
+            if isinstance(block, dict):
+                found = (output_folder(self.summary.namespace, self.summary.name, stage, block)
+                         or self._working_folder(stage, block))
+            self._prefixes[stage] = found
+        return self._prefixes[stage]
+
+    def _working_folder(self, stage: str, block: Obj) -> str | None:
+        """A stage that has not published: its folder is named by its input key, except train's, whose name leaves
+        out extraEpochs (stages.prefix_key) and cannot be told from the status; that one is the folder whose
+        progress.json was written last."""
+        key, store = block.get("inputKey"), self.store
+        if not isinstance(key, str) or not key or store is None:
             return None
-        return stage_prefix(self.summary.namespace, self.summary.name, stage, block)
+        root = f"{self.summary.namespace}/{self.summary.name}/{stage}"
+        listed = self._read(f"{stage} outputs", lambda: store.list(root)) or []
+        folders = {info.key[len(root) + 1:].split("/", 1)[0] for info in listed}
+        if key[:KEY_PREFIX_LENGTH] in folders:
+            return f"{root}/{key[:KEY_PREFIX_LENGTH]}"
+        written = {}
+        for folder in folders:
+            progress = self._json(f"{root}/{folder}/progress.json")
+            if isinstance(progress, dict):
+                written[folder] = str(progress.get("updatedAt") or "")
+        return f"{root}/{max(written, key=lambda f: written[f])}" if written else None
 
     def page(self, events: Sequence[Obj]) -> RunPage:
         manifests = {stage: m for stage in STAGES if (m := self._manifest(stage)) is not None}

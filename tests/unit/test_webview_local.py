@@ -87,7 +87,10 @@ def test_a_run_page_reads_stages_loss_files_answers_and_events_from_the_state_di
 def test_while_training_the_curve_comes_from_the_latest_checkpoint_and_progress_json(
         bed: tuple[Path, LocalStore, Path], tmp_path: Path) -> None:
     state, store, root = bed
-    train = prefix("train")
+    # Train's folder is not named by its input key (stages.prefix_key): the one whose progress is newest is training.
+    earlier = prefix("train", hashlib.sha256(b"an earlier spec").hexdigest())
+    store.put_bytes(f"{earlier}/progress.json", json.dumps({"step": 9, "updatedAt": "2026-12-01T00:00:00Z"}).encode())
+    train = prefix("train", hashlib.sha256(b"train folder").hexdigest())
     for step in (1, 2):
         checkpoint = tmp_path / f"ckpt{step}"
         checkpoint.mkdir()
@@ -95,7 +98,8 @@ def test_while_training_the_curve_comes_from_the_latest_checkpoint_and_progress_
         (checkpoint / "trainer_state.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
         publish(store, f"{train}/checkpoints/checkpoint-{step:08d}", checkpoint, stage="train",
                 input_key=KEYS["train"])
-    store.put_bytes(f"{train}/progress.json", json.dumps({"step": 3, "loss": 0.5, "totalSteps": 4}).encode())
+    store.put_bytes(f"{train}/progress.json", json.dumps({"step": 3, "loss": 0.5, "totalSteps": 4,
+                                                          "updatedAt": "2026-12-06T08:00:00Z"}).encode())
     write_status(state, root, {"train": {"phase": "Running", "inputKey": KEYS["train"]}})
     page = LocalRuns(state).page("default", "demo")
     assert [(p.step, p.loss) for p in page.loss.train] == [(1.0, 3.0), (2.0, 2.0), (3.0, 0.5)]
