@@ -15,6 +15,7 @@ import pytest
 from kubetune.api.types import STAGES
 from kubetune.operator.rbac import allows
 from kubetune.planner import MAX_ATTEMPTS
+from kubetune.sources import SOURCES
 from kubetune.store import content_digest, read_manifest
 from tests.fixtures.s3 import S3Server
 from tests.integration.operator_harness import OperatorBed, operator_bed
@@ -80,8 +81,9 @@ def test_a_run_goes_from_created_to_succeeded_through_every_stage(bed: OperatorB
     assert {f"Stage{phase}" for phase in ("Running", "Succeeded")} <= set(reasons)
     assert reasons.count("StageSucceeded") == 5 and reasons[-1] == "Succeeded"
 
-    jobs = sorted(bed.jobs("tiny"), key=lambda job: STAGES.index(job["metadata"]["labels"]["kubetune.dev/stage"]))
-    assert [job["metadata"]["labels"]["kubetune.dev/stage"] for job in jobs] == list(STAGES)
+    order = (SOURCES, *STAGES)  # the sources Job, then one Job per stage
+    jobs = sorted(bed.jobs("tiny"), key=lambda job: order.index(job["metadata"]["labels"]["kubetune.dev/stage"]))
+    assert [job["metadata"]["labels"]["kubetune.dev/stage"] for job in jobs] == list(order)
     for before, after in pairwise(jobs):
         # Driven by the Job watch (the timer is 60 s): the next Job follows its predecessor's end at once.
         gap = (_time(after["metadata"]["creationTimestamp"]) - _time(before["status"]["completionTime"]))
