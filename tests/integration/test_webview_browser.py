@@ -8,12 +8,19 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+import kubernetes
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from kubetune.operator.rbac import allows
+from kubetune.operator.web import ClusterRuns, serve_web
+from tests.fixtures.s3 import S3Server
+from tests.integration.operator_harness import OperatorBed, operator_bed
 from tests.integration.webview_browser import (
     CHROMEDRIVER,
     CHROMIUM,
@@ -24,6 +31,9 @@ from tests.integration.webview_browser import (
     kubetune_ui,
     prepare_local_run,
 )
+from tests.kube.emulator import KubeEmulator
+
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.kube"]
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
@@ -147,3 +157,60 @@ def test_an_active_runs_page_redraws_its_loss_curve_in_place_as_training_goes_on
             time.sleep(0.5)
         assert chrome.execute_script("return window.sameDocument") is True  # updated in place, not reloaded
         assert "9 / 40" in chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=training]").text
+
+
+# --- the operator's view --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bed(kube: KubeEmulator, tmp_path: Path, s3_bucket: str, s3_server: S3Server) -> Iterator[OperatorBed]:
+    with operator_bed(kube, tmp_path / "executor", s3_bucket, s3_server.endpoint) as bed:
+        yield bed
+
+
+@contextmanager
+def operator_view(bed: OperatorBed) -> Iterator[str]:
+    """The operator's web view as __main__ starts it (serve_web), on a free loopback port."""
+    server = serve_web(replace(bed.settings, web_port=0), kubernetes.client.Configuration(host=bed.kube.url),
+                       host="127.0.0.1")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        assert isinstance(server.source, ClusterRuns)
+        server.source.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_the_operator_serves_the_clusters_runs_with_their_events_and_store_files_reading_only(
+        bed: OperatorBed, chrome: WebDriver, tmp_path: Path) -> None:
+    with bed.operator():
+        bed.create_run("viewed")
+        run = bed.wait_phase("viewed", "Succeeded", timeout=120)
+    bed.kube.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "viewed.hostile", "namespace": "default"},
+                     "involvedObject": {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun", "name": "viewed",
+                                        "namespace": "default", "uid": run["metadata"]["uid"]},
+                     "type": "Warning", "reason": "Note", "message": HOSTILE_ANSWER,
+                     "firstTimestamp": "2026-12-06T09:00:00Z", "lastTimestamp": "2026-12-06T09:00:00Z", "count": 1})
+    bed.kube.faults.reset_counters()
+    with operator_view(bed) as url:
+        chrome.get(url)
+        chrome.find_element(By.LINK_TEXT, "viewed").click()
+        stages = [[cell.text for cell in tr.find_elements(By.TAG_NAME, "td")[:2]]
+                  for tr in chrome.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=stages] tbody tr")]
+        assert stages == [[name, "Succeeded"] for name in ("dataset", "train", "merge", "convert", "evaluate")]
+        events = chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=events]").text
+        assert "StageSucceeded" in events and HOSTILE_ANSWER in events
+        assert chrome.find_elements(By.CSS_SELECTOR, "main img, main script") == []
+        chrome.save_screenshot(str(tmp_path / "operator-run.png"))
+
+        convert = run["status"]["stages"]["convert"]
+        (gguf,) = [o for o in convert["outputs"] if o["name"] == "model-q8_0.gguf"]
+        chrome.find_element(By.LINK_TEXT, "model-q8_0.gguf").click()
+        data = downloaded(tmp_path / "downloads", "model-q8_0.gguf")
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (gguf["size"], gguf["sha256"])
+
+    calls = {call for call in bed.kube.faults.request_counts() if call[1] != "discovery"}
+    assert calls == {("list", "finetuneruns"), ("get", "finetuneruns"), ("list", "events")}
+    assert all(allows(verb, "" if resource == "events" else "kubetune.dev", resource) for verb, resource in calls)
