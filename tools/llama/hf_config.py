@@ -60,6 +60,7 @@ class ModelSpec:
 
 
 UINT32_MAX = (1 << 32) - 1  # GGUF stores sizes and counts as uint32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # and these numbers as float32
 CONFIG_HINT = "fix config.json or re-save the model with transformers' save_pretrained"
 
 
@@ -92,8 +93,8 @@ def _number(config: dict[str, Any], key: str, default: float, *, positive: bool 
         number = float(value)
     except OverflowError:  # an integer past float's range
         raise _fail(key, "a finite number", value) from None
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise _fail(key, "a finite number " + ("> 0" if positive else ">= 0"), value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0) or number > FLOAT32_MAX:
+        raise _fail(key, ("a number > 0" if positive else "a number >= 0") + " that fits a float32", value)
     return number
 
 
