@@ -30,7 +30,9 @@ DTYPE_BITS = {
     "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The format allows 100 MB, but parsed JSON takes ten times its size in Python objects; real shards' headers are tens
+# to hundreds of KiB (a thousand tensors), so 16 MiB refuses only headers no model has.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 RESAVE = "; re-save the weights with safetensors (save_pretrained(safe_serialization=True))"
 
 
