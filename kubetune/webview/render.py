@@ -165,6 +165,7 @@ def loss_chart(history: LossHistory) -> str:
     pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
     losses = (low - pad, high + pad)
     top, right, bottom, left = CHART_MARGIN
+    high_y, low_y = (_scale(value, *losses, CHART_HEIGHT - bottom, top) for value in (high, low))
     described = [_describe("training loss", history.train), _describe("eval loss", history.eval)]
     parts = [
         (f"<svg role=\"img\" aria-labelledby=\"loss-title loss-desc\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" "
@@ -176,8 +177,10 @@ def loss_chart(history: LossHistory) -> str:
         f"<text x=\"{left}\" y=\"{CHART_HEIGHT - 20}\">{steps[0]:g}</text>",
         f"<text x=\"{CHART_WIDTH - right}\" y=\"{CHART_HEIGHT - 20}\" text-anchor=\"end\">{steps[1]:g}</text>",
         f"<text x=\"{(CHART_WIDTH + left) // 2}\" y=\"{CHART_HEIGHT - 4}\" text-anchor=\"middle\">step</text>",
-        f"<text x=\"{left - 6}\" y=\"{top + 10}\" text-anchor=\"end\">{high:.3g}</text>",
-        f"<text x=\"{left - 6}\" y=\"{CHART_HEIGHT - bottom}\" text-anchor=\"end\">{low:.3g}</text>",
+        f"<text x=\"{left - 6}\" y=\"{high_y + 4:.1f}\" text-anchor=\"end\">{high:.3g}</text>",
+        f"<text x=\"{left - 6}\" y=\"{low_y + 4:.1f}\" text-anchor=\"end\">{low:.3g}</text>",
+        (f"<text x=\"12\" y=\"{(top + CHART_HEIGHT - bottom) / 2:.1f}\" text-anchor=\"middle\" "
+        f"transform=\"rotate(-90 12 {(top + CHART_HEIGHT - bottom) / 2:.1f})\">loss</text>"),
     ]
     if history.train:
         parts.append(f"<path class=\"train-loss\" d=\"{loss_path(history.train, steps, losses)}\" fill=\"none\" "
