@@ -29,6 +29,8 @@ MERGE_PATCH = "application/merge-patch+json"
 TIMEOUT_S = 30.0
 # Connections to the API server at once; more requests wait for one (the API server's own fairness limits apply).
 API_CONNECTIONS = 32
+# Set by the Job controller on every pod it creates (Kubernetes 1.27+; `controller-uid` before).
+JOB_CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 
 
 class ApiError(Exception):
@@ -85,6 +87,7 @@ _PATHS = {
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
+    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
 }
 
 
@@ -176,6 +179,33 @@ class KubeApi:
     async def patch_job(self, namespace: str, name: str, patch: Obj) -> Obj:
         path = _PATHS[("batch/v1", "Job")].format(ns=quote(namespace)) + f"/{quote(name)}"
         return await self.call("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete an object, its dependents in the background (a Job's pods stop after it is gone); False when it
+        was gone already."""
+        path = _PATHS[(api_version, kind)].format(ns=quote(namespace)) + f"/{quote(name)}"
+        try:
+            await self.call("DELETE", path, body={"apiVersion": "v1", "kind": "DeleteOptions",
+                                                  "propagationPolicy": "Background"})
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    # --- why a Job's pods do not run -------------------------------------------------------------------------------
+
+    async def list_job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
+        """The pods of one Job, by the label the Job controller puts on them."""
+        listed = await self.call("GET", _PATHS[("v1", "Pod")].format(ns=quote(namespace)),
+                                 query={"labelSelector": f"{JOB_CONTROLLER_UID}={job_uid}"})
+        return list(listed.get("items") or [])
+
+    async def list_events(self, namespace: str, uid: str) -> list[Obj]:
+        """The Events about one object (a Job: its controller's SuccessfulCreate / FailedCreate)."""
+        listed = await self.call("GET", _PATHS[("v1", "Event")].format(ns=quote(namespace)),
+                                 query={"fieldSelector": f"involvedObject.uid={uid}"})
+        return list(listed.get("items") or [])
 
     # --- events -------------------------------------------------------------------------------------------------
 

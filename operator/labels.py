@@ -10,6 +10,7 @@ ATTEMPT = f"{DOMAIN}/attempt"
 INPUT_KEY = f"{DOMAIN}/input-key"  # annotation: the full 64-character input key
 PREFIX = f"{DOMAIN}/prefix"  # annotation: the stage's store prefix (where its progress.json is)
 SUSPENDED = f"{DOMAIN}/suspended"  # annotation: "true" while the operator holds the Job suspended
+SUPERSEDED_AT = f"{DOMAIN}/superseded-at"  # annotation: when a reconcile first saw the Job's spec replaced (RFC 3339)
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 APP_NAME = "kubetune"

@@ -8,6 +8,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api.types import RunPhase
+from kubetune.operator.problems import STALL_REASONS
 from kubetune.operator.status import Transition
 
 RUN_PHASES: tuple[RunPhase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
@@ -29,7 +30,17 @@ class Metrics:
                                 registry=self.registry)
         self.reconciles = Counter("kubetune_reconciles_total", "Reconciles by outcome", ["outcome"],
                                   registry=self.registry)
+        self.store_errors = Counter("kubetune_store_errors_total", "Reconciles that could not read the store",
+                                    ["reason"], registry=self.registry)
+        self.stalls = Counter("kubetune_run_stalls_total", "Runs that became stalled, by reason", ["reason"],
+                              registry=self.registry)
+        self.stalled = Gauge("kubetune_runs_stalled", "Runs stalled now, by reason", ["reason"], registry=self.registry)
+        self.superseded_replaced = Counter(
+            "kubetune_superseded_jobs_replaced_total",
+            "Jobs of a previous spec deleted so that the new spec's Job can start, by trigger (grace or annotation)",
+            ["stage", "trigger"], registry=self.registry)
         self._phases: dict[tuple[str, str], str] = {}
+        self._stalled: dict[tuple[str, str], str] = {}  # run -> reason
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
@@ -48,8 +59,23 @@ class Metrics:
         for known in RUN_PHASES:
             self.runs.labels(known).set(sum(1 for p in self._phases.values() if p == known))
 
+    def run_stalled(self, namespace: str, name: str, reason: str | None) -> None:
+        """Record why a run is stalled (None: it is not, or it is gone) and refresh the per-reason gauge."""
+        key = (namespace, name)
+        before = self._stalled.get(key)
+        if reason == before:
+            return
+        if reason is None:
+            del self._stalled[key]
+        else:
+            self._stalled[key] = reason
+        for changed in {before, reason} - {None}:
+            self.stalled.labels(changed).set(sum(1 for r in self._stalled.values() if r == changed))
+
     def transitions(self, transitions: tuple[Transition, ...], stages: Mapping[str, Mapping[str, object]]) -> None:
         for transition in transitions:
+            if transition.type == "Warning" and transition.reason in STALL_REASONS:
+                self.stalls.labels(transition.reason).inc()  # one Event per stall, not per reconcile
             stage = transition.stage
             if stage is None:
                 continue

@@ -24,6 +24,17 @@ class ObservedJob:
     state: JobState
     start_time: str | None = None
     completion_time: str | None = None  # when it succeeded or failed
+    uid: str = ""
+    created: str | None = None  # metadata.creationTimestamp
+    pods_wanted: int = 1  # spec.parallelism
+    pods_active: int = 0  # status.active: pods created and not finished (pending or running)
+    pods_ready: int = 0  # status.ready: pods running and ready
+
+    @property
+    def starting(self) -> bool:
+        """Running (not queued, suspended or finished) without all its pods up: the time when pods that cannot be
+        created or scheduled show, to the Job's Events and the pods only."""
+        return self.state.phase == "Running" and self.pods_ready < self.pods_wanted
 
 
 def observe_job(job: Mapping[str, Any], progress: Mapping[str, Any] | None = None) -> ObservedJob | None:
@@ -67,7 +78,13 @@ def observe_job(job: Mapping[str, Any], progress: Mapping[str, Any] | None = Non
         phase = "Running"
     state = JobState(name=meta.get("name", ""), stage=stage, key=key, attempt=attempt, phase=phase,
                      config_error=config_error, message=message)
-    return ObservedJob(state, start_time=status.get("startTime"), completion_time=finished)
+    return ObservedJob(state, start_time=status.get("startTime"), completion_time=finished, uid=str(meta.get("uid", "")),
+                       created=meta.get("creationTimestamp"), pods_wanted=_count(spec.get("parallelism"), 1),
+                       pods_active=_count(status.get("active"), 0), pods_ready=_count(status.get("ready"), 0))
+
+
+def _count(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
 def observe_jobs(

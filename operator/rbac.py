@@ -2,7 +2,9 @@
 against this list, and the integration tests check that the operator's requests stay within it.
 
 No Secrets: store credentials reach jobs through `secretKeyRef`, and the operator's own store reads use the
-credentials mounted into its pod. No pods: a failed job's reason comes from its progress.json in the store.
+credentials mounted into its pod. Pods and Events are only listed, and only for a stage Job whose pods are not all
+up: why they cannot be created (the Job controller's FailedCreate Events) or started (the pod's conditions and
+container states); a failed job's reason comes from its progress.json in the store.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ RULES: tuple[Rule, ...] = (
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
     # The headless Service that gives multi-node training pods stable DNS names for their rendezvous.
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
 )
 
 # Only when the operator runs with peering (KUBETUNE_STANDALONE=false, several replicas): kopf's peering objects.

@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubetune.api.types import STAGES, FineTuneRunSpec
@@ -26,14 +26,15 @@ from kubetune.operator import labels
 from kubetune.operator.cache import ObjectCache, run_key, version_number
 from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
-from kubetune.operator.jobspec import JobSpecError, build, effective_resources
+from kubetune.operator.jobspec import JobSpecError, build, config_map_name, effective_resources
 from kubetune.operator.kube import ApiError, KubeApi, Obj
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
-from kubetune.operator.observe import has_condition, latest_attempts, observe_job, observe_jobs
+from kubetune.operator.observe import ObservedJob, has_condition, latest_attempts, observe_job, observe_jobs
+from kubetune.operator.problems import REPLACE_SUPERSEDED, Problem, pod_problem, store_problem, superseded_problem
 from kubetune.operator.runstore import NoStoreConfigured, resolve_store
 from kubetune.operator.settings import OperatorSettings
-from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan
+from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan, store_problem_status
 from kubetune.planner import (
     CreateJob,
     Fail,
@@ -45,6 +46,7 @@ from kubetune.planner import (
     ResumeJob,
     StageView,
     SuspendJob,
+    Wait,
     plan,
 )
 from kubetune.runconfig import StoreConfig
@@ -82,6 +84,23 @@ def is_settled(status: Mapping[str, Any] | None, generation: int) -> bool:
 RESYNC_FACTOR = 10
 # Reconciles that make API calls at once; the others wait, urgent ones first (gate.py).
 RECONCILES_IN_FLIGHT = 16
+# A stage Job's pods normally run within seconds; after this long without them, its Events and pods say why.
+POD_START_GRACE_S = 5.0
+# Replacing Jobs of a previous spec in one pass, at most (each spec edit while a stage ran left one).
+MAX_REPLACEMENTS = 4
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What reading the store raises when it cannot be read: the store's typed errors, file system errors, and
+    botocore's own where one slips through."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # an operator without S3 support
+        return (StoreError, OSError)
+    return (StoreError, OSError, BotoCoreError, ClientError)
+
+
+STORE_ERRORS = _store_errors()
 
 
 @dataclass
@@ -147,8 +166,16 @@ class Reconciler:
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
         self._read_at: dict[tuple[str, str], float] = {}  # ... and of its last read from the API server
         self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
-        self._generations: dict[tuple[str, str], tuple[str, int, str | None]] = {}  # run -> (uid, generation) events asked for
+        # run -> (uid, generation, replace annotation) events asked for
+        self._generations: dict[tuple[str, str], tuple[str, int, str | None, str | None]] = {}
         self._quiet: dict[tuple[str, str], _QuietPass] = {}  # run -> its last reconcile, if that changed nothing
+        # Monotonic times: reconcile the run by then at the latest (a pod check, a grace period ending) ...
+        self._due_at: dict[tuple[str, str], float] = {}
+        # ... and not before (a store that failed: retried with a growing delay).
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self._store_trouble: dict[tuple[str, str], tuple[str, int]] = {}  # run -> (reason, failed reconciles)
+        self._pod_checks: dict[tuple[str, str], int] = {}  # run -> pod checks of its starting stage Job so far
+        self._awaiting_pods: set[str] = set()  # uids of Jobs checked for missing pods: their pods starting is news
         self._background: set[asyncio.Task[None]] = set()  # request_soon's (asyncio keeps only weak references)
         # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
         # changes, and validating it (types and CEL rules) cost half the operator's time under load.
@@ -194,6 +221,11 @@ class Reconciler:
             self._parsed.pop(key, None)
             self._generations.pop(key, None)
             self._quiet.pop(key, None)
+            self._due_at.pop(key, None)
+            self._retry_at.pop(key, None)
+            self._store_trouble.pop(key, None)
+            self._pod_checks.pop(key, None)
+            self.metrics.run_stalled(namespace, name, None)
 
     async def request_logged(self, namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
         """`request` for the handlers and the timer, which have no one to raise to (kopf retries no event handler): a
@@ -220,9 +252,15 @@ class Reconciler:
         run at the timer's pace would, with hundreds of runs, bury the event-driven reconciles in a queue. Nor is a
         run due while a reconcile of it waits or runs: that pass reads what the tick would.
         """
-        serial = self._serial.get((namespace, name))
+        key = (namespace, name)
+        serial = self._serial.get(key)
         if serial is not None and serial.lock.locked():
             return False
+        now = time.monotonic()
+        if now < self._retry_at.get(key, now):
+            return False
+        if now >= self._due_at.get(key, now + 1):
+            return True
         if status.get("currentStage") == "train" and status.get("phase") == "Running":
             return True
         last = self._reconciled_at.get((namespace, name))
@@ -265,9 +303,11 @@ class Reconciler:
         if event_type == "DELETED":
             self._generations.pop(key, None)
             return False
-        # The annotation that resolves the sources again is the one metadata change that matters.
+        # The annotations that replace a Job of the previous spec at once, or resolve the sources again, are the
+        # metadata changes that matter.
+        annotations = meta.get("annotations") or {}
         seen = (str(meta.get("uid", "")), int(meta.get("generation") or 0),
-                (meta.get("annotations") or {}).get(REFRESH_ANNOTATION))
+                annotations.get(REPLACE_SUPERSEDED), annotations.get(REFRESH_ANNOTATION))
         if self._generations.get(key) == seen:
             return False
         self._generations[key] = seen
@@ -284,7 +324,9 @@ class Reconciler:
             self._job_views.pop(uid, None)
             return True
         observed = observe_job(job)
-        view = None if observed is None else (observed.state.phase, observed.completion_time)
+        # While a Job's missing pods are looked into, their coming up is news too.
+        view = None if observed is None else (observed.state.phase, observed.completion_time,
+                                              observed.pods_ready if uid in self._awaiting_pods else None)
         if uid in self._job_views and self._job_views[uid] == view:
             return False
         self._job_views[uid] = view
@@ -313,16 +355,24 @@ class Reconciler:
         except NoStoreConfigured as error:
             first = plan(namespace, name, run.spec, Observed())
             return await self._write(body, failed_plan(first, "dataset", str(error)), _Pass([]), run, "", previous)
-        store = self._store(store_config)
-        observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
-        state = _Pass([job.state for job in observed_jobs], resolve=self._resolution(run, body))
-        step = await self._advance(run, store, state)
-        progress_key = _progress_key(step, previous)
-        training = None if progress_key is None else await self._read_json(store, progress_key)
+        key = (namespace, name)
+        self._due_at.pop(key, None)
+        self._retry_at.pop(key, None)
+        try:
+            store = self._store(store_config)
+            observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
+            state = _Pass([job.state for job in observed_jobs], resolve=self._resolution(run, body))
+            step = await self._advance(run, store, state)
+            step, problem = await self._unblock(run, body, jobs, observed_jobs, store, state, step)
+            progress_key = _progress_key(step, previous)
+            training = None if progress_key is None else await self._read_json(store, progress_key)
+        except STORE_ERRORS as error:
+            return await self._store_unavailable(body, store_config, previous, error)
+        self._store_answers(key, store_config.uri)
         phase = await self._write(body, step, state, run, store_config.uri, previous, training=training,
-                                  times={job.state.name: job for job in observed_jobs})
-        if not state.wrote and progress_key is not None:
-            self._quiet[(namespace, name)] = _QuietPass(_versions(body, jobs), store, progress_key, training)
+                                  times={job.state.name: job for job in observed_jobs}, problem=problem)
+        if not state.wrote and progress_key is not None and problem is None and key not in self._due_at:
+            self._quiet[key] = _QuietPass(_versions(body, jobs), store, progress_key, training)
         return phase
 
     async def _read(self, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:
@@ -493,13 +543,14 @@ class Reconciler:
     async def _write(
         self, body: Obj, step: Plan, state: _Pass, run: FineTuneRun | None, store_uri: str,
         previous: dict[str, Any], *, training: dict[str, Any] | None = None, times: dict[str, Any] | None = None,
+        problem: Problem | None = None,
     ) -> str:
         meta = body["metadata"]
         now = self.clock()
         spec = run.spec if run is not None else FineTuneRunSpec()
         update = compute_status(StatusInputs(
             spec=spec, generation=int(meta.get("generation") or 0), plan=step, now=now, store_uri=store_uri,
-            jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
+            jobs=times or {}, manifests=state.manifests, training=training, previous=previous, problem=problem,
             sources=state.sources, refresh=_refresh(body),
         ))
         if update.changed(previous):
@@ -510,7 +561,133 @@ class Reconciler:
         self.metrics.transitions(update.transitions, update.status.get("stages") or {})
         phase = str(update.status["phase"])
         self.metrics.run_phase(meta["namespace"], meta["name"], phase)
+        stalled: dict[str, Any] = next(
+            (c for c in update.status.get("conditions") or [] if c.get("type") == "Stalled"), {})
+        self.metrics.run_stalled(meta["namespace"], meta["name"],
+                                 stalled.get("reason") if stalled.get("status") == "True" else None)
         return phase
+
+    # --- what holds a run up ------------------------------------------------------------------------------------
+
+    async def _store_unavailable(self, body: Obj, config: StoreConfig, previous: dict[str, Any],
+                                 error: BaseException) -> str:
+        """The store cannot be read: say so on the run (once, not per retry) and try again later, each time
+        waiting twice as long, up to the timer's resync period. One log line when it starts, none per retry."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        problem = store_problem(error, config.uri)
+        self._stores.pop(config, None)  # a fresh client next time: it reads credentials (mounted, rotated) again
+        reason, failures = self._store_trouble.get(key, ("", 0))
+        cap = RESYNC_FACTOR * self.settings.reconcile_interval
+        if reason != problem.reason:
+            log.warning("%s/%s: %s (retrying every %.0f s at most)", *key, problem.message, cap)
+        self._store_trouble[key] = (problem.reason, failures + 1)
+        self._retry_at[key] = time.monotonic() + min(cap, self.settings.reconcile_interval * 2 ** failures)
+        self.metrics.store_errors.labels(problem.reason).inc()
+        now = self.clock()
+        update = store_problem_status(previous, int(meta.get("generation") or 0), now, problem)
+        if update.changed(previous):
+            self.cache.observe_run("MODIFIED", await self.kube.patch_run_status(
+                meta["namespace"], meta["name"], merge_patch(previous, update.status)))
+        self.events.record(body, update.transitions, now)
+        self.metrics.transitions(update.transitions, {})
+        self.metrics.run_stalled(*key, problem.reason)
+        phase = str(update.status["phase"])
+        self.metrics.run_phase(*key, phase)
+        return phase
+
+    def _store_answers(self, key: tuple[str, str], store_uri: str) -> None:
+        trouble = self._store_trouble.pop(key, None)
+        if trouble is not None:
+            log.info("%s/%s: the store %s answers again after %d failed reconciles", *key, store_uri, trouble[1])
+
+    async def _unblock(self, run: FineTuneRun, body: Obj, jobs: list[Obj], observed_jobs: list[ObservedJob],
+                       store: Store, state: _Pass, step: Plan) -> tuple[Plan, Problem | None]:
+        """What holds up the stage the plan waits for, if anything: a Job of the previous spec (replaced after the
+        grace period, or at once on the run's annotation; then the plan goes on) or pods that cannot start."""
+        key = (run.namespace, run.name)
+        for _ in range(MAX_REPLACEMENTS):
+            action = step.action
+            view = None
+            if isinstance(action, Wait):
+                view = step.sources if action.stage == SOURCES else step.stages.get(action.stage)
+            if view is None or view.job is None or view.ref is None:
+                break
+            if view.job.key == view.ref.key:
+                observed = next((j for j in observed_jobs if j.state.name == view.job.name), None)
+                if observed is not None and observed.starting:
+                    return step, await self._pods_problem(run, view.job.stage, observed)
+                break
+            raw = next((job for job in jobs if job["metadata"]["name"] == view.job.name), None)
+            problem = await self._supersede(run, body, raw, view.job, state)
+            if problem is not None:
+                return step, problem
+            step = await self._advance(run, store, state)
+        self._pod_checks.pop(key, None)
+        return step, None
+
+    async def _supersede(self, run: FineTuneRun, body: Obj, raw: Obj | None, job: JobState,
+                         state: _Pass) -> Problem | None:
+        """A Job of the previous spec still holds its stage: replace it once the grace period (counted from when a
+        reconcile first saw it superseded, kept on the Job) is over or the run asks for it; else say when."""
+        key = (run.namespace, run.name)
+        asked = (body["metadata"].get("annotations") or {}).get(REPLACE_SUPERSEDED) == "true"
+        now_text = self.clock()
+        since = ((raw or {}).get("metadata", {}).get("annotations") or {}).get(labels.SUPERSEDED_AT)
+        if since is None and not asked:
+            state.wrote = True
+            self.cache.observe_job("MODIFIED", await self.kube.patch_job(
+                run.namespace, job.name, {"metadata": {"annotations": {labels.SUPERSEDED_AT: now_text}}}))
+            since = now_text
+        now = datetime.fromisoformat(now_text)
+        try:
+            deadline = datetime.fromisoformat(since or now_text) + timedelta(seconds=self.settings.superseded_job_grace)
+        except ValueError:  # edited by hand: count from now
+            deadline = now + timedelta(seconds=self.settings.superseded_job_grace)
+        if not asked and now < deadline:
+            self._due_at[key] = time.monotonic() + (deadline - now).total_seconds()
+            return superseded_problem(job.stage, job.name, job.phase, deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        trigger = "annotation" if asked else "grace"
+        await self.kube.delete("batch/v1", "Job", run.namespace, job.name)
+        await self.kube.delete("v1", "ConfigMap", run.namespace, config_map_name(job.name))
+        subdomain = ((((raw or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("subdomain")
+        if subdomain:  # the rendezvous Service of a multi-node train Job
+            await self.kube.delete("v1", "Service", run.namespace, subdomain)
+        state.wrote = True
+        state.jobs = [j for j in state.jobs if j.name != job.name]
+        self.cache.distrust(key)  # the next pass reads the Jobs for real
+        self.metrics.superseded_replaced.labels(job.stage, trigger).inc()
+        why = (f'the run is annotated {REPLACE_SUPERSEDED}="true"' if asked
+               else f"the grace period of {self.settings.superseded_job_grace:.0f} s is over")
+        log.info("%s/%s: deleted Job %s of the previous spec (%s)", *key, job.name, why)
+        state.notes.append(Transition("Normal", "SupersededJobReplaced",
+                                      f"{job.stage}: deleted Job {job.name} of the previous spec ({why})", job.stage))
+        return None
+
+    async def _pods_problem(self, run: FineTuneRun, stage: str, job: ObservedJob) -> Problem | None:
+        """Why the running stage Job's pods are not up, once they had time to start: the Job's Events when pods are
+        missing, the pods themselves when they exist. Looked at again with a growing delay until they are up."""
+        key = (run.namespace, run.name)
+        cap = RESYNC_FACTOR * self.settings.reconcile_interval
+        age = _seconds_since(job.created, self.clock())
+        if age is None or age < POD_START_GRACE_S:
+            self._due_at[key] = time.monotonic() + POD_START_GRACE_S - (age or 0.0)
+            return None
+        self._awaiting_pods.add(job.uid)
+        pods = await self.kube.list_job_pods(run.namespace, job.uid) if job.pods_active else []
+        events = await self.kube.list_events(run.namespace, job.uid) if job.pods_active < job.pods_wanted else []
+        checks = self._pod_checks[key] = self._pod_checks.get(key, 0) + 1
+        self._due_at[key] = time.monotonic() + min(cap, self.settings.reconcile_interval * 2 ** (checks - 1))
+        return pod_problem(stage, job.state.name, pods, events)
+
+
+def _seconds_since(stamp: str | None, now: str) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return (datetime.fromisoformat(now) - datetime.fromisoformat(stamp)).total_seconds()
+    except ValueError:
+        return None
 
 
 def _progress_key(step: Plan, previous: dict[str, Any]) -> str | None:

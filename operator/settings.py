@@ -42,6 +42,9 @@ class OperatorSettings:
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
     reconcile_interval: float = 3.0  # seconds between timer reconciles of an active run
+    # A Job of a previous spec that still holds its stage is deleted after this long (the run's annotation
+    # kubetune.dev/replace-superseded-jobs: "true" deletes it at once).
+    superseded_job_grace: float = 600.0
     metrics_port: int = 9090  # 0 disables the metrics server
     health_port: int = 8080  # kopf liveness endpoint at /healthz; 0 disables it
     web_port: int = 0  # the read-only web view of runs (operator/web.py); 0 disables it
@@ -73,6 +76,8 @@ class OperatorSettings:
                 "KUBETUNE_JOB_TTL_SECONDS", defaults.ttl_seconds_after_finished, minimum=0),
             namespaces=tuple(n for n in reader.text("KUBETUNE_NAMESPACES", "").replace(",", " ").split() if n),
             reconcile_interval=reader.number("KUBETUNE_RECONCILE_INTERVAL", defaults.reconcile_interval, minimum=0.5),
+            superseded_job_grace=reader.number("KUBETUNE_SUPERSEDED_JOB_GRACE_SECONDS", defaults.superseded_job_grace,
+                                               minimum=0),
             metrics_port=reader.integer("KUBETUNE_METRICS_PORT", defaults.metrics_port, minimum=0),
             health_port=reader.integer("KUBETUNE_HEALTH_PORT", defaults.health_port, minimum=0),
             web_port=reader.integer("KUBETUNE_WEB_PORT", defaults.web_port, minimum=0),

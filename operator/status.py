@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 
 from kubetune.api import types as t
 from kubetune.operator.observe import ObservedJob
+from kubetune.operator.problems import Problem
 from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
 from kubetune.sources import SOURCES, ResolvedSource, Sources
 from kubetune.store import Manifest, ManifestFile, content_digest
@@ -52,6 +53,7 @@ class StatusInputs:
     sources: Sources | None = None  # what the stages read, once resolved
     refresh: str = ""  # the run's kubetune.dev/refresh annotation
     previous: Mapping[str, Any] = field(default_factory=dict)  # the run's .status as it is now
+    problem: Problem | None = None  # what holds the run up (problems.py), if anything
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,44 @@ class StatusUpdate:
 def compute_status(inputs: StatusInputs) -> StatusUpdate:
     previous = inputs.previous
     phase, stage, message = _run_phase(inputs.plan, inputs.spec)
-    stages = {name: _stage_status(inputs, name) for name in t.STAGES}
+    problem = inputs.problem if phase not in ("Failed", "Succeeded") else None
+    if problem is not None:
+        message = problem.message
+    stages = {name: _stage_status(inputs, name, problem) for name in t.STAGES}
     training = _training(inputs.training, previous.get("progress"))
     status = t.FineTuneRunStatus(
         phase=phase,
         observed_generation=inputs.generation,
         current_stage=stage,
         progress_text=_progress_text(phase, stage, stages, training),
-        conditions=_conditions(phase, stage, message, inputs),
+        conditions=_conditions(phase, stage, message, inputs, problem),
         sources=_sources_status(inputs),
         stages=t.StagesStatus(**stages),
         progress=training,
         artifacts=_artifacts(inputs),
         message=message,
     ).to_manifest()
+    return StatusUpdate(status, tuple(_transitions(previous, status)))
+
+
+def store_problem_status(previous: Mapping[str, Any], generation: int, now: str, problem: Problem) -> StatusUpdate:
+    """The status while the store cannot be read: nothing can be known about the stages, so their blocks stay as
+    they were; the phase too, unless the spec changed since (then the run is Pending its first look at the store)."""
+    phase: t.RunPhase = previous.get("phase") or "Pending"
+    if previous.get("observedGeneration") != generation:
+        phase = "Pending"
+    stage = previous.get("currentStage")
+    inputs = StatusInputs(spec=t.FineTuneRunSpec(), generation=generation, plan=Plan(Done(), {}), now=now,
+                          previous=previous, problem=problem)
+    status = {
+        **previous,
+        "phase": phase,
+        "observedGeneration": generation,
+        "conditions": [c.to_manifest() for c in _conditions(phase, stage, problem.message, inputs, problem)],
+        "message": problem.message,
+    }
+    if phase != previous.get("phase"):
+        status["progressText"] = f"{stage} {phase.lower()}" if stage else phase.lower()
     return StatusUpdate(status, tuple(_transitions(previous, status)))
 
 
@@ -168,7 +194,8 @@ def _progress_text(phase: str, stage: str | None, stages: Mapping[str, t.StageSt
     return f"{stage} {phase.lower()}"
 
 
-def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, inputs: StatusInputs) -> list[t.Condition]:
+def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, inputs: StatusInputs,
+                problem: Problem | None) -> list[t.Condition]:
     doing = f"stage {stage} is {phase.lower()}" if stage else f"the run is {phase.lower()}"
     values = {
         "Ready": ("True", "Succeeded", "every stage has its output") if phase == "Succeeded"
@@ -176,6 +203,11 @@ def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, input
         "Progressing": ("True", f"Stage{phase}", message or doing) if phase in ACTIVE_PHASES
         else ("False", phase, message or "every stage has its output"),
         "Failed": ("True", "StageFailed", message or doing) if phase == "Failed" else ("False", phase, ""),
+        # kstatus' abnormal-true condition: the run cannot move on without a change from outside (see problems.py).
+        "Stalled": ("True", problem.reason, problem.message) if problem is not None else ("False", "NotStalled", ""),
+        "StoreReachable": ("False", problem.reason, problem.message) if problem is not None and problem.is_store
+        else ("True", "StoreReachable", "the store answers") if inputs.store_uri or problem is not None
+        else ("Unknown", "NotRead", "the store was not read"),
     }
     previous = {c.get("type"): c for c in inputs.previous.get("conditions") or [] if isinstance(c, dict)}
     conditions = []
@@ -191,7 +223,7 @@ def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, input
 # --- stages ----------------------------------------------------------------------------------------------------
 
 
-def _stage_status(inputs: StatusInputs, stage: str) -> t.StageStatus:
+def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> t.StageStatus:
     if stage == "evaluate" and not inputs.spec.evaluate.enabled:
         return t.StageStatus(phase="Skipped", message="evaluate.enabled is false")
     view = inputs.plan.stages[stage]
@@ -217,7 +249,8 @@ def _stage_status(inputs: StatusInputs, stage: str) -> t.StageStatus:
         input_key=view.ref.key,
         output_digest=content_digest(manifest) if manifest is not None else None,
         outputs=_outputs(inputs.store_uri, view.ref.prefix, manifest) if manifest is not None else [],
-        message=view.message or ("output reused: same inputs as an earlier run" if phase == "Cached" else None),
+        message=problem.message if problem is not None and problem.stage == stage
+        else view.message or ("output reused: same inputs as an earlier run" if phase == "Cached" else None),
     )
 
 
@@ -278,9 +311,56 @@ def _transitions(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list
     old_phase, phase = previous.get("phase"), status.get("phase")
     if phase != old_phase:
         kind: EventType = "Warning" if phase == "Failed" else "Normal"
-        text = status.get("message") or f"FineTuneRun is {str(phase).lower()} ({status.get('progressText', '')})"
-        found.append(Transition(kind, str(phase), text))
+        found.append(Transition(kind, str(phase), _run_event_text(status)))
+    problem_event = _problem_transition(previous, status)
+    if problem_event is not None:
+        found.append(problem_event)
     return found
+
+
+def _run_event_text(status: Mapping[str, Any]) -> str:
+    phase, stage = str(status.get("phase")), status.get("currentStage")
+    if phase in ("Failed", "Suspended") and status.get("message"):
+        return str(status["message"])
+    if phase == "Succeeded":
+        blocks = [b for b in (status.get("stages") or {}).values() if isinstance(b, dict)]
+        done = sum(1 for b in blocks if b.get("phase") in ("Succeeded", "Cached"))
+        reused = sum(1 for b in blocks if b.get("phase") == "Cached")
+        return f"FineTuneRun succeeded: {done} stages done" + (f", {reused} of them reused" if reused else "")
+    doing = {"Pending": "is next", "Queued": "waits for admission", "Running": "is running",
+             "Suspended": "is suspended"}.get(phase, phase.lower())
+    return f"FineTuneRun {phase.lower()}: stage {stage} {doing}" if stage else f"FineTuneRun {phase.lower()}"
+
+
+# A problem that went away: the Event that says so (reason, message).
+_RESOLVED = {
+    "store": ("StoreReachable", "the store answers again"),
+    "PodsNotCreated": ("PodsCreated", "the pods of stage {stage} are created now"),
+    "Unschedulable": ("PodsScheduled", "the pods of stage {stage} are scheduled now"),
+    "ContainerCannotStart": ("ContainerStarted", "the container of stage {stage} started"),
+}
+
+
+def _problem_transition(previous: Mapping[str, Any], status: Mapping[str, Any]) -> Transition | None:
+    """One Event when the run becomes stalled or the reason changes, one when it is not stalled any more (not one per
+    reconcile while it lasts)."""
+    before, now = _condition(previous, "Stalled"), _condition(status, "Stalled")
+    if now.get("status") == "True":
+        if before.get("status") == "True" and before.get("reason") == now.get("reason"):
+            return None
+        return Transition("Warning", str(now.get("reason")), str(now.get("message")))
+    if before.get("status") != "True":
+        return None
+    reason = str(before.get("reason"))
+    resolved = _RESOLVED.get("store" if reason.startswith("Store") else reason)
+    if resolved is None:
+        return None
+    return Transition("Normal", resolved[0], resolved[1].format(stage=previous.get("currentStage")))
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == kind), {})
+
 
 
 def _stage_transition(stage: str, old: str, new: str, now: Mapping[str, Any]) -> Transition | None:

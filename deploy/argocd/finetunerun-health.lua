@@ -3,6 +3,7 @@
 --   no status yet                            -> Missing      (the operator has not seen the run: is it running?)
 --   status.observedGeneration < generation   -> Progressing  (the operator has not acted on the latest spec yet)
 --   Failed condition True or phase Failed    -> Degraded
+--   Stalled condition True                   -> Degraded     (it cannot go on by itself: store, pods, old Job)
 --   phase Succeeded                          -> Healthy
 --   phase Suspended                          -> Suspended
 --   spec.suspend true, phase not Suspended   -> Progressing  (the running stage is being suspended)
@@ -54,6 +55,13 @@ if status.phase == "Failed" or (failed ~= nil and failed.status == "True") then
   else
     hs.message = explain("The run failed")
   end
+  return hs
+end
+
+local stalled = condition("Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = "Stalled (" .. tostring(stalled.reason) .. "): " .. tostring(stalled.message or "")
   return hs
 end
 

@@ -1,5 +1,5 @@
 """The operator under test: real kopf in a thread against the Kubernetes emulator, stage Jobs run by the Job
-executor as local processes (the tiny stage program), and moto's S3 server as the store."""
+executor as local processes (the tiny stage program), and SeaweedFS (a real S3 server) as the store."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "kubetune.dev_finetuneruns.yaml"
 TINY_STAGE = Path(__file__).resolve().parent / "operator_tiny_stage.py"
 SECRET = "kubetune-s3"
+JOB_SERVICE_ACCOUNT = OperatorSettings().job_service_account
 Obj = dict[str, Any]
 
 
@@ -113,6 +114,9 @@ def operator_bed(kube: KubeEmulator, workdir: Path, bucket: str, endpoint: str,
     kube.apply_crd(yaml.safe_load(CRD.read_text()))
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": "default"},
                  "stringData": {"AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY}})
+    # What the chart creates in every namespace it serves: without it, no stage pod can be created.
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": JOB_SERVICE_ACCOUNT, "namespace": "default"}})
     defaults: dict[str, Any] = {"job_image": "kubetune-job:test", "job_command": ("python", str(TINY_STAGE)),
                                 "reconcile_interval": 1.0}
     with JobExecutor(kube, workdir) as executor:

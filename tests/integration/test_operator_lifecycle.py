@@ -58,7 +58,7 @@ def test_a_run_goes_from_created_to_succeeded_through_every_stage(bed: OperatorB
     assert status["observedGeneration"] == run["metadata"]["generation"]
     assert status["progressText"] == "done (5 stages)"
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
-        "Ready": "True", "Progressing": "False", "Failed": "False"}
+        "Ready": "True", "Progressing": "False", "Failed": "False", "Stalled": "False", "StoreReachable": "True"}
     store = bed.store()
     for stage in STAGES:
         block = status["stages"][stage]
@@ -77,7 +77,7 @@ def test_a_run_goes_from_created_to_succeeded_through_every_stage(bed: OperatorB
                                   "tokensPerSecond": 100.0, "etaSeconds": 0, "percent": 100}
 
     reasons = _reasons(bed, "tiny")
-    assert reasons.count("JobCreated") == 5
+    assert reasons.count("JobCreated") == 6  # the sources Job, then one per stage
     assert {f"Stage{phase}" for phase in ("Running", "Succeeded")} <= set(reasons)
     assert reasons.count("StageSucceeded") == 5 and reasons[-1] == "Succeeded"
 

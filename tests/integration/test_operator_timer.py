@@ -52,6 +52,9 @@ def test_a_tick_with_nothing_new_makes_no_request_and_new_progress_is_mirrored(
         operator.cache.observe_job("MODIFIED", await completed(kube, "dataset"))
         executor.stop()  # the train Job stays Running
         await operator.request(*KEY, urgent=True)  # creates the train Job and writes the status: train Running
+        # Its pod is up, as the stopped executor would have made it: a train stage in progress, nothing to look into.
+        operator.cache.observe_job("MODIFIED", kube.patch_status(
+            "jobs.batch", str(train_job(kube)["metadata"]["name"]), {"active": 1, "ready": 1}))  # type: ignore[index]
         await operator.request(*KEY)  # the same inputs again: changes nothing
         timer.observe("MODIFIED", kube.get("finetuneruns", "demo"))
         assert timer.due() == [KEY]  # a running train stage is looked at every tick

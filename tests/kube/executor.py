@@ -12,6 +12,11 @@ mapped:
   The termination message is that file's content, else (for a failed container) the last line on stderr.
 * argv[0] `python` / `python3` becomes this interpreter (the job image's Python is our virtualenv here).
 * Retries wait `retry_delay * 2**(failures-1)` seconds (capped at 2 s), not the real 10 s exponential backoff.
+* Before a pod runs, admission and the scheduler may stop it as on a real cluster (scheduling.py): a ServiceAccount
+  or PriorityClass that does not exist gives no pod and a `FailedCreate` Event on the Job (tried again every
+  0.5 s); a nodeSelector that matches none of `nodes` leaves the pod Pending and `Unschedulable`. The pods carry
+  the Job controller's labels (`batch.kubernetes.io/controller-uid`, `batch.kubernetes.io/job-name`, and the legacy
+  `controller-uid`, `job-name`), and the Job's `status.active` / `status.ready` count pods created / running.
 * Deleting a Job kills its running process (the real kubelet would only do so once the pod is deleted).
 """
 
@@ -36,12 +41,14 @@ from typing import Any, Self
 
 from tests.kube import errors
 from tests.kube.emulator import KubeEmulator
+from tests.kube.scheduling import DEFAULT_NODES, admission_error, node_for, record_event, unschedulable_message
 from tests.kube.store import WatchEvent, now_rfc3339
 
 Obj = dict[str, Any]
 CommandRewriter = Callable[[Obj, list[str]], list[str]]
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _MAX_RETRY_DELAY = 2.0
+_ADMISSION_RETRY_S = 0.5  # how often a pod that admission refused or no node fits is tried again
 
 
 def instant_command(exit_code: int = 0, stderr: str = "", sleep: float = 0.0) -> list[str]:
@@ -90,6 +97,8 @@ class JobExecutor:
         rewrite_command: CommandRewriter | None = None,
         extra_env: dict[str, str] | None = None,
         idle_pods: bool = False,
+        nodes: dict[str, dict[str, str]] | None = None,
+        priority_classes: set[str] | None = None,
     ) -> None:
         self.kube = kube
         # In a cluster, pods run on other nodes than the API server and the operator; on one machine, a load test
@@ -99,6 +108,10 @@ class JobExecutor:
         self.retry_delay = retry_delay
         self.rewrite_command = rewrite_command
         self.extra_env = dict(extra_env or {})
+        # The cluster around the pods (scheduling.py): node name -> labels, and the PriorityClasses that exist.
+        # Tests may change both while Jobs run: a waiting pod is tried again.
+        self.nodes: dict[str, dict[str, str]] = {n: dict(labels) for n, labels in (nodes or DEFAULT_NODES).items()}
+        self.priority_classes: set[str] = set(priority_classes or ())
         # By Job uid, from its first event until its DELETED event (and its task's end): a finished controller stays
         # so that late watch events about its Job can never start a second controller for the same uid.
         self._controllers: dict[str, _JobController] = {}
@@ -437,7 +450,39 @@ class _JobController:
 
     # ------------------------------------------------------------------------------------------------ attempts
 
+    async def _admitted(self) -> str | None:
+        """Wait until admission would create the pod, recording the Job controller's FailedCreate Events; the stop
+        reason (Deleted, Suspended, DeadlineExceeded) if the Job is stopped first."""
+        template_spec = ((self.job.get("spec") or {}).get("template") or {}).get("spec") or {}
+        while (refused := admission_error(self.kube, self._namespace, f"{self._name}-", template_spec,
+                                          self.executor.priority_classes)) is not None:
+            record_event(self.kube, self.job, "Warning", "FailedCreate", f"Error creating: {refused}",
+                         "job-controller")
+            outcome = await self._interruptible_sleep(_ADMISSION_RETRY_S)
+            if outcome is not None:
+                return outcome
+        return None
+
+    async def _scheduled(self, pod: _Pod) -> str | None:
+        """Wait until a node fits the pod (Pending and Unschedulable until then); the stop reason if stopped first."""
+        told = False
+        while (node := node_for(pod.spec, self.executor.nodes)) is None:
+            if not told:
+                message = unschedulable_message(self.executor.nodes)
+                pod.unschedulable(message)
+                record_event(self.kube, pod.object(), "Warning", "FailedScheduling", message, "default-scheduler")
+                told = True
+            outcome = await self._interruptible_sleep(_ADMISSION_RETRY_S)
+            if outcome is not None:
+                return outcome
+        if told:
+            pod.scheduled(node)
+        return None
+
     async def _run_attempt(self) -> Attempt | None:
+        stopped = await self._admitted()
+        if stopped is not None:
+            return None if stopped == "Deleted" else Attempt(0, "", self.executor.workdir, reason=stopped)
         self._attempt_index += 1
         pod_name = f"{self._name}-{''.join(secrets.choice('bcdfghjklmnpqrstvwxz2456789') for _ in range(5))}"
         directory = self.executor.workdir / self._namespace / self._name / f"{self._attempt_index:03d}-{pod_name}"
@@ -445,7 +490,15 @@ class _JobController:
         attempt = Attempt(self._attempt_index, pod_name, directory)
         self.executor._record(self._namespace, self._name, attempt)
         pod = _Pod(self.kube, self.job, pod_name, directory, self.executor.extra_env)
-        pod.create()
+        pod.create(node_for(pod.spec, self.executor.nodes))
+        record_event(self.kube, self.job, "Normal", "SuccessfulCreate", f"Created pod: {pod_name}", "job-controller",
+                     repeats=False)
+        self._write_status(active=1, ready=0)
+        stopped = await self._scheduled(pod)
+        if stopped is not None:
+            attempt.reason = stopped
+            pod.delete()
+            return None if stopped == "Deleted" else attempt
         while True:  # a missing Secret/ConfigMap keeps the pod waiting, like CreateContainerConfigError
             try:
                 argv, env, cwd = pod.prepare()
@@ -577,10 +630,13 @@ class _Pod:
         self.spec: Obj = template.get("spec") or {}
         self.container: Obj = (self.spec.get("containers") or [{}])[0]
         self.termination_file = directory / "termination-log"
+        self.node: str | None = None
 
     # ------------------------------------------------------------------------------------------- pod object
 
-    def create(self) -> None:
+    def create(self, node: str | None) -> None:
+        """The Pod object, bound to `node` (None: the scheduler found none yet)."""
+        self.node = node
         meta = self.job["metadata"]
         pod = {
             "apiVersion": "v1",
@@ -588,7 +644,10 @@ class _Pod:
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,
-                "labels": dict(self.template_meta.get("labels") or {}),
+                # The Job controller's labels besides the template's (the selector it gives the Job uses them).
+                "labels": {**(self.template_meta.get("labels") or {}),
+                           "batch.kubernetes.io/controller-uid": meta["uid"], "controller-uid": meta["uid"],
+                           "batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"]},
                 "annotations": dict(self.template_meta.get("annotations") or {}),
                 "ownerReferences": [
                     {
@@ -601,11 +660,30 @@ class _Pod:
                     }
                 ],
             },
-            "spec": {**self.spec, "nodeName": "emulated-node"},
+            "spec": {**self.spec, "nodeName": node} if node else dict(self.spec),
         }
         with contextlib.suppress(errors.ApiError):
             self.kube.create(pod)
             self._status({"phase": "Pending"})
+
+    def object(self) -> Obj:
+        """Enough of the Pod object to post Events about it."""
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": self.name, "namespace": self.namespace, "uid": (self.kube.find("pods", self.name, self.namespace)
+                                                                    or {}).get("metadata", {}).get("uid", "")}}
+
+    def unschedulable(self, message: str) -> None:
+        self._status({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+            "lastProbeTime": None, "lastTransitionTime": now_rfc3339()}]})
+
+    def scheduled(self, node: str) -> None:
+        """Bound to `node` (what the scheduler's binding subresource does)."""
+        self.node = node
+        with contextlib.suppress(errors.ApiError):
+            self.kube.patch("pods", self.name, {"spec": {"nodeName": node}}, self.namespace)
+        self._status({"conditions": [{"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                                      "lastTransitionTime": now_rfc3339()}]})
 
     def _status(self, status: Obj) -> None:
         with contextlib.suppress(errors.ApiError):
@@ -756,7 +834,7 @@ class _Pod:
         values = {
             "metadata.name": self.name,
             "metadata.namespace": self.namespace,
-            "spec.nodeName": "emulated-node",
+            "spec.nodeName": self.node or "",
             "status.podIP": "127.0.0.1",
             "spec.serviceAccountName": self.spec.get("serviceAccountName", ""),
         }

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.types import STAGES
+from kubetune.operator.settings import OperatorSettings
 from kubetune.store import Store, content_digest, join_key, read_manifest
 from tests.kube.emulator import KubeEmulator
 
@@ -43,7 +44,11 @@ INPUT_KEY_ANNOTATION = "kubetune.dev/input-key"
 
 
 def install_crd(kube: KubeEmulator) -> None:
+    """The CRD, and the stage Jobs' ServiceAccount in the runs' namespace (the chart creates it there): without it
+    the Job executor, like a real cluster, creates no pod."""
     kube.apply_crd(yaml.safe_load(CRD.read_text()))
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": OperatorSettings().job_service_account, "namespace": "default"}})
 
 
 def run_manifest(name: str, storage: Mapping[str, Any], **spec: Any) -> Obj:

@@ -133,6 +133,17 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "Degraded", "train: CUDA error"),
     ("Suspended", run_object(status("Suspended", message="suspended (spec.suspend: true)"), suspend=True),
      "Suspended", "suspended (spec.suspend: true)"),
+    ("Stalled: pods cannot be created",
+     run_object(t.FineTuneRunStatus(
+         phase="Running", observed_generation=1, current_stage="train", message="stage train: Job x cannot create "
+         "its pods", conditions=[*conditions("Running", "stage train: Job x cannot create its pods"),
+                                 condition("Stalled", "True", "PodsNotCreated", "stage train: Job x cannot create its "
+                                           "pods")])),
+     "Degraded", "Stalled (PodsNotCreated): stage train: Job x cannot create its pods"),
+    ("not stalled", run_object(t.FineTuneRunStatus(
+        phase="Running", observed_generation=1, progress_text="train running",
+        conditions=[*conditions("Running"), condition("Stalled", "False", "NotStalled", "")])),
+     "Progressing", "train running"),
     ("suspend requested, stage still stopping",
      run_object(status("Running", progress_text="train running"), suspend=True), "Progressing",
      "Suspending: train running"),

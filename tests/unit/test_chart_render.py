@@ -195,6 +195,7 @@ def test_all_on_values_reach_the_operator_settings() -> None:
     assert (settings.train_gpus, settings.backoff_limit, settings.ttl_seconds_after_finished) == (2, 4, 2592000)
     assert settings.namespaces == ("ml-team", "ml-research")
     assert settings.reconcile_interval == 2.5
+    assert settings.superseded_job_grace == 120.0
     assert (settings.metrics_port, settings.health_port, settings.standalone) == (9191, 8081, False)
 
 

@@ -36,6 +36,7 @@ def test_every_variable_is_read_and_typed() -> None:
         "KUBETUNE_JOB_TTL_SECONDS": "3600",
         "KUBETUNE_NAMESPACES": "ml-team, research",
         "KUBETUNE_RECONCILE_INTERVAL": "2.5",
+        "KUBETUNE_SUPERSEDED_JOB_GRACE_SECONDS": "90",
         "KUBETUNE_METRICS_PORT": "0",
         "KUBETUNE_HEALTH_PORT": "8081",
         "KUBETUNE_STANDALONE": "false",
@@ -47,6 +48,7 @@ def test_every_variable_is_read_and_typed() -> None:
         node_selector={"pool": "batch"}, tolerations=(Toleration(key="batch", operator="Exists"),),
         queue_name="team-queue", priority_class_name="batch", train_gpus=0, backoff_limit=4,
         ttl_seconds_after_finished=3600, namespaces=("ml-team", "research"), reconcile_interval=2.5,
+        superseded_job_grace=90.0,
         metrics_port=0, health_port=8081, standalone=False,
     )
 
@@ -55,6 +57,7 @@ def test_every_variable_is_read_and_typed() -> None:
     ("KUBETUNE_TRAIN_GPUS", "one", "must be an integer"),
     ("KUBETUNE_BACKOFF_LIMIT", "-1", "must be >= 0"),
     ("KUBETUNE_RECONCILE_INTERVAL", "0.1", "must be >= 0.5"),
+    ("KUBETUNE_SUPERSEDED_JOB_GRACE_SECONDS", "-1", "must be >= 0"),
     ("KUBETUNE_STANDALONE", "maybe", "must be true or false"),
     ("KUBETUNE_JOB_COMMAND", "python -m x", "not valid JSON"),
     ("KUBETUNE_JOB_COMMAND", "[]", "non-empty strings"),
@@ -75,7 +78,11 @@ def test_a_bad_value_names_the_variable_and_the_problem(name: str, value: str, p
     ("create", "", "configmaps", True),
     ("create", "", "events", True),
     ("get", "", "secrets", False),  # never: credentials reach jobs as secretKeyRef
-    ("list", "", "pods", False),
+    ("list", "", "pods", True),  # why a stage Job's pods do not start
+    ("list", "", "events", True),  # ... or cannot be created (the Job controller's FailedCreate)
+    ("get", "", "pods", False),
+    ("watch", "", "pods", False),
+    ("delete", "", "pods", False),
     ("update", "", "configmaps", False),
     ("delete", "kubetune.dev", "finetuneruns", False),
 ])

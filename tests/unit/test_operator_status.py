@@ -9,7 +9,13 @@ import pytest
 from kubetune.api.types import STAGES, FineTuneRunSpec, FineTuneRunStatus
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.observe import ObservedJob
-from kubetune.operator.status import MAX_STAGE_OUTPUTS, StatusInputs, compute_status, failed_plan
+from kubetune.operator.problems import Problem
+from kubetune.operator.status import (
+    MAX_STAGE_OUTPUTS,
+    StatusInputs,
+    compute_status,
+    failed_plan,
+)
 from kubetune.planner import JobPhase, JobState, Observed, Output, Plan, plan
 from kubetune.stages import StageRef, stage_ref
 from kubetune.store import Manifest, ManifestFile, content_digest
@@ -69,10 +75,10 @@ class Scenario:
                                                            tuple(self.jobs), example_sources()))
 
     def status(self, previous: Obj | None = None, *, now: str = T2, training: Obj | None = None,
-               generation: int = 3) -> tuple[Obj, list[tuple[str, str, str]]]:
+               generation: int = 3, problem: Problem | None = None) -> tuple[Obj, list[tuple[str, str, str]]]:
         update = compute_status(StatusInputs(
             spec=self.spec, generation=generation, plan=self.plan, now=now, store_uri=STORE, jobs=self.times,
-            manifests=self.manifests, training=training, previous=previous or {}))
+            manifests=self.manifests, training=training, previous=previous or {}, problem=problem))
         FineTuneRunStatus.model_validate(update.status)  # the shape the CRD's status schema accepts
         return update.status, [(t.type, t.reason, t.message) for t in update.transitions]
 
@@ -104,6 +110,8 @@ def test_a_failed_run_says_which_stage_failed_and_why_in_message_and_conditions(
         "Ready": ("False", "Failed", "stage merge failed: bad adapter"),
         "Progressing": ("False", "Failed", "stage merge failed: bad adapter"),
         "Failed": ("True", "StageFailed", "stage merge failed: bad adapter"),
+        "Stalled": ("False", "NotStalled", ""),  # failed is not stalled: nothing will change it but a spec edit
+        "StoreReachable": ("True", "StoreReachable", "the store answers"),
     }
     assert status["stages"]["merge"]["phase"] == "Failed" and status["stages"]["merge"]["message"] == "bad adapter"
     assert ("Warning", "StageFailed", f"merge: bad adapter (Job {status['stages']['merge']['jobName']})") in transitions
@@ -186,8 +194,9 @@ def test_conditions_keep_their_transition_time_while_their_status_holds() -> Non
     later, _ = Scenario(2, ("Running",)).status(running, now=T1, generation=2)
     done, _ = Scenario(5).status(later, now=T2, generation=2)
     times = [{c["type"]: c["lastTransitionTime"] for c in s["conditions"]} for s in (running, later, done)]
-    assert times[1] == {"Ready": T0, "Progressing": T0, "Failed": T0}  # values held; reasons/messages may change
-    assert times[2] == {"Ready": T2, "Progressing": T2, "Failed": T0}
+    # values held; reasons/messages may change
+    assert times[1] == {"Ready": T0, "Progressing": T0, "Failed": T0, "Stalled": T0, "StoreReachable": T0}
+    assert times[2] == {"Ready": T2, "Progressing": T2, "Failed": T0, "Stalled": T0, "StoreReachable": T0}
     assert {c["observedGeneration"] for c in later["conditions"]} == {2}
 
 
@@ -198,7 +207,7 @@ def test_each_stage_transition_and_the_run_phase_change_become_events() -> None:
         ("Normal", "StageSucceeded", (f"train: output {after['stages']['train']['outputDigest'][:12]} published "
                                       f"(Job {after['stages']['train']['jobName']})")),
         ("Normal", "StageQueued", f"merge: waiting for admission (Job {after['stages']['merge']['jobName']})"),
-        ("Normal", "Queued", "FineTuneRun is queued (merge queued)"),
+        ("Normal", "Queued", "FineTuneRun queued: stage merge waits for admission"),
     ]
 
 

@@ -87,7 +87,10 @@ The operator's API access: exactly kubetune.operator.rbac.RULES, plus PEERING_RU
   verbs: [create, get, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 {{- if not .Values.operator.standalone }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings, clusterkopfpeerings]
