@@ -31,6 +31,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px}dt{font-weigh
 .problem{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px}
 svg text{font-size:11px;fill:#57606a}
 a{color:#0550ae}
+.skip{position:absolute;left:-999px}.skip:focus{left:8px;top:8px;background:#fff;padding:4px}
 """
 
 REFRESH_SCRIPT = f"""
@@ -57,6 +58,7 @@ def page(title: str, body: str, *, active: bool = False) -> str:
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
         f"<title>{escape(title)} · kubetune</title><style>{STYLE}</style></head>"
         f"<body data-active=\"{'true' if active else 'false'}\">"
+        "<a class=\"skip\" href=\"#main\">Skip to content</a>"
         "<header><nav aria-label=\"Site\"><a href=\"/\">kubetune runs</a></nav></header>"
         f"<main id=\"main\">{body}</main>"
         "<footer><p><small>Read-only view.</small></p></footer>"

@@ -96,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("web view: %s", self.path)
             self._send_html(HTTPStatus.INTERNAL_SERVER_ERROR,
-                            render.error_page(500, "Something went wrong; the operator's log says what."), body)
+                            render.error_page(500, "Something went wrong; the server's log says what."), body)
 
     def _download(self, namespace: str, name: str, stage: str, path: str, body: bool) -> None:
         with self.server.source.download(namespace, name, stage, path) as fetched:
