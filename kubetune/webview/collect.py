@@ -16,7 +16,15 @@ from typing import Any
 
 from kubetune.api.types import STAGES
 from kubetune.stages import KEY_PREFIX_LENGTH
-from kubetune.store import Manifest, ManifestError, Store, StoreError, join_key, read_manifest
+from kubetune.store import (
+    Manifest,
+    ManifestError,
+    ObjectNotFoundError,
+    Store,
+    StoreError,
+    join_key,
+    read_manifest,
+)
 from kubetune.webview.model import (
     EventRow,
     FetchedFile,
@@ -84,7 +92,6 @@ class RunReader:
     """The page data of one run whose stage outputs live in `store` (None: no store could be opened)."""
 
     def __init__(self, document: Obj, store: Store | None, problems: list[str] | None = None) -> None:
-        self.document = document
         self.summary = summary(document)
         self.status: Obj = document.get("status") or {}
         self.store = store
@@ -165,9 +172,16 @@ class RunReader:
 
     def _json(self, key: str) -> Any:
         store = self.store
-        if store is None or not self._read(key, lambda: store.exists(key)):
+        if store is None:
             return None
-        return self._read(key, lambda: json.loads(store.get_bytes(key)))
+        try:
+            raw = store.get_bytes(key)
+        except ObjectNotFoundError:
+            return None  # not written yet
+        except StoreError as error:
+            self.problems.append(f"{key}: {error}")
+            return None
+        return self._read(key, lambda: json.loads(raw))
 
     def _loss(self, train: Manifest | None) -> LossHistory:
         prefix = self.prefix("train")

@@ -4,6 +4,7 @@ outputs in the store each one used (spec.storage, else .kubetune/store, as `kube
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from kubetune.webview.collect import RunReader, summary
 from kubetune.webview.model import FetchedFile, NotFound, RunPage, RunSummary
 
 STATUS_FILE, EVENTS_FILE = "status.json", "events.jsonl"
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # metadata.name (and namespace) as the API allows
 
 
 class LocalRuns:
@@ -35,12 +37,9 @@ class LocalRuns:
         return self._reader(namespace, name).download(stage, path)
 
     def _folder(self, namespace: str, name: str) -> Path:
-        runs = self.state_dir / "runs"
-        folder = runs / namespace / name
-        # Names come from the URL: only a run folder that is there, directly under runs/<namespace>/, is read.
-        if "/" in namespace + name or namespace in ("", ".", "..") or name in ("", ".", ".."):
-            raise NotFound(f"no run {namespace}/{name}")
-        if not (folder / STATUS_FILE).is_file():
+        # Names come from the URL: only Kubernetes object names, so no path leaves runs/<namespace>/.
+        folder = self.state_dir / "runs" / namespace / name
+        if not (OBJECT_NAME.fullmatch(namespace) and OBJECT_NAME.fullmatch(name) and (folder / STATUS_FILE).is_file()):
             raise NotFound(f"no run {namespace}/{name}")
         return folder
 

@@ -4,6 +4,7 @@ files only (verified, as attachments), and nothing but GET and HEAD."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 
 from kubetune.stages import KEY_PREFIX_LENGTH
 from kubetune.store import IntegrityError, LocalStore, publish
+from kubetune.webview import server
 from kubetune.webview.localsource import LocalRuns
 from kubetune.webview.model import FetchedFile, FileRow, NotFound
 from kubetune.webview.server import WebView
@@ -136,7 +138,8 @@ def test_an_unusable_store_is_a_problem_line_on_the_page(bed: tuple[Path, LocalS
 
 
 @pytest.mark.parametrize(("namespace", "name"), [("default", "nope"), ("..", "demo"), ("default", ".."),
-                                                 ("default", "demo/../../x")])
+                                                 ("default", "demo/../../x"), ("default", "demo\x00"),
+                                                 ("default", "Demo")])
 def test_a_run_that_is_not_there_is_not_found(bed: tuple[Path, LocalStore, Path], namespace: str,
                                               name: str) -> None:
     state, _, root = bed
@@ -216,7 +219,18 @@ def test_a_large_changed_file_is_cut_off_before_its_last_chunk_instead_of_delive
     with FetchedFile(row, iter(original), "file:///store/model.gguf") as fetched:
         assert list(fetched.verified()) == original
     changed = iter([b"a" * 10, b"X" * 10, b"c" * 10])
-    sent = []
+    sent: list[bytes] = []
     with FetchedFile(row, changed, "file:///store/model.gguf") as fetched, pytest.raises(IntegrityError):
         sent.extend(fetched.verified())
     assert sent == [b"a" * 10, b"X" * 10]  # never the last chunk: the client's download ends short
+
+
+def test_past_the_checked_whole_size_a_changed_file_ends_short_of_its_length(
+        served: tuple[str, LocalStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, store = served
+    monkeypatch.setattr(server, "CHECKED_WHOLE_BYTES", 4)  # every file streams, as a large GGUF would
+    assert fetch(f"{url}/runs/default/demo/files/train/metrics.csv")[2] == b"step,loss\n1,2.0\n"
+    store.put_bytes(f"{prefix('train')}/metrics.csv", b"tampered\n")
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        fetch(f"{url}/runs/default/demo/files/train/metrics.csv")
+    assert b"tampered" not in cut.value.partial
