@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import AutoConfig, PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, folder_digest, resolve_base_model
@@ -39,6 +39,7 @@ from kubetune.jobs.sources import check_base_model
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
+    attention_pair_cost,
     default_chat_template,
     load_conversations,
     make_batcher,
@@ -200,6 +201,22 @@ def restore_checkpoint(checkpoints: CheckpointStore, workdir: Path, ranks: Ranks
     return restored
 
 
+def join_pair_cost(model_dir: Path, device: torch.device) -> float | None:
+    """On a CPU, unpacked micro-batches become one unpadded row where that is cheaper: the matmuls are nearly all of
+    a CPU step, and padding was 15% of them on the main job's data. GPUs keep padded rows (None), as does a model
+    whose config does not give the sizes."""
+    if device.type != "cpu":
+        return None
+    config = AutoConfig.from_pretrained(str(model_dir))
+    hidden, heads, intermediate = (getattr(config, name, None)
+                                   for name in ("hidden_size", "num_attention_heads", "intermediate_size"))
+    if not (isinstance(hidden, int) and isinstance(heads, int) and isinstance(intermediate, int)):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return attention_pair_cost(hidden, kv_heads * head_dim, intermediate)
+
+
 def train(
     inputs: TrainInputs,
     checkpoints: CheckpointStore,
@@ -219,7 +236,7 @@ def train(
     attention = training_attention(device)  # one choice for the model and for how its batches are packed
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),
-                           flat=attention == VARLEN_ATTENTION)
+                           flat=attention == VARLEN_ATTENTION, join_pair_cost=join_pair_cost(inputs.model_dir, device))
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
     micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
     total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,

@@ -238,38 +238,79 @@ class PackedBatcher:
         return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
     def collate(self, rows: Sequence[Sequence[Sample]]) -> Batch:
-        width = max(sum(len(sample.input_ids) for sample in row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        starts: list[int] = []
-        real = 0
-        for r, row in enumerate(rows):
-            offset = 0
-            for sample in row:
-                length = len(sample.input_ids)
-                starts.append(r * width + offset)
-                input_ids[r, offset : offset + length] = torch.tensor(sample.input_ids)
-                labels[r, offset : offset + length] = torch.tensor(sample.labels)
-                position_ids[r, offset : offset + length] = torch.arange(length)
-                offset += length
-            # Padding continues the last sample's positions: it is masked out of the loss and, being after it
-            # causally, never seen by it.
-            last = len(row[-1].input_ids)
-            position_ids[r, offset:] = torch.arange(last, last + width - offset)
-            real += offset
-        boundaries = [*starts, len(rows) * width]  # a row's last sample runs to its end, tail padding included
-        longest = max(end - start for start, end in itertools.pairwise(boundaries))
-        return Batch(input_ids, labels, None, position_ids, real, torch.tensor(boundaries, dtype=torch.int32), longest)
+        return collate_packed(rows, self.pad_token_id)
+
+
+def collate_packed(rows: Sequence[Sequence[Sample]], pad_token_id: int) -> Batch:
+    """Rows of whole samples end to end, each sample with positions from 0 and its offset in the flattened batch."""
+    width = max(sum(len(sample.input_ids) for sample in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    starts: list[int] = []
+    real = 0
+    for r, row in enumerate(rows):
+        offset = 0
+        for sample in row:
+            length = len(sample.input_ids)
+            starts.append(r * width + offset)
+            input_ids[r, offset : offset + length] = torch.tensor(sample.input_ids)
+            labels[r, offset : offset + length] = torch.tensor(sample.labels)
+            position_ids[r, offset : offset + length] = torch.arange(length)
+            offset += length
+        # Padding continues the last sample's positions: it is masked out of the loss and, being after it
+        # causally, never seen by it.
+        last = len(row[-1].input_ids)
+        position_ids[r, offset:] = torch.arange(last, last + width - offset)
+        real += offset
+    boundaries = [*starts, len(rows) * width]  # a row's last sample runs to its end, tail padding included
+    longest = max(end - start for start, end in itertools.pairwise(boundaries))
+    return Batch(input_ids, labels, None, position_ids, real, torch.tensor(boundaries, dtype=torch.int32), longest)
+
+
+@dataclass(frozen=True)
+class JoinedBatcher:
+    """The padded plan (the same `batch_size` samples in every micro-batch, so the same optimizer steps), each
+    micro-batch collated as one packed row where that costs less: no padding, each sample attending only to itself.
+    Joining trades the padded tokens' linear-layer work for attention over the longer row; `pair_cost` is one
+    attended (query, key) pair's cost relative to one token through the linear layers (`attention_pair_cost`)."""
+
+    batch_size: int
+    pad_token_id: int
+    pair_cost: float
+
+    def epoch_batches(self, samples: Sequence[Sample], epoch: int, seed: int) -> list[MicroBatch]:
+        return PaddedBatcher(self.batch_size, self.pad_token_id).epoch_batches(samples, epoch, seed)
+
+    def joins(self, lengths: Sequence[int]) -> bool:
+        rows, width, total = len(lengths), max(lengths), sum(lengths)
+        padded = rows * width + self.pair_cost * rows * width * width
+        return total + self.pair_cost * total * total < padded
+
+    def collate(self, rows: Sequence[Sequence[Sample]]) -> Batch:
+        samples = [sample for row in rows for sample in row]
+        if self.joins([len(sample.input_ids) for sample in samples]):
+            return collate_packed([samples], self.pad_token_id)
+        return PaddedBatcher(self.batch_size, self.pad_token_id).collate(rows)
+
+
+def attention_pair_cost(hidden_size: int, kv_size: int, intermediate_size: int) -> float:
+    """A decoder layer's work per attended (query, key) pair (scores and weighted values: 4 × hidden flops) over its
+    work per token in the linear layers (2 flops per weight: q, o of hidden², k, v of hidden × kv, and a gated MLP)."""
+    linear = 2 * (2 * hidden_size * hidden_size + 2 * hidden_size * kv_size + 3 * hidden_size * intermediate_size)
+    return 4 * hidden_size / linear
 
 
 def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int,
-                 flat: bool = False) -> Batcher:
+                 flat: bool = False, join_pair_cost: float | None = None) -> Batcher:
     """`flat` (for varlen attention, where joining rows costs nothing): each packed micro-batch is one row of up to
     `batch_size × max_seq_length` tokens, so samples fill it end to end instead of leaving each row's tail empty.
-    Masked attention (SDPA) wants rows of `max_seq_length`: its cost grows with the square of a row's length."""
+    Masked attention (SDPA) wants rows of `max_seq_length`: its cost grows with the square of a row's length.
+    `join_pair_cost` (unpacked plans): micro-batches are joined into one unpadded row where that costs less."""
     if packing and flat:
         return PackedBatcher(1, batch_size * max_seq_length, pad_token_id)
     if packing:
         return PackedBatcher(batch_size, max_seq_length, pad_token_id)
+    if join_pair_cost is not None:
+        return JoinedBatcher(batch_size, pad_token_id, join_pair_cost)
     return PaddedBatcher(batch_size, pad_token_id)
