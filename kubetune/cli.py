@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kubetune.api.crd import render as render_crd
 from kubetune.api.validate import InvalidManifest, load_runs
-from kubetune.llama.errors import ConversionError
+from kubetune.llama.errors import ConversionError, one_line
 
 EXIT_INVALID = 1
 EXIT_BAD_INPUT = 2  # a file, field or store that cannot be used: one line on stderr names it
@@ -253,8 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_bad_input(exc):
             raise  # a bug: its traceback is what a report needs
-        message = " ".join(bad_input_line(exc).split())
-        print(f"kubetune: {message}", file=sys.stderr)
+        print(f"kubetune: {one_line(bad_input_line(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code
 

@@ -385,6 +385,8 @@ def test_any_json_anywhere_in_a_header_is_refused_or_harmless(
         ("shard is a pipe", lambda m: _replace_with_fifo(m / "model.safetensors"), "not a regular file"),
         ("slash in --name", lambda m: None, "plain file name"),
         ("output is a file", lambda m: (m.parent / "out").write_text("x"), "File exists"),
+        ("line breaks in a quoted value", lambda m: _set_pre_tokenizer_type(m, "\x85\u2028\n\x1b[2J"),
+         "unknown pre-tokenizer"),
         ("NaN weights", lambda m: save_file({**weights(), UP: np.full((64, 32), np.nan, np.float16)},
                                             str(m / "model.safetensors")), f"{UP_GGUF}: the weights hold NaN"),
     ],
@@ -417,3 +419,9 @@ def test_as_a_process_the_command_leaves_no_traceback(model: Path) -> None:
 def _replace_with_fifo(path: Path) -> None:
     path.unlink()
     os.mkfifo(path)
+
+
+def _set_pre_tokenizer_type(model: Path, kind: str) -> None:
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"]["type"] = kind
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))

@@ -6,13 +6,14 @@ Bad input (a malformed GGUF, model folder or path) ends with one `error:` line o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .convert import OUTTYPES, ConvertProgress, convert
-from .errors import ConversionError, InvalidGGUF
+from .errors import ConversionError, InvalidGGUF, one_line
 from .inspection import format_summary, summarize
 
 EXIT_BAD_INPUT = 2
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect_parser = commands.add_parser("inspect", help="show a GGUF file's metadata and tensors")
     inspect_parser.add_argument("gguf", type=Path)
     args = parser.parse_args(argv)
+    # gguf-py warns about tokenizer fields it skips; the converter checks those itself and says what is wrong once.
+    logging.getLogger("gguf").setLevel(logging.ERROR)
 
     progress = ProgressPrinter()
     try:
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{file.outtype}\t{file.size}\t{file.sha256}\t{file.path}")
         return 0
     progress.end_line()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
