@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kubetune import cli
 from kubetune.stages import KEY_PREFIX_LENGTH
 from kubetune.store import IntegrityError, LocalStore, publish
 from kubetune.webview import server
@@ -234,3 +236,13 @@ def test_past_the_checked_whole_size_a_changed_file_ends_short_of_its_length(
     with pytest.raises(http.client.IncompleteRead) as cut:
         fetch(f"{url}/runs/default/demo/files/train/metrics.csv")
     assert b"tampered" not in cut.value.partial
+
+
+def test_kubetune_ui_on_a_port_in_use_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
