@@ -13,7 +13,7 @@ from typing import Any
 
 from kubetune.api.types import EvalPrompt, FineTuneRunSpec
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.llama.checks import generate_chat, greedy_agreement, load, logits_agreement
+from kubetune.llama.checks import HfReference, compare_with_reference, generate_chat, hf_reference, load
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,18 @@ def chat_template(model_dir: Path) -> str:
     return template
 
 
-def evaluate_gguf(gguf: Path, merged: Path | None, spec: FineTuneRunSpec, template: str,
+def merged_reference(merged: Path | None, spec: FineTuneRunSpec) -> HfReference | None:
+    """The merged model's side of the agreement checks (None without a merged model), computed once for every GGUF
+    made from it: its logits over the reference text and its greedy continuation of the text's first half."""
+    if merged is None:
+        return None
+    reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
+    return hf_reference(merged, reference, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
+
+
+def evaluate_gguf(gguf: Path, reference: HfReference | None, spec: FineTuneRunSpec, template: str,
                   stop: threading.Event | None = None) -> dict[str, Any]:
-    """Answers to the spec's prompts, checked; agreement with the merged model when one is given."""
+    """Answers to the spec's prompts, checked; agreement with the merged model when its reference is given."""
     placeholders = dict(spec.dataset.placeholders)
     llm = load(gguf, n_ctx=2048)
     try:
@@ -97,10 +106,8 @@ def evaluate_gguf(gguf: Path, merged: Path | None, spec: FineTuneRunSpec, templa
         "meanKl": None,
         "greedyAgreement": None,
     }
-    if merged is not None:
-        reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
-        logits = logits_agreement(gguf, merged, reference)
-        greedy = greedy_agreement(gguf, merged, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
+    if reference is not None:
+        logits, greedy = compare_with_reference(gguf, reference)
         report.update(top1Agreement=logits.top1_agreement, meanKl=logits.mean_kl, greedyAgreement=greedy.fraction)
     return report
 
@@ -136,10 +143,12 @@ def run(ctx: JobContext) -> None:
     files = sorted(ggufs.glob("*.gguf"))
     if not files:
         raise ConfigError("the convert stage published no GGUF file")
+    ctx.progress(message="computing the merged model's reference logits")
+    reference = merged_reference(merged, spec)
     reports = []
     for index, gguf in enumerate(files):
         ctx.progress(step=index, totalSteps=len(files), message=f"gating {gguf.name}")
-        reports.append(evaluate_gguf(gguf, merged, spec, template, ctx.stop))
+        reports.append(evaluate_gguf(gguf, reference, spec, template, ctx.stop))
     outputs = ctx.workdir / "report"
     outputs.mkdir(parents=True, exist_ok=True)
     (outputs / "results.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from gguf import GGUFReader
 
-from kubetune.llama.checks import generate_chat, greedy_agreement, load, logits_agreement
+from kubetune.llama.checks import (
+    compare_with_reference,
+    generate_chat,
+    greedy_agreement,
+    hf_reference,
+    load,
+    logits_agreement,
+)
 from kubetune.llama.convert import ConvertedFile, convert
 from tests.fixtures.tiny_models import (
     Family,
@@ -100,6 +107,21 @@ def test_tiny_model_logits_agree_with_transformers(cache: Path, tmp_path: Path, 
     names = {tensor.name for tensor in GGUFReader(files[0].path).tensors}
     assert present <= names and not (absent & names)
     check_agreement(files, model_dir, TEXT)
+
+
+def test_one_transformers_reference_gives_every_gguf_the_agreements_each_check_alone_gives(
+    cache: Path, tmp_path: Path
+) -> None:
+    tokenizer_dir = vocab_tokenizer_dir("qwen2", cache / "vocab-qwen2")
+    model_dir = build_tiny_model("qwen2", cache / "fit-qwen2", tokenizer_dir=tokenizer_dir, fit_text=TEXT)
+    files = convert(model_dir, tmp_path, ["f16", "q8_0"])
+    prompt = TEXT[: len(TEXT) // 2]
+    reference = hf_reference(model_dir, TEXT, prompt, max_new_tokens=12)  # the evaluate stage's one HF load
+    for converted in files:
+        logits, greedy = compare_with_reference(converted.path, reference)
+        assert logits == logits_agreement(converted.path, model_dir, TEXT)
+        assert greedy == greedy_agreement(converted.path, model_dir, prompt, max_new_tokens=12)
+        assert logits.positions == len(reference.text_ids) and greedy.new_tokens == 12
 
 
 def test_smollm2_logits_greedy_text_and_chat_agree_with_transformers(cache: Path, tmp_path: Path) -> None:

@@ -132,54 +132,78 @@ def compare_logits(hf_logits: np.ndarray, gguf_logits: np.ndarray) -> LogitsAgre
     return LogitsAgreement(positions=hf_logits.shape[0], top1_agreement=top1, mean_kl=kl)
 
 
-def logits_agreement(gguf_path: Path, hf_model_dir: Path, text: str) -> LogitsAgreement:
-    """Next-token distributions of llama.cpp (GGUF) and transformers (HF folder) over the tokens of `text`."""
+@dataclass(frozen=True)
+class HfReference:
+    """transformers' side of both agreement checks, computed once and compared with any number of GGUFs."""
+
+    text_ids: list[int]
+    text_logits: np.ndarray  # (len(text_ids) × vocab) next-token logits over the text
+    prompt_ids: list[int]
+    greedy_ids: list[int]  # greedy continuation of the prompt
+    tokenizer: Any
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.greedy_ids)
+
+
+def hf_reference(hf_model_dir: Path, text: str, prompt: str, *, max_new_tokens: int) -> HfReference:
+    """Loads the HF model once: its logits over `text` and its greedy continuation of `prompt`."""
     import torch
 
     model, tokenizer = _hf_model_and_tokenizer(hf_model_dir)
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    text_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    greedy: list[int] = []
     with torch.no_grad():
-        hf_logits = model(torch.tensor([ids])).logits[0].float().numpy()
-    # logits_all keeps a (n_ctx × vocab) array: size the context to the text.
-    llm = load(gguf_path, n_ctx=_context_for(len(ids)), logits_all=True)
-    try:
-        llm.eval(ids)
-        gguf_logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
-    return compare_logits(hf_logits, gguf_logits)
-
-
-def greedy_agreement(gguf_path: Path, hf_model_dir: Path, prompt: str, *, max_new_tokens: int = 32) -> GreedyAgreement:
-    """Greedy continuations of `prompt` by transformers and by llama.cpp, token by token (no early stop at EOS)."""
-    import torch
-
-    model, tokenizer = _hf_model_and_tokenizer(hf_model_dir)
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    hf_new: list[int] = []
-    with torch.no_grad():
+        text_logits = model(torch.tensor([text_ids])).logits[0].float().numpy()
         past = None
-        step_input = torch.tensor([ids])
+        step_input = torch.tensor([prompt_ids])
         for _ in range(max_new_tokens):
             output = model(step_input, past_key_values=past, use_cache=True)
             past = output.past_key_values
             next_id = int(output.logits[0, -1].argmax())
-            hf_new.append(next_id)
+            greedy.append(next_id)
             step_input = torch.tensor([[next_id]])
-    llm = load(gguf_path, n_ctx=_context_for(len(ids) + max_new_tokens), logits_all=True)
+    return HfReference(text_ids, text_logits, prompt_ids, greedy, tokenizer)
+
+
+def compare_with_reference(gguf_path: Path, reference: HfReference) -> tuple[LogitsAgreement, GreedyAgreement]:
+    """llama.cpp's logits over the reference text and greedy continuation of its prompt (token by token, no early
+    stop at EOS), from one load of the GGUF."""
+    ids, prompt = reference.text_ids, reference.prompt_ids
+    # logits_all keeps a (n_ctx × vocab) array: size the context to the longer of the two passes.
+    llm = load(gguf_path, n_ctx=_context_for(max(len(ids), len(prompt) + reference.new_tokens)), logits_all=True)
     gguf_new: list[int] = []
     try:
         llm.eval(ids)
-        for _ in range(max_new_tokens):
-            next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            gguf_new.append(next_id)
-            llm.eval([next_id])
+        gguf_logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
+        if reference.new_tokens:
+            llm.reset()
+            llm.eval(prompt)
+            for _ in range(reference.new_tokens):
+                next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                gguf_new.append(next_id)
+                llm.eval([next_id])
     finally:
         llm.close()
-    matching = next((i for i, (a, b) in enumerate(zip(hf_new, gguf_new, strict=True)) if a != b), max_new_tokens)
-    return GreedyAgreement(
-        new_tokens=max_new_tokens,
+    hf_new = reference.greedy_ids
+    matching = next((i for i, (a, b) in enumerate(zip(hf_new, gguf_new, strict=True)) if a != b), len(hf_new))
+    greedy = GreedyAgreement(
+        new_tokens=len(hf_new),
         matching_prefix=matching,
-        hf_text=tokenizer.decode(hf_new),
-        gguf_text=tokenizer.decode(gguf_new),
+        hf_text=reference.tokenizer.decode(hf_new),
+        gguf_text=reference.tokenizer.decode(gguf_new),
     )
+    return compare_logits(reference.text_logits, gguf_logits), greedy
+
+
+def logits_agreement(gguf_path: Path, hf_model_dir: Path, text: str) -> LogitsAgreement:
+    """Next-token distributions of llama.cpp (GGUF) and transformers (HF folder) over the tokens of `text`."""
+    return compare_with_reference(gguf_path, hf_reference(hf_model_dir, text, text, max_new_tokens=0))[0]
+
+
+def greedy_agreement(gguf_path: Path, hf_model_dir: Path, prompt: str, *, max_new_tokens: int = 32) -> GreedyAgreement:
+    """Greedy continuations of `prompt` by transformers and by llama.cpp, token by token (no early stop at EOS)."""
+    reference = hf_reference(hf_model_dir, prompt, prompt, max_new_tokens=max_new_tokens)
+    return compare_with_reference(gguf_path, reference)[1]
