@@ -387,8 +387,10 @@ def test_any_json_anywhere_in_a_header_is_refused_or_harmless(
         ("shard is a pipe", lambda m: _replace_with_fifo(m / "model.safetensors"), "not a regular file"),
         ("slash in --name", lambda m: None, "plain file name"),
         ("output is a file", lambda m: (m.parent / "out").write_text("x"), "File exists"),
-        ("line breaks in a quoted value", lambda m: _set_pre_tokenizer_type(m, "\x85\u2028\n\x1b[2J"),
+        ("line breaks in a quoted value", lambda m: _edit_tokenizer(m, ("pre_tokenizer", "type"), "\x85\u2028\n\x1b[2J"),
          "unknown pre-tokenizer"),
+        ("a merge that is not text", lambda m: _edit_tokenizer(m, ("model", "merges"), ["Ġ t", None, "h e"]),
+         "merge 1 is None, not a string"),
         ("NaN weights", lambda m: save_file({**weights(), UP: np.full((64, 32), np.nan, np.float16)},
                                             str(m / "model.safetensors")), f"{UP_GGUF}: the weights hold NaN"),
     ],
@@ -423,7 +425,7 @@ def _replace_with_fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
-def _set_pre_tokenizer_type(model: Path, kind: str) -> None:
+def _edit_tokenizer(model: Path, place: tuple[str, str], value: Any) -> None:
     tokenizer = json.loads((model / "tokenizer.json").read_text())
-    tokenizer["pre_tokenizer"]["type"] = kind
+    tokenizer[place[0]][place[1]] = value
     (model / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))

@@ -275,9 +275,12 @@ def load_vocab(model_dir: Path, n_rows: int) -> Vocab:
     return vocab
 
 
-def _check_text(texts: list[str], source: Path, what: str) -> None:
-    """GGUF strings are UTF-8: a lone surrogate (JSON allows the escape \\ud800) cannot be written."""
+def _check_text(texts: list[Any], source: Path, what: str) -> None:
+    """GGUF strings are UTF-8: a lone surrogate (JSON allows the escape \\ud800) cannot be written, nor a non-string
+    (gguf-py passes a merges list on as it found it)."""
     for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ConversionError(f"{source}: {what} {index} is {short_repr(text)}, not a string{TOKENIZER_HINT}")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
