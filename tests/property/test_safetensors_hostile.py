@@ -391,6 +391,8 @@ def test_any_json_anywhere_in_a_header_is_refused_or_harmless(
          "unknown pre-tokenizer"),
         ("a merge that is not text", lambda m: _edit_tokenizer(m, ("model", "merges"), ["Ġ t", None, "h e"]),
          "merge 1 is None, not a string"),
+        ("a pre-tokenizer nested 600 deep", lambda m: _edit_tokenizer(m, ("pre_tokenizer", "type"), "ByteLevel",
+                                                                       nest=600), "pre-tokenizer: nested too deeply"),
         ("NaN weights", lambda m: save_file({**weights(), UP: np.full((64, 32), np.nan, np.float16)},
                                             str(m / "model.safetensors")), f"{UP_GGUF}: the weights hold NaN"),
     ],
@@ -425,7 +427,12 @@ def _replace_with_fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
-def _edit_tokenizer(model: Path, place: tuple[str, str], value: Any) -> None:
+def _edit_tokenizer(model: Path, place: tuple[str, str], value: Any, nest: int = 0) -> None:
+    """Set tokenizer.json's `place` to `value`, inside `nest` levels of {"a": …} (written as text: json.dumps would
+    reach the recursion limit first)."""
     tokenizer = json.loads((model / "tokenizer.json").read_text())
-    tokenizer[place[0]][place[1]] = value
-    (model / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    tokenizer[place[0]][place[1]] = "<placeholder>"
+    text = json.dumps(tokenizer, ensure_ascii=False)
+    (model / "tokenizer.json").write_text(
+        text.replace('"<placeholder>"', '{"a": ' * nest + json.dumps(value, ensure_ascii=False) + "}" * nest)
+    )

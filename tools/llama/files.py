@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import stat
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,7 +56,12 @@ def read_json_object(path: Path, hint: str = "") -> dict[str, Any]:
     return value
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 4, 4, 60, 60
+
+
 def short_repr(value: Any, limit: int = 60) -> str:
-    """A value quoted in an error message, cut so that a hostile value cannot flood the terminal."""
-    text = repr(value)
+    """A value quoted in an error message, cut so that a hostile value (long, or nested a thousand deep) cannot flood
+    the terminal or exhaust the recursion limit."""
+    text = _SHORT.repr(value)
     return text if len(text) <= limit else text[:limit] + "…"

@@ -75,7 +75,10 @@ def _describe(pre_tokenizer: Any) -> str:
 
 def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     """The llama.cpp pre-tokenizer name for a byte-level BPE `tokenizer.json`, from its pre-tokenizer definition."""
-    pre = _simplify(tokenizer_json.get("pre_tokenizer"))
+    try:
+        pre = _simplify(tokenizer_json.get("pre_tokenizer"))
+    except RecursionError:
+        raise ConversionError(f"unknown pre-tokenizer: nested too deeply to be one{TOKENIZER_HINT}") from None
     byte_level_regex = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     byte_level_plain = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
     if pre == byte_level_regex:
