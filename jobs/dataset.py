@@ -20,9 +20,8 @@ from kubetune.datasets_new.errors import DatasetError
 from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
-from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.jobs.sources import check_base_model, check_dataset
+from kubetune.jobs.sources import base_model_folder, check_dataset
 from kubetune.store import open_store
 
 log = logging.getLogger("kubetune.jobs.dataset")
@@ -106,15 +105,5 @@ def _inside_tree(root: Path, relative: str, field: str) -> Path:
 
 def _base_model_folder(ctx: JobContext) -> Path:
     """The base model's folder (its tokenizer.json counts tokens the way training will)."""
-    store = ctx.run.store
     ctx.progress(message="resolving the base model's tokenizer for token statistics")
-    check_base_model(ctx)  # its tokenizer counts the tokens the stage key was computed for
-    try:
-        return resolve_base_model(
-            ctx.run.spec.base_model,
-            store_factory=lambda uri: open_store(uri, endpoint=store.endpoint, region=store.region,
-                                                 path_style=store.path_style),
-            cache_dir=default_cache_dir(),
-        )
-    except BaseModelError as error:
-        raise ConfigError(str(error)) from error
+    return base_model_folder(ctx)  # its tokenizer counts the tokens the stage key was computed for

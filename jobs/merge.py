@@ -10,11 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kubetune.jobs.basemodel import BaseModelError, StoreFactory, default_cache_dir, resolve_base_model
 from kubetune.jobs.lora_merge import MergeError, MergeStopped, merge_adapter
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.jobs.sources import check_base_model
-from kubetune.store import Store, fetch, join_key, open_store, read_manifest
+from kubetune.jobs.sources import base_model_folder
+from kubetune.store import fetch, join_key, read_manifest
 
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
@@ -26,11 +25,7 @@ def run(ctx: JobContext) -> None:
     adapter = _fetch_adapter(ctx, spec.merge.checkpoint)
 
     ctx.progress(message=f"resolving base model {spec.base_model.uri}")
-    check_base_model(ctx)  # the model its key was computed from
-    try:
-        base = resolve_base_model(spec.base_model, store_factory=_store_factory(ctx), cache_dir=default_cache_dir())
-    except BaseModelError as exc:
-        raise ConfigError(str(exc)) from exc
+    base = base_model_folder(ctx)
 
     merged = ctx.workdir / "merged"
     if merged.exists():
@@ -85,13 +80,3 @@ def _fetch_adapter(ctx: JobContext, checkpoint: str | None) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"the train output has no adapter_config.json in {adapter.relative_to(dest.parent)}")
     return adapter
-
-
-def _store_factory(ctx: JobContext) -> StoreFactory:
-    settings = ctx.run.store
-
-    def open_model_store(uri: str) -> Store:
-        # s3:// base models live on the same S3 service as the run's store (same endpoint, region, addressing).
-        return open_store(uri, endpoint=settings.endpoint, region=settings.region, path_style=settings.path_style)
-
-    return open_model_store

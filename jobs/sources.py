@@ -2,15 +2,19 @@
 
 The operator cannot read the jobs' data sources (the credentials and the job image's files are the jobs'), so it
 runs this first, like an initializer, and computes the stage keys from what it publishes. `check_dataset` is the
-dataset stage's side of the contract: it reads only the content its key was computed from; `check_base_model` is the
-model stages' side where it is cheap (a bundled GGUF's digest is cached by stat, an hf:// ref is one Hub request, S3
-is a listing; a local folder would be hashed again in full, so it is checked only through spec.baseModel.sha256).
+dataset stage's side of the contract: it reads only the content its key was computed from; `base_model_folder` is the
+model stages' side: an hf:// ref is read at the commit it was resolved to, and the rest is checked where that is cheap
+(a bundled GGUF's digest is cached by stat, S3 is a listing; a local folder would be hashed again in full, so it is
+checked only through spec.baseModel.sha256).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kubetune.api.types import BaseModelSpec
 from kubetune.digests import DigestCache
-from kubetune.jobs.basemodel import default_cache_dir
+from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext
 from kubetune.runconfig import RunConfig
 from kubetune.sources import (
@@ -61,10 +65,30 @@ def check_dataset(ctx: JobContext) -> None:
         )
 
 
+def base_model_folder(ctx: JobContext) -> Path:
+    """The base model's local folder, holding the content the stage key was computed from."""
+    check_base_model(ctx)
+    try:
+        return resolve_base_model(pinned_base_model(ctx), store_factory=store_factory(ctx.run),
+                                  cache_dir=default_cache_dir())
+    except BaseModelError as error:
+        raise ConfigError(str(error)) from error
+
+
+def pinned_base_model(ctx: JobContext) -> BaseModelSpec:
+    """The base model as resolved: an hf:// ref is pinned to the commit it pointed to then, so every stage reads
+    the same weights however the branch moves meanwhile."""
+    base, resolved = ctx.run.spec.base_model, ctx.run.sources
+    if resolved is None or resolved.base_model.revision is None or not base.uri.startswith("hf://"):
+        return base
+    return base.model_copy(update={"revision": resolved.base_model.revision})
+
+
 def check_base_model(ctx: JobContext) -> None:
-    """Fail unless the base model still is what the stage key was computed from (where that is cheap to tell)."""
+    """Fail unless the base model still is what the stage key was computed from (where that is cheap to tell; an
+    hf:// ref needs no check: it is read at the commit it was resolved to)."""
     resolved, base = ctx.run.sources, ctx.run.spec.base_model
-    if resolved is None or is_local_model(base.uri):
+    if resolved is None or is_local_model(base.uri) or base.uri.startswith("hf://"):
         return
     cache_dir = default_cache_dir()
     cache = DigestCache(cache_dir / DIGEST_CACHE)

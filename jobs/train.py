@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
-from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, folder_digest, resolve_base_model
+from kubetune.jobs.basemodel import folder_digest
 from kubetune.jobs.checkpoints import (
     BaseModelRef,
     CheckpointStore,
@@ -35,7 +35,7 @@ from kubetune.jobs.generation import Generation, generate_answers
 from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.jobs.sources import check_base_model
+from kubetune.jobs.sources import base_model_folder
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
@@ -58,7 +58,7 @@ from kubetune.jobs.train_loop import (
     save_training_state,
 )
 from kubetune.jobs.train_model import LoadedModel, build_model, load_tokenizer, pad_token_id, resolve_device
-from kubetune.store import ObjectNotFoundError, open_store
+from kubetune.store import ObjectNotFoundError
 
 log = logging.getLogger("kubetune.jobs.train")
 
@@ -304,20 +304,6 @@ def output_metadata(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def base_model_dir(ctx: JobContext) -> Path:
-    check_base_model(ctx)  # the model its key was computed from
-    store = ctx.run.store
-    try:
-        return resolve_base_model(
-            ctx.run.spec.base_model,
-            store_factory=lambda uri: open_store(uri, endpoint=store.endpoint, region=store.region,
-                                                 path_style=store.path_style),
-            cache_dir=default_cache_dir(),
-        )
-    except BaseModelError as error:
-        raise ConfigError(str(error)) from error
-
-
 def adopt_rank_progress(ctx: JobContext) -> None:
     """Take over what rank 0 last wrote to progress.json: the launcher's own last word (a failure, a stop) is
     merged into it rather than replacing its step and checkpoint."""
@@ -332,7 +318,7 @@ def adopt_rank_progress(ctx: JobContext) -> None:
 def run(ctx: JobContext) -> None:
     plan = launch_plan(ctx.run.spec)
     if plan is not None:
-        base_model_dir(ctx)  # fetched or converted once into the node's cache: the ranks find it there
+        base_model_folder(ctx)  # fetched or converted once into the node's cache: the ranks find it there
         run_json = ctx.workdir / "run.json"
         run_json.write_text(ctx.run.dumps(), encoding="utf-8")
         try:
@@ -359,7 +345,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
     data_path = dataset_dir / DATASET_FILE
     if not data_path.is_file():
         raise ConfigError(f"the dataset output has no {DATASET_FILE}")
-    model_dir = base_model_dir(ctx)
+    model_dir = base_model_folder(ctx)
     inputs = TrainInputs(
         model_dir=model_dir,
         base=BaseModelRef(spec.base_model.uri, spec.base_model.sha256 or folder_digest(model_dir)),

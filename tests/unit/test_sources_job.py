@@ -14,9 +14,7 @@ from kubetune.api.validate import validate_spec
 from kubetune.digests import DigestCache
 from kubetune.jobs import dataset as dataset_stage
 from kubetune.jobs import sources as sources_job
-from kubetune.jobs.errors import ConfigError
 from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, JobContext, run_job
-from kubetune.jobs.sources import check_base_model
 from kubetune.operator.jobspec import build
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig, StoreConfig
@@ -98,17 +96,22 @@ def model_context(tmp_path: Path, uri: str, sources: Sources) -> JobContext:
     return JobContext(config, "dataset", workdir=tmp_path / "work")
 
 
-def test_a_model_stage_refuses_an_hf_ref_moved_since_it_was_resolved(hub: type[ModelInfo], tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_stage_reads_an_hf_ref_at_the_commit_it_was_resolved_to_though_the_branch_moved(
+        hub: type[ModelInfo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
     spec = validate_spec({"baseModel": {"uri": "hf://org/tiny@main"}})
     resolved = resolve_sources(spec, store_factory=no_store, cache=DigestCache(), hub_cache=tmp_path / "hf")
     ctx = model_context(tmp_path, "hf://org/tiny@main", resolved)
-    check_base_model(ctx)  # unchanged: nothing to say
     hub.refs["main"] = COMMIT_B
-    with pytest.raises(ConfigError, match=rf"^spec\.baseModel\.uri: the model at hf://org/tiny@main changed since it "
-                                          rf"was resolved \({COMMIT_A}, now {COMMIT_B}\)"):
-        check_base_model(ctx)
+    asked: list[tuple[str, str | None]] = []
+
+    def resolve_base_model(base: Any, **_: Any) -> Path:
+        asked.append((base.uri, base.revision))
+        return tmp_path / "model"
+
+    monkeypatch.setattr(sources_job, "resolve_base_model", resolve_base_model)
+    assert sources_job.base_model_folder(ctx) == tmp_path / "model"
+    assert asked == [("hf://org/tiny@main", COMMIT_A)]
 
 
 def test_the_bundled_model_check_reads_the_gguf_digest_from_the_stat_cache(tmp_path: Path,
@@ -116,5 +119,5 @@ def test_the_bundled_model_check_reads_the_gguf_digest_from_the_stat_cache(tmp_p
     monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
     resolved = resolve_sources(validate_spec({}), store_factory=no_store, cache=DigestCache(),
                                hub_cache=tmp_path / "hf")
-    check_base_model(model_context(tmp_path, "bundled://smollm2-135m-instruct", resolved))
+    sources_job.check_base_model(model_context(tmp_path, "bundled://smollm2-135m-instruct", resolved))
     assert (tmp_path / "cache" / sources_job.DIGEST_CACHE).is_file()
