@@ -322,12 +322,15 @@ class Reconciler:
         uid = str((job.get("metadata") or {}).get("uid", ""))
         if event_type == "DELETED" or not uid:
             self._job_views.pop(uid, None)
+            self._awaiting_pods.discard(uid)
             return True
         observed = observe_job(job)
+        view = None if observed is None else (observed.state.phase, observed.completion_time)
         # While a Job's missing pods are looked into, their coming up is news too.
-        view = None if observed is None else (observed.state.phase, observed.completion_time,
-                                              observed.pods_ready if uid in self._awaiting_pods else None)
-        if uid in self._job_views and self._job_views[uid] == view:
+        pods_came_up = uid in self._awaiting_pods and (observed is None or not observed.starting)
+        if pods_came_up:
+            self._awaiting_pods.discard(uid)
+        if uid in self._job_views and self._job_views[uid] == view and not pods_came_up:
             return False
         self._job_views[uid] = view
         return True
@@ -618,6 +621,8 @@ class Reconciler:
                 if observed is not None and observed.starting:
                     return step, await self._pods_problem(run, view.job.stage, observed)
                 break
+            if run.spec.suspend:
+                break  # a suspended run waits on purpose: its old Job is suspended, not in the way
             raw = next((job for job in jobs if job["metadata"]["name"] == view.job.name), None)
             problem = await self._supersede(run, body, raw, view.job, state)
             if problem is not None:
