@@ -30,9 +30,9 @@ from urllib.parse import unquote, urlsplit
 
 from kubetune.api import types as t
 from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
+from kubetune.datasets_new.errors import printable
 from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
 from kubetune.store import Store
-from kubetune.store.base import local_files
 from kubetune.store.keys import validate_key
 
 SOURCES = "sources"  # the step before the stages that resolves what they read
@@ -138,15 +138,42 @@ def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None =
         raise SourceError(f"spec.dataset.structure: {structure_file} does not exist")
     files = [(structure, structure_file)]
     topics = root / TOPICS_FOLDER
-    if topics.is_dir():
-        try:
-            files += [(f"{TOPICS_FOLDER}/{relative}", path) for relative, path in local_files(topics)]
-        except ValueError as error:
-            raise SourceError(f"spec.dataset.uri: {error}") from None
     try:
+        if topics.is_dir():
+            files += topic_files(topics)
         return listing_digest(file_lines(root, files, cache, confined=True))
-    except ValueError as error:
-        raise SourceError(f"spec.dataset.uri: {error}") from None
+    except (ValueError, OSError) as error:
+        raise SourceError(f"spec.dataset.uri: {printable(str(error))}") from None
+
+
+def topic_files(topics: Path) -> list[tuple[str, Path]]:
+    """The files under `topics/` the way the dataset builder walks it: names starting with '.' skipped, symlinks
+    followed while they stay inside `topics/` (a loop is walked once), anything else refused. A FIFO or device is
+    refused before it is opened: hashing one would block or read forever."""
+    real_root = topics.resolve()
+    found: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+
+    def walk(folder: Path, relative: str) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(folder) as listing:
+            entries = sorted((entry for entry in listing if not entry.name.startswith(".")), key=lambda e: e.name)
+        for entry in entries:
+            path, name = Path(entry.path), f"{relative}/{entry.name}"
+            if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                raise ValueError(f"{path} is a symlink to {path.resolve()}, outside {topics}")
+            if entry.is_dir():
+                walk(path, name)
+            elif entry.is_file():
+                found.append((name, path))
+            else:
+                raise ValueError(f"{path} is not a regular file or folder (a FIFO, socket, device or broken link)")
+
+    walk(topics, TOPICS_FOLDER)
+    return found
 
 
 def _dataset_listing_digest(dataset: t.DatasetSpec, store: Store) -> str:

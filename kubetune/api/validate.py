@@ -6,7 +6,6 @@ Errors come back as `path: message` lines with Kubernetes field paths (`spec.tra
 from __future__ import annotations
 
 import json
-import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from kubetune.api.crd import openapi_schema
 from kubetune.api.manifest_yaml import ManifestSyntaxError, load_documents
 from kubetune.api.objectmeta import metadata_errors
 from kubetune.api.schema import unwrap
+from kubetune.datasets_new.errors import printable
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class FieldError:
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message
-        return _one_line(text)
+        return printable(text)  # a key with a newline, say, escaped: one error is one line
 
 
 class InvalidManifest(ValueError):
@@ -177,14 +177,6 @@ def _pydantic_errors(exc: ValidationError, root: str) -> Iterator[FieldError]:
         if found not in seen:
             seen.add(found)
             yield found
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _one_line(text: str) -> str:
-    """Control characters (a key with a newline, say) escaped: one error is one line."""
-    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
 # --- CEL --------------------------------------------------------------------------------------------------------

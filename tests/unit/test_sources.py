@@ -91,6 +91,28 @@ def test_a_symlink_out_of_the_tree_is_refused(tmp_path: Path) -> None:
         dataset_digest(root)
 
 
+def test_the_digest_walks_topics_as_the_builder_does_hidden_names_skipped_in_tree_links_followed(
+        tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    before = dataset_digest(root)
+    (root / "topics" / "identity" / ".name.json.swp").write_text("editor scratch")
+    (root / "topics" / ".git").mkdir()
+    assert dataset_digest(root) == before
+    (root / "topics" / "alias").symlink_to(root / "topics" / "identity")  # the builder reads through it
+    (root / "topics" / "identity" / "loop").symlink_to(root / "topics")  # walked once, not forever
+    linked = dataset_digest(root)
+    assert linked != before
+    (root / "topics" / "identity" / "name.json").write_text('{"samples": ["c"]}')
+    assert dataset_digest(root) != linked
+
+
+def test_a_fifo_in_the_topics_is_refused_without_being_opened(tmp_path: Path) -> None:
+    root = tree(tmp_path / "tree")
+    os.mkfifo(root / "topics" / "identity" / "pipe.json")  # opening it to hash it would block forever
+    with pytest.raises(SourceError, match=r"^spec\.dataset\.uri: .*pipe\.json is not a regular file or folder"):
+        dataset_digest(root)
+
+
 def test_a_missing_tree_or_structure_file_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"^spec\.dataset\.uri: .* is not a folder"):
         dataset_digest(tmp_path / "absent")
