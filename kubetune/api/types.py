@@ -512,7 +512,7 @@ class Condition(ApiModel):
     """A Kubernetes-style condition."""
 
     type: Annotated[str, Field(max_length=316)]
-    """Ready, Progressing or Failed."""
+    """Ready, Progressing, Failed, Stalled (the run cannot go on by itself: reason says why) or StoreReachable."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: Annotated[str, Field(max_length=1024)]
@@ -646,7 +646,7 @@ class FineTuneRunStatus(ApiModel):
     progress_text: str | None = None
     """Short progress for `kubectl get`, e.g. `train 120/400 (30%)`."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Ready, Progressing and Failed conditions."""
+    """Ready, Progressing, Failed, Stalled and StoreReachable conditions."""
     sources: SourcesStatus | None = None
     """What the stages read, resolved to content digests."""
     stages: StagesStatus = Field(default_factory=StagesStatus)
