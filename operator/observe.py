@@ -41,7 +41,7 @@ def observe_job(job: Mapping[str, Any], progress: Mapping[str, Any] | None = Non
     """The Job as the planner sees it; None for a Job that is not a kubetune stage Job.
 
     `progress` is the stage's progress.json, read for the Job that ran last: a failed job writes its one-line
-    reason and exit code there, which is what the status shows (the operator cannot read pods).
+    reason and exit code there, which is what the status shows (the operator reads no pod logs).
     """
     meta = job.get("metadata") or {}
     job_labels = meta.get("labels") or {}
