@@ -25,6 +25,8 @@ from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
 
 CONFIG_DIR = "/etc/kubetune"
 RUN_JSON = "run.json"
+# The API server refuses a ConfigMap whose keys and values come to more than 1 MiB.
+CONFIG_MAP_MAX_BYTES = 1024 * 1024
 SCRATCH = "/scratch"
 TERMINATION_LOG = "/dev/termination-log"  # the container's terminationMessagePath, also told to the job by env
 EXIT_CONFIG_ERROR = 2  # jobs/runtime.py: bad configuration or input, retrying cannot help
@@ -103,12 +105,18 @@ def build(
     stages[stage] = action.ref
     config = RunConfig(name=run.name, namespace=run.namespace, uid=run.uid, spec=run.spec,
                        store=resolve_store(run.spec.storage, settings), stages=stages, sources=sources)
+    run_json = config.dumps()
+    size = len(RUN_JSON) + len(run_json.encode())
+    if size > CONFIG_MAP_MAX_BYTES:
+        raise JobSpecError(
+            f"the run's config for stage {stage} is {size:,} bytes, over the {CONFIG_MAP_MAX_BYTES:,} a ConfigMap "
+            "holds: shorten spec.evaluate.prompts, spec.training.evalPrompts or spec.evaluate.referenceText")
     meta_labels = _labels(run, action)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(run, config_map_name(action.name), meta_labels, action),
-        "data": {RUN_JSON: config.dumps()},
+        "data": {RUN_JSON: run_json},
     }
     job = _job(run, action, settings, resources, meta_labels)
     if node_count(resources) == 1:

@@ -455,11 +455,19 @@ class Reconciler:
         raise RuntimeError(f"the plan for {run.namespace}/{run.name} did not settle in {MAX_STEPS} steps")
 
     async def _create(self, run: FineTuneRun, action: CreateJob, upstream: dict[str, StageRef], state: _Pass) -> None:
-        *prerequisites, job = build(run, action, self.settings, upstream, state.sources)
+        objects = build(run, action, self.settings, upstream, state.sources)
         state.wrote = True
-        for obj in prerequisites:  # the Job's ConfigMap (and rendezvous Service) exist before its pods start
-            await self.kube.create(obj)
-        created = await self.kube.create(job)
+        try:
+            # The Job comes last: its ConfigMap (and rendezvous Service) exist before its pods start.
+            created = [await self.kube.create(obj) for obj in objects][-1]
+        except ApiError as error:
+            if error.status not in (400, 422):
+                raise  # may pass: the next reconcile creates what is missing (names are deterministic)
+            # The server will refuse this spec every time: nothing of the attempt is left behind.
+            for obj in objects[:-1]:
+                await self.kube.delete(obj["apiVersion"], obj["kind"], run.namespace, obj["metadata"]["name"])
+            raise JobSpecError(f"the API server refused the stage's objects: {error.message}") from error
+        job = objects[-1]
         queued = bool(job["spec"].get("suspend"))
         state.jobs.append(JobState(action.name, action.stage, action.ref.key, action.attempt,
                                    "Queued" if queued else "Running"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import yaml
 from kubetune.api.types import RUN_NAME_MAX, STAGES
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs, parse_run
 from kubetune.operator import labels
+from kubetune.operator import reconcile as reconcile_module
 from kubetune.operator.jobspec import build
 from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import Metrics
@@ -30,7 +32,6 @@ from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.sources import SOURCES
 from kubetune.stages import StageRef
-from tests.kube import admission
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
 from tests.kube.executor import JobExecutor
@@ -314,41 +315,71 @@ def test_a_toleration_the_server_would_refuse_in_a_job_is_refused_by_validate_an
     assert cluster.find("finetuneruns", "demo") is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a run the CRD accepts (about 1 MiB of evaluate prompts) makes a run.json over the ConfigMap "
-                          "limit of 1 MiB: the server refuses the stage's ConfigMap")
-def test_the_largest_evaluate_prompts_the_crd_accepts_still_fit_the_stages_config_map(cluster: KubeEmulator) -> None:
+def reconcile_until_settled(kube: KubeEmulator, tmp_path: Path, name: str, namespace: str = "team") -> Obj:
+    """A reconciler with instant stages, run against the emulator over HTTP until the run succeeds or fails."""
+    settings = OperatorSettings(job_image="kubetune-job:test", job_command=INSTANT_COMMAND)
+    operator = Reconciler(settings, KubeApi(kubernetes.client.Configuration(host=kube.url)), Metrics())
+
+    async def scenario() -> Obj:
+        deadline = time.monotonic() + 180  # generous: on a loaded 2-core machine the instant stages are not instant
+        while True:
+            await operator.request(namespace, name, fresh=True)
+            run = kube.get("finetuneruns", name, namespace)
+            if bed_terminal(run) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        await operator.kube.close()
+        return run
+
+    with JobExecutor(kube, tmp_path / "executor"):
+        return asyncio.run(scenario())
+
+
+def local_store_run(name: str, spec: Obj, tmp_path: Path) -> Obj:
+    manifest = bed_run_manifest(name, {"uri": (tmp_path / "store").as_uri()})
+    manifest["metadata"]["namespace"] = "team"
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def test_a_run_whose_config_would_overflow_a_config_map_fails_with_the_fields_to_shorten_and_creates_nothing(
+        cluster: KubeEmulator, tmp_path: Path) -> None:
     spec = {"evaluate": {"prompts": [{"prompt": "a" * 4096} for _ in range(256)]}}  # the schema's maxima
-    run = create_run(cluster, run_manifest("demo", spec))  # the CRD accepts it
-    built = build(run, action(run, "evaluate"), SETTINGS["plain"], upstream(run))
-    assert len(built[0]["data"]["run.json"].encode()) <= admission.MAX_DATA_SIZE
-    assert [obj["kind"] for obj in create_all(cluster, built)] == ["ConfigMap", "Job"]
+    create_run(cluster, local_store_run("demo", spec, tmp_path))  # the CRD accepts it, as a real server does
+    run = reconcile_until_settled(cluster, tmp_path, "demo")
+    assert run["status"]["phase"] == "Failed"
+    assert re.search(r"over the 1,048,576 a ConfigMap holds: shorten spec\.evaluate\.prompts", run["status"]["message"])
+    assert cluster.list("configmaps", "team") == [] and cluster.list("jobs", "team") == []
+
+
+def test_objects_the_server_refuses_fail_the_run_with_its_message_and_leave_nothing_behind(
+        cluster: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 422 is the same answer every time: the run fails at once instead of retrying, and the ConfigMap created
+    for the refused Job goes too."""
+
+    def refused_job(*args: Any, **kwargs: Any) -> list[Obj]:
+        *prerequisites, job = build(*args, **kwargs)
+        job["spec"]["template"]["spec"]["containers"][0]["name"] = "Not_A_DNS_Label"
+        return [*prerequisites, job]
+
+    monkeypatch.setattr(reconcile_module, "build", refused_job)
+    create_run(cluster, local_store_run("demo", {}, tmp_path))
+    run = reconcile_until_settled(cluster, tmp_path, "demo")
+    assert run["status"]["phase"] == "Failed"
+    assert re.search(r"the API server refused the stage's objects: Job\.batch \"demo-sources-\w+\" is invalid: "
+                     r"\[.*spec\.template\.spec\.containers\[0\]\.name: Invalid value: \"Not_A_DNS_Label\"",
+                     run["status"]["message"])
+    assert cluster.list("configmaps", "team") == [] and cluster.list("jobs", "team") == []
 
 
 def test_a_run_in_a_restricted_namespace_succeeds_through_the_servers_admission(cluster: KubeEmulator,
                                                                                 tmp_path: Path) -> None:
     """The reconciler creates every Job of a run (instant stages) in a namespace that enforces "restricted", and
     the executor's pods for them, through admission: the run succeeds, and no object was refused on the way."""
-    manifest = bed_run_manifest("demo", {"uri": (tmp_path / "store").as_uri()})
-    manifest["metadata"]["namespace"] = "team"
-    create_run(cluster, manifest)
+    create_run(cluster, local_store_run("demo", {}, tmp_path))
     cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetune-job",
                                                                                "namespace": "team"}})
-    settings = OperatorSettings(job_image="kubetune-job:test", job_command=INSTANT_COMMAND)
-    operator = Reconciler(settings, KubeApi(kubernetes.client.Configuration(host=cluster.url)), Metrics())
-
-    async def scenario() -> Obj:
-        for _ in range(600):
-            await operator.request("team", "demo", fresh=True)
-            run = cluster.get("finetuneruns", "demo", "team")
-            if bed_terminal(run):
-                break
-            await asyncio.sleep(0.05)
-        await operator.kube.close()
-        return run
-
-    with JobExecutor(cluster, tmp_path / "executor"):
-        run = asyncio.run(scenario())
+    run = reconcile_until_settled(cluster, tmp_path, "demo")
     assert run["status"]["phase"] == "Succeeded", run["status"]
     jobs = cluster.list("jobs", "team")
     assert sorted(job["metadata"]["labels"][labels.STAGE] for job in jobs) == sorted((SOURCES, *STAGES))
