@@ -23,10 +23,6 @@ OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # metadata.na
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    # A manifest may hold any character (and a file name any byte): errors name them, never crash printing them.
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
     failed = False
     for path in args.files:
         try:

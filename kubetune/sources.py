@@ -257,6 +257,7 @@ def hub_commit(uri: str, revision: str | None, hub_cache: Path) -> tuple[str, st
             raise SourceError(f"spec.baseModel.uri: cannot resolve {uri} revision {wanted!r} offline (HF_HUB_OFFLINE "
                               f"is set and {ref} holds no commit); pin a commit sha or allow Hub access")
         return repo_id, commit
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -266,6 +267,11 @@ def hub_commit(uri: str, revision: str | None, hub_cache: Path) -> tuple[str, st
     except HfHubHTTPError as error:
         raise SourceError(f"spec.baseModel.uri: cannot resolve {uri} revision {wanted!r} on the Hub: "
                           f"{' '.join(str(error).split())}") from None
+    except (httpx.HTTPError, OSError) as error:  # no route, DNS, refused, timed out: the Hub cannot be reached
+        raise SourceError(f"spec.baseModel.uri: cannot resolve {uri} revision {wanted!r}: the Hub cannot be reached "
+                          f"({type(error).__name__}: {' '.join(str(error).split()) or 'no answer'}); pin a commit "
+                          "sha (hf://org/name@<40 hex>) with the model in the local Hugging Face cache and "
+                          "HF_HUB_OFFLINE=1, or allow Hub access") from None
     if not isinstance(info.sha, str) or not COMMIT.fullmatch(info.sha):
         raise SourceError(f"spec.baseModel.uri: the Hub gave no commit for {uri} revision {wanted!r}")
     return repo_id, info.sha

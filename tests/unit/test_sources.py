@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,22 @@ def test_an_hf_ref_resolves_to_its_commit_and_a_moved_ref_changes_the_digest(hub
     hub.refs["main"] = COMMIT_B  # a new commit pushed to main
     moved = base_model_source(base, no_store, None, tmp_path)
     assert moved.revision == COMMIT_B and moved.digest != first.digest
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_field_and_what_to_do(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(SourceError, match=r"^spec\.baseModel\.uri: cannot resolve hf://org/tiny@main revision 'main': "
+                                          r"the Hub cannot be reached \(ConnectError: .*\); pin a commit sha") as error:
+        base_model_source(t.BaseModelSpec(uri="hf://org/tiny@main"), no_store, None, tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_an_hf_commit_revision_needs_no_hub(hub: type[ModelInfo], tmp_path: Path) -> None:
