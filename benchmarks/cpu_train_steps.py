@@ -6,7 +6,7 @@ on CPUs, on the same micro-batches of the same model, interleaved so that machin
 The model, LoRA and dataset shape come from examples/local-identity.yaml (the bundled SmolLM2-135M-Instruct, LoRA
 r16 all-linear, fp32, batch 4). `--data` is the dataset stage's `train_data.jsonl` of that manifest
 (`kubetune run examples/local-identity.yaml --to-stage dataset` puts it under `.kubetune/store/`). Prints, per path,
-the process CPU seconds of forward + backward over the first `--steps` micro-batches of epoch 0, the tokens they run
+the process CPU seconds of forward + backward over `--steps` micro-batches of epoch 0 (after one warm-up each), the tokens they run
 (padding included) and the largest relative difference of the losses (the same sums up to rounding).
 """
 
@@ -59,11 +59,11 @@ def main() -> int:
     assert pair_cost is not None
     paths = {"padded": PaddedBatcher(training.batch_size, pad_token_id(tokenizer)),
              "joined": JoinedBatcher(training.batch_size, pad_token_id(tokenizer), pair_cost)}
-    plan = paths["padded"].epoch_batches(samples, 0, training.seed)[: args.steps]
+    warm_up, *plan = paths["padded"].epoch_batches(samples, 0, training.seed)[: args.steps + 1]
     seconds = dict.fromkeys(paths, 0.0)
     tokens = dict.fromkeys(paths, 0)
     worst = 0.0
-    for micro in plan:
+    for index, micro in enumerate([warm_up, *plan]):
         rows = [[samples[i] for i in row] for row in micro]
         losses = {}
         for name, batcher in paths.items():
@@ -71,10 +71,11 @@ def main() -> int:
             started = time.process_time()
             loss = chunked_causal_lm_loss_sum(model, batch)
             loss.backward()
-            seconds[name] += time.process_time() - started
+            if index:  # the first micro-batch warms both paths up
+                seconds[name] += time.process_time() - started
+                tokens[name] += batch.input_ids.numel()
             model.zero_grad(set_to_none=True)
-            tokens[name] += batch.input_ids.numel()
-            losses[name] = float(loss)
+            losses[name] = loss.item()
         worst = max(worst, abs(losses["joined"] - losses["padded"]) / abs(losses["padded"]))
     for name in paths:
         print(f"{name}: {seconds[name]:.2f} CPU s, {tokens[name]} tokens over {len(plan)} micro-batches")
