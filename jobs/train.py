@@ -246,6 +246,7 @@ def train(
         lora=training.lora, device=device, gradient_checkpointing=training.gradient_checkpointing,
         recompute_share=training.recompute_layers, attn_implementation=attention,
         compile_layers=training.compile and device.type == "cuda", fp8=training.fp8,
+        four_bit_layers=device.type == "cuda",
     )
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)

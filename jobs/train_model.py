@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
+from bitsandbytes import functional as bnb_functional
 from bitsandbytes.nn import Linear4bit
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
@@ -119,8 +120,16 @@ def load_base_model(
     quantization: QuantizationSettings | None,
     device: torch.device,
     attn_implementation: str = "sdpa",
+    four_bit_layers: bool = True,
 ) -> tuple[PreTrainedModel, torch.dtype | None]:
-    """The frozen base model on `device` and the dtype its forward pass runs in."""
+    """The frozen base model on `device` and the dtype its forward pass runs in. qlora with `four_bit_layers` off:
+    the base's weights are rounded to 4-bit once and kept as plain fp32 layers (see `round_to_4bit`)."""
+    if method == "qlora" and not four_bit_layers:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32, device_map={"": str(device)}, attn_implementation=attn_implementation
+        )
+        round_to_4bit(model, quantization or DefaultQuantization())
+        return model, None
     if method == "qlora":
         quant = quantization or DefaultQuantization()
         compute = DTYPES[quant.compute_dtype]
@@ -145,6 +154,26 @@ def load_base_model(
         str(model_dir), dtype=dtype, device_map={"": str(device)}, attn_implementation=attn_implementation
     )
     return model, (dtype if dtype != torch.float32 else None)
+
+
+def round_to_4bit(model: PreTrainedModel, quant: QuantizationSettings) -> int:
+    """Replace each weight bitsandbytes would quantize (every linear layer but the output head) by its 4-bit
+    rounding, dequantized: the values a 4-bit layer multiplies with, computed once. QLoRA on a CPU this way learns
+    against the same base as with bitsandbytes' 4-bit layers, whose CPU kernels dequantize on every matmul and made
+    a CPU step ~100x slower. Returns the number of layers rounded."""
+    head = model.get_output_embeddings()
+    compute = DTYPES[quant.compute_dtype]
+    rounded = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear) or module is head:
+                continue
+            packed, state = bnb_functional.quantize_4bit(module.weight.data, blocksize=64, quant_type=quant.type,
+                                                         compress_statistics=quant.double_quant)
+            weight = bnb_functional.dequantize_4bit(packed, state).to(compute)
+            module.weight.data = weight.to(module.weight.dtype)
+            rounded += 1
+    return rounded
 
 
 def keep_4bit_weights_trainable(model: PreTrainedModel) -> None:
@@ -226,15 +255,17 @@ def build_model(
     attn_implementation: str | None = None,
     compile_layers: bool = False,
     fp8: bool = False,
+    four_bit_layers: bool = True,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
     CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
     recompute their activations in backward: 1 is the least memory, less trades memory for less recompute.
     `compile_layers` fuses each decoder layer's element-wise work with torch.compile (the train stage asks for it on
     CUDA). `fp8` runs the 4-bit base weights' training matmuls in FP8 (qlora on a GPU with FP8 tensor cores;
-    anywhere else it is an error)."""
+    anywhere else it is an error). `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in
+    fp32 (the train stage's choice on CPUs)."""
     attention = attn_implementation or training_attention(device)
-    base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention)
+    base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention, four_bit_layers)
     new_token_ids = add_token_rows(base, vocab_size)
     base.config.use_cache = False
     for parameter in base.parameters():
