@@ -3,13 +3,17 @@ subprocess with the same contract as in the cluster (`python -m kubetune.jobs <s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +224,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     # -P: started from a checkout's root, the job must not import its operator/ folder as the stdlib's operator.
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, _sigterm_raises():
         process = subprocess.Popen(
             [sys.executable, "-P", "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
         )
@@ -228,13 +232,17 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
             while process.poll() is None:
                 view.update(stage, local.store, action.ref.prefix)
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            # The job got the same SIGINT: it saves a checkpoint and exits; wait for it.
-            print("\nkubetune: interrupted; letting the stage save its state…", file=sys.stderr)
+        except (KeyboardInterrupt, _Terminated) as stop:
+            # Ctrl-C reached the job too (one process group); a SIGTERM (`kill`, `timeout`, a CI cancel) reached only
+            # us: pass it on, or the stage would go on running, orphaned. Either way it saves its state and exits.
+            if isinstance(stop, _Terminated):
+                process.send_signal(signal.SIGTERM)
+            print("\nkubetune: stopping; letting the stage save its state…", file=sys.stderr)
             try:
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
             return EXIT_STOPPED
     local.durations[stage] = local.durations.get(stage, 0.0) + time.monotonic() - started
     local.job_times[action.name] = (local.job_times[action.name][0], utc_now())
@@ -281,3 +289,25 @@ def _print_summary(local: LocalRun) -> None:
                     print(f"      {entry.path}  {format_size(entry.size):>9}  sha256:{entry.sha256[:16]}…", file=out)
         if stage == "evaluate" and manifest.metadata:
             print(f"      {manifest.metadata.get('summary', '')}", file=out)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while a stage ran."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises _Terminated (in the main thread: elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends kubetune at once
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
