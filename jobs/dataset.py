@@ -11,9 +11,7 @@ import logging
 import os
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from kubetune.datasets_new.builder import BuildOptions
 from kubetune.datasets_new.errors import DatasetError
@@ -22,6 +20,7 @@ from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.sources import base_model_folder, check_dataset
+from kubetune.sources import SourceError, dataset_tree
 from kubetune.store import open_store
 
 log = logging.getLogger("kubetune.jobs.dataset")
@@ -70,28 +69,21 @@ def run(ctx: JobContext) -> None:
 
 def _tree_root(ctx: JobContext, uri: str) -> Path:
     """A local folder holding the structure file and topics/, downloading it when it lives in a store."""
-    if uri == "bundled":
-        root = resources.files("kubetune.datasets_new")
-        if not isinstance(root, Path):
-            raise ConfigError("the bundled dataset is not installed as plain files; use spec.dataset.uri s3://…")
+    try:
+        root = dataset_tree(uri)
+    except SourceError as error:
+        raise ConfigError(str(error)) from error
+    if root is not None:
         return root
-    if uri.startswith("s3://"):
-        store = ctx.run.store
-        local = ctx.workdir / "tree"
-        shutil.rmtree(local, ignore_errors=True)
-        objects = open_store(uri, endpoint=store.endpoint, region=store.region, path_style=store.path_style).get_dir(
-            "", local)
-        if not objects:
-            raise ConfigError(f"spec.dataset.uri: no objects under {uri}")
-        log.info("downloaded %d dataset files from %s", len(objects), uri)
-        return local
-    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
-    # Checked again after decoding: a percent-encoded '..' (%2e%2e) passes a check of the URI as written.
-    if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
-        raise ConfigError(f"spec.dataset.uri: {uri} must name an absolute folder without '..'")
-    if not path.is_dir():
-        raise ConfigError(f"spec.dataset.uri: {uri} is not a folder")
-    return path
+    store = ctx.run.store
+    local = ctx.workdir / "tree"
+    shutil.rmtree(local, ignore_errors=True)
+    objects = open_store(uri, endpoint=store.endpoint, region=store.region, path_style=store.path_style).get_dir(
+        "", local)
+    if not objects:
+        raise ConfigError(f"spec.dataset.uri: no objects under {uri}")
+    log.info("downloaded %d dataset files from %s", len(objects), uri)
+    return local
 
 
 def _inside_tree(root: Path, relative: str, field: str) -> Path:

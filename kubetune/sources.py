@@ -110,7 +110,7 @@ def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cac
 
 
 def dataset_tree(uri: str) -> Path | None:
-    """The local folder of a dataset URI, or None for one in a store."""
+    """The local folder of a dataset URI (an existing one), or None for one in a store."""
     if uri == "bundled":
         root = resources.files("kubetune.datasets_new")
         if not isinstance(root, Path):
@@ -118,7 +118,13 @@ def dataset_tree(uri: str) -> Path | None:
         return root
     if uri.startswith("s3://"):
         return None
-    return Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    # Checked again after decoding: a percent-encoded '..' (%2e%2e) passes a check of the URI as written.
+    if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
+        raise SourceError(f"spec.dataset.uri: {uri} must name an absolute folder without '..'")
+    if not path.is_dir():
+        raise SourceError(f"spec.dataset.uri: {path} is not a folder")
+    return path
 
 
 def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: DigestCache | None = None
@@ -131,8 +137,6 @@ def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: D
 
 def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None = None) -> str:
     """Digest of what the dataset builder reads under `root`: the structure file and every file under topics/."""
-    if not root.is_dir():
-        raise SourceError(f"spec.dataset.uri: {root} is not a folder")
     structure_file = root / structure
     if not structure_file.is_file():
         raise SourceError(f"spec.dataset.structure: {structure_file} does not exist")
