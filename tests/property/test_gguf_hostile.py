@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from kubetune.llama.__main__ import main as llama_cli
 from kubetune.llama.errors import InvalidGGUF
 from kubetune.llama.gguf_reader import KEPT_ITEMS, GGUFHeader, read_gguf_header
+from tests.property.scratch_files import overwrite
 
 V = GGUFValueType
 Q = GGMLQuantizationType
@@ -217,15 +218,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write(folder: Path, data: bytes, name: str = "model.gguf") -> Path:
-    """Overwrite in place: opening with O_TRUNC makes ext4 flush on close, which costs ms per example."""
-    path = folder / name
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(descriptor, data, 0)
-        os.ftruncate(descriptor, len(data))
-    finally:
-        os.close(descriptor)
-    return path
+    return overwrite(folder / name, data)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from kubetune.llama.__main__ import main as llama_cli
 from kubetune.llama.errors import ConversionError
 from kubetune.llama.gguf_reader import read_gguf_header
 from kubetune.llama.safetensors_io import DTYPE_BITS, read_header, weight_files
+from tests.property.scratch_files import overwrite
 
 UP, UP_GGUF = "model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"
 # A hang detector, not a speed test: CPU seconds (not wall time: the machine may be busy) for one conversion of the
@@ -283,17 +284,6 @@ def safetensors_files(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("safetensors")
-
-
-def overwrite(path: Path, data: bytes) -> Path:
-    """Write in place: opening with O_TRUNC makes ext4 flush on close, which costs ms per example."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(descriptor, data, 0)
-        os.ftruncate(descriptor, len(data))
-    finally:
-        os.close(descriptor)
-    return path
 
 
 def read_or_refuse(path: Path) -> dict[str, Any] | None:
