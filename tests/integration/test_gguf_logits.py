@@ -83,7 +83,10 @@ def check_agreement(files: list[ConvertedFile], hf_dir: Path, text: str) -> None
     q8 = logits_agreement(by_type["q8_0"], hf_dir, text)
     print(f"{hf_dir.name}: f16 {f16}, q8_0 {q8}")
     assert f16.top1_agreement >= 0.99, f16
-    assert q8.top1_agreement >= 0.97, q8
+    # q8_0 quantizes activations too, and the CPU kernels llama.cpp was built with (portable AVX2, not AVX-512) round
+    # them their own way: near-ties may flip (2 of 56 positions on SmolLM2), while the distribution stays close. A
+    # broken conversion shows in the KL, orders of magnitude above this bound.
+    assert q8.top1_agreement >= 0.95 and q8.mean_kl <= 0.01, q8
     llm = load(by_type["q4_k_m"], n_ctx=256)
     try:
         completion = llm.create_completion(prompt=text[:60], max_tokens=8, temperature=0.0, top_k=1)

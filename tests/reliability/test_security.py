@@ -170,7 +170,8 @@ def test_planted_secret_values_appear_nowhere_and_every_pod_is_restricted(
 ) -> None:
     storage = {"uri": f"s3://{s3_bucket}/runs", "endpoint": s3_server.endpoint, "region": REGION,
                "pathStyle": True, "credentialsSecret": STORE_SECRET}
-    hf = {"baseModel": {"uri": "hf://org/model", "tokenSecret": {"name": HF_SECRET, "key": "token"}},
+    # Pinned to a commit: the sources step resolves it without the Hub (a branch would need Hub access here).
+    hf = {"baseModel": {"uri": f"hf://org/model@{'c' * 40}", "tokenSecret": {"name": HF_SECRET, "key": "token"}},
           "dataset": {"categories": ["logic"]}}
     with JobExecutor(kube, tmp_path / "executor", rewrite_command=_real_dataset_then_tiny) as executor:
         operator.start()

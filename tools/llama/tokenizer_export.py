@@ -59,12 +59,19 @@ class Vocab:
             writer.add_chat_template(self.chat_template)
 
 
-def _simplify(component: Any) -> Any:
+# Real pre-tokenizers nest a few levels (a Sequence of splits); the bound does not depend on the recursion limit,
+# which another library in the process may have raised.
+MAX_PRE_TOKENIZER_DEPTH = 64
+
+
+def _simplify(component: Any, depth: int = 0) -> Any:
     """A pre-tokenizer definition without the keys that do not change how text is split."""
+    if depth > MAX_PRE_TOKENIZER_DEPTH:
+        raise RecursionError
     if isinstance(component, dict):
-        return {key: _simplify(value) for key, value in component.items() if key not in ("trim_offsets",)}
+        return {key: _simplify(value, depth + 1) for key, value in component.items() if key not in ("trim_offsets",)}
     if isinstance(component, list):
-        return [_simplify(value) for value in component]
+        return [_simplify(value, depth + 1) for value in component]
     return component
 
 
