@@ -19,9 +19,8 @@ from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.jobs.sources import base_model_folder, check_dataset
+from kubetune.jobs.sources import base_model_folder, check_dataset, store_factory
 from kubetune.sources import SourceError, dataset_tree
-from kubetune.store import open_store
 
 log = logging.getLogger("kubetune.jobs.dataset")
 
@@ -75,11 +74,9 @@ def _tree_root(ctx: JobContext, uri: str) -> Path:
         raise ConfigError(str(error)) from error
     if root is not None:
         return root
-    store = ctx.run.store
     local = ctx.workdir / "tree"
     shutil.rmtree(local, ignore_errors=True)
-    objects = open_store(uri, endpoint=store.endpoint, region=store.region, path_style=store.path_style).get_dir(
-        "", local)
+    objects = store_factory(ctx.run)(uri).get_dir("", local)
     if not objects:
         raise ConfigError(f"spec.dataset.uri: no objects under {uri}")
     log.info("downloaded %d dataset files from %s", len(objects), uri)
