@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from kubetune.jobs.errors import ConfigError, Stopped
+from kubetune.jobs.lineage import write_lineage
 from kubetune.runconfig import RunConfig
 from kubetune.store import Manifest, Store, fetch, open_store, publish, read_manifest
 
@@ -90,7 +91,9 @@ class JobContext:
         return fetch(self.store, self.run.stages[stage].prefix, dest, manifest)
 
     def publish(self, outputs: Path, metadata: dict[str, Any]) -> Manifest:
-        """Upload `outputs` and write manifest.json last: only then does the stage's output exist."""
+        """Write lineage.json into `outputs`, upload them and write manifest.json last: only then does the stage's
+        output exist."""
+        write_lineage(self, outputs)
         manifest = publish(self.store, self.prefix, outputs, stage=self.stage, input_key=self.key, metadata=metadata)
         self.progress("Succeeded", force=True)
         return manifest

@@ -18,6 +18,7 @@ from kubetune.store.hashing import sha256_file
 from kubetune.store.keys import join_key, validate_key, validate_prefix
 from kubetune.store.local import LocalStore
 from kubetune.store.manifest import (
+    LINEAGE_NAME,
     MANIFEST_NAME,
     Manifest,
     ManifestError,
@@ -31,6 +32,7 @@ from kubetune.store.manifest import (
 from kubetune.store.s3 import S3Settings, S3Store
 
 __all__ = [
+    "LINEAGE_NAME",
     "MANIFEST_NAME",
     "BucketNotFoundError",
     "Download",

@@ -24,6 +24,8 @@ from kubetune.store.hashing import sha256_file
 from kubetune.store.keys import join_key, validate_key, validate_prefix
 
 MANIFEST_NAME = "manifest.json"
+# Provenance beside the output (jobs/lineage.py): a time, a host, a run. Listed and verified, but not content.
+LINEAGE_NAME = "lineage.json"
 SCHEMA_VERSION = 1
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -114,10 +116,12 @@ def content_digest(manifest: Manifest) -> str:
 
     Nothing else goes in: not ``createdAt`` (the same content published again would change every later key), not the
     input key (two specs that produce identical files feed identical inputs downstream), not metadata (counts and
-    summaries derived from the files, or timings).
+    summaries derived from the files, or timings), not the top-level ``lineage.json`` (who made it, when and where).
     """
     listing = hashlib.sha256(f"{manifest.stage}\n".encode())
     for entry in sorted(manifest.files, key=lambda f: f.path):
+        if entry.path == LINEAGE_NAME:
+            continue
         listing.update(f"{entry.path} {entry.size} {entry.sha256}\n".encode())
     return listing.hexdigest()
 

@@ -60,7 +60,7 @@ def test_dataset_stage_publishes_train_eval_and_stats(tmp_path: Path, monkeypatc
     manifest = read_manifest(store, prefix)
     assert manifest is not None and manifest.input_key == config.stages["dataset"].key
     names = sorted(file.path for file in manifest.files)
-    assert names == ["eval_data.jsonl", "stats.json", "train_data.jsonl"]
+    assert names == ["eval_data.jsonl", "lineage.json", "stats.json", "train_data.jsonl"]
     records = [json.loads(line) for name in ("train_data.jsonl", "eval_data.jsonl")
                for line in store.get_bytes(f"{prefix}/{name}").decode().splitlines()]
     assert sorted(record["messages"][1]["content"] for record in records) == [

@@ -58,7 +58,8 @@ def test_a_successful_stage_publishes_its_output_with_the_input_key(tmp_path: Pa
     store = open_store(config.store.uri)
     manifest = read_manifest(store, config.stages["dataset"].prefix)
     assert manifest is not None and manifest.input_key == config.stages["dataset"].key
-    assert [f.path for f in manifest.files] == ["train_data.jsonl"] and manifest.metadata == {"samples": 1}
+    assert [f.path for f in manifest.files] == ["lineage.json", "train_data.jsonl"]
+    assert manifest.metadata == {"samples": 1}
     progress = json.loads(store.get_bytes(config.stages["dataset"].prefix + "/progress.json"))
     assert progress["phase"] == "Succeeded" and progress["samples"] == 1
     assert len(manifest_digest(manifest)) == 64

@@ -20,7 +20,7 @@ from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import SOURCES, SOURCES_FILE, Sources, resolve_sources
 from kubetune.stages import resolution_ref, stage_ref
-from kubetune.store import Store, open_store, read_manifest
+from kubetune.store import LINEAGE_NAME, Store, open_store, read_manifest
 from tests.fixtures.sources import COMMIT_A, COMMIT_B, ModelInfo
 from tests.unit.test_operator_jobspec import SETTINGS, container, make_run
 from tests.unit.test_sources import tree
@@ -64,7 +64,7 @@ def test_the_sources_job_publishes_what_it_resolved(tmp_path: Path, monkeypatch:
     config = RunConfig.load(run)
     store = open_store(config.store.uri)
     manifest = read_manifest(store, config.stages[SOURCES].prefix)
-    assert manifest is not None and [f.path for f in manifest.files] == [SOURCES_FILE]
+    assert manifest is not None and [f.path for f in manifest.files] == [LINEAGE_NAME, SOURCES_FILE]
     published = Sources.from_json(json.loads(store.get_bytes(f"{config.stages[SOURCES].prefix}/{SOURCES_FILE}")))
     assert published == resolve_sources(config.spec, store_factory=no_store, cache=DigestCache(),
                                         hub_cache=tmp_path / "hf")
