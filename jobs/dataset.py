@@ -2,7 +2,8 @@
 
 The tree comes from `spec.dataset.uri`: `bundled` (the starter dataset packaged in `kubetune.datasets_new`),
 `s3://bucket/path` (downloaded) or a local folder (`file:///abs` or `/abs`). The build is the CLI's code
-(`kubetune.datasets_new.pipeline`), not a copy.
+(`kubetune.datasets_new.pipeline`), not a copy. Another `spec.dataset.format` (messages, sharegpt, alpaca) reads
+data files instead (jobs/dataset_files.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kubetune.datasets_new.errors import DatasetError
 from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.datasets_new.stats import TokenizerError
+from kubetune.jobs.dataset_files import run_data_files
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.sources import base_model_folder, check_dataset, store_factory
 from kubetune.sources import SourceError, dataset_tree
@@ -29,6 +31,9 @@ TOPICS_FOLDER = "topics"
 
 def run(ctx: JobContext) -> None:
     spec = ctx.run.spec.dataset
+    if spec.format != "tree":
+        run_data_files(ctx)
+        return
     ctx.progress(message=f"reading the topics tree from {spec.uri}")
     check_dataset(ctx)  # the tree still holds what the stage key was computed from
     root = _tree_root(ctx, spec.uri)

@@ -5,7 +5,8 @@ at other content tomorrow. Resolution turns each into a digest of what it holds 
 digests (stages.py), so editing any input re-runs exactly the stages that read it.
 
 - dataset: the files the builder reads (the structure file and `topics/`): a local tree (`bundled` is the one
-  packaged with kubetune) by each file's sha256, an `s3://` prefix by its objects' ETags.
+  packaged with kubetune) by each file's sha256, an `s3://` prefix by its objects' ETags. Another format: its data
+  file, or the .jsonl/.json/.parquet files under its folder or prefix, the same way.
 - template: `templates/chat_template.jinja` as installed with kubetune, by sha256.
 - base model: `bundled://` by the GGUF file's sha256, a local folder by its folder digest, `s3://` by
   `spec.baseModel.sha256` when given (the folder digest, checked when fetched) else its objects' ETags, and
@@ -30,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from kubetune.api import types as t
 from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
+from kubetune.dataformats.rows import is_data_file
 from kubetune.datasets_new.errors import printable
 from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
 from kubetune.store import Store
@@ -129,6 +131,8 @@ def dataset_tree(uri: str) -> Path | None:
 
 def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: DigestCache | None = None
                    ) -> ResolvedSource:
+    if dataset.format != "tree":
+        return ResolvedSource(dataset.uri, data_files_digest(dataset.uri, store_factory, cache))
     root = dataset_tree(dataset.uri)
     if root is None:
         return ResolvedSource(dataset.uri, _dataset_listing_digest(dataset, store_factory(dataset.uri)))
@@ -178,6 +182,62 @@ def topic_files(topics: Path) -> list[tuple[str, Path]]:
 
     walk(topics, TOPICS_FOLDER)
     return found
+
+
+def local_data_files(uri: str) -> tuple[Path, list[tuple[str, Path]]]:
+    """(root, [(relative name, path)]) of a data-files dataset (`spec.dataset.format` other than tree): the file the
+    URI names, or every .jsonl/.json/.parquet file under the folder it names, walked as `topics/` is."""
+    path = dataset_tree(uri) if not _names_a_file(uri) else _local_path(uri)
+    if path is None:
+        raise SourceError(f"spec.dataset.uri: {uri} is not a local path")
+    if path.is_file():
+        return path.parent, [(path.name, path)]
+    try:
+        files = [(name, file) for name, file in topic_files(path) if is_data_file(name)]
+    except (ValueError, OSError) as error:
+        raise SourceError(f"spec.dataset.uri: {printable(str(error))}") from None
+    if not files:
+        raise SourceError(f"spec.dataset.uri: no .jsonl, .json or .parquet files under {path}")
+    return path, [(name.split("/", 1)[1], file) for name, file in files]
+
+
+def s3_data_files(uri: str, store_factory: StoreFactory) -> tuple[Store, list[Any]]:
+    """(store, objects) of a data-files dataset in S3: the object the URI names (a key ending .jsonl, .json or
+    .parquet), or every such object under the prefix."""
+    if _names_a_file(uri):
+        parent, name = uri.rstrip("/").rsplit("/", 1)
+        store = store_factory(parent)
+        objects = [o for o in store.list("") if o.key == name]
+    else:
+        store = store_factory(uri.rstrip("/"))
+        objects = [o for o in store.list("") if is_data_file(o.key)]
+    if not objects:
+        raise SourceError(f"spec.dataset.uri: no .jsonl, .json or .parquet objects at {uri}")
+    return store, objects
+
+
+def data_files_digest(uri: str, store_factory: StoreFactory, cache: DigestCache | None = None) -> str:
+    if uri.startswith("s3://"):
+        store, objects = s3_data_files(uri, store_factory)
+        return _etag_digest("spec.dataset.uri", store, objects)
+    root, files = local_data_files(uri)
+    try:
+        return listing_digest(file_lines(root, files, cache, confined=True))
+    except (ValueError, OSError) as error:
+        raise SourceError(f"spec.dataset.uri: {printable(str(error))}") from None
+
+
+def _names_a_file(uri: str) -> bool:
+    return is_data_file(uri) and not uri.endswith("/")
+
+
+def _local_path(uri: str) -> Path:
+    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
+        raise SourceError(f"spec.dataset.uri: {uri} must name an absolute path without '..'")
+    if not path.is_file():
+        raise SourceError(f"spec.dataset.uri: {path} is not a file")
+    return path
 
 
 def _dataset_listing_digest(dataset: t.DatasetSpec, store: Store) -> str:

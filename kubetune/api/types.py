@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
+from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
 
 GROUP = "kubetune.dev"
@@ -155,10 +156,17 @@ class DatasetSpec(ApiModel):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         *no_traversal("uri"),
         *no_traversal("structure"),
+        CelRule("!has(self.format) || self.format == 'tree' || !has(self.uri) || self.uri != 'bundled'",
+                "the bundled dataset is a topics tree: a format other than tree needs a file or folder uri", ".uri"),
     )
 
     uri: Annotated[str, Field(max_length=1024, pattern=DATASET_URI)] = "bundled"
-    """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path."""
+    """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path;
+    for another `format`, a file or a folder of .jsonl/.json/.parquet files, local or `s3://`."""
+    format: DatasetFormat = "tree"
+    """How the data is laid out: `tree` (datasets_new), `messages`, `sharegpt` or `alpaca` (README: dataset formats)."""
+    fields: DatasetFields = Field(default_factory=DatasetFields)
+    """Record keys for files that name a format's parts their own way (not for `tree`)."""
     structure: Annotated[str, Field(min_length=1, max_length=255, pattern=STRUCTURE_FILE)] = "structure.enriched.json"
     """Structure file, relative to the tree root."""
     placeholders: Annotated[
