@@ -31,6 +31,14 @@ from kubetune.jobs.checkpoints import (
     write_adapter_folder,
 )
 from kubetune.jobs.distributed import SINGLE, Ranks, process_group, ranks_from_env
+from kubetune.jobs.eval_loss import (
+    EVAL_DATASET_FILE,
+    EvalSet,
+    eval_loss,
+    eval_loss_figures,
+    eval_loss_summary,
+    load_eval_set,
+)
 from kubetune.jobs.generation import Generation, generate_answers
 from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
@@ -65,6 +73,7 @@ log = logging.getLogger("kubetune.jobs.train")
 DATASET_FILE = "train_data.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 RANKS_FILE = "ranks.json"  # in a checkpoint: how many ranks trained up to it
+METRICS_FILE = "metrics.json"  # in the output, with an eval split: the held-out losses
 
 ProgressReporter = Callable[..., None]  # JobContext.progress: (phase="Running", *, force=False, **fields)
 
@@ -78,6 +87,7 @@ class TrainInputs:
     max_seq_length: int
     workdir: Path
     chat_template: str = field(default_factory=default_chat_template)
+    eval_data_path: Path | None = None  # the dataset's eval split, when it wrote one
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class TrainResult:
     outcome: Outcome
     state: TrainerState
     added_tokens: list[str]
+    eval_samples: int = 0  # conversations of the eval split measured (0: no eval split)
 
 
 def write_generations(generations: Sequence[Generation], path: Path) -> None:
@@ -103,8 +114,10 @@ class CheckpointingHooks:
         checkpoints: CheckpointStore,
         progress: ProgressReporter,
         ranks: Ranks = SINGLE,
+        eval_set: EvalSet | None = None,
     ) -> None:
         self.ranks = ranks
+        self.eval_set = eval_set
         self.inputs = inputs
         self.loaded = loaded
         self.tokenizer = tokenizer
@@ -138,8 +151,26 @@ class CheckpointingHooks:
             self.generations = (step, answers)
         return self.generations[1]
 
+    def measure_eval_loss(self, state: TrainerState) -> float | None:
+        """The held-out loss of the current weights, recorded in `state` (every rank calls this: they share the
+        work); None without an eval split."""
+        if self.eval_set is None:
+            return None
+        if state.eval_losses and state.eval_losses[-1]["step"] == state.step:
+            return state.eval_losses[-1]["eval_loss"]
+        loss = eval_loss(self.loaded.model, self.eval_set, self.loaded.device,
+                         autocast_dtype=self.loaded.autocast_dtype, ranks=self.ranks)
+        state.eval_losses.append({"step": state.step, "epoch": round(state.epoch, 6), "eval_loss": loss})
+        if self.ranks.is_main:
+            log.info("eval loss at step %d: %.4f (%d samples)", state.step, loss, self.eval_set.samples)
+            base = state.eval_losses[0]["eval_loss"] if state.eval_losses[0]["step"] == 0 else None
+            self.progress(force=True, step=state.step, evalLoss=loss, baseEvalLoss=base)
+        return loss
+
     def on_checkpoint(self, state: TrainerState, *, stopping: bool) -> None:
         name = checkpoint_name(state.step)
+        # Under SIGTERM the grace period is for saving, not for measuring.
+        eval_loss_now = None if stopping else self.measure_eval_loss(state)
         if not self.ranks.is_main:  # the ranks hold the same weights: rank 0 saves them, the others wait for it
             state.last_checkpoint = name
             self.ranks.barrier()
@@ -154,7 +185,8 @@ class CheckpointingHooks:
         if self.inputs.training.eval_prompts and not stopping:
             write_generations(self.evaluate(state.step), folder / GENERATIONS_FILE)
         self.checkpoints.publish(folder, name, {"step": state.step, "epoch": state.epoch,
-                                                "loss": state.metrics[-1]["loss"] if state.metrics else None})
+                                                "loss": state.metrics[-1]["loss"] if state.metrics else None,
+                                                "evalLoss": eval_loss_now})
         shutil.rmtree(folder)
         log.info("saved %s", name)
         self.progress(force=True, step=state.step, lastCheckpoint=name)
@@ -238,6 +270,8 @@ def train(
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),
                            flat=attention == VARLEN_ATTENTION, join_pair_cost=join_pair_cost(inputs.model_dir, device))
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
+    eval_set = None if inputs.eval_data_path is None else load_eval_set(
+        inputs.eval_data_path, tokenizer, batcher, max_seq_length=inputs.max_seq_length, seed=training.seed)
     micro_batches_per_step = training.gradient_accumulation * ranks.world_size  # every rank takes its own
     total_steps = planned_steps(batches_per_epoch, micro_batches_per_step, epochs=training.epochs,
                                 extra_epochs=training.extra_epochs, max_steps=training.max_steps)
@@ -269,11 +303,13 @@ def train(
              lastCheckpoint=state.last_checkpoint, message=f"{len(samples)} samples, {total_steps} steps")
     loop = TrainLoop(loaded.model, optimizer, scheduler, samples, batcher, settings, loaded.device,
                      autocast_dtype=loaded.autocast_dtype, ranks=ranks)
-    hooks = CheckpointingHooks(inputs, loaded, tokenizer, loop, checkpoints, progress, ranks)
+    hooks = CheckpointingHooks(inputs, loaded, tokenizer, loop, checkpoints, progress, ranks, eval_set)
+    if state.step == 0:
+        hooks.measure_eval_loss(state)  # the base model's: what the gate can compare the fine-tuned one with
     outcome = loop.run(state, hooks, stop)
     if outcome == "finished" and ranks.is_main:
         write_outputs(output_dir, inputs, loaded, tokenizer, state, hooks)
-    return TrainResult(outcome, state, added_tokens)
+    return TrainResult(outcome, state, added_tokens, eval_set.samples if eval_set is not None else 0)
 
 
 def write_outputs(
@@ -287,8 +323,11 @@ def write_outputs(
     output_dir.mkdir(parents=True, exist_ok=True)
     write_adapter_folder(output_dir / "adapter", loaded.model, tokenizer, inputs.model_dir, inputs.base)
     (output_dir / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
-    write_metrics_csv(state.metrics, output_dir / "metrics.csv")
-    plot_loss(state.metrics, output_dir / "loss.png", f"{inputs.training.method} training loss")
+    write_metrics_csv(state.metrics, output_dir / "metrics.csv", state.eval_losses)
+    plot_loss(state.metrics, output_dir / "loss.png", f"{inputs.training.method} training loss", state.eval_losses)
+    if hooks.eval_set is not None:
+        summary = eval_loss_summary(state.eval_losses, hooks.eval_set.samples)
+        (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if inputs.training.eval_prompts:
         write_generations(hooks.evaluate(state.step), output_dir / GENERATIONS_FILE)
 
@@ -302,6 +341,8 @@ def output_metadata(result: TrainResult) -> dict[str, Any]:
         "tokens": state.real_tokens,
         "addedTokens": result.added_tokens,
         "lastCheckpoint": state.last_checkpoint,
+        # The evaluate stage gates on these (evalSamples 0: no eval split, no eval-loss gate).
+        **eval_loss_figures(state.eval_losses, result.eval_samples),
     }
 
 
@@ -347,6 +388,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
     if not data_path.is_file():
         raise ConfigError(f"the dataset output has no {DATASET_FILE}")
     model_dir = base_model_folder(ctx)
+    eval_path = dataset_dir / EVAL_DATASET_FILE
     inputs = TrainInputs(
         model_dir=model_dir,
         base=BaseModelRef(spec.base_model.uri, spec.base_model.sha256 or folder_digest(model_dir)),
@@ -354,6 +396,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
         training=spec.training,
         max_seq_length=spec.dataset.max_seq_length,
         workdir=workdir,
+        eval_data_path=eval_path if eval_path.is_file() else None,
     )
     checkpoints = CheckpointStore(ctx.store, ctx.prefix, stage=ctx.stage, input_key=ctx.key,
                                   keep=spec.training.checkpoint.keep)

@@ -50,6 +50,8 @@ class TrainerState:
     real_tokens: int = 0
     metrics: list[dict[str, float]] = field(default_factory=list)
     last_checkpoint: str | None = None
+    # Held-out loss ({step, epoch, eval_loss}): the base model's at step 0, then one per checkpoint (eval_loss.py).
+    eval_losses: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def epoch(self) -> float:
