@@ -1,6 +1,7 @@
 """The evaluate stage: the smoke gate. Every GGUF answers the spec's prompts in llama.cpp with the training chat
 template and stop sequences; answers are checked against expectations, and each GGUF's next-token distributions are
-compared with the merged model's. A failed gate fails the run with the prompt and answer in the reason."""
+compared with the merged model's. With an eval split, the train stage's held-out loss is gated too
+(`eval_loss_gate`). A failed gate fails the run with the prompt and answer, or the figures, in the reason."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.types import EvalPrompt, FineTuneRunSpec
+from kubetune.jobs.eval_loss_gate import eval_loss_gate
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.llama.checks import HfReference, compare_with_reference, generate_chat, hf_reference, load
 
@@ -145,6 +147,8 @@ def run(ctx: JobContext) -> None:
         raise ConfigError("the convert stage published no GGUF file")
     ctx.progress(message="computing the merged model's reference logits")
     reference = merged_reference(merged, spec)
+    loss_gate = eval_loss_gate(ctx.upstream_manifest("train").metadata, spec.evaluate, spec.dataset.eval_split)
+    log.info("%s", loss_gate["summary"])
     reports = []
     for index, gguf in enumerate(files):
         ctx.progress(step=index, totalSteps=len(files), message=f"gating {gguf.name}")
@@ -152,11 +156,15 @@ def run(ctx: JobContext) -> None:
     outputs = ctx.workdir / "report"
     outputs.mkdir(parents=True, exist_ok=True)
     (outputs / "results.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (outputs / "eval_loss.json").write_text(json.dumps(loss_gate, indent=2) + "\n", encoding="utf-8")
     failures = [f for r in reports if (f := gate_failure(r, spec.evaluate.min_pass_rate, spec.evaluate.min_top1_agreement))]
-    summary = "; ".join(summarize(r) for r in reports)
+    if loss_gate["failure"]:
+        failures.append(loss_gate["failure"])
+    summary = "; ".join([*(summarize(r) for r in reports), loss_gate["summary"]])
     if failures:
         # Kept for inspection, but without a manifest: a failed gate is not a stage output.
         ctx.store.put_file(f"{ctx.prefix}/results.json", outputs / "results.json")
+        ctx.store.put_file(f"{ctx.prefix}/eval_loss.json", outputs / "eval_loss.json")
         raise GateFailed("gate failed: " + " | ".join(failures))
-    ctx.publish(outputs, {"summary": summary, "results": [{k: v for k, v in r.items() if k != "prompts"} for r in reports],
+    ctx.publish(outputs, {"summary": summary, "evalLoss": loss_gate, "results": [{k: v for k, v in r.items() if k != "prompts"} for r in reports],
                           "answers": {r["file"]: [p["answer"] for p in r["prompts"]] for r in reports}})

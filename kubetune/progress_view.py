@@ -37,7 +37,8 @@ def format_size(size: int) -> str:
 
 
 def progress_line(stage: str, progress: Mapping[str, Any]) -> str:
-    """`train  ██████░░░░  12/40  30%  loss 1.234  412 tok/s  eta 1m20s` (fields shown when present)."""
+    """`train  ██████░░░░  12/40  30%  loss 1.234  eval 1.456  412 tok/s  eta 1m20s` (fields shown when present;
+    eval is the held-out loss at the newest checkpoint)."""
     parts = [f"{stage:<9}"]
     step, total = progress.get("step"), progress.get("totalSteps")
     if isinstance(step, int) and isinstance(total, int) and total > 0:
@@ -46,6 +47,8 @@ def progress_line(stage: str, progress: Mapping[str, Any]) -> str:
         parts.append(f"{step}/{total} {100 * step // total:3d}%")
     if isinstance(progress.get("loss"), (int, float)):
         parts.append(f"loss {progress['loss']:.4f}")
+    if isinstance(progress.get("evalLoss"), (int, float)):
+        parts.append(f"eval {progress['evalLoss']:.4f}")
     if isinstance(progress.get("tokensPerSecond"), (int, float)):
         parts.append(f"{progress['tokensPerSecond']:.0f} tok/s")
     if isinstance(progress.get("etaSeconds"), (int, float)):

@@ -25,6 +25,7 @@ ACTIVE_PHASES = ("Pending", "Queued", "Running")
 TRAINING_FIELDS = {
     "step": "step", "totalSteps": "total_steps", "epoch": "epoch", "loss": "loss", "learningRate": "learning_rate",
     "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds", "lastCheckpoint": "last_checkpoint",
+    "evalLoss": "eval_loss", "baseEvalLoss": "base_eval_loss",
 }
 
 EventType = Literal["Normal", "Warning"]

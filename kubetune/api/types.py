@@ -12,6 +12,7 @@ from pydantic import Field
 
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
 from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
+from kubetune.api.eval_loss import EVAL_LOSS_GATE_RULES
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
 
 GROUP = "kubetune.dev"
@@ -358,6 +359,11 @@ class EvaluateSpec(ApiModel):
     """Minimum top-1 next-token agreement between each GGUF and the merged model on a fixed text."""
     reference_text: Annotated[str | None, Field(default=None, min_length=1, max_length=65536)]
     """Fixed text for the agreement checks (a built-in paragraph when omitted)."""
+    max_eval_loss: Annotated[float | None, Field(default=None, gt=0.0, le=100.0)]
+    """Highest eval loss (mean per assistant token on the eval split) the fine-tuned model may end with."""
+    max_eval_loss_ratio: Annotated[float | None, Field(default=None, gt=0.0, le=100.0)]
+    """Highest final eval loss as a multiple of the base model's; with an eval split it defaults to 1.0 (the
+    fine-tuned model must not be worse than the base on held-out data)."""
 
 
 class StorageSpec(ApiModel):
@@ -491,6 +497,8 @@ class ResourcesSpec(ApiModel):
 class FineTuneRunSpec(ApiModel):
     """A fine-tuning run: base model + dataset → QLoRA adapter → merged model → GGUF files gated in llama.cpp."""
 
+    cel_rules: ClassVar[tuple[CelRule, ...]] = EVAL_LOSS_GATE_RULES
+
     suspend: bool = False
     """Stop creating Jobs and suspend the running one (training checkpoints first); false resumes."""
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
@@ -558,6 +566,10 @@ class TrainingProgress(ApiModel):
     """Epochs done (fractional)."""
     loss: float | None = None
     """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest held-out loss on the eval split (at the newest checkpoint)."""
+    base_eval_loss: float | None = None
+    """The base model's held-out loss, measured before training."""
     learning_rate: float | None = None
     """Current learning rate."""
     tokens_per_second: float | None = None

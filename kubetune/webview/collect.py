@@ -213,8 +213,11 @@ class RunReader:
         names = sorted({info.key[len(root) + 1:].split("/", 1)[0] for info in listed
                         if info.key.endswith("/manifest.json")})
         state = self._json(join_key(root, f"{names[-1]}/trainer_state.json")) if names else None
-        metrics = state.get("metrics") if isinstance(state, dict) else None
-        return [row for row in metrics if isinstance(row, dict)] if isinstance(metrics, list) else []
+        if not isinstance(state, dict):
+            return []
+        # The training rows, then the held-out losses (one per checkpoint): each column makes its own line.
+        return [row for name in ("metrics", "eval_losses") if isinstance(state.get(name), list)
+                for row in state[name] if isinstance(row, dict)]
 
     def _gate(self) -> tuple[GateReport, ...]:
         prefix = self.prefix("evaluate")

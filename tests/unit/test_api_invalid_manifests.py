@@ -164,6 +164,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "required"),
     ("pass rate above one", at("evaluate.minPassRate", 1.5), "spec.evaluate.minPassRate", "must be <= 1"),
     ("max tokens zero", at("evaluate.maxTokens", 0), "spec.evaluate.maxTokens", "must be >= 1"),
+    ("eval-loss bound without an eval split", at("evaluate.maxEvalLoss", 2.0), "spec.evaluate.maxEvalLoss",
+     "set dataset.evalSplit above 0"),
+    ("eval-loss ratio with a zero eval split", manifest({"dataset": {"evalSplit": 0}, "evaluate": {"maxEvalLossRatio": 1.1}}),
+     "spec.evaluate.maxEvalLossRatio", "needs held-out data"),
+    ("eval-loss bound of zero", manifest({"dataset": {"evalSplit": 0.1}, "evaluate": {"maxEvalLoss": 0}}),
+     "spec.evaluate.maxEvalLoss", "must be > 0"),
     # --- storage
     ("storage URI with an unknown scheme", at("storage.uri", "gs://bucket/x"), "spec.storage.uri", "must match"),
     ("storage URI with path traversal", at("storage.uri", "s3://bucket/runs/.."), "spec.storage.uri",

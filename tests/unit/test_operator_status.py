@@ -171,6 +171,13 @@ def test_training_progress_is_mirrored_with_a_percentage() -> None:
     assert later["progress"] == status["progress"]  # kept once training is over
 
 
+def test_the_held_out_loss_and_the_base_models_are_mirrored_into_the_progress() -> None:
+    progress = {"stage": "train", "phase": "Running", "updatedAt": T1, "step": 10, "totalSteps": 40,
+                "loss": 1.25, "evalLoss": 1.5, "baseEvalLoss": 2.75}
+    status, _ = Scenario(1, ("Running",)).status(training=progress)
+    assert (status["progress"]["evalLoss"], status["progress"]["baseEvalLoss"]) == (1.5, 2.75)
+
+
 def test_the_artifacts_are_the_gguf_files_and_the_gates_report() -> None:
     scenario = Scenario(5)
     status, _ = scenario.status()

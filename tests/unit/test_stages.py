@@ -62,6 +62,13 @@ def test_an_edit_that_does_not_affect_a_stage_keeps_its_key(stage: str, edit: di
     assert key(stage, edit) == key(stage)
 
 
+@pytest.mark.parametrize("gate", [{"maxEvalLoss": 1.5}, {"maxEvalLossRatio": 1.1}])
+def test_the_eval_loss_gate_changes_the_evaluate_key_only(gate: dict[str, Any]) -> None:
+    held_out = {"dataset": {"evalSplit": 0.1}}
+    changed = [stage for stage in STAGES if key(stage, {**held_out, "evaluate": gate}) != key(stage, held_out)]
+    assert changed == ["evaluate"]
+
+
 def test_a_new_upstream_output_changes_every_downstream_key() -> None:
     assert key("merge", upstream={**UPSTREAM, "train": "t2"}) != key("merge")
     assert key("evaluate", upstream={**UPSTREAM, "merge": "m2"}) != key("evaluate")

@@ -99,14 +99,17 @@ def test_while_training_the_curve_comes_from_the_latest_checkpoint_and_progress_
         checkpoint = tmp_path / f"ckpt{step}"
         checkpoint.mkdir()
         metrics = [{"step": s, "loss": 4.0 - s} for s in range(1, step + 1)]
-        (checkpoint / "trainer_state.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+        eval_losses = [{"step": s, "eval_loss": 3.5 - s / 4} for s in range(step + 1)]  # step 0: the base model
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"metrics": metrics, "eval_losses": eval_losses}),
+                                                       encoding="utf-8")
         publish(store, f"{train}/checkpoints/checkpoint-{step:08d}", checkpoint, stage="train",
                 input_key=KEYS["train"])
-    store.put_bytes(f"{train}/progress.json", json.dumps({"step": 3, "loss": 0.5, "totalSteps": 4,
+    store.put_bytes(f"{train}/progress.json", json.dumps({"step": 3, "loss": 0.5, "evalLoss": 2.75, "totalSteps": 4,
                                                           "updatedAt": "2026-12-06T08:00:00Z"}).encode())
     write_status(state, root, {"train": {"phase": "Running", "inputKey": KEYS["train"]}})
     page = LocalRuns(state).page("default", "demo")
     assert [(p.step, p.loss) for p in page.loss.train] == [(1.0, 3.0), (2.0, 2.0), (3.0, 0.5)]
+    assert [(p.step, p.loss) for p in page.loss.eval] == [(0.0, 3.5), (1.0, 3.25), (2.0, 3.0), (3.0, 2.75)]
     assert page.training["step"] == 3  # progress.json is newer than the status
     assert page.active
 

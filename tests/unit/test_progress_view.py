@@ -1,0 +1,14 @@
+"""`kubetune run`'s training line shows the held-out loss beside the training loss once one is measured."""
+
+from __future__ import annotations
+
+from kubetune.progress_view import progress_line
+
+
+def test_the_training_line_shows_the_eval_loss_after_the_training_loss() -> None:
+    line = progress_line("train", {"step": 4, "totalSteps": 8, "loss": 1.5, "evalLoss": 1.75, "tokensPerSecond": 90})
+    assert line.endswith("4/8  50%  loss 1.5000  eval 1.7500  90 tok/s"), line
+
+
+def test_without_an_eval_loss_the_line_has_no_eval_field() -> None:
+    assert "eval" not in progress_line("train", {"step": 4, "totalSteps": 8, "loss": 1.5})
