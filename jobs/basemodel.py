@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 
 from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
 from kubetune.digests import folder_digest
+from kubetune.model_snapshot import SnapshotError, build_atomically, files_digest, hub_download
+from kubetune.sources import PVC_SCHEME, SourceError, hub_commit, pvc_folder
 from kubetune.store.base import Store
 from kubetune.store.hashing import sha256_file
 
@@ -57,7 +57,11 @@ def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, 
     elif uri.startswith("s3://"):
         folder = _from_store(uri, base.sha256, store_factory, cache_dir)
     elif uri.startswith("hf://"):
-        folder, verify = _from_hub(uri, base.revision, cache_dir), True
+        folder = _from_hub(uri, base.revision, cache_dir)
+        if base.sha256:  # of the model files alone: the Hub cache may hold others of the commit
+            _check_digest(folder, files_digest(folder), base.sha256)
+    elif uri.startswith(PVC_SCHEME):
+        folder, verify = _from_claim(uri), True
     elif uri.startswith("file://"):
         folder, verify = _local(Path(unquote(urlsplit(uri).path))), True
     elif "://" not in uri and uri:
@@ -65,7 +69,7 @@ def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, 
     else:
         raise BaseModelError(
             f"{URI_FIELD}: unsupported base model URI {uri!r}; use bundled://smollm2-135m-instruct, s3://bucket/path, "
-            "file:///path (or a local path) or hf://org/name@revision"
+            "file:///path (or a local path), pvc://claim/path or hf://org/name@revision"
         )
     _check_model_folder(folder, uri)
     if base.sha256 and verify:
@@ -74,7 +78,10 @@ def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, 
 
 
 def verify_folder_digest(folder: Path, expected: str) -> None:
-    actual = folder_digest(folder)
+    _check_digest(folder, folder_digest(folder), expected)
+
+
+def _check_digest(folder: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise BaseModelError(f"spec.baseModel.sha256: the model folder {folder} has digest {actual}, not {expected}")
 
@@ -126,7 +133,7 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
 
 def _unpack(gguf: Path, target: Path) -> Path:
     if not target.is_dir():
-        _build_atomically(target, lambda tmp: _gguf_to_hf_folder(gguf, tmp))
+        build_atomically(target, lambda tmp: _gguf_to_hf_folder(gguf, tmp))
     return target
 
 
@@ -174,48 +181,24 @@ def _from_store(uri: str, sha256: str | None, store_factory: StoreFactory, cache
             if sha256:
                 verify_folder_digest(tmp, sha256)
 
-        _build_atomically(target, download)
+        build_atomically(target, download)
     return target
 
 
 def _from_hub(uri: str, revision: str | None, cache_dir: Path) -> Path:
-    from huggingface_hub import is_offline_mode, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    repo_id, _, uri_revision = uri[len("hf://"):].partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise BaseModelError(f"{URI_FIELD}: {uri!r} must look like hf://org/name or hf://org/name@revision")
+    """The model files (only those: model_snapshot.MODEL_FILES) of an hf:// model, at the commit `revision` or the
+    URI's names."""
     try:
-        folder = snapshot_download(
-            repo_id,
-            revision=revision or uri_revision or None,
-            cache_dir=cache_dir / "hf",
-            token=os.environ.get("HF_TOKEN") or None,
-            # Offline, a revision given as a commit hash would still be looked up on the Hub without this.
-            local_files_only=is_offline_mode(),
-        )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise BaseModelError(
-            f"{URI_FIELD}: {uri} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}): {exc}"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise BaseModelError(f"{URI_FIELD}: cannot download {uri} from the Hugging Face Hub: {exc}") from exc
-    return Path(str(folder))
+        repo_id, commit = hub_commit(uri, revision, cache_dir / "hf")
+        return hub_download(repo_id, commit, cache_dir / "hf")
+    except SourceError as error:
+        raise BaseModelError(str(error)) from None
+    except SnapshotError as error:
+        raise BaseModelError(f"{URI_FIELD}: cannot take {uri} from the Hugging Face Hub: {error}") from None
 
 
-def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
-    """Build a folder in a temporary sibling and rename it into place; a concurrent builder that wins is fine."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def _from_claim(uri: str) -> Path:
     try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            # Another process finished first: its folder is complete (it was renamed into place), use it.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        return pvc_folder(uri)
+    except SourceError as error:
+        raise BaseModelError(str(error)) from None

@@ -3,7 +3,8 @@
 The operator cannot read the jobs' data sources (the credentials and the job image's files are the jobs'), so it
 runs this first, like an initializer, and computes the stage keys from what it publishes. `check_dataset` is the
 dataset stage's side of the contract: it reads only the content its key was computed from; `base_model_folder` is the
-model stages' side: an hf:// ref is read at the commit it was resolved to, and the rest is checked where that is cheap
+model stages' side: an hf:// model is read from its snapshot in the run's store (model_snapshot.py), else at the
+commit it was resolved to, and the rest is checked where that is cheap
 (a bundled GGUF's digest is cached by stat, S3 is a listing; a local folder would be hashed again in full, so it is
 checked only through spec.baseModel.sha256).
 """
@@ -16,6 +17,7 @@ from kubetune.api.types import BaseModelSpec
 from kubetune.digests import DigestCache
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext
+from kubetune.model_snapshot import SnapshotError, fetch_snapshot, files_digest, publish_snapshot
 from kubetune.runconfig import RunConfig
 from kubetune.sources import (
     SOURCES_FILE,
@@ -37,7 +39,7 @@ def run(ctx: JobContext) -> None:
     cache = DigestCache(cache_dir / DIGEST_CACHE)
     try:
         sources = resolve_sources(ctx.run.spec, store_factory=store_factory(ctx.run), cache=cache,
-                                  hub_cache=cache_dir / "hf")
+                                  hub_cache=cache_dir / "hf", snapshots=ctx.store)
     except SourceError as error:
         raise ConfigError(str(error)) from error
     cache.save()
@@ -66,13 +68,46 @@ def check_dataset(ctx: JobContext) -> None:
 
 
 def base_model_folder(ctx: JobContext) -> Path:
-    """The base model's local folder, holding the content the stage key was computed from."""
+    """The base model's local folder, holding the content the stage key was computed from: an hf:// model from its
+    snapshot in the run's store (stored by the sources step, or here by the first stage that finds none)."""
     check_base_model(ctx)
+    snapshot = hub_snapshot_folder(ctx)
+    if snapshot is not None:
+        return snapshot
     try:
-        return resolve_base_model(pinned_base_model(ctx), store_factory=store_factory(ctx.run),
-                                  cache_dir=default_cache_dir())
+        folder = resolve_base_model(pinned_base_model(ctx), store_factory=store_factory(ctx.run),
+                                    cache_dir=default_cache_dir())
     except BaseModelError as error:
         raise ConfigError(str(error)) from error
+    store_hub_snapshot(ctx, folder)
+    return folder
+
+
+def hub_snapshot_folder(ctx: JobContext) -> Path | None:
+    """The stored snapshot of a resolved hf:// model, fetched (and checked) once per machine; None without one."""
+    resolved = ctx.run.sources
+    if resolved is None or not ctx.run.spec.base_model.uri.startswith("hf://"):
+        return None
+    try:
+        return fetch_snapshot(ctx.store, resolved.base_model.digest, default_cache_dir())
+    except SnapshotError as error:
+        raise ConfigError(f"spec.baseModel.uri: {error}") from None
+
+
+def store_hub_snapshot(ctx: JobContext, folder: Path) -> None:
+    """Store the hf:// model just downloaded, once its files are checked to be the resolved ones."""
+    resolved = ctx.run.sources
+    if resolved is None or resolved.base_model.revision is None or not ctx.run.spec.base_model.uri.startswith("hf://"):
+        return
+    cache = DigestCache(default_cache_dir() / DIGEST_CACHE)
+    digest = files_digest(folder, cache)
+    cache.save()
+    if digest != resolved.base_model.digest:
+        raise ConfigError(f"spec.baseModel.uri: the model files of {resolved.base_model.uri} at commit "
+                          f"{resolved.base_model.revision} have digest {digest[:12]}…, not the resolved "
+                          f"{resolved.base_model.digest[:12]}…: the Hub served other files for that commit")
+    repo_id = ctx.run.spec.base_model.uri[len("hf://"):].partition("@")[0]
+    publish_snapshot(ctx.store, folder, digest, repo_id=repo_id, commit=resolved.base_model.revision)
 
 
 def pinned_base_model(ctx: JobContext) -> BaseModelSpec:

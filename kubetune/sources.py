@@ -10,7 +10,8 @@ digests (stages.py), so editing any input re-runs exactly the stages that read i
 - template: `templates/chat_template.jinja` as installed with kubetune, by sha256.
 - base model: `bundled://` by the GGUF file's sha256, a local folder by its folder digest, `s3://` by
   `spec.baseModel.sha256` when given (the folder digest, checked when fetched) else its objects' ETags, and
-  `hf://org/name@revision` by the commit the revision points to.
+  `hf://org/name@revision` by the folder digest of the model files at the commit the revision points to
+  (model_snapshot.py: downloaded once, kept in the run's store by digest), `pvc://claim/path` by its folder digest.
 
 `kubetune run` resolves in-process on every invocation; the operator, which cannot read the jobs' data sources,
 runs `python -m kubetune.jobs sources` as a Job of its own and reads its `sources.json` (docs/contracts.md).
@@ -34,6 +35,7 @@ from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
 from kubetune.dataformats.rows import is_data_file
 from kubetune.datasets_new.errors import printable
 from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
+from kubetune.model_snapshot import SnapshotError, files_digest, hub_download, publish_snapshot, stored_hf_digest
 from kubetune.store import Store
 from kubetune.store.keys import validate_key
 
@@ -43,6 +45,8 @@ TOPICS_FOLDER = "topics"
 TEMPLATE_PACKAGE, TEMPLATE_FILE = "kubetune.templates", "chat_template.jinja"
 COMMIT = re.compile(r"[0-9a-f]{40}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+PVC_SCHEME = "pvc://"
+PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # set by the operator in the pods that mount a pvc:// model's claim
 
 StoreFactory = Callable[[str], Store]
 
@@ -99,12 +103,13 @@ class Sources:
 
 
 def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cache: DigestCache,
-                    hub_cache: Path) -> Sources:
-    """Resolve every source of `spec`; raises `SourceError` naming the field when one cannot be."""
+                    hub_cache: Path, snapshots: Store | None = None) -> Sources:
+    """Resolve every source of `spec`; raises `SourceError` naming the field when one cannot be. `snapshots`: the
+    run's store, where an hf:// model is kept by digest (model_snapshot.py) and looked up before the Hub."""
     return Sources(
         dataset=dataset_source(spec.dataset, store_factory, cache),
         template=template_source(),
-        base_model=base_model_source(spec.base_model, store_factory, cache, hub_cache),
+        base_model=base_model_source(spec.base_model, store_factory, cache, hub_cache, snapshots),
     )
 
 
@@ -267,7 +272,7 @@ def template_source() -> ResolvedSource:
 
 
 def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache: DigestCache | None,
-                      hub_cache: Path) -> ResolvedSource:
+                      hub_cache: Path, snapshots: Store | None = None) -> ResolvedSource:
     uri = base.uri
     if uri.startswith(BUNDLED_SCHEME):
         name = uri[len(BUNDLED_SCHEME):]
@@ -282,7 +287,11 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
         return ResolvedSource(uri, digest)
     if uri.startswith("hf://"):
         repo_id, commit = hub_commit(uri, base.revision, hub_cache)
-        return ResolvedSource(uri, hashlib.sha256(f"hf {repo_id} {commit}".encode()).hexdigest(), revision=commit)
+        digest = hub_model_digest(uri, repo_id, commit, cache, hub_cache, snapshots)
+        if base.sha256 and digest != base.sha256:
+            raise SourceError(f"spec.baseModel.sha256: the model files of {uri} at {commit} have digest {digest}, "
+                              f"not {base.sha256}")
+        return ResolvedSource(uri, digest, revision=commit)
     if uri.startswith("s3://"):
         if base.sha256:
             return ResolvedSource(uri, base.sha256)  # the folder digest: the model job checks it when it fetches
@@ -291,15 +300,58 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
         if not objects:
             raise SourceError(f"spec.baseModel.uri: no objects under {uri}")
         return ResolvedSource(uri, _etag_digest("spec.baseModel.uri", store, objects))
-    folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
+    if uri.startswith(PVC_SCHEME):
+        folder = pvc_folder(uri)
+    else:
+        folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
     if not folder.is_dir():
         raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
     return ResolvedSource(uri, folder_digest(folder, cache))
 
 
 def is_local_model(uri: str) -> bool:
-    """A model in a local folder (a path or file://), as opposed to a bundled, S3 or Hub one."""
+    """A model in a folder the job sees (a path, file:// or a mounted pvc:// claim), as opposed to a bundled, S3 or
+    Hub one."""
     return not uri.startswith((BUNDLED_SCHEME, "hf://", "s3://"))
+
+
+def pvc_claim(uri: str) -> tuple[str, str]:
+    """(claim name, path inside the claim) of `pvc://claim/path`."""
+    claim, _, path = uri[len(PVC_SCHEME):].partition("/")
+    return claim, path.strip("/")
+
+
+def pvc_folder(uri: str) -> Path:
+    """Where a pvc:// model is in a Job's pod: the operator mounts the claim read-only at `<PVC_ROOT_ENV>/<claim>`.
+    Elsewhere (`kubetune run`) there is no claim to read: refused with what to write instead."""
+    root = os.environ.get(PVC_ROOT_ENV)
+    if not root:
+        raise SourceError(f"spec.baseModel.uri: {uri} is read from a PersistentVolumeClaim, which only the operator's "
+                          "Jobs mount; for kubetune run give the model folder's local path (the same files give the "
+                          "same digest and stage keys)")
+    claim, path = pvc_claim(uri)
+    folder = Path(root, claim, *(part for part in path.split("/") if part))
+    if ".." in folder.parts or "\x00" in str(folder):
+        raise SourceError(f"spec.baseModel.uri: {uri} must name a folder of the claim without '..'")
+    return folder
+
+
+def hub_model_digest(uri: str, repo_id: str, commit: str, cache: DigestCache | None, hub_cache: Path,
+                     snapshots: Store | None) -> str:
+    """The folder digest of the model files of `repo_id` at `commit`: from the snapshot ref in the store when one is
+    there (no Hub request), else by downloading them once and storing the snapshot."""
+    if snapshots is not None:
+        stored = stored_hf_digest(snapshots, repo_id, commit)
+        if stored is not None:
+            return stored
+    try:
+        folder = hub_download(repo_id, commit, hub_cache)
+        digest = files_digest(folder, cache)
+        if snapshots is not None:
+            publish_snapshot(snapshots, folder, digest, repo_id=repo_id, commit=commit)
+    except SnapshotError as error:
+        raise SourceError(f"spec.baseModel.uri: cannot take {uri} at commit {commit}: {error}") from None
+    return digest
 
 
 def hub_commit(uri: str, revision: str | None, hub_cache: Path) -> tuple[str, str]:

@@ -211,9 +211,11 @@ def test_an_unreachable_hub_is_one_line_naming_the_field_and_what_to_do(tmp_path
     assert "\n" not in str(error.value)
 
 
-def test_an_hf_commit_revision_needs_no_hub(hub: type[ModelInfo], tmp_path: Path) -> None:
+def test_an_hf_commit_revision_is_not_looked_up_only_its_files_are_fetched(hub: type[ModelInfo],
+                                                                          tmp_path: Path) -> None:
     resolved = base_model_source(t.BaseModelSpec(uri="hf://org/tiny", revision=COMMIT_B), no_store, None, tmp_path)
-    assert resolved.revision == COMMIT_B and hub.asked == []
+    assert resolved.revision == COMMIT_B
+    assert all(COMMIT_B in path for path in hub.asked) and "/api/models/org/tiny/revision/main" not in hub.asked
 
 
 def test_an_unknown_hf_revision_names_the_field(hub: type[ModelInfo], tmp_path: Path) -> None:
@@ -229,7 +231,10 @@ def test_offline_an_hf_ref_is_read_from_the_local_hub_cache(tmp_path: Path, monk
     refs = tmp_path / "models--org--tiny" / "refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text(COMMIT_A)
-    assert base_model_source(base, no_store, None, tmp_path).revision == COMMIT_A
+    snapshot = model_folder(tmp_path / "models--org--tiny" / "snapshots" / COMMIT_A)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    resolved = base_model_source(base, no_store, None, tmp_path)
+    assert resolved.revision == COMMIT_A and resolved.digest == folder_digest(snapshot)
 
 
 # --- all together ---------------------------------------------------------------------------------------------------

@@ -15,13 +15,14 @@ from kubetune.digests import DigestCache
 from kubetune.jobs import dataset as dataset_stage
 from kubetune.jobs import sources as sources_job
 from kubetune.jobs.runtime import EXIT_CONFIG, EXIT_OK, JobContext, run_job
+from kubetune.model_snapshot import snapshot_prefix
 from kubetune.operator.jobspec import build
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import SOURCES, SOURCES_FILE, Sources, resolve_sources
 from kubetune.stages import resolution_ref, stage_ref
 from kubetune.store import LINEAGE_NAME, Store, open_store, read_manifest
-from tests.fixtures.sources import COMMIT_A, COMMIT_B, ModelInfo
+from tests.fixtures.sources import COMMIT_B, ModelInfo
 from tests.unit.test_operator_jobspec import SETTINGS, container, make_run
 from tests.unit.test_sources import tree
 
@@ -103,15 +104,11 @@ def test_a_model_stage_reads_an_hf_ref_at_the_commit_it_was_resolved_to_though_t
     resolved = resolve_sources(spec, store_factory=no_store, cache=DigestCache(), hub_cache=tmp_path / "hf")
     ctx = model_context(tmp_path, "hf://org/tiny@main", resolved)
     hub.refs["main"] = COMMIT_B
-    asked: list[tuple[str, str | None]] = []
-
-    def resolve_base_model(base: Any, **_: Any) -> Path:
-        asked.append((base.uri, base.revision))
-        return tmp_path / "model"
-
-    monkeypatch.setattr(sources_job, "resolve_base_model", resolve_base_model)
-    assert sources_job.base_model_folder(ctx) == tmp_path / "model"
-    assert asked == [("hf://org/tiny@main", COMMIT_A)]
+    folder = sources_job.base_model_folder(ctx)
+    assert (folder / "model.safetensors").read_bytes() == b"weights A"
+    assert not any(COMMIT_B in path for path in hub.asked)
+    # The first stage to download it stores the snapshot, for the stages after it.
+    assert read_manifest(ctx.store, snapshot_prefix(resolved.base_model.digest)) is not None
 
 
 def test_the_bundled_model_check_reads_the_gguf_digest_from_the_stat_cache(tmp_path: Path,
