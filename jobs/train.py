@@ -44,6 +44,7 @@ from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, reco
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.sources import base_model_folder
+from kubetune.jobs.tracking import track_training
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
@@ -402,13 +403,15 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
                                   keep=spec.training.checkpoint.keep)
     output_dir = workdir / "outputs"
     shutil.rmtree(output_dir, ignore_errors=True)
-    try:
-        with process_group(ranks, ranks.place(resolve_device(spec.training.device))):
-            result = train(inputs, checkpoints, output_dir, stop=ctx.stop,
-                           progress=ctx.progress, ranks=ranks)
-    except DataError as error:
-        raise ConfigError(str(error)) from error
-    if result.outcome == "stopped":
-        raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
-    if ranks.is_main:
-        ctx.publish(output_dir, output_metadata(result))
+    with track_training(ctx, enabled=ranks.is_main) as tracker:
+        try:
+            with process_group(ranks, ranks.place(resolve_device(spec.training.device))):
+                result = train(inputs, checkpoints, output_dir, stop=ctx.stop,
+                               progress=tracker.observe(ctx.progress), ranks=ranks)
+        except DataError as error:
+            raise ConfigError(str(error)) from error
+        if result.outcome == "stopped":
+            raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
+        if ranks.is_main:
+            tracker.before_publish(output_dir, result.state.metrics, result.state.eval_losses)
+            ctx.publish(output_dir, output_metadata(result))

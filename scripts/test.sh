@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# The mlflow server of the tracking tests (tests/fixtures/mlflow_server.py) has its own venv: mlflow pins pyarrow below
+# the jobs extra's pin. Re-made only when its pins change.
+mlflow_want=$(sha256sum requirements/mlflow-server.txt | cut -c1-64)
+if [ "$(cat .venv-mlflow/.kubetune-install 2>/dev/null)" != "$mlflow_want" ]; then
+  echo "kubetune: setting up .venv-mlflow" >&2
+  "${PYTHON:-python3}" -P -m venv --clear .venv-mlflow
+  .venv-mlflow/bin/python -P -m pip install --disable-pip-version-check -q -r requirements/mlflow-server.txt
+  echo "$mlflow_want" > .venv-mlflow/.kubetune-install
+fi
 # Debian packages the tests use: Lua for the Argo CD health check, Chromium and its driver for the web view's
 # browser tests (Selenium).
 missing=()

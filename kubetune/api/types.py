@@ -13,6 +13,7 @@ from pydantic import Field
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
 from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
 from kubetune.api.eval_loss import EVAL_LOSS_GATE_RULES
+from kubetune.api.tracking import TrackingSpec
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
 
 GROUP = "kubetune.dev"
@@ -517,6 +518,8 @@ class FineTuneRunSpec(ApiModel):
     """Object storage for checkpoints and artifacts."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """Scheduling and resources per stage."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Metrics to MLflow and TensorBoard besides status.progress; never part of a key (README: Lineage and tracking)."""
 
 
 # --- status -------------------------------------------------------------------------------------------------------
