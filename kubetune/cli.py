@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kubetune.api.crd import render as render_crd
 from kubetune.api.validate import InvalidManifest, load_runs
+from kubetune.dataformats.convert import add_dataset_commands
 from kubetune.llama.errors import ConversionError, one_line
 
 EXIT_INVALID = 1
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--workdir", type=Path,
                       help="keep the merged model and GGUF files here (default: a temp dir, removed afterwards)")
     gate.set_defaults(func=cmd_check)
+
+    add_dataset_commands(sub)  # kubetune dataset convert
     return parser
 
 
