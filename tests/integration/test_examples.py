@@ -40,7 +40,10 @@ def runnable_here(example: Path, folder: Path) -> Path:
     document: dict[str, Any] = yaml.safe_load(example.read_text(encoding="utf-8"))
     spec = document["spec"]
     changed = False
-    if not str(spec.get("dataset", {}).get("uri", "bundled")).startswith(("bundled", "/", "file://")):
+    if spec.get("dataset", {}).get("format", "tree") != "tree":  # the user's data file: its sample in examples/data
+        spec["dataset"]["uri"] = str(ROOT / "examples" / "data" / Path(spec["dataset"]["uri"]).name)
+        changed = True
+    elif not str(spec.get("dataset", {}).get("uri", "bundled")).startswith(("bundled", "/", "file://")):
         spec["dataset"]["uri"] = str(ROOT / "datasets_new")
         changed = True
     if not str(spec.get("baseModel", {}).get("uri", BUNDLED_MODEL)).startswith("bundled://"):
@@ -70,6 +73,11 @@ def test_every_example_is_valid_and_builds_its_dataset_through_kubetune_run(exam
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stopped after the dataset stage" in done.stderr
     records = dataset_records(store)
+    if run.spec.dataset.format != "tree":  # conversations as the file holds them: no categories, no placeholders
+        source = ROOT / "examples" / "data" / Path(run.spec.dataset.uri).name
+        assert [record["messages"] for record in records] == [
+            json.loads(line)["messages"] for line in source.read_text(encoding="utf-8").splitlines()]
+        return
     expected = set(run.spec.dataset.categories) or {"identity"}
     assert expected <= {record["category"] for record in records}
     texts = [message["content"] for record in records for message in record["messages"]]
