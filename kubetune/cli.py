@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a FineTuneRun on this machine, stage by stage")
     run.add_argument("file", type=Path)
     run.add_argument("--store", help="store folder or URI (default: .kubetune/store)")
-    run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
+    run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate", "publish"),
                      help="re-run this stage and the ones after it even if cached")
-    run.add_argument("--to-stage", choices=("dataset", "train", "merge", "convert", "evaluate"),
+    run.add_argument("--to-stage", choices=("dataset", "train", "merge", "convert", "evaluate", "publish"),
                      help="stop after this stage (e.g. dataset: check and build the data without training)")
     run.set_defaults(func=cmd_run)
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.sources import SOURCES, Sources
-from kubetune.stages import StageRef, stage_ref
+from kubetune.stages import StageRef, enabled_stages, stage_ref
 
 # Jobs started for one stage and input key before the run fails. Each Job has its own pod retries (backoffLimit);
 # this covers Jobs that failed as a whole (deadline exceeded, node lost beyond the pod budget).
@@ -157,7 +157,7 @@ def plan(namespace: str, run: str, spec: FineTuneRunSpec, observed: Observed) ->
         return Plan(resolving, {stage: StageView("Pending") for stage in STAGES}, resolution)
     sources = observed.sources
     assert sources is not None  # _resolution asks for them until they are known
-    enabled = [s for s in STAGES if s != "evaluate" or spec.evaluate.enabled]
+    enabled = enabled_stages(spec)
     views: dict[str, StageView] = {}
     digests: dict[str, str] = {}
     action: Action | None = None

@@ -23,17 +23,31 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "merge": ("train",),
     "convert": ("merge",),
     "evaluate": ("merge", "convert"),
+    "publish": ("convert", "evaluate"),  # evaluate when enabled: only a gated GGUF is published
 }
 
 # Bump a stage's version when its code changes what it writes; every key from that stage on changes with it.
 # Version 2: keys hash source content and upstream content digests instead of URIs and manifest bytes.
 # Version 3 (train, evaluate): the held-out eval loss and its gate.
-STAGE_VERSION: dict[str, int] = {"dataset": 2, "train": 3, "merge": 2, "convert": 2, "evaluate": 3}
+STAGE_VERSION: dict[str, int] = {"dataset": 2, "train": 3, "merge": 2, "convert": 2, "evaluate": 3, "publish": 1}
 
 KEY_PREFIX_LENGTH = 16
 
 # The run annotation whose new value makes the operator resolve the sources again (content changed, spec did not).
 REFRESH_ANNOTATION = "kubetune.dev/refresh"
+
+
+def enabled_stages(spec: FineTuneRunSpec) -> tuple[str, ...]:
+    """The stages this spec runs: evaluate unless `evaluate.enabled` is false, publish when `spec.publish` asks for
+    something."""
+    return tuple(s for s in STAGES if (s != "evaluate" or spec.evaluate.enabled)
+                 and (s != "publish" or spec.publish.requested))
+
+
+def upstream_stages(spec: FineTuneRunSpec, stage: str) -> tuple[str, ...]:
+    """The stages whose outputs `stage` reads under this spec (a disabled evaluate is not waited for)."""
+    enabled = enabled_stages(spec)
+    return tuple(up for up in UPSTREAM[stage] if up in enabled)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,12 @@ def stage_inputs(spec: FineTuneRunSpec, stage: str, sources: Sources) -> dict[st
             "placeholders": m["dataset"]["placeholders"],
             "template": template,
         }
+    if stage == "publish":
+        publish = m["publish"]
+        if "oci" in publish:  # who pushes does not change what is pushed
+            publish["oci"] = {k: v for k, v in publish["oci"].items() if k != "credentialsSecret"}
+        # The Modelfile carries the stop sequences; the GGUFs and their template come through the upstream digests.
+        return {"publish": publish, "stopSequences": m["training"]["stopSequences"]}
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -103,10 +123,10 @@ def stage_prefix(namespace: str, run: str, stage: str, key: str) -> str:
 def stage_ref(namespace: str, run: str, spec: FineTuneRunSpec, stage: str, digests: Mapping[str, str],
               sources: Sources) -> StageRef:
     """Key and prefix of `stage`, given the content digests of (at least) its upstream stages."""
-    missing = [up for up in UPSTREAM[stage] if up not in digests]
+    missing = [up for up in upstream_stages(spec, stage) if up not in digests]
     if missing:
         raise ValueError(f"stage {stage} needs the outputs of {', '.join(missing)} first")
-    upstream = {up: digests[up] for up in UPSTREAM[stage]}
+    upstream = {up: digests[up] for up in upstream_stages(spec, stage)}
     key = stage_key(spec, stage, upstream, sources)
     return StageRef(key=key, prefix=stage_prefix(namespace, run, stage, prefix_key(spec, stage, upstream, sources)))
 

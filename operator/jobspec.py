@@ -36,7 +36,10 @@ SOURCES_RESOURCES = {"cpu": "250m", "memory": "512Mi"}  # the sources Job lists 
 # The emptyDir sizeLimit of /scratch when the run does not set resources.<stage>.scratchSize: room for the stage's
 # inputs, outputs and caches with a 135M-8B model (train: base model + checkpoints; convert: f16 GGUF + quants).
 DEFAULT_SCRATCH = {"sources": "1Gi", "dataset": "10Gi", "train": "100Gi", "merge": "100Gi", "convert": "150Gi",
-                   "evaluate": "50Gi"}
+                   "evaluate": "50Gi", "publish": "50Gi"}
+# Registry login env of the publish job (jobs/publish_oci.py) → key in spec.publish.oci.credentialsSecret.
+REGISTRY_CREDENTIAL_KEYS = {"KUBETUNE_REGISTRY_DOCKERCONFIG": ".dockerconfigjson",
+                            "KUBETUNE_REGISTRY_USERNAME": "username", "KUBETUNE_REGISTRY_PASSWORD": "password"}
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -299,6 +302,12 @@ def _env(run: FineTuneRun, settings: OperatorSettings) -> list[Manifest]:
     token = run.spec.base_model.token_secret
     if token is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    oci = run.spec.publish.oci
+    if oci is not None and oci.credentials_secret:
+        # Either Secret type: a docker config or username/password keys; the publish job reads whichever is set.
+        for name, key in REGISTRY_CREDENTIAL_KEYS.items():
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": oci.credentials_secret, "key": key,
+                                                                     "optional": True}}})
     return env
 
 

@@ -16,6 +16,7 @@ from kubetune.operator.observe import ObservedJob
 from kubetune.operator.problems import Problem
 from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
 from kubetune.sources import SOURCES, ResolvedSource, Sources
+from kubetune.stages import enabled_stages
 from kubetune.store import Manifest, ManifestFile, content_digest
 
 MAX_STAGE_OUTPUTS = 20
@@ -122,7 +123,7 @@ def failed_plan(plan: Plan, stage: str, reason: str) -> Plan:
 
 def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage | None, str | None]:
     action = plan.action
-    enabled = [s for s in t.STAGES if s != "evaluate" or spec.evaluate.enabled]
+    enabled = enabled_stages(spec)
     if isinstance(action, Done):
         return "Succeeded", cast(t.Stage, enabled[-1]), None
     if action.stage == SOURCES:
@@ -227,6 +228,8 @@ def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, input
 def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> t.StageStatus:
     if stage == "evaluate" and not inputs.spec.evaluate.enabled:
         return t.StageStatus(phase="Skipped", message="evaluate.enabled is false")
+    if stage == "publish" and not inputs.spec.publish.requested:
+        return t.StageStatus(phase="Skipped", message="spec.publish asks for nothing")
     view = inputs.plan.stages[stage]
     if view.ref is None:
         return t.StageStatus(phase=view.phase)
@@ -274,7 +277,8 @@ def _artifact(store_uri: str, prefix: str, entry: ManifestFile) -> t.Artifact:
 def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
     """The run's deliverables: the GGUF files, and the gate's report once it passed."""
     found: list[t.Artifact] = []
-    for stage, wanted in (("convert", (".gguf",)), ("evaluate", (".json", ".md", ".txt"))):
+    for stage, wanted in (("convert", (".gguf",)), ("evaluate", (".json", ".md", ".txt")),
+                          ("publish", ("Modelfile", "oci-artifact.json"))):
         manifest, view = inputs.manifests.get(stage), inputs.plan.stages[stage]
         if manifest is None or view.ref is None:
             continue

@@ -13,11 +13,13 @@ if [ "$(cat .venv-mlflow/.kubetune-install 2>/dev/null)" != "$mlflow_want" ]; th
   echo "$mlflow_want" > .venv-mlflow/.kubetune-install
 fi
 # Debian packages the tests use: Lua for the Argo CD health check, Chromium and its driver for the web view's
-# browser tests (Selenium).
+# browser tests (Selenium), the OCI registry and htpasswd of the publish tests.
 missing=()
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null) \
     || echo "warning: could not install ${missing[*]}" >&2

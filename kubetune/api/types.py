@@ -13,6 +13,7 @@ from pydantic import Field
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
 from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
 from kubetune.api.eval_loss import EVAL_LOSS_GATE_RULES
+from kubetune.api.publish import PublishSpec
 from kubetune.api.tracking import TrackingSpec
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
 
@@ -25,8 +26,8 @@ SHORT_NAMES = ("ftr",)
 CATEGORIES = ("kubetune",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
-STAGES = ("dataset", "train", "merge", "convert", "evaluate")
-Stage = Literal["dataset", "train", "merge", "convert", "evaluate"]
+STAGES = ("dataset", "train", "merge", "convert", "evaluate", "publish")
+Stage = Literal["dataset", "train", "merge", "convert", "evaluate", "publish"]
 
 # A run's name becomes part of Job, ConfigMap and label values (`<run>-<stage>-<key8>` ≤ 63) and of store keys.
 RUN_NAME_MAX = 40
@@ -478,7 +479,7 @@ class ResourcesSpec(ApiModel):
             "nodes > 1 applies only to the train stage",
             f".{stage}.nodes",
         )
-        for stage in ("defaults", "dataset", "merge", "convert", "evaluate")
+        for stage in ("defaults", "dataset", "merge", "convert", "evaluate", "publish")
     )
 
     defaults: StageResources = Field(default_factory=StageResources)
@@ -493,6 +494,8 @@ class ResourcesSpec(ApiModel):
     """The convert stage."""
     evaluate: StageResources | None = None
     """The evaluate stage."""
+    publish: StageResources | None = None
+    """The publish stage."""
 
 
 class FineTuneRunSpec(ApiModel):
@@ -514,6 +517,8 @@ class FineTuneRunSpec(ApiModel):
     """GGUF export."""
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     """The llama.cpp gate."""
+    publish: PublishSpec = Field(default_factory=PublishSpec)
+    """Publishing the gated GGUFs: OCI artifact, Ollama Modelfile, Hugging Face folder (none by default)."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
     """Object storage for checkpoints and artifacts."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -622,6 +627,8 @@ class StagesStatus(ApiModel):
     """The convert stage."""
     evaluate: StageStatus | None = None
     """The evaluate stage."""
+    publish: StageStatus | None = None
+    """The publish stage."""
 
 
 class ResolvedSourceStatus(ApiModel):

@@ -14,7 +14,7 @@ from kubetune.sources import Sources
 from kubetune.stages import resolution_ref, stage_key, stage_prefix, stage_ref
 from tests.fixtures.sources import example_sources
 
-UPSTREAM = {"dataset": "d1", "train": "t1", "merge": "m1", "convert": "c1"}
+UPSTREAM = {"dataset": "d1", "train": "t1", "merge": "m1", "convert": "c1", "evaluate": "e1"}
 
 
 def key(stage: str, spec: dict[str, Any] | None = None, upstream: dict[str, str] | None = None,
