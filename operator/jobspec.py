@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubetune.api import types as t
+from kubetune.api.tracking import MLFLOW_CREDENTIAL_KEYS
 from kubetune.api.validate import FineTuneRun
 from kubetune.operator import labels
 from kubetune.operator.runstore import credentials_secret, resolve_store
@@ -237,7 +238,7 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         "image": resources.image or settings.job_image,
         "imagePullPolicy": settings.job_image_pull_policy,
         "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
-        "env": _env(run, settings) + _rank_env(run, action, settings, resources),
+        "env": _env(run, settings) + _rank_env(run, action, settings, resources) + _tracking_env(run, stage),
         "resources": _container_resources(run.spec, stage, settings, resources),
         "volumeMounts": mounts,
         "securityContext": {
@@ -330,6 +331,17 @@ def _rank_env(
             {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         ]
     return env
+
+
+def _tracking_env(run: FineTuneRun, stage: str) -> list[Manifest]:
+    """The MLflow credentials of spec.tracking.mlflow, for the train stage only (the one that logs to it); each key
+    is optional: a token, or a username and password."""
+    mlflow = run.spec.tracking.mlflow
+    if stage != "train" or mlflow is None or mlflow.credentials_secret is None:
+        return []
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": mlflow.credentials_secret.name, "key": key,
+                                                             "optional": True}}}
+            for name, key in MLFLOW_CREDENTIAL_KEYS.items()]
 
 
 def _container_resources(

@@ -17,6 +17,9 @@ from kubetune.api.base import ApiModel
 _SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # http or https, a host, an optional path; no spaces (the API server checks the same pattern).
 HTTP_URL = r"^https?://[^/\s?#]+(/[^\s]*)?$"
+# The environment variables MLflow's clients read, from the keys of spec.tracking.mlflow.credentialsSecret.
+MLFLOW_CREDENTIAL_KEYS = {"MLFLOW_TRACKING_TOKEN": "token", "MLFLOW_TRACKING_USERNAME": "username",
+                          "MLFLOW_TRACKING_PASSWORD": "password"}
 
 
 class MlflowCredentialsSecretRef(ApiModel):
