@@ -23,6 +23,8 @@ from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.digests import DigestCache
 from kubetune.jobs.basemodel import default_cache_dir
 from kubetune.jobs.runtime import utc_now
+from kubetune.notify.local import NotifyConfigError, RunNotices
+from kubetune.notify.message import GateFailure, read_gate_failure
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.status import StatusInputs, compute_status
 from kubetune.planner import (
@@ -68,6 +70,7 @@ class LocalRun:
     status: dict[str, Any] = field(default_factory=dict)
     status_created: str = field(default_factory=utc_now)
     sources: Sources | None = None
+    notices: RunNotices | None = None  # spec.notify's webhooks
 
     def observed(self) -> Observed:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources)
@@ -76,8 +79,19 @@ class LocalRun:
 def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
                 to_stage: str | None = None) -> int:
     runs = load_runs(path)  # InvalidManifest: the CLI reports it as one line, exit 2
-    for run in runs:
-        code = _execute(_prepare(run, store), from_stage, to_stage)
+    try:  # every webhook URL is found before anything runs
+        notices = [RunNotices.of(run) for run in runs]
+    except NotifyConfigError as error:
+        print(f"kubetune: {path}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    for run, notice in zip(runs, notices, strict=True):
+        local = _prepare(run, store)
+        local.notices = notice
+        try:
+            code = _execute(local, from_stage, to_stage)
+        finally:
+            if notice is not None:
+                notice.close()  # waits a bounded time for what is still being sent
         if code != 0:
             return code
     return 0
@@ -127,6 +141,8 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
             if action.stage in forced:
                 local.store.delete_prefix(action.ref.prefix)  # start the stage afresh, checkpoints included
                 forced.discard(action.stage)
+            if local.notices is not None:
+                local.notices.stage_starting(action.stage, local.status, utc_now())
             code = _run_stage(local, action, view, step)
             if code == EXIT_STOPPED:
                 print("kubetune: stopped; run the same command again to resume.", file=sys.stderr)
@@ -190,6 +206,8 @@ def record_status(local: LocalRun, step: Plan) -> None:
         sources=local.sources,
     ))
     local.status = update.status
+    if local.notices is not None:
+        local.notices.transitions(update.transitions, update.status, utc_now(), lambda: _gate_failure(local))
     if update.transitions:  # what the operator posts as Events: kept for `kubetune ui`
         with (local.state_dir / "events.jsonl").open("a", encoding="utf-8") as events:
             events.writelines(json.dumps({"lastTimestamp": utc_now(),
@@ -199,6 +217,12 @@ def record_status(local: LocalRun, step: Plan) -> None:
     document["metadata"]["creationTimestamp"] = local.status_created
     path = local.state_dir / "status.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def _gate_failure(local: LocalRun) -> GateFailure | None:
+    evaluate = local.refs.get("evaluate")
+    prompts = local.run.spec.to_manifest()["evaluate"]["prompts"]
+    return read_gate_failure(local.store, evaluate.prefix, prompts) if evaluate is not None else None
 
 
 def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: object) -> int:

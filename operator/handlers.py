@@ -58,6 +58,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
     async def close_api(**_: Any) -> None:
         await timer.stop()
         await reconciler.events.drain(timeout=10)
+        await reconciler.notifier.close(timeout=5)
         await reconciler.kube.close()
 
     @kopf.on.event(*RESOURCE, registry=registry)

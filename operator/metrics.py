@@ -39,6 +39,9 @@ class Metrics:
             "kubetune_superseded_jobs_replaced_total",
             "Jobs of a previous spec deleted so that the new spec's Job can start, by trigger (grace or annotation)",
             ["stage", "trigger"], registry=self.registry)
+        self.notifications = Counter("kubetune_notifications_total",
+                                     "Webhook notifications by event and outcome (delivered or failed)",
+                                     ["event", "outcome"], registry=self.registry)
         self._phases: dict[tuple[str, str], str] = {}
         self._stalled: dict[tuple[str, str], str] = {}  # run -> reason
 

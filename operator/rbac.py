@@ -1,8 +1,8 @@
 """Every Kubernetes permission the operator needs, as RBAC rules: the Helm chart's ClusterRole/Role is tested
 against this list, and the integration tests check that the operator's requests stay within it.
 
-No Secrets: store credentials reach jobs through `secretKeyRef`, and the operator's own store reads use the
-credentials mounted into its pod. Pods and Events are only listed, and only for a stage Job whose pods are not all
+Secrets: only `get`, for the webhook URLs of `spec.notify` (operator/notify.py); store credentials reach jobs
+through `secretKeyRef`, and the operator's own store reads use the credentials mounted into its pod. Pods and Events are only listed, and only for a stage Job whose pods are not all
 up: why they cannot be created (the Job controller's FailedCreate Events) or started (the pod's conditions and
 container states); a failed job's reason comes from its progress.json in the store.
 """
@@ -30,6 +30,8 @@ RULES: tuple[Rule, ...] = (
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    # The webhook URLs of spec.notify, read one Secret at a time by name (never listed or watched).
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 )
 
 # Only when the operator runs with peering (KUBETUNE_STANDALONE=false, several replicas): kopf's peering objects.

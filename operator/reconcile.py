@@ -30,6 +30,7 @@ from kubetune.operator.jobspec import JobSpecError, build, config_map_name, effe
 from kubetune.operator.kube import ApiError, KubeApi, Obj
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
+from kubetune.operator.notify import Notifier
 from kubetune.operator.observe import ObservedJob, has_condition, latest_attempts, observe_job, observe_jobs
 from kubetune.operator.problems import REPLACE_SUPERSEDED, Problem, pod_problem, store_problem, superseded_problem
 from kubetune.operator.runstore import NoStoreConfigured, resolve_store
@@ -157,6 +158,7 @@ class Reconciler:
         self.metrics = metrics
         self.clock = clock
         self.events = EventRecorder(kube)
+        self.notifier = Notifier(kube, metrics, settings, clock)
         self.cache = ObjectCache()
         self._gate = PriorityGate(RECONCILES_IN_FLIGHT)
         self._stores: dict[StoreConfig, Store] = {}
@@ -347,6 +349,7 @@ class Reconciler:
             return None
         generation = int(body["metadata"].get("generation") or 0)
         previous: dict[str, Any] = body.get("status") or {}
+        self.notifier.take_up(body)  # what an earlier pass or operator recorded and did not send
         if is_settled(previous, generation) and _refresh(body) == ((previous.get("sources") or {}).get("refresh") or ""):
             self.metrics.run_phase(namespace, name, previous["phase"])
             return str(previous["phase"])
@@ -564,10 +567,13 @@ class Reconciler:
             jobs=times or {}, manifests=state.manifests, training=training, previous=previous, problem=problem,
             sources=state.sources, refresh=_refresh(body),
         ))
+        self.notifier.record(body, spec.notify if run is not None else None, previous, update, now)
         if update.changed(previous):
             state.wrote = True
-            self.cache.observe_run("MODIFIED", await self.kube.patch_run_status(
-                meta["namespace"], meta["name"], merge_patch(previous, update.status)))
+            written = await self.kube.patch_run_status(meta["namespace"], meta["name"],
+                                                       merge_patch(previous, update.status))
+            self.cache.observe_run("MODIFIED", written)
+            self.notifier.take_up(written)
         self.events.record(body, [*state.notes, *update.transitions], now)
         self.metrics.transitions(update.transitions, update.status.get("stages") or {})
         phase = str(update.status["phase"])

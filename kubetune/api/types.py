@@ -13,6 +13,7 @@ from pydantic import Field
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
 from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
 from kubetune.api.eval_loss import EVAL_LOSS_GATE_RULES
+from kubetune.api.notify import NotificationStatus, NotifySpec
 from kubetune.api.publish import PublishSpec
 from kubetune.api.tracking import TrackingSpec
 from kubetune.datasets_new.placeholders import DEFAULT_PLACEHOLDERS
@@ -523,6 +524,8 @@ class FineTuneRunSpec(ApiModel):
     """Object storage for checkpoints and artifacts."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """Scheduling and resources per stage."""
+    notify: NotifySpec = Field(default_factory=NotifySpec)
+    """Webhooks told about the run's transitions (README: Notifications)."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """Metrics to MLflow and TensorBoard besides status.progress; never part of a key (README: Lineage and tracking)."""
 
@@ -688,3 +691,5 @@ class FineTuneRunStatus(ApiModel):
     """The GGUF files and other final artifacts."""
     message: str | None = None
     """Why the run is in this phase."""
+    notifications: dict[str, NotificationStatus] | None = None
+    """Each transition's notification per webhook, by id: what was sent, so none is sent twice."""

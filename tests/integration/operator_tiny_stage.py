@@ -8,6 +8,8 @@ spec (`spec.dataset.placeholders`), so a test states the behaviour in the FineTu
 
 - `TINY_FAIL: "<stage>:config"` exits 2 (configuration error, never retried) in that stage;
   `"<stage>:crash"` exits 1 (a failure that may be retried);
+- `TINY_FAIL: "evaluate:gate"` fails the gate as the real evaluate job does: its results.json (a prompt, the
+  answer that missed the expectation) beside the unpublished output, and a "gate failed: …" configuration error;
 - `TINY_STEPS` (default 3) and `TINY_STEP_SECONDS` (default 0.05) shape the train loop.
 """
 
@@ -95,6 +97,13 @@ def evaluate(ctx: JobContext) -> None:
     _maybe_fail(ctx)
     out = ctx.workdir / "out"
     out.mkdir(parents=True, exist_ok=True)
+    if _controls(ctx).get("TINY_FAIL") == "evaluate:gate":
+        answered = {"prompt": "What is your name?", "answer": "I'm Emily.", "passed": False,
+                    "reason": "answer lacks 'nova'"}
+        results = [{"file": "model-q8_0.gguf", "prompts": [answered], "passRate": 0.0}]
+        ctx.store.put_bytes(f"{ctx.prefix}/results.json", json.dumps(results).encode())
+        raise ConfigError(f"gate failed: model-q8_0.gguf: 0% of prompts passed (need 100%); "
+                          f"{answered['prompt']!r} → {answered['answer']!r}: {answered['reason']}")
     report = {"passed": True, "gguf": sorted(f.path for f in files)}
     (out / "report.json").write_text(json.dumps(report))
     ctx.publish(out, {"summary": "all GGUF files passed"})

@@ -91,6 +91,9 @@ The operator's API access: exactly kubetune.operator.rbac.RULES, plus PEERING_RU
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- if not .Values.operator.standalone }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings, clusterkopfpeerings]
