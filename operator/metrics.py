@@ -13,6 +13,14 @@ from kubetune.operator.status import Transition
 
 RUN_PHASES: tuple[RunPhase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 # Stages take from seconds (dataset) to days (train).
+# status.progress field -> (gauge name after kubetune_run_training_, help).
+TRAINING_GAUGES = {
+    "step": ("step", "Optimizer steps done by the run's train stage"),
+    "loss": ("loss", "Training loss at the latest logging step"),
+    "tokensPerSecond": ("tokens_per_second", "Training throughput in (non-padding) tokens per second"),
+    "evalLoss": ("eval_loss", "Loss on the eval split at the latest checkpoint"),
+    "learningRate": ("learning_rate", "Learning rate at the latest logging step"),
+}
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, float("inf"))
 
 
@@ -42,6 +50,11 @@ class Metrics:
         self.notifications = Counter("kubetune_notifications_total",
                                      "Webhook notifications by event and outcome (delivered or failed)",
                                      ["event", "outcome"], registry=self.registry)
+        # Per-run training figures from status.progress, labelled by run; removed with the run.
+        self.training = {
+            field: Gauge(f"kubetune_run_training_{metric}", help_text, ["namespace", "name"], registry=self.registry)
+            for field, (metric, help_text) in TRAINING_GAUGES.items()
+        }
         self._phases: dict[tuple[str, str], str] = {}
         self._stalled: dict[tuple[str, str], str] = {}  # run -> reason
 
@@ -74,6 +87,16 @@ class Metrics:
             self._stalled[key] = reason
         for changed in {before, reason} - {None}:
             self.stalled.labels(changed).set(sum(1 for r in self._stalled.values() if r == changed))
+
+    def run_progress(self, namespace: str, name: str, progress: Mapping[str, object] | None) -> None:
+        """Set the run's training gauges from its status.progress (None: no progress, or the run is gone); a figure
+        the progress does not carry (yet) has no sample rather than a stale one."""
+        for field, gauge in self.training.items():
+            value = (progress or {}).get(field)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                gauge.labels(namespace, name).set(value)
+            else:
+                gauge.remove(namespace, name)  # nothing to remove is fine
 
     def transitions(self, transitions: tuple[Transition, ...], stages: Mapping[str, Mapping[str, object]]) -> None:
         for transition in transitions:

@@ -228,6 +228,7 @@ class Reconciler:
             self._store_trouble.pop(key, None)
             self._pod_checks.pop(key, None)
             self.metrics.run_stalled(namespace, name, None)
+            self.metrics.run_progress(namespace, name, None)
 
     async def request_logged(self, namespace: str, name: str, *, urgent: bool = False, fresh: bool = False) -> None:
         """`request` for the handlers and the timer, which have no one to raise to (kopf retries no event handler): a
@@ -346,12 +347,14 @@ class Reconciler:
         self._quiet.pop((namespace, name), None)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.run_phase(namespace, name, None)
+            self.metrics.run_progress(namespace, name, None)
             return None
         generation = int(body["metadata"].get("generation") or 0)
         previous: dict[str, Any] = body.get("status") or {}
         self.notifier.take_up(body)  # what an earlier pass or operator recorded and did not send
         if is_settled(previous, generation) and _refresh(body) == ((previous.get("sources") or {}).get("refresh") or ""):
             self.metrics.run_phase(namespace, name, previous["phase"])
+            self.metrics.run_progress(namespace, name, previous.get("progress"))
             return str(previous["phase"])
         run = self._parse(namespace, name, body)
         if isinstance(run, InvalidManifest):
@@ -578,6 +581,7 @@ class Reconciler:
         self.metrics.transitions(update.transitions, update.status.get("stages") or {})
         phase = str(update.status["phase"])
         self.metrics.run_phase(meta["namespace"], meta["name"], phase)
+        self.metrics.run_progress(meta["namespace"], meta["name"], update.status.get("progress"))
         stalled: dict[str, Any] = next(
             (c for c in update.status.get("conditions") or [] if c.get("type") == "Stalled"), {})
         self.metrics.run_stalled(meta["namespace"], meta["name"],
