@@ -21,7 +21,7 @@ from kubetune.operator.runstore import credentials_secret, resolve_store
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig
-from kubetune.sources import SOURCES, Sources
+from kubetune.sources import PVC_ROOT_ENV, PVC_SCHEME, SOURCES, Sources, pvc_claim
 from kubetune.stages import KEY_PREFIX_LENGTH, StageRef
 
 CONFIG_DIR = "/etc/kubetune"
@@ -41,6 +41,12 @@ DEFAULT_SCRATCH = {"sources": "1Gi", "dataset": "10Gi", "train": "100Gi", "merge
 # Registry login env of the publish job (jobs/publish_oci.py) → key in spec.publish.oci.credentialsSecret.
 REGISTRY_CREDENTIAL_KEYS = {"KUBETUNE_REGISTRY_DOCKERCONFIG": ".dockerconfigjson",
                             "KUBETUNE_REGISTRY_USERNAME": "username", "KUBETUNE_REGISTRY_PASSWORD": "password"}
+HUB_SOURCES_SCRATCH = "100Gi"  # as train's: the model files of an hf:// model up to 8B
+# A pvc:// base model's claim is mounted at <PVC_ROOT>/<claim> in the Jobs that read the model (the sources Job
+# digests it).
+PVC_ROOT, MODEL_VOLUME = "/mnt/kubetune-pvc", "base-model"
+MODEL_READERS = (SOURCES, "dataset", "train", "merge")
+CLAIM_NAME_MAX = 253
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -70,6 +76,25 @@ def effective_resources(resources: t.ResourcesSpec, stage: str) -> t.StageResour
     if block is not None:
         merged.update(block.model_dump(exclude_none=True))
     return t.StageResources.model_validate(merged)
+
+
+def model_claim(spec: t.FineTuneRunSpec, stage: str) -> str | None:
+    """The PersistentVolumeClaim to mount into `stage` for a pvc:// base model, or None."""
+    uri = spec.base_model.uri
+    if not uri.startswith(PVC_SCHEME) or stage not in MODEL_READERS:
+        return None
+    claim, _ = pvc_claim(uri)
+    if len(claim) > CLAIM_NAME_MAX:
+        raise JobSpecError(f"spec.baseModel.uri: the claim name {claim[:40]}… is longer than {CLAIM_NAME_MAX} "
+                           "characters, which no PersistentVolumeClaim has")
+    return claim
+
+
+def _default_scratch(spec: t.FineTuneRunSpec, stage: str) -> str:
+    """An hf:// model is downloaded by the sources Job (once, into the run's store: model_snapshot.py)."""
+    if stage == SOURCES and spec.base_model.uri.startswith("hf://"):
+        return HUB_SOURCES_SCRATCH
+    return DEFAULT_SCRATCH[stage]
 
 
 def gpu_count(spec: t.FineTuneRunSpec, stage: str, settings: OperatorSettings) -> int:
@@ -220,7 +245,7 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         {"name": "run-config", "configMap": {"name": config_map_name(action.name),
                                              "items": [{"key": RUN_JSON, "path": RUN_JSON}]}},
         # A limit the kubelet enforces (it evicts the pod): a runaway stage cannot fill its node's disk.
-        {"name": "scratch", "emptyDir": {"sizeLimit": resources.scratch_size or DEFAULT_SCRATCH[stage]}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": resources.scratch_size or _default_scratch(run.spec, stage)}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[Manifest] = [
@@ -233,12 +258,18 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         # PyTorch data loaders and NCCL share tensors through /dev/shm; the container default is 64Mi.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    claim = model_claim(run.spec, stage)
+    if claim is not None:
+        # The whole claim, read-only twice over (a subPath the kubelet would create in a read-only claim cannot be).
+        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": MODEL_VOLUME, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     container: Manifest = {
         "name": stage,
         "image": resources.image or settings.job_image,
         "imagePullPolicy": settings.job_image_pull_policy,
         "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
-        "env": _env(run, settings) + _rank_env(run, action, settings, resources) + _tracking_env(run, stage),
+        "env": _env(run, settings) + _rank_env(run, action, settings, resources) + _tracking_env(run, stage)
+        + ([{"name": PVC_ROOT_ENV, "value": PVC_ROOT}] if claim is not None else []),
         "resources": _container_resources(run.spec, stage, settings, resources),
         "volumeMounts": mounts,
         "securityContext": {

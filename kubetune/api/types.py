@@ -52,12 +52,15 @@ RUN_NAME_RULES = (
 _URI_CHAR = r"[^\x00-\x20\x7f?#\\]"
 _S3 = r"s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/" + _URI_CHAR + "*)?"
 _LOCAL = r"file:///" + _URI_CHAR + "*|/" + _URI_CHAR + "*"
+# pvc://<claim>/<path>: a PersistentVolumeClaim of the run's namespace (a DNS-1123 subdomain) and a folder in it.
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/" + _URI_CHAR + "*)?"
 # A git revision: names separated by single '.' or '/', so never `..`, a leading '.' or '/', or `//`.
 GIT_REVISION = r"[-A-Za-z0-9_]+([./][-A-Za-z0-9_]+)*"
 BASE_MODEL_URI = (
     r"^(bundled://[a-z0-9][-a-z0-9.]*"
     rf"|{_S3}"
     rf"|hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@{GIT_REVISION})?"
+    rf"|{_PVC}"
     rf"|{_LOCAL})$"
 )
 DATASET_URI = rf"^(bundled|{_S3}|{_LOCAL})$"
@@ -145,7 +148,8 @@ class BaseModelSpec(ApiModel):
 
     uri: Annotated[str, Field(max_length=1024, pattern=BASE_MODEL_URI)] = "bundled://smollm2-135m-instruct"
     """Where the Hugging Face model folder comes from: `bundled://smollm2-135m-instruct` (shipped with kubetune),
-    `s3://bucket/path`, an absolute local path or `file:///path`, or `hf://org/name@revision` (needs Hub access)."""
+    `s3://bucket/path`, an absolute local path or `file:///path`, `pvc://claim/path` (a PersistentVolumeClaim of the
+    run's namespace, mounted read-only; cluster runs only), or `hf://org/name@revision` (needs Hub access)."""
     revision: Annotated[str | None, Field(default=None, max_length=255, pattern=f"^{GIT_REVISION}$")]
     """Hub revision (branch, tag or commit) for hf:// models; overrides an `@revision` in the URI."""
     sha256: Annotated[str | None, Field(default=None, pattern=r"^[a-f0-9]{64}$")]
