@@ -313,6 +313,8 @@ def _print_summary(local: LocalRun) -> None:
                     print(f"      {entry.path}  {format_size(entry.size):>9}  sha256:{entry.sha256[:16]}…", file=out)
         if stage == "evaluate" and manifest.metadata:
             print(f"      {manifest.metadata.get('summary', '')}", file=out)
+        if stage == "publish" and "oci" in manifest.metadata:
+            print(f"      pushed {manifest.metadata['oci']['reference']}@{manifest.metadata['oci']['digest']}", file=out)
 
 
 class _Terminated(Exception):

@@ -116,7 +116,7 @@ def pull(registry: Registry, repository: str, tag: str, dest: Path, auth: tuple[
 
 def test_kubetune_run_pushes_an_oras_artifact_skips_an_unchanged_publish_and_pushes_a_new_tag(
     registry: Registry, upstream: tuple[Path, Sources, dict[str, StageRef]], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     store, _, _ = upstream
     monkeypatch.chdir(tmp_path)
@@ -135,6 +135,8 @@ def test_kubetune_run_pushes_an_oras_artifact_skips_an_unchanged_publish_and_pus
     assert output is not None
     record = output.metadata["oci"]
     assert record["reference"] == f"{repository}:v1"
+    assert f"pushed {repository}:v1@{record['digest']}" in capsys.readouterr().out  # the run's summary
+    assert "oci-artifact.json" in {artifact["name"] for artifact in status["artifacts"]}
 
     pulled = tmp_path / "pulled"
     pulled.mkdir()
