@@ -55,6 +55,8 @@ def check_dataset(ctx: JobContext) -> None:
     resolved = ctx.run.sources
     if resolved is None:
         return  # a run config written by hand, without resolved sources: nothing to hold the tree to
+    if ctx.run.spec.dataset.uri.startswith("hf://"):
+        return  # read at the commit it was resolved to, whatever its branch points to now
     try:
         now = dataset_source(ctx.run.spec.dataset, store_factory(ctx.run))
     except SourceError as error:

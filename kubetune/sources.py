@@ -6,7 +6,8 @@ digests (stages.py), so editing any input re-runs exactly the stages that read i
 
 - dataset: the files the builder reads (the structure file and `topics/`): a local tree (`bundled` is the one
   packaged with kubetune) by each file's sha256, an `s3://` prefix by its objects' ETags. Another format: its data
-  file, or the .jsonl/.json/.parquet files under its folder or prefix, the same way.
+  file, or the .jsonl/.json/.parquet files under its folder or prefix, the same way; `hf://datasets/org/name[@rev]`
+  by the commit the revision points to.
 - template: `templates/chat_template.jinja` as installed with kubetune, by sha256.
 - base model: `bundled://` by the GGUF file's sha256, a local folder by its folder digest, `s3://` by
   `spec.baseModel.sha256` when given (the folder digest, checked when fetched) else its objects' ETags, and
@@ -45,6 +46,10 @@ TOPICS_FOLDER = "topics"
 TEMPLATE_PACKAGE, TEMPLATE_FILE = "kubetune.templates", "chat_template.jinja"
 COMMIT = re.compile(r"[0-9a-f]{40}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+HF_DATASETS = "hf://datasets/"
+# A revision in a dataset URI has no '/' (the path follows it); a branch whose name has one is given by commit.
+_HF_DATASET = re.compile(r"hf://datasets/(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)"
+                         r"(@(?P<revision>[-A-Za-z0-9_.]+))?(?P<path>/.*)?")
 PVC_SCHEME = "pvc://"
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # set by the operator in the pods that mount a pvc:// model's claim
 
@@ -107,7 +112,7 @@ def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cac
     """Resolve every source of `spec`; raises `SourceError` naming the field when one cannot be. `snapshots`: the
     run's store, where an hf:// model is kept by digest (model_snapshot.py) and looked up before the Hub."""
     return Sources(
-        dataset=dataset_source(spec.dataset, store_factory, cache),
+        dataset=dataset_source(spec.dataset, store_factory, cache, hub_cache),
         template=template_source(),
         base_model=base_model_source(spec.base_model, store_factory, cache, hub_cache, snapshots),
     )
@@ -134,8 +139,13 @@ def dataset_tree(uri: str) -> Path | None:
     return path
 
 
-def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: DigestCache | None = None
-                   ) -> ResolvedSource:
+def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: DigestCache | None = None,
+                   hub_cache: Path | None = None) -> ResolvedSource:
+    if dataset.uri.startswith(HF_DATASETS):
+        repo_id, _, path = hub_dataset(dataset.uri)
+        commit = hub_dataset_commit(dataset.uri, hub_cache)
+        digest = hashlib.sha256(f"hf dataset {repo_id} {commit} {path}".encode()).hexdigest()
+        return ResolvedSource(dataset.uri, digest, revision=commit)
     if dataset.format != "tree":
         return ResolvedSource(dataset.uri, data_files_digest(dataset.uri, store_factory, cache))
     root = dataset_tree(dataset.uri)
@@ -230,6 +240,47 @@ def data_files_digest(uri: str, store_factory: StoreFactory, cache: DigestCache 
         return listing_digest(file_lines(root, files, cache, confined=True))
     except (ValueError, OSError) as error:
         raise SourceError(f"spec.dataset.uri: {printable(str(error))}") from None
+
+
+def hub_dataset(uri: str) -> tuple[str, str, str]:
+    """(repo id, revision, path in the repo) of `hf://datasets/org/name[@revision][/path]`."""
+    match = _HF_DATASET.fullmatch(uri)
+    if match is None:
+        raise SourceError(f"spec.dataset.uri: {uri!r} must look like hf://datasets/org/name[@revision][/path]")
+    return match["repo"], match["revision"] or "main", (match["path"] or "").strip("/")
+
+
+def hub_dataset_commit(uri: str, hub_cache: Path | None) -> str:
+    """The commit a Hub dataset's revision points to now (a 40-hex revision is one already). With `HF_HUB_OFFLINE`
+    set, the ref recorded in the local Hugging Face cache answers."""
+    repo_id, revision, _ = hub_dataset(uri)
+    if COMMIT.fullmatch(revision):
+        return revision
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        ref = (hub_cache or Path()) / f"datasets--{repo_id.replace('/', '--')}" / "refs" / revision
+        commit = ref.read_text(encoding="utf-8").strip() if hub_cache and ref.is_file() else ""
+        if not COMMIT.fullmatch(commit):
+            raise SourceError(f"spec.dataset.uri: cannot resolve {uri} revision {revision!r} offline (HF_HUB_OFFLINE "
+                              f"is set and the local Hugging Face cache holds no commit for it); pin a commit sha "
+                              "or allow Hub access")
+        return commit
+    import httpx
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None,
+                     token=os.environ.get("HF_TOKEN") or None).dataset_info(repo_id, revision=revision)
+    except HfHubHTTPError as error:
+        raise SourceError(f"spec.dataset.uri: cannot resolve {uri} revision {revision!r} on the Hub: "
+                          f"{' '.join(str(error).split())}") from None
+    except (httpx.HTTPError, OSError) as error:
+        raise SourceError(f"spec.dataset.uri: cannot resolve {uri} revision {revision!r}: the Hub cannot be reached "
+                          f"({type(error).__name__}); pin a commit sha with the dataset in the local Hugging Face "
+                          "cache and HF_HUB_OFFLINE=1, or allow Hub access") from None
+    if not isinstance(info.sha, str) or not COMMIT.fullmatch(info.sha):
+        raise SourceError(f"spec.dataset.uri: the Hub gave no commit for {uri} revision {revision!r}")
+    return info.sha
 
 
 def _names_a_file(uri: str) -> bool:

@@ -63,7 +63,10 @@ BASE_MODEL_URI = (
     rf"|{_PVC}"
     rf"|{_LOCAL})$"
 )
-DATASET_URI = rf"^(bundled|{_S3}|{_LOCAL})$"
+# A Hub dataset, optionally at a revision (no '/': the path in the repo follows it) and a file or folder in it.
+HF_DATASET_URI = (r"hf://datasets/[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_.]+)?"
+                  rf"(/{_URI_CHAR}*)?")
+DATASET_URI = rf"^(bundled|{_S3}|{HF_DATASET_URI}|{_LOCAL})$"
 STORAGE_URI = rf"^({_S3}|{_LOCAL})$"
 # No `user:password@` credentials (they belong in credentialsSecret), no query or fragment.
 HTTP_URL = (
@@ -166,11 +169,14 @@ class DatasetSpec(ApiModel):
         *no_traversal("structure"),
         CelRule("!has(self.format) || self.format == 'tree' || !has(self.uri) || self.uri != 'bundled'",
                 "the bundled dataset is a topics tree: a format other than tree needs a file or folder uri", ".uri"),
+        CelRule("!has(self.uri) || !self.uri.startsWith('hf://') || has(self.format) && self.format != 'tree'",
+                "a Hub dataset is read as data files: set format to messages, sharegpt or alpaca", ".format"),
     )
 
     uri: Annotated[str, Field(max_length=1024, pattern=DATASET_URI)] = "bundled"
     """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path;
-    for another `format`, a file or a folder of .jsonl/.json/.parquet files, local or `s3://`."""
+    for another `format`, a file or a folder of .jsonl/.json/.parquet files: local, `s3://` or
+    `hf://datasets/org/name[@revision][/path]`."""
     format: DatasetFormat = "tree"
     """How the data is laid out: `tree` (datasets_new), `messages`, `sharegpt` or `alpaca` (README: dataset formats)."""
     fields: DatasetFields = Field(default_factory=DatasetFields)

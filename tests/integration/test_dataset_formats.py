@@ -22,9 +22,12 @@ from kubetune.jobs.train_data import IGNORE_INDEX, assistant_spans, default_chat
 from kubetune.jobs.train_model import load_tokenizer
 from kubetune.store import open_store
 from tests.fixtures.dataformats import MULTI_TURN, SYSTEM, Message, records, write_records
+from tests.fixtures.hub_datasets import COMMIT_A, COMMIT_B, DatasetRepo
+from tests.fixtures.hub_datasets import REPO as HUB_REPO
 from tests.fixtures.s3 import REGION, S3Server
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.fixtures.hub_datasets"]
 
 BUNDLED_MODEL = "bundled://smollm2-135m-instruct"
 
@@ -38,7 +41,9 @@ def kubetune_run(folder: Path, dataset: dict[str, Any], storage: dict[str, Any] 
                 "spec": spec}
     (folder / "run.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
     args = ["run", "run.yaml", "--to-stage", "dataset"] + ([] if storage else ["--store", "store"])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # Offline unless a test's stand-in Hub allowed access (the hub_datasets fixture sets HF_HUB_OFFLINE=0).
+    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-P", "-m", "kubetune.cli", *args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
@@ -147,3 +152,39 @@ def test_a_bad_record_fails_the_stage_with_exit_2_naming_file_and_line(tmp_path:
     log = (tmp_path / ".kubetune" / "runs" / "default" / "formats" / "dataset.log").read_text(encoding="utf-8")
     assert "Traceback" not in log and "hint: add the answer" in log
     assert not list((tmp_path / "store").rglob("train_data.jsonl"))
+
+
+def test_a_hub_dataset_is_read_at_its_resolved_commit_downloading_only_the_named_data_file(
+        hub_datasets: type[DatasetRepo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tokenizer: PreTrainedTokenizerBase) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))  # a fresh Hugging Face cache: nothing offline
+    rows, expected = records("messages")
+    hub_datasets.files = {
+        COMMIT_A: {"data/train.jsonl": "".join(json.dumps(row) + "\n" for row in rows).encode(),
+                   "data/test.jsonl": b"{}\n", "README.md": b"# chats"},
+        COMMIT_B: {"data/train.jsonl": (json.dumps(rows[0]) + "\n").encode()},
+    }
+    hub_datasets.refs = {"main": COMMIT_A}
+    dataset = {"uri": f"hf://datasets/{HUB_REPO}/data/train.jsonl", "format": "messages", "tokenStats": False}
+    done = kubetune_run(tmp_path, dataset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built, stats = local_outputs(tmp_path)
+    assert built == expected and stats["files"] == 1
+    assert hub_datasets.downloaded == ["data/train.jsonl"]
+    for messages in built:
+        assert_trains_on_assistant_turns_only(tokenizer, messages)
+    hub_datasets.refs = {"main": COMMIT_B}  # the branch moves: resolved afresh, a new dataset key
+    done = kubetune_run(tmp_path, dataset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = sorted((tmp_path / "store").rglob("train_data.jsonl"), key=lambda p: p.stat().st_mtime)
+    assert len(outputs) == 2 and conversations(outputs[-1].read_text(encoding="utf-8")) == [expected[0]]
+
+
+def test_a_hub_dataset_revision_that_does_not_exist_fails_with_exit_2_naming_the_uri(
+        hub_datasets: type[DatasetRepo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    hub_datasets.files, hub_datasets.refs = {COMMIT_A: {"train.jsonl": b"{}\n"}}, {"main": COMMIT_A}
+    done = kubetune_run(tmp_path, {"uri": f"hf://datasets/{HUB_REPO}@v9", "format": "messages",
+                                   "tokenStats": False})
+    assert done.returncode != 0
+    assert f"spec.dataset.uri: cannot resolve hf://datasets/{HUB_REPO}@v9 revision 'v9' on the Hub" in done.stderr
