@@ -47,6 +47,7 @@ HUB_SOURCES_SCRATCH = "100Gi"  # as train's: the model files of an hf:// model u
 PVC_ROOT, MODEL_VOLUME = "/mnt/kubetune-pvc", "base-model"
 MODEL_READERS = (SOURCES, "dataset", "train", "merge")
 CLAIM_NAME_MAX = 253
+IMAGE_ENV = "KUBETUNE_IMAGE"  # the job image, which each output's lineage.json names (jobs/lineage.py)
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
 DEFAULT_GRACE_SECONDS = 60
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -269,7 +270,8 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         "imagePullPolicy": settings.job_image_pull_policy,
         "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
         "env": _env(run, settings) + _rank_env(run, action, settings, resources) + _tracking_env(run, stage)
-        + ([{"name": PVC_ROOT_ENV, "value": PVC_ROOT}] if claim is not None else []),
+        + ([{"name": PVC_ROOT_ENV, "value": PVC_ROOT}] if claim is not None else [])
+        + [{"name": IMAGE_ENV, "value": resources.image or settings.job_image}],
         "resources": _container_resources(run.spec, stage, settings, resources),
         "volumeMounts": mounts,
         "securityContext": {

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.validate import validate_spec
+import pytest
+
+from kubetune.api.types import STAGES
+from kubetune.api.validate import parse_run, validate_spec
+from kubetune.jobs.lineage import IMAGE_ENV
 from kubetune.jobs.runtime import EXIT_OK, JobContext, run_job
+from kubetune.operator.jobspec import build
+from kubetune.operator.settings import OperatorSettings
+from kubetune.planner import CreateJob, job_name
 from kubetune.runconfig import RunConfig, StoreConfig
-from kubetune.stages import stage_inputs, stage_ref
+from kubetune.stages import StageRef, stage_inputs, stage_ref
 from kubetune.store import LINEAGE_NAME, content_digest, open_store, read_manifest
 from tests.fixtures.sources import COMMIT_A, example_sources
 
@@ -110,3 +118,21 @@ def test_different_content_beside_the_lineage_still_changes_the_content_digest(t
     _, manifest_1 = published_lineage(first / "run.json", "dataset")
     _, manifest_2 = published_lineage(second / "run.json", "dataset")
     assert content_digest(manifest_1) != content_digest(manifest_2)
+
+
+def test_a_stage_job_tells_its_image_which_lineage_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = dataclasses.replace(parse_run({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun",
+                                         "metadata": {"name": "demo", "namespace": "team"},
+                                         "spec": {"resources": {"merge": {"image": "registry.example/job:1.2"}}}}),
+                              uid="u")
+    ref = StageRef("f" * 64, f"team/demo/merge/{'f' * 16}")
+    upstream = {stage: StageRef(str(i) * 64, f"team/demo/{stage}/{str(i) * 16}") for i, stage in enumerate(STAGES)}
+    _, job = build(run, CreateJob("merge", ref, 1, job_name("demo", "merge", ref.key, 1)),
+                   OperatorSettings(store_uri="s3://artifacts/runs"), upstream)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": IMAGE_ENV, "value": "registry.example/job:1.2"} in container["env"]
+
+    monkeypatch.setenv(IMAGE_ENV, "registry.example/job:1.2")
+    run_path = write_run(tmp_path)
+    assert run_job("dataset", run_path, publish_one_file("data.jsonl", "{}\n")) == EXIT_OK
+    assert published_lineage(run_path, "dataset")[0]["image"] == "registry.example/job:1.2"
