@@ -478,7 +478,8 @@ class StageResources(ApiModel):
     """Size of the memory-backed /dev/shm (train defaults to 8Gi)."""
     scratch_size: Annotated[str | None, Field(default=None, max_length=32, pattern=QUANTITY)]
     """Size limit of the pod's /scratch volume (work files, model caches), e.g. `200Gi`; the pod is evicted when it
-    writes more. Default per stage: dataset 10Gi, train 100Gi, merge 100Gi, convert 150Gi, evaluate 50Gi."""
+    writes more. Default per stage: dataset 10Gi, train 100Gi, merge 100Gi, convert 150Gi, evaluate and publish
+    50Gi."""
 
 
 class ResourcesSpec(ApiModel):
