@@ -17,7 +17,7 @@ from kubetune.api.types import BaseModelSpec
 from kubetune.digests import DigestCache
 from kubetune.jobs.basemodel import BaseModelError, default_cache_dir, resolve_base_model
 from kubetune.jobs.runtime import ConfigError, JobContext
-from kubetune.model_snapshot import SnapshotError, fetch_snapshot, files_digest, publish_snapshot
+from kubetune.model_snapshot import SnapshotError, cached_hub_folder, fetch_snapshot, files_digest, publish_snapshot
 from kubetune.runconfig import RunConfig
 from kubetune.sources import (
     SOURCES_FILE,
@@ -86,12 +86,22 @@ def base_model_folder(ctx: JobContext) -> Path:
 
 
 def hub_snapshot_folder(ctx: JobContext) -> Path | None:
-    """The stored snapshot of a resolved hf:// model, fetched (and checked) once per machine; None without one."""
+    """A resolved hf:// model already on this machine (`kubetune run` resolved it into the Hugging Face cache), else
+    its stored snapshot, fetched (and checked) once per machine; None without either."""
     resolved = ctx.run.sources
-    if resolved is None or not ctx.run.spec.base_model.uri.startswith("hf://"):
+    if resolved is None or resolved.base_model.revision is None or not ctx.run.spec.base_model.uri.startswith("hf://"):
         return None
+    cache_dir = default_cache_dir()
+    repo_id = ctx.run.spec.base_model.uri[len("hf://"):].partition("@")[0]
+    cached = cached_hub_folder(cache_dir / "hf", repo_id, resolved.base_model.revision)
+    if cached is not None:
+        digests = DigestCache(cache_dir / DIGEST_CACHE)  # big files by stat: no rehash of the weights per stage
+        digest = files_digest(cached, digests)
+        digests.save()
+        if digest == resolved.base_model.digest:
+            return cached
     try:
-        return fetch_snapshot(ctx.store, resolved.base_model.digest, default_cache_dir())
+        return fetch_snapshot(ctx.store, resolved.base_model.digest, cache_dir)
     except SnapshotError as error:
         raise ConfigError(f"spec.baseModel.uri: {error}") from None
 

@@ -142,6 +142,18 @@ def _fetch_into(store: Store, prefix: str, tmp: Path, manifest: Manifest) -> Non
         raise SnapshotError(f"the model snapshot at {store.uri_for(prefix)} cannot be read: {error}") from None
 
 
+def cached_hub_folder(hub_cache: Path, repo_id: str, commit: str) -> Path | None:
+    """The Hub snapshot folder of `repo_id` at `commit` in a local Hugging Face cache, when it holds the model files."""
+    folder = hub_cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
+    if not folder.is_dir():
+        return None
+    try:
+        model_files(folder)
+    except SnapshotError:
+        return None
+    return folder
+
+
 def hub_download(repo_id: str, commit: str, hub_cache: Path) -> Path:
     """The Hub snapshot folder of `repo_id` at `commit` with the model files downloaded (only those: the listing
     is asked first), from the local Hugging Face cache alone when the Hub is off (`HF_HUB_OFFLINE`)."""

@@ -163,3 +163,14 @@ def test_a_pvc_uri_names_a_claim_and_a_folder_in_it(uri: str) -> None:
 def test_a_pvc_uri_with_an_invalid_claim_name_or_path_is_refused(uri: str) -> None:
     with pytest.raises(ValueError, match="baseModel.uri"):
         validate_spec({"baseModel": {"uri": uri}})
+
+
+def test_kubetune_run_stages_read_the_model_from_the_hub_cache_it_was_resolved_into(
+        hub: type[ModelInfo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    model = hub_model(None, tmp_path / "cache" / "hf")  # as kubetune run resolves: no snapshot store
+    hub.asked.clear()
+    ctx = stage_context(tmp_path, tmp_path / "store", resolved_sources(model))
+    folder = sources_job.base_model_folder(ctx)
+    assert folder.is_relative_to(tmp_path / "cache" / "hf") and (folder / "model.safetensors").read_bytes() == b"weights A"
+    assert hub.asked == [] and ctx.store.list("_models") == []  # no download, no second copy

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from kubetune.operator.jobspec import PVC_ROOT, build
+from kubetune.operator.jobspec import DEFAULT_SCRATCH, HUB_SOURCES_SCRATCH, PVC_ROOT, build
 from kubetune.sources import PVC_ROOT_ENV, SOURCES
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
@@ -59,3 +59,10 @@ def test_the_api_server_admits_the_jobs_and_refuses_one_whose_claim_has_no_name(
     claim_volumes(broken)[0]["persistentVolumeClaim"]["claimName"] = ""
     with pytest.raises(ApiError, match=r"persistentVolumeClaim\.claimName: Required value"):
         kube.create(broken)
+
+
+def test_the_sources_job_of_an_hf_model_gets_room_to_download_it_once() -> None:
+    hf, bundled = job(SOURCES, {"baseModel": {"uri": "hf://org/tiny"}}), job(SOURCES, {})
+    scratch = [next(v["emptyDir"]["sizeLimit"] for v in m["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch")
+               for m in (hf, bundled)]
+    assert scratch == [HUB_SOURCES_SCRATCH, DEFAULT_SCRATCH[SOURCES]]
