@@ -83,6 +83,7 @@ def test_a_slow_receiver_holds_up_no_reconcile_and_the_run_finishes_while_it_wai
         _notified_run(bed, "slow", receiver, timeout=60)
         bed.wait_phase("slow", "Succeeded", timeout=90)
         # The first notification is still waiting for its answer; the rest queue behind it, in order.
+        eventually(lambda: len(receiver.requests) >= 1, what="the first notification sent")
         assert len(receiver.requests) == 1
         states = Counter(e["state"] for e in _entries(bed, "slow").values())
         assert states == Counter({"Sending": 1, "Pending": 6})
@@ -114,7 +115,9 @@ def test_a_receiver_that_refuses_a_notification_gets_no_retry_and_the_run_a_warn
     assert all("HTTP 403" in e["error"] and "not retried" in e["error"] for e in entries.values())
     warning = next(e for e in bed.events("refused") if e["reason"] == "NotificationFailed")
     assert warning["type"] == "Warning" and "HTTP 403" in warning["message"]
-    assert bed.metrics.notifications.labels("StageSucceeded", "failed")._value.get() == 5
+    counted = bed.metrics.registry.get_sample_value("kubetune_notifications_total",
+                                                    {"event": "StageSucceeded", "outcome": "failed"})
+    assert counted == 5
 
 
 def test_a_restarted_operator_sends_what_was_pending_and_never_again_what_was_in_flight(bed: OperatorBed) -> None:
