@@ -5,6 +5,7 @@ file fails with a message instead of filling memory."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ def _jsonl_rows(path: Path, shown: str) -> Iterator[Row]:
             except json.JSONDecodeError as error:
                 yield Row(shown, _Unparsed(f"not JSON: {error.msg}", error.colno), line=number)
                 continue
+            except (RecursionError, ValueError) as error:  # nesting past the parser's depth, a too long integer
+                yield Row(shown, _Unparsed(_unreadable(error), 1), line=number)
+                continue
             yield Row(shown, value, line=number)
 
 
@@ -121,6 +125,9 @@ def _json_array_rows(path: Path, shown: str) -> Iterator[Row]:
         except json.JSONDecodeError as error:
             raise RowsError(DatasetIssue(shown, f"not JSON: {error.msg}", "fix the JSON syntax there",
                                          line=error.lineno, column=error.colno)) from None
+        except (RecursionError, ValueError) as error:
+            raise RowsError(DatasetIssue(shown, _unreadable(error), "records nest a few levels at most and numbers "
+                                         "are short", line=line)) from None
         if end - position > MAX_RECORD_BYTES:
             raise RowsError(DatasetIssue(shown, f"a record longer than {MAX_RECORD_BYTES >> 20} MiB",
                                          "split huge samples", line=line))
@@ -133,6 +140,12 @@ def _json_array_rows(path: Path, shown: str) -> Iterator[Row]:
         else:
             raise RowsError(DatasetIssue(shown, "expected ',' or the closing ']' of the array",
                                          "fix the JSON syntax there", line=_line_of(text, position)))
+
+
+def _unreadable(error: RecursionError | ValueError) -> str:
+    if isinstance(error, RecursionError):
+        return "values nest deeper than the JSON parser reads"
+    return f"an integer has more than {sys.get_int_max_str_digits()} digits"
 
 
 def _skip_space(text: str, position: int) -> int:

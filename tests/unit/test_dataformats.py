@@ -141,3 +141,16 @@ def test_an_empty_file_is_refused_rather_than_training_on_nothing(tmp_path: Path
     path.write_text("\n\n", encoding="utf-8")
     (reported,) = errors("messages", path)
     assert "empty.jsonl: no records" in reported
+
+
+def test_records_nested_past_the_parser_or_with_huge_integers_are_located_errors(tmp_path: Path) -> None:
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(json.dumps({"messages": MULTI_TURN}) + "\n" + "[" * 100_000 + "\n" + "9" * 5000 + "\n",
+                     encoding="utf-8")
+    reported = errors("messages", lines)
+    assert reported[0].startswith("deep.jsonl:2:1: values nest deeper than the JSON parser reads")
+    assert reported[1].startswith("deep.jsonl:3:1: an integer has more than")
+    array = tmp_path / "deep.json"
+    array.write_text("[\n" + "[" * 100_000 + "]" * 100_000 + "\n]", encoding="utf-8")
+    (reported_array,) = errors("messages", array)
+    assert reported_array.startswith("deep.json:2: values nest deeper than the JSON parser reads")
