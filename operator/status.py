@@ -17,7 +17,7 @@ from kubetune.operator.problems import Problem
 from kubetune.planner import CreateJob, Done, Fail, Idle, Lookup, Plan, ResumeJob, StageView, SuspendJob, Wait
 from kubetune.sources import SOURCES, ResolvedSource, Sources
 from kubetune.stages import enabled_stages
-from kubetune.store import Manifest, ManifestFile, content_digest
+from kubetune.store import LINEAGE_NAME, Manifest, ManifestFile, content_digest
 
 MAX_STAGE_OUTPUTS = 20
 # The files that say what a stage produced, listed first when a stage has many (checkpoints, tokenizer files…).
@@ -275,7 +275,7 @@ def _artifact(store_uri: str, prefix: str, entry: ManifestFile) -> t.Artifact:
 
 
 def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
-    """The run's deliverables: the GGUF files, and the gate's report once it passed."""
+    """The run's deliverables: the GGUF files, and the gate's report once it passed (not lineage.json: provenance)."""
     found: list[t.Artifact] = []
     for stage, wanted in (("convert", (".gguf",)), ("evaluate", (".json", ".md", ".txt")),
                           ("publish", ("Modelfile", "oci-artifact.json"))):
@@ -283,7 +283,8 @@ def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
         if manifest is None or view.ref is None:
             continue
         found.extend(_artifact(inputs.store_uri, view.ref.prefix, entry)
-                     for entry in manifest.files if entry.path.endswith(wanted) and "/" not in entry.path)
+                     for entry in manifest.files
+                     if entry.path.endswith(wanted) and "/" not in entry.path and entry.path != LINEAGE_NAME)
     return found
 
 

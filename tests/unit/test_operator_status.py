@@ -31,8 +31,8 @@ def files_for(stage: str) -> tuple[ManifestFile, ...]:
         "dataset": ["train_data.jsonl", "stats.json"],
         "train": ["adapter/adapter_model.safetensors", "loss.png"],
         "merge": ["model.safetensors", "config.json"],
-        "convert": ["model-q8_0.gguf", "model-f16.gguf", "tokenizer/tokenizer.json"],
-        "evaluate": ["report.json", "answers/model-q8_0.txt"],
+        "convert": ["model-q8_0.gguf", "model-f16.gguf", "tokenizer/tokenizer.json", "lineage.json"],
+        "evaluate": ["report.json", "answers/model-q8_0.txt", "lineage.json"],  # lineage: no artifact
     }[stage]
     return tuple(ManifestFile(name, 10 + i, f"{i:064x}") for i, name in enumerate(names))
 
