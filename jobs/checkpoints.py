@@ -58,6 +58,12 @@ def write_adapter_folder(
     template = tokenizer.chat_template
     assert isinstance(template, str)
     (dest / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+    # Also in tokenizer_config.json (transformers 5 writes only the .jinja file): tools that read only the config
+    # (older transformers, other converters) get the run's template, not none or the base model's.
+    config_file = dest / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (dest / BASE_MODEL_FILE).write_text(json.dumps(base.to_json(), indent=1) + "\n", encoding="utf-8")
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from kubetune.jobs.train_data import render
+from kubetune.chat_templates import end_of_turn
+from kubetune.jobs.train_data import render, template_variables
 
 
 class StopOnText(StoppingCriteria):
@@ -45,7 +46,10 @@ class Generation:
 
 
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    """EOS and the chat template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`, …) where it is one token."""
+    template = tokenizer.chat_template
+    marker = end_of_turn(template, **template_variables(tokenizer)) if isinstance(template, str) else None
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(marker) if marker else None}
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
@@ -69,7 +73,9 @@ def generate_answers(
     try:
         for prompt in prompts:
             text = render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True)
-            input_ids = tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"].to(device)
+            bos = tokenizer.bos_token  # a template that writes it gets no second one (as in training)
+            input_ids = tokenizer(text, add_special_tokens=not (isinstance(bos, str) and text.startswith(bos)),
+                                  return_tensors="pt")["input_ids"].to(device)
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
+from kubetune.chat_templates import ChatTemplateError, ResolvedTemplate, resolve_template
 from kubetune.jobs.basemodel import folder_digest
 from kubetune.jobs.checkpoints import (
     BaseModelRef,
@@ -43,7 +44,7 @@ from kubetune.jobs.generation import Generation, generate_answers
 from kubetune.jobs.launch import install_rank_signal_handlers, launch_plan, record_rank_failure, run_ranks
 from kubetune.jobs.plots import plot_loss, write_metrics_csv
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
-from kubetune.jobs.sources import base_model_folder
+from kubetune.jobs.sources import base_model_folder, store_factory
 from kubetune.jobs.tracking import track_training
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
@@ -381,6 +382,18 @@ def run(ctx: JobContext) -> None:
         raise
 
 
+def run_chat_template(ctx: JobContext, model_dir: Path) -> ResolvedTemplate:
+    """The run's chat template (kubetune/chat_templates.py), the one the keys were computed from."""
+    resolved = ctx.run.sources
+    try:
+        template = resolve_template(ctx.run.spec.training.chat_template, model_dir, store_factory(ctx.run),
+                                    resolved.template.digest if resolved is not None else None)
+    except ChatTemplateError as error:
+        raise ConfigError(str(error)) from None
+    log.info("chat template: %s from %s (sha256 %s)", template.source, template.origin, template.sha256[:12])
+    return template
+
+
 def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
     spec = ctx.run.spec
     dataset_dir = workdir / "dataset"
@@ -390,6 +403,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
         raise ConfigError(f"the dataset output has no {DATASET_FILE}")
     model_dir = base_model_folder(ctx)
     eval_path = dataset_dir / EVAL_DATASET_FILE
+    template = run_chat_template(ctx, model_dir)
     inputs = TrainInputs(
         model_dir=model_dir,
         base=BaseModelRef(spec.base_model.uri, spec.base_model.sha256 or folder_digest(model_dir)),
@@ -398,6 +412,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
         max_seq_length=spec.dataset.max_seq_length,
         workdir=workdir,
         eval_data_path=eval_path if eval_path.is_file() else None,
+        chat_template=template.text,
     )
     checkpoints = CheckpointStore(ctx.store, ctx.prefix, stage=ctx.stage, input_key=ctx.key,
                                   keep=spec.training.checkpoint.keep)
@@ -414,4 +429,4 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
             raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
         if ranks.is_main:
             tracker.before_publish(output_dir, result.state.metrics, result.state.eval_losses)
-            ctx.publish(output_dir, output_metadata(result))
+            ctx.publish(output_dir, {**output_metadata(result), "chatTemplate": template.to_json()})

@@ -12,15 +12,16 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from kubetune.chat_templates import ChatTemplateError, chatml_template, render_chat
+from kubetune.chat_templates import assistant_spans as template_spans
+
 IGNORE_INDEX = -100
-CHAT_MARKERS = ("<|im_start|>", "<|im_end|>")
 
 Message = dict[str, str]
 
@@ -30,7 +31,7 @@ class DataError(ValueError):
 
 
 def default_chat_template() -> str:
-    return files("kubetune.templates").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+    return chatml_template()
 
 
 def load_conversations(path: Path) -> list[list[Message]]:
@@ -72,33 +73,47 @@ class Sample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def template_variables(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """What a template sees besides the messages: the BOS and EOS token texts, as the gate passes them from the
+    GGUF's vocabulary (tools/llama/checks.py), so both render the same text."""
+    tokens = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    return {name: token for name, token in tokens.items() if isinstance(token, str)}
+
+
+def _template(tokenizer: PreTrainedTokenizerBase) -> str:
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        raise DataError("the tokenizer has no chat template")
+    return template
+
+
 def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool) -> str:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
-    assert isinstance(text, str)
-    return text
+    """The tokenizer's chat template rendered by kubetune.chat_templates, the renderer the gate uses too."""
+    try:
+        return render_chat(_template(tokenizer), messages, add_generation_prompt=generation_prompt,
+                           **template_variables(tokenizer))
+    except ChatTemplateError as error:
+        raise DataError(str(error)) from None
 
 
 def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> tuple[str, list[range]]:
     """The rendered conversation and the character ranges the model learns: each assistant turn's content and its
     end-of-turn marker (trailing newlines after the marker are part of the template, not of the answer)."""
-    text = render(tokenizer, messages, generation_prompt=False)
-    spans: list[range] = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:index], generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1], generation_prompt=False)
-        if not (text.startswith(through) and through.startswith(before)):
-            raise DataError("the chat template does not render conversations prefix by prefix; cannot mask labels")
-        spans.append(range(len(before), len(through.rstrip("\n"))))
-    return text, spans
+    try:
+        return template_spans(_template(tokenizer), messages, **template_variables(tokenizer))
+    except ChatTemplateError as error:
+        raise DataError(str(error)) from None
 
 
 def tokenize_conversation(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_seq_length: int
 ) -> Sample:
     text, spans = assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    # A template that writes the BOS text itself (`{{ bos_token }}…`) gets no second one from the tokenizer; the gate
+    # tokenizes the same way.
+    bos = tokenizer.bos_token
+    encoded = tokenizer(text, add_special_tokens=not (isinstance(bos, str) and text.startswith(bos)),
+                        return_offsets_mapping=True)
     input_ids: list[int] = encoded["input_ids"]
     labels = [
         token if any(start < span.stop and end > span.start for span in spans) else IGNORE_INDEX

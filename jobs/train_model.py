@@ -26,9 +26,10 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.tokenization_utils_base import AddedToken
 
+from kubetune.chat_templates import ChatTemplateError, marker_tokens
 from kubetune.jobs.train_attention import training_attention
 from kubetune.jobs.train_compile import compile_decoder_layers
-from kubetune.jobs.train_data import CHAT_MARKERS
+from kubetune.jobs.train_data import template_variables
 from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
 
 Method = Literal["qlora", "lora"]
@@ -83,13 +84,18 @@ def resolve_device(requested: str) -> torch.device:
 def load_tokenizer(
     model_dir: Path, chat_template: str, added_special_tokens: list[str]
 ) -> tuple[PreTrainedTokenizerBase, list[str]]:
-    """The base tokenizer with our chat template and every needed special token; returns the tokens it added."""
+    """The base tokenizer with the run's chat template and every needed special token (the template's turn markers,
+    e.g. ChatML's `<|im_start|>`/`<|im_end|>`, and `added_special_tokens`); returns the tokens it added."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if not getattr(tokenizer, "is_fast", False):
         raise ModelSetupError(f"{model_dir}: a fast tokenizer (tokenizer.json) is required for label masking")
     tokenizer.chat_template = chat_template
     vocab = tokenizer.get_vocab()
-    wanted = list(dict.fromkeys([*CHAT_MARKERS, *added_special_tokens]))
+    try:
+        markers = marker_tokens(chat_template, **template_variables(tokenizer))
+    except ChatTemplateError as error:
+        raise ModelSetupError(str(error)) from None
+    wanted = list(dict.fromkeys([*markers, *added_special_tokens]))
     missing = [token for token in wanted if token not in vocab]
     if missing:
         tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in missing],

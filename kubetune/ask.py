@@ -1,5 +1,6 @@
-"""`kubetune ask`: one question to a GGUF in llama.cpp, with kubetune's chat template — a run's fine-tuned model, its
-base model (`--base`, for the bundled model), or any GGUF file.
+"""`kubetune ask`: one question to a GGUF in llama.cpp — a run's fine-tuned model, its base model (`--base`, for the
+bundled model), or any GGUF file — with the GGUF's own chat template (`tokenizer.chat_template`, which a run's GGUF
+carries from training; ChatML when it has none); `--base` uses the run's template where the run sets one.
 
 llama.cpp is handed only a file whose GGUF header our reader validated, and it runs in a child process
 (`python -m kubetune.llama.answer`): a model llama.cpp cannot load, or one that crashes it (an abort or a segfault on
@@ -32,12 +33,20 @@ class Target:
     gguf: Path
     label: str
     stop: tuple[str, ...]
+    template: str | None = None  # None: the GGUF's own (read once its header is checked)
 
 
 def default_template() -> str:
-    from importlib.resources import files
+    from kubetune.chat_templates import chatml_template
 
-    return files("kubetune.templates").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+    return chatml_template()
+
+
+def gguf_template(path: Path) -> str:
+    """The GGUF's `tokenizer.chat_template`, ChatML when it has none."""
+    from kubetune.llama.gguf_reader import read_gguf_header
+
+    return read_gguf_header(path).string("tokenizer.chat_template") or default_template()
 
 
 def base_target(run: FineTuneRun) -> Target:
@@ -46,8 +55,11 @@ def base_target(run: FineTuneRun) -> Target:
     uri = run.spec.base_model.uri
     if not uri.startswith(BUNDLED_SCHEME) or uri[len(BUNDLED_SCHEME):] not in BUNDLED_MODELS:
         raise ValueError(f"--base needs a bundled base model (this run's is {uri}); pass a GGUF file instead")
+    from kubetune.chat_templates import spec_template
+
     gguf = BUNDLED_MODELS[uri[len(BUNDLED_SCHEME):]].locate()
-    return Target(gguf, f"base model {uri}", ())
+    template = spec_template(run.spec.training.chat_template, open_store)  # None for source base: the GGUF's own
+    return Target(gguf, f"base model {uri}", (), template.text if template is not None else None)
 
 
 def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
@@ -90,7 +102,8 @@ def ask(target: Target, prompt: str, max_tokens: int) -> str:
     """The model's answer; raises UnusableModel when llama.cpp cannot load or run the file."""
     # A prompt from argv may carry undecodable bytes (as lone surrogates): llama.cpp takes UTF-8.
     prompt = prompt.encode("utf-8", "replace").decode("utf-8")
-    request = {"gguf": str(target.gguf), "prompt": prompt, "template": default_template(), "max_tokens": max_tokens,
+    template = target.template if target.template is not None else gguf_template(target.gguf)
+    request = {"gguf": str(target.gguf), "prompt": prompt, "template": template, "max_tokens": max_tokens,
                "stop": list(target.stop)}
     # -P: started from a checkout's root, the child must not import its operator/ folder as the stdlib's operator.
     child = subprocess.run(

@@ -41,7 +41,7 @@ def check(target: Path, run: FineTuneRun, workdir: Path | None = None) -> CheckR
 
 
 def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
-    from kubetune.ask import default_template
+    from kubetune.ask import gguf_template
     from kubetune.jobs.basemodel import default_cache_dir, resolve_base_model
     from kubetune.jobs.evaluate import chat_template, evaluate_gguf, gate_failure, merged_reference
     from kubetune.jobs.lora_merge import merge_adapter
@@ -60,7 +60,7 @@ def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
         ggufs = [f.path for f in convert(merged, scratch / "gguf", list(spec.export.types))]
         template = chat_template(merged)
     else:
-        ggufs, template = [target], default_template()
+        ggufs, template = [target], gguf_template(target)  # the template it carries from training
     reference = merged_reference(merged, spec)  # once for all GGUFs
     reports = [evaluate_gguf(gguf, reference, spec, template) for gguf in ggufs]
     failures = [f for r in reports

@@ -8,7 +8,8 @@ digests (stages.py), so editing any input re-runs exactly the stages that read i
   packaged with kubetune) by each file's sha256, an `s3://` prefix by its objects' ETags. Another format: its data
   file, or the .jsonl/.json/.parquet files under its folder or prefix, the same way; `hf://datasets/org/name[@rev]`
   by the commit the revision points to.
-- template: `templates/chat_template.jinja` as installed with kubetune, by sha256.
+- template: the text of `spec.training.chatTemplate` (ChatML as installed with kubetune, a file or inline) by sha256,
+  checked to parse and render; `base` (the base model's own) by the base model's digest.
 - base model: `bundled://` by the GGUF file's sha256, a local folder by its folder digest, `s3://` by
   `spec.baseModel.sha256` when given (the folder digest, checked when fetched) else its objects' ETags, and
   `hf://org/name@revision` by the folder digest of the model files at the commit the revision points to
@@ -32,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kubetune.api import types as t
+from kubetune.api.chat_template import ChatTemplateSpec
 from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
 from kubetune.dataformats.rows import is_data_file
 from kubetune.datasets_new.errors import printable
@@ -43,7 +45,6 @@ from kubetune.store.keys import validate_key
 SOURCES = "sources"  # the step before the stages that resolves what they read
 SOURCES_FILE = "sources.json"
 TOPICS_FOLDER = "topics"
-TEMPLATE_PACKAGE, TEMPLATE_FILE = "kubetune.templates", "chat_template.jinja"
 COMMIT = re.compile(r"[0-9a-f]{40}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 HF_DATASETS = "hf://datasets/"
@@ -111,11 +112,10 @@ def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cac
                     hub_cache: Path, snapshots: Store | None = None) -> Sources:
     """Resolve every source of `spec`; raises `SourceError` naming the field when one cannot be. `snapshots`: the
     run's store, where an hf:// model is kept by digest (model_snapshot.py) and looked up before the Hub."""
-    return Sources(
-        dataset=dataset_source(spec.dataset, store_factory, cache, hub_cache),
-        template=template_source(),
-        base_model=base_model_source(spec.base_model, store_factory, cache, hub_cache, snapshots),
-    )
+    dataset = dataset_source(spec.dataset, store_factory, cache, hub_cache)
+    base_model = base_model_source(spec.base_model, store_factory, cache, hub_cache, snapshots)
+    return Sources(dataset=dataset, template=template_source(spec.training.chat_template, base_model, store_factory),
+                   base_model=base_model)
 
 
 # --- dataset ------------------------------------------------------------------------------------------------------
@@ -314,9 +314,17 @@ def _etag_digest(field_name: str, store: Store, objects: list[Any]) -> str:
 # --- template -----------------------------------------------------------------------------------------------------
 
 
-def template_source() -> ResolvedSource:
-    text = resources.files(TEMPLATE_PACKAGE).joinpath(TEMPLATE_FILE).read_bytes()
-    return ResolvedSource(f"{TEMPLATE_PACKAGE}/{TEMPLATE_FILE}", hashlib.sha256(text).hexdigest())
+def template_source(spec: ChatTemplateSpec, base_model: ResolvedSource, store_factory: StoreFactory
+                    ) -> ResolvedSource:
+    """The run's chat template, checked (kubetune/chat_templates.py), by the sha256 of its text; `base` by the base
+    model's content digest, which holds its template."""
+    from kubetune.chat_templates import ChatTemplateError, template_digest  # jinja2: not in the operator's image
+
+    try:
+        uri, digest = template_digest(spec, base_model.digest, store_factory)
+    except ChatTemplateError as error:
+        raise SourceError(printable(str(error))) from None
+    return ResolvedSource(uri, digest)
 
 
 # --- base model ---------------------------------------------------------------------------------------------------

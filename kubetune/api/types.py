@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel, CelRule, KeyRule, cel_string
+from kubetune.api.chat_template import ChatTemplateSpec
 from kubetune.api.dataset_formats import DatasetFields, DatasetFormat
 from kubetune.api.eval_loss import EVAL_LOSS_GATE_RULES
 from kubetune.api.notify import NotificationStatus, NotifySpec
@@ -308,7 +309,10 @@ class TrainingSpec(ApiModel):
     stop_sequences: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=16)] = Field(
         default_factory=lambda: ["</output>"]
     )
-    """Generation stops at any of these (training-time eval and the evaluate gate)."""
+    """Generation stops at any of these (training-time eval and the evaluate gate), and at the chat template's
+    end-of-turn marker."""
+    chat_template: ChatTemplateSpec = Field(default_factory=ChatTemplateSpec)
+    """The chat template for training, the merged model, the GGUF and the gate."""
     eval_prompts: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(max_length=64)] = Field(
         default_factory=list
     )

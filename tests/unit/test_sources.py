@@ -14,6 +14,7 @@ import pytest
 
 import kubetune.digests
 from kubetune.api import types as t
+from kubetune.api.chat_template import ChatTemplateSpec
 from kubetune.api.validate import validate_spec
 from kubetune.digests import DigestCache, folder_digest
 from kubetune.sources import (
@@ -121,9 +122,11 @@ def test_a_missing_tree_or_structure_file_names_the_field(tmp_path: Path) -> Non
         dataset_digest(tree(tmp_path / "tree"), structure="other.json")
 
 
-def test_the_template_digest_is_the_sha256_of_the_installed_chat_template() -> None:
+def test_the_chatml_template_digest_is_the_sha256_of_the_installed_chat_template() -> None:
     installed = Path(__file__).resolve().parents[2] / "templates" / "chat_template.jinja"
-    assert template_source().digest == hashlib.sha256(installed.read_bytes()).hexdigest()
+    model = base_model_source(t.BaseModelSpec(), no_store, None, Path("/nonexistent"))
+    chatml = template_source(ChatTemplateSpec(source="chatml"), model, no_store)
+    assert chatml.digest == hashlib.sha256(installed.read_bytes()).hexdigest()
 
 
 # --- base models --------------------------------------------------------------------------------------------------

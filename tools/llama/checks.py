@@ -1,19 +1,20 @@
 """GGUF checks through llama.cpp: loading, chat generation with our chat template, and agreement with transformers.
 
-The evaluate stage and the CLI use these. Prompts are rendered with jinja2 exactly as transformers'
-`apply_chat_template` renders them (sandboxed, trim_blocks, lstrip_blocks) and tokenized without adding BOS, so
-llama.cpp sees the same tokens the model was trained on.
+The evaluate stage and the CLI use these. Prompts are rendered by kubetune.chat_templates, the renderer training uses
+(transformers' `apply_chat_template` settings, bounded), and tokenized as training tokenizes them (BOS by the
+vocabulary's rule unless the template writes it), so llama.cpp sees the same tokens the model was trained on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from kubetune import chat_templates
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -36,10 +37,6 @@ def load(
     )
 
 
-def _raise_exception(message: str) -> None:
-    raise ValueError(message)
-
-
 def render_chat(
     chat_template: str,
     messages: Sequence[Mapping[str, Any]],
@@ -47,15 +44,29 @@ def render_chat(
     add_generation_prompt: bool = True,
     **variables: Any,
 ) -> str:
-    """Render a chat template the way transformers does (same jinja settings and helpers)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """Render a chat template with the renderer training uses (kubetune.chat_templates: transformers' settings)."""
+    return chat_templates.render_chat(chat_template, messages, add_generation_prompt=add_generation_prompt,
+                                      **variables)
 
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    environment.globals["raise_exception"] = _raise_exception
-    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    template = environment.from_string(chat_template)
-    return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **variables)
+
+def gguf_template_variables(llm: Llama) -> dict[str, str]:
+    """The BOS and EOS token texts from the GGUF's vocabulary: what training hands the template from the tokenizer."""
+    variables: dict[str, str] = {}
+    for name, token_id in (("bos_token", llm.token_bos()), ("eos_token", llm.token_eos())):
+        if token_id >= 0:
+            variables[name] = llm.detokenize([token_id], special=True).decode("utf-8", "replace")
+    return variables
+
+
+def chat_prompt_tokens(llm: Llama, messages: Sequence[Mapping[str, Any]], chat_template: str,
+                       **template_variables: Any) -> tuple[str, list[int]]:
+    """The rendered prompt and its tokens, as training tokenizes it: BOS added by the vocabulary's rule unless the
+    template writes it."""
+    variables = {**gguf_template_variables(llm), **template_variables}
+    prompt = render_chat(chat_template, messages, add_generation_prompt=True, **variables)
+    bos = variables.get("bos_token")
+    writes_bos = isinstance(bos, str) and bool(bos) and prompt.startswith(bos)
+    return prompt, llm.tokenize(prompt.encode("utf-8"), add_bos=not writes_bos, special=True)
 
 
 def generate_chat(
@@ -66,19 +77,16 @@ def generate_chat(
     max_tokens: int = 256,
     **template_variables: Any,
 ) -> str:
-    """Greedy answer to `messages`: the rendered prompt is completed as raw text until a stop sequence."""
-    # transformers hands templates their special tokens; so do we, from the GGUF's vocabulary.
-    for name, token_id in (("bos_token", llm.token_bos()), ("eos_token", llm.token_eos())):
-        if token_id >= 0:
-            template_variables.setdefault(name, llm.detokenize([token_id], special=True).decode("utf-8", "replace"))
-    prompt = render_chat(chat_template, messages, add_generation_prompt=True, **template_variables)
-    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    """Greedy answer to `messages`: the rendered prompt is completed as raw text until a stop sequence or the
+    template's end-of-turn marker."""
+    _, tokens = chat_prompt_tokens(llm, messages, chat_template, **template_variables)
+    stops = chat_templates.stop_sequences(stop, chat_template, **gguf_template_variables(llm))
     result = llm.create_completion(
         prompt=tokens,
         max_tokens=max_tokens,
         temperature=0.0,
         top_k=1,
-        stop=list(stop) or None,
+        stop=stops or None,
         stream=False,
     )
     return str(result["choices"][0]["text"])  # type: ignore[index]
