@@ -323,7 +323,7 @@ def _env(run: FineTuneRun, settings: OperatorSettings) -> list[Manifest]:
         # Only here does a job write a termination message: run locally it must not touch the host's file.
         {"name": "KUBETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
-    if not run.spec.base_model.uri.startswith("hf://"):
+    if not run.spec.base_model.uri.startswith("hf://") and not run.spec.dataset.uri.startswith("hf://"):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # nothing may come from a hub at run time
     secret = credentials_secret(run.spec.storage, settings)
     if secret:

@@ -1,5 +1,6 @@
 """The dataset format and its field mapping are part of the dataset stage's key and of no other stage's: later
-stages follow through the dataset's output digest. The bundled tree cannot be read as another format."""
+stages follow through the dataset's output digest. The bundled tree cannot be read as another format; an hf://
+dataset's Jobs may reach the Hub."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from kubetune.api.types import STAGES
 from kubetune.api.validate import InvalidManifest, validate_spec
 from kubetune.stages import stage_ref
 from tests.fixtures.sources import example_sources
+from tests.unit.test_operator_jobspec import env, manifests
 
 UPSTREAM = {stage: f"{stage}-digest" for stage in STAGES}
 MESSAGES = {"uri": "/data/chats.jsonl", "format": "messages"}
@@ -44,3 +46,11 @@ def test_the_bundled_tree_cannot_be_read_as_another_format() -> None:
 def test_a_field_mapping_key_must_be_a_plain_name() -> None:
     with pytest.raises(InvalidManifest, match="fields.role"):
         validate_spec({"dataset": {**MESSAGES, "fields": {"role": "a b"}}})
+
+
+@pytest.mark.parametrize("stage", ["dataset", "train"])
+def test_a_hub_dataset_lets_the_jobs_reach_the_hub_a_local_one_keeps_them_offline(stage: str) -> None:
+    _, hub_job = manifests({"dataset": {"uri": "hf://datasets/org/chats", "format": "messages"}}, stage=stage)
+    _, local_job = manifests({"dataset": MESSAGES}, stage=stage)
+    assert "HF_HUB_OFFLINE" not in env(hub_job)
+    assert env(local_job)["HF_HUB_OFFLINE"] == "1"
