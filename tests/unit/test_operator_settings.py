@@ -77,7 +77,9 @@ def test_a_bad_value_names_the_variable_and_the_problem(name: str, value: str, p
     ("patch", "batch", "jobs", True),
     ("create", "", "configmaps", True),
     ("create", "", "events", True),
-    ("get", "", "secrets", False),  # never: credentials reach jobs as secretKeyRef
+    ("get", "", "secrets", True),  # spec.notify's webhook URLs, one Secret by name (credentials reach jobs as secretKeyRef)
+    ("list", "", "secrets", False),
+    ("watch", "", "secrets", False),
     ("list", "", "pods", True),  # why a stage Job's pods do not start
     ("list", "", "events", True),  # ... or cannot be created (the Job controller's FailedCreate)
     ("get", "", "pods", False),
