@@ -15,6 +15,7 @@ import yaml
 from kubetune.api.types import STAGES
 from kubetune.api.validate import parse_run
 from kubetune.cli import main as kubetune_cli
+from kubetune.model_snapshot import files_digest, publish_snapshot
 from kubetune.operator.jobspec import build
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob
@@ -170,9 +171,17 @@ def test_planted_secret_values_appear_nowhere_and_every_pod_is_restricted(
 ) -> None:
     storage = {"uri": f"s3://{s3_bucket}/runs", "endpoint": s3_server.endpoint, "region": REGION,
                "pathStyle": True, "credentialsSecret": STORE_SECRET}
-    # Pinned to a commit: the sources step resolves it without the Hub (a branch would need Hub access here).
+    # Pinned to a commit whose snapshot the store holds (as a sources Job leaves it): resolved without the Hub.
     hf = {"baseModel": {"uri": f"hf://org/model@{'c' * 40}", "tokenSecret": {"name": HF_SECRET, "key": "token"}},
           "dataset": {"categories": ["logic"]}}
+    model = tmp_path / "hub-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    seed = LocalStore(tmp_path / "seed")
+    publish_snapshot(seed, model, files_digest(model), repo_id="org/model", commit="c" * 40)
+    for item in seed.list(""):
+        s3_server.client().put_object(Bucket=s3_bucket, Key=f"runs/{item.key}", Body=seed.get_bytes(item.key))
     with JobExecutor(kube, tmp_path / "executor", rewrite_command=_real_dataset_then_tiny) as executor:
         operator.start()
         kube.create(run_manifest("planted-ok", storage, **hf))
