@@ -205,7 +205,7 @@ class Notifier:
                 if error.status == 404:
                     raise _UrlError(f"{where}: no such Secret") from None
                 if error.status == 403:
-                    raise _UrlError(f"{where}: the operator may not read it (RBAC: get secrets)") from None
+                    raise _UrlError(f"{where}: the operator may not read it (RBAC get secrets: chart value notify.enabled)") from None
                 if attempt == SECRET_READ_ATTEMPTS:
                     raise _UrlError(f"{where}: cannot be read: {error}") from None
             await asyncio.sleep(self.policy.base_delay * attempt)

@@ -1,8 +1,9 @@
 """Every Kubernetes permission the operator needs, as RBAC rules: the Helm chart's ClusterRole/Role is tested
 against this list, and the integration tests check that the operator's requests stay within it.
 
-Secrets: only `get`, for the webhook URLs of `spec.notify` (operator/notify.py); store credentials reach jobs
-through `secretKeyRef`, and the operator's own store reads use the credentials mounted into its pod. Pods and Events are only listed, and only for a stage Job whose pods are not all
+Secrets: only `get`, for the webhook URLs of `spec.notify` (operator/notify.py, NOTIFY_RULES, which the chart's
+`notify.enabled: false` leaves out); store credentials reach jobs through `secretKeyRef`, and the operator's own store
+reads use the credentials mounted into its pod. Pods and Events are only listed, and only for a stage Job whose pods are not all
 up: why they cannot be created (the Job controller's FailedCreate Events) or started (the pod's conditions and
 container states); a failed job's reason comes from its progress.json in the store.
 """
@@ -30,7 +31,11 @@ RULES: tuple[Rule, ...] = (
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    # The webhook URLs of spec.notify, read one Secret at a time by name (never listed or watched).
+)
+
+# Unless the chart's notify.enabled is false: the webhook URLs of spec.notify, one Secret at a time by name (never
+# listed or watched).
+NOTIFY_RULES: tuple[Rule, ...] = (
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 )
 
@@ -41,7 +46,7 @@ PEERING_RULES: tuple[Rule, ...] = (
 )
 
 
-def allows(verb: str, group: str, resource: str, rules: tuple[Rule, ...] = RULES) -> bool:
+def allows(verb: str, group: str, resource: str, rules: tuple[Rule, ...] = RULES + NOTIFY_RULES) -> bool:
     """Whether `rules` grant `verb` on `resource` (a plural, or `plural/subresource`) of API group `group`."""
     return any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
                for rule in rules)

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kubetune.operator.rbac import PEERING_RULES, RULES
+from kubetune.operator.rbac import NOTIFY_RULES, PEERING_RULES, RULES
 from kubetune.operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -342,7 +342,8 @@ def grants(rules: list[Obj] | tuple[Any, ...]) -> set[tuple[str, str, str]]:
 
 def expected_grants(value_set: str) -> set[tuple[str, str, str]]:
     standalone = OperatorSettings.from_env(plain_env(value_set)).standalone
-    return grants(RULES) | (set() if standalone else grants(PEERING_RULES))
+    notify = values(value_set)["notify"]["enabled"]
+    return grants(RULES) | (set() if standalone else grants(PEERING_RULES)) | (grants(NOTIFY_RULES) if notify else set())
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -355,13 +356,14 @@ def test_chart_rbac_rules_equal_the_operators_calls(value_set: str) -> None:
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_rbac_grants_no_wildcards_and_secrets_only_one_by_name(value_set: str) -> None:
+def test_rbac_grants_no_wildcards_and_secrets_only_one_by_name_and_only_for_notifications(value_set: str) -> None:
+    notify = values(value_set)["notify"]["enabled"]
     for role in of_kind(value_set, "ClusterRole") + of_kind(value_set, "Role"):
         for group, resource, verb in grants(role["rules"]):
             assert "*" not in (group, resource, verb)
             assert resource not in ("pods/exec", "serviceaccounts/token")
             # spec.notify's webhook URLs: a get of the Secret a run names, never a list or watch of them all.
-            assert resource != "secrets" or verb == "get"
+            assert resource != "secrets" or (notify and verb == "get")
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)

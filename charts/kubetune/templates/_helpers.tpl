@@ -91,9 +91,11 @@ The operator's API access: exactly kubetune.operator.rbac.RULES, plus PEERING_RU
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+{{- if .Values.notify.enabled }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+{{- end }}
 {{- if not .Values.operator.standalone }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings, clusterkopfpeerings]
