@@ -113,13 +113,13 @@ def store_hub_snapshot(ctx: JobContext, folder: Path) -> None:
         return
     cache = DigestCache(default_cache_dir() / DIGEST_CACHE)
     digest = files_digest(folder, cache)
-    cache.save()
     if digest != resolved.base_model.digest:
         raise ConfigError(f"spec.baseModel.uri: the model files of {resolved.base_model.uri} at commit "
                           f"{resolved.base_model.revision} have digest {digest[:12]}…, not the resolved "
                           f"{resolved.base_model.digest[:12]}…: the Hub served other files for that commit")
     repo_id = ctx.run.spec.base_model.uri[len("hf://"):].partition("@")[0]
-    publish_snapshot(ctx.store, folder, digest, repo_id=repo_id, commit=resolved.base_model.revision)
+    publish_snapshot(ctx.store, folder, digest, repo_id=repo_id, commit=resolved.base_model.revision, cache=cache)
+    cache.save()
 
 
 def pinned_base_model(ctx: JobContext) -> BaseModelSpec:

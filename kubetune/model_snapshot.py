@@ -23,12 +23,15 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kubetune.digests import DigestCache, file_lines, listing_digest
 from kubetune.store import Store
+from kubetune.store.base import Upload
 from kubetune.store.errors import StoreError
-from kubetune.store.manifest import Manifest, fetch, publish, read_manifest
+from kubetune.store.keys import join_key
+from kubetune.store.manifest import MANIFEST_NAME, Manifest, ManifestFile, fetch, read_manifest
 
 SNAPSHOTS = "_models/sha256"
 HF_REFS = "_models/refs/hf"
@@ -90,25 +93,25 @@ def stored_hf_digest(store: Store, repo_id: str, commit: str) -> str | None:
     return digest
 
 
-def publish_snapshot(store: Store, folder: Path, digest: str, *, repo_id: str, commit: str) -> None:
-    """Store the model files of `folder` as the snapshot `digest` (unless it is there) and record the commit's ref."""
+def publish_snapshot(store: Store, folder: Path, digest: str, *, repo_id: str, commit: str,
+                     cache: DigestCache | None = None) -> None:
+    """Store the model files of `folder` as the snapshot `digest` (unless it is there) and record the commit's ref.
+
+    Not `publish`: that withdraws an existing manifest first, and a reader in that moment would download the model
+    again; here the files go up (the same bytes as any other writer's) and the manifest after them."""
     prefix = snapshot_prefix(digest)
     if read_manifest(store, prefix) is None:
-        with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=folder.parent) as tmp:
-            staged = Path(tmp)
-            for name, path in model_files(folder):
-                _stage_file(path.resolve(), staged / name)
-            publish(store, prefix, staged, stage=SNAPSHOT_STAGE, input_key=digest)
+        files = model_files(folder)
+        lines = file_lines(folder, files, cache)
+        if listing_digest(lines) != digest:
+            raise SnapshotError(f"the model files in {folder} changed while they were stored (digest {digest})")
+        manifest = Manifest(stage=SNAPSHOT_STAGE, input_key=digest,
+                            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                            files=tuple(ManifestFile(name, size, sha256) for name, size, sha256 in lines))
+        manifest.validate()
+        store.put_files([Upload(join_key(prefix, name), path) for name, path in files])
+        store.put_bytes(join_key(prefix, MANIFEST_NAME), manifest.to_bytes())
     store.put_bytes(hf_ref_key(repo_id, commit), f"{digest}\n".encode())
-
-
-def _stage_file(source: Path, staged: Path) -> None:
-    """A hard link where the filesystem allows (a Hub snapshot's files are links into its blob store): publish reads
-    a plain folder, and a model of many GB is not copied on the way."""
-    try:
-        os.link(source, staged)
-    except OSError:
-        shutil.copyfile(source, staged)
 
 
 def fetch_snapshot(store: Store, digest: str, cache_dir: Path) -> Path | None:

@@ -407,7 +407,7 @@ def hub_model_digest(uri: str, repo_id: str, commit: str, cache: DigestCache | N
         folder = hub_download(repo_id, commit, hub_cache)
         digest = files_digest(folder, cache)
         if snapshots is not None:
-            publish_snapshot(snapshots, folder, digest, repo_id=repo_id, commit=commit)
+            publish_snapshot(snapshots, folder, digest, repo_id=repo_id, commit=commit, cache=cache)
     except SnapshotError as error:
         raise SourceError(f"spec.baseModel.uri: cannot take {uri} at commit {commit}: {error}") from None
     return digest
