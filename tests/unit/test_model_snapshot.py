@@ -12,11 +12,20 @@ from kubetune.api import types as t
 from kubetune.api.validate import validate_spec
 from kubetune.jobs import sources as sources_job
 from kubetune.jobs.runtime import ConfigError, JobContext
-from kubetune.model_snapshot import SnapshotError, fetch_snapshot, hf_ref_key, snapshot_prefix
+from kubetune.model_snapshot import (
+    SnapshotError,
+    fetch_snapshot,
+    files_digest,
+    hf_ref_key,
+    hub_download,
+    publish_snapshot,
+    snapshot_prefix,
+    stored_hf_digest,
+)
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import PVC_ROOT_ENV, ResolvedSource, SourceError, Sources, base_model_source, resolve_sources
 from kubetune.stages import StageRef, stage_key
-from kubetune.store import Store, open_store, read_manifest
+from kubetune.store import LocalStore, Store, open_store, read_manifest
 from tests.fixtures.sources import COMMIT_A, ModelInfo, digest_of, repo_files
 
 HF_A = f"hf://org/tiny@{COMMIT_A}"
@@ -174,3 +183,30 @@ def test_kubetune_run_stages_read_the_model_from_the_hub_cache_it_was_resolved_i
     folder = sources_job.base_model_folder(ctx)
     assert folder.is_relative_to(tmp_path / "cache" / "hf") and (folder / "model.safetensors").read_bytes() == b"weights A"
     assert hub.asked == [] and ctx.store.list("_models") == []  # no download, no second copy
+
+
+class DeletelessStore(LocalStore):
+    """A store on which a delete is a failed test: what a reader may be reading at that moment."""
+
+    def delete(self, key: str) -> None:
+        raise AssertionError(f"a snapshot writer deleted {key}")
+
+
+def test_writers_never_delete_so_a_concurrent_reader_never_misses_a_complete_snapshot(hub: type[ModelInfo],
+                                                                                     tmp_path: Path) -> None:
+    store = DeletelessStore(tmp_path / "store")
+    folder = hub_download("org/tiny", COMMIT_A, tmp_path / "hf")
+    digest = files_digest(folder)
+    for _ in range(2):  # the second writer finds the first's snapshot complete
+        publish_snapshot(store, folder, digest, repo_id="org/tiny", commit=COMMIT_A)
+    assert stored_hf_digest(store, "org/tiny", COMMIT_A) == digest
+
+
+def test_a_ref_whose_snapshot_never_completed_is_ignored_and_the_model_stored_again(hub: type[ModelInfo],
+                                                                                   tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    model = hub_model(store, tmp_path / "hf")
+    store.delete(f"{snapshot_prefix(model.digest)}/manifest.json")  # its writer died before the manifest
+    assert stored_hf_digest(store, "org/tiny", COMMIT_A) is None
+    assert hub_model(store, tmp_path / "hf").digest == model.digest
+    assert read_manifest(store, snapshot_prefix(model.digest)) is not None
