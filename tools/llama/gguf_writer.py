@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
 
-from .hf_config import ModelSpec
+from .hf_config import GemmaAttention, ModelSpec
 from .tensors import TensorPlan, encoded_chunks
 from .tokenizer_export import Vocab
 
@@ -45,12 +45,25 @@ def add_model_metadata(writer: GGUFWriter, spec: ModelSpec, vocab: Vocab, outtyp
         if scaling.original_context_length:
             writer.add_rope_scaling_orig_ctx_len(scaling.original_context_length)
     # llama3 scaling travels as the rope_freqs.weight tensor instead.
+    if spec.gemma is not None:
+        add_gemma_metadata(writer, spec.gemma)
     writer.add_layer_norm_rms_eps(spec.rms_norm_eps)
     writer.add_vocab_size(spec.vocab_size)
     writer.add_file_type(FILE_TYPES[outtype])
     if outtype == "q8_0":
         writer.add_quantization_version(GGML_QUANT_VERSION)
     vocab.add_to_gguf(writer)
+
+
+def add_gemma_metadata(writer: GGUFWriter, gemma: GemmaAttention) -> None:
+    writer.add_sliding_window(gemma.sliding_window)
+    writer.add_sliding_window_pattern(list(gemma.sliding_layers))
+    if gemma.local_rope_theta is not None:
+        writer.add_rope_freq_base_swa(gemma.local_rope_theta)
+    if gemma.attn_logit_softcapping is not None:
+        writer.add_attn_logit_softcapping(gemma.attn_logit_softcapping)
+    if gemma.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(gemma.final_logit_softcapping)
 
 
 def write_gguf(

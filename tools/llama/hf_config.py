@@ -20,7 +20,13 @@ SUPPORTED_ARCHITECTURES: dict[str, MODEL_ARCH] = {
     "MistralForCausalLM": MODEL_ARCH.LLAMA,
     "Qwen2ForCausalLM": MODEL_ARCH.QWEN2,
     "Qwen3ForCausalLM": MODEL_ARCH.QWEN3,
+    # Phi-3 keeps its fused qkv_proj and gate_up_proj: llama.cpp's phi3 graph splits them itself (NeoX rope).
+    "Phi3ForCausalLM": MODEL_ARCH.PHI3,
+    # Gemma 2/3: (1 + w) RMSNorm weights (stored +1 for llama.cpp), embeddings scaled by √hidden inside llama.cpp.
+    "Gemma2ForCausalLM": MODEL_ARCH.GEMMA2,
+    "Gemma3ForCausalLM": MODEL_ARCH.GEMMA3,
 }
+GEMMA_ARCHS = (MODEL_ARCH.GEMMA2, MODEL_ARCH.GEMMA3)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,17 @@ class RopeScaling:
     original_context_length: int | None = None
     low_freq_factor: float | None = None
     high_freq_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class GemmaAttention:
+    """Gemma 2/3 attention settings llama.cpp reads from the GGUF metadata."""
+
+    sliding_window: int
+    sliding_layers: tuple[bool, ...]  # per layer: sliding-window (local) attention or global
+    local_rope_theta: float | None  # rope base of the sliding layers (None: the global one)
+    attn_logit_softcapping: float | None
+    final_logit_softcapping: float | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class ModelSpec:
     vocab_size: int
     tie_embeddings: bool
     name: str
+    gemma: GemmaAttention | None = None
 
     @property
     def arch_name(self) -> str:
@@ -57,6 +75,11 @@ class ModelSpec:
     @property
     def permutes_qk(self) -> bool:
         return self.arch == MODEL_ARCH.LLAMA
+
+    @property
+    def norms_store_offset(self) -> bool:
+        """Gemma's RMSNorm scales by (1 + weight); llama.cpp's by the stored weight."""
+        return self.arch in GEMMA_ARCHS
 
 
 UINT32_MAX = (1 << 32) - 1  # GGUF stores sizes and counts as uint32
@@ -147,6 +170,71 @@ def _architecture(config: dict[str, Any]) -> tuple[str, MODEL_ARCH]:
     return architectures[0], SUPPORTED_ARCHITECTURES[architectures[0]]
 
 
+def _check_phi3(config: dict[str, Any], hidden: int, n_heads: int, head_dim: int) -> None:
+    """What llama.cpp's phi3 graph cannot express: partial rotary embeddings and heads not spanning hidden_size."""
+    rotary = _number(config, "partial_rotary_factor", 1.0)
+    if rotary != 1.0:
+        raise ConversionError(f"config.json: partial_rotary_factor {rotary} is not supported for Phi3ForCausalLM "
+                              "(llama.cpp's phi3 rotates whole heads)")
+    if n_heads * head_dim != hidden:
+        raise ConversionError(f"config.json: Phi3ForCausalLM needs num_attention_heads × head_dim = hidden_size "
+                              f"({n_heads} × {head_dim} ≠ {hidden}); {CONFIG_HINT}")
+
+
+def _per_layer_type_rope(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """transformers 5's `rope_parameters` keyed by layer type (e.g. Gemma 3's), else {}."""
+    parameters = config.get("rope_parameters")
+    if not isinstance(parameters, dict) or not parameters.keys() & {"sliding_attention", "full_attention"}:
+        return {}
+    if not all(isinstance(value, dict) for value in parameters.values()):
+        raise _fail("rope_parameters", "an object of rope settings per layer type", parameters)
+    return parameters
+
+
+def _optional_number(config: dict[str, Any], key: str) -> float | None:
+    return None if config.get(key) is None else _number(config, key, 0.0)
+
+
+def _gemma_attention(config: dict[str, Any], arch: MODEL_ARCH, head_dim: int) -> GemmaAttention:
+    """Gemma's sliding-window layout, local rope base and soft-capping, as far as llama.cpp can express them."""
+    name = "Gemma2ForCausalLM" if arch == MODEL_ARCH.GEMMA2 else "Gemma3ForCausalLM"
+    scalar = _number(config, "query_pre_attn_scalar", float(head_dim))
+    if scalar != head_dim:
+        # llama.cpp scales queries by 1/√head_dim (except for its hard-coded 27B sizes).
+        raise ConversionError(f"config.json: {name} with query_pre_attn_scalar {scalar} ≠ head_dim {head_dim} is not "
+                              "supported (llama.cpp scales attention by 1/√head_dim)")
+    n_layers = _integer(config, "num_hidden_layers")
+    layer_types = config.get("layer_types")
+    if not (isinstance(layer_types, list) and len(layer_types) == n_layers
+            and all(t in ("sliding_attention", "full_attention") for t in layer_types)):
+        raise _fail("layer_types", f"a list of {n_layers} 'sliding_attention'/'full_attention' entries", layer_types)
+    attn_cap = _optional_number(config, "attn_logit_softcapping")
+    if arch == MODEL_ARCH.GEMMA2 and config.get("tie_word_embeddings") is False:
+        raise ConversionError(f"config.json: {name} with untied embeddings is not supported (llama.cpp's gemma2 "
+                              "reuses the token embedding as the output layer)")
+    if arch == MODEL_ARCH.GEMMA2 and attn_cap is None:
+        raise ConversionError(f"config.json: {name} without attn_logit_softcapping is not supported "
+                              "(llama.cpp's gemma2 always soft-caps attention)")
+    if arch == MODEL_ARCH.GEMMA3 and attn_cap is not None:
+        raise ConversionError(f"config.json: {name} with attn_logit_softcapping is not supported "
+                              "(llama.cpp's gemma3 does not soft-cap attention)")
+    local_theta = None
+    if arch == MODEL_ARCH.GEMMA3:
+        local_theta = _number(config, "rope_local_base_freq", 10000.0)  # transformers 4's key
+        local = _per_layer_type_rope(config).get("sliding_attention")
+        if local is not None:
+            if local.get("rope_type", "default") != "default":
+                raise ConversionError("config.json: rope scaling of Gemma 3's sliding-window layers is not supported")
+            local_theta = _number(local, "rope_theta", local_theta)
+    return GemmaAttention(
+        sliding_window=_integer(config, "sliding_window", 4096),
+        sliding_layers=tuple(t == "sliding_attention" for t in layer_types),
+        local_rope_theta=local_theta,
+        attn_logit_softcapping=attn_cap,
+        final_logit_softcapping=_optional_number(config, "final_logit_softcapping"),
+    )
+
+
 def read_model_spec(model_dir: Path) -> ModelSpec:
     """Parse `config.json`; raises ConversionError for what llama.cpp (or this converter) cannot handle.
 
@@ -179,7 +267,13 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
     tie = False if tie is None else tie
     if not isinstance(tie, bool):
         raise _fail("tie_word_embeddings", "true or false", tie)
+    gemma = _gemma_attention(config, arch, head_dim) if arch in GEMMA_ARCHS else None
+    if per_layer_type := _per_layer_type_rope(config):
+        # transformers 5 keeps one rope per layer type (Gemma 3): the global layers' goes to rope.freq_base.
+        config = {**config, "rope_parameters": per_layer_type.get("full_attention")}
     theta, scaling = _rope_settings(config)
+    if arch == MODEL_ARCH.PHI3:
+        _check_phi3(config, hidden, n_heads, head_dim)
     return ModelSpec(
         hf_architecture=hf_architecture,
         arch=arch,
@@ -196,6 +290,7 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
         vocab_size=_integer(config, "vocab_size"),
         tie_embeddings=tie,
         name=model_dir.resolve().name.encode("utf-8", "replace").decode("utf-8"),
+        gemma=gemma,
     )
 
 

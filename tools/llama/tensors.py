@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import (
     GGML_QUANT_SIZES,
+    MODEL_ARCH,
     MODEL_TENSOR,
     MODEL_TENSORS,
     TENSOR_NAMES,
@@ -38,6 +39,7 @@ class TensorPlan:
     source: StoredTensor | None  # None for tensors we compute (rope_freqs)
     permute_head_dim: int = 0  # llama Q/K rows: reorder each head from rotate-half to interleaved pairs
     computed: np.ndarray | None = None
+    add_one: bool = False  # Gemma norm weights: llama.cpp multiplies by the weight, Gemma by (1 + weight)
 
     @property
     def nbytes(self) -> int:
@@ -63,11 +65,12 @@ def weight_type(gguf_name: str, shape: tuple[int, ...], outtype: str) -> GGMLQua
 
 def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str) -> list[TensorPlan]:
     """The GGUF tensors for `outtype`, checked against the architecture; raises ConversionError before any writing."""
-    if spec.n_layers * len(LAYER_WEIGHTS) > len(stored):
+    layer_weights = layer_weight_names(spec)
+    if spec.n_layers * len(layer_weights) > len(stored):
         # Also bounds the name map below, which grows with the layer count config.json claims.
         raise ConversionError(
             f"config.json says num_hidden_layers={spec.n_layers}, but the weights hold only {len(stored)} tensors "
-            f"(each layer has at least {len(LAYER_WEIGHTS)})"
+            f"(each layer has at least {len(layer_weights)})"
         )
     name_map = get_tensor_name_map(spec.arch, spec.n_layers)
     allowed = set(MODEL_TENSORS[spec.arch])
@@ -92,9 +95,10 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
         if kind == MODEL_TENSOR.OUTPUT and spec.tie_embeddings:
             continue  # tied: llama.cpp reuses token_embd.weight
         permute = spec.head_dim if spec.permutes_qk and kind in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K) else 0
-        plans.append(
-            TensorPlan(gguf_name, tensor.shape, weight_type(gguf_name, tensor.shape, outtype), tensor, permute)
-        )
+        add_one = spec.norms_store_offset and kind in NORM_TENSORS
+        plans.append(TensorPlan(
+            gguf_name, tensor.shape, weight_type(gguf_name, tensor.shape, outtype), tensor, permute, add_one=add_one
+        ))
     if unknown:
         shown = ", ".join(short_repr(name) for name in sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
         raise ConversionError(f"{len(unknown)} tensor(s) have no {spec.arch_name} GGUF name: {shown}")
@@ -106,8 +110,18 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
     return plans
 
 
-# Per-layer weights every supported architecture has.
+NORM_TENSORS = frozenset({
+    MODEL_TENSOR.OUTPUT_NORM, MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.ATTN_POST_NORM, MODEL_TENSOR.FFN_NORM,
+    MODEL_TENSOR.FFN_PRE_NORM, MODEL_TENSOR.FFN_POST_NORM, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM,
+})
+# Per-layer weights every layer of a supported architecture has.
 LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (llama.cpp's ffn_up of 2 × intermediate rows).
+PHI3_LAYER_WEIGHTS = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+
+def layer_weight_names(spec: ModelSpec) -> tuple[str, ...]:
+    return PHI3_LAYER_WEIGHTS if spec.arch == MODEL_ARCH.PHI3 else LAYER_WEIGHTS
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -129,6 +143,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             ("attn_norm.weight", (hidden,)), ("ffn_norm.weight", (hidden,)),
         ):
             shapes[f"blk.{layer}.{part}"] = shape
+        if spec.arch == MODEL_ARCH.PHI3:
+            shapes[f"blk.{layer}.attn_qkv.weight"] = (q_rows + 2 * kv_rows, hidden)
+            shapes[f"blk.{layer}.ffn_up.weight"] = (2 * ffn, hidden)
     return shapes
 
 
@@ -143,7 +160,7 @@ def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
             f"hidden_size={spec.hidden_size}"
         )
     for layer in range(spec.n_layers):
-        for part in LAYER_WEIGHTS:
+        for part in layer_weight_names(spec):
             if f"blk.{layer}.{part}.weight" not in by_name:
                 raise ConversionError(f"layer {layer} lacks its {part} weight")
     expected = expected_shapes(spec)
@@ -188,6 +205,8 @@ def encoded_chunks(plan: TensorPlan) -> Iterator[bytes]:
         values = source.read_rows()
         if plan.permute_head_dim:
             values = _permute_rows(values, plan.permute_head_dim)
+        if plan.add_one:
+            values = values + 1.0
         yield _encode(values, plan.qtype, plan.gguf_name)
         return
     rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))

@@ -34,7 +34,38 @@ QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-SPLIT_REGEX_PRE_TOKENIZERS = {QWEN2_REGEX: "qwen2", LLAMA3_REGEX: "llama-bpe"}
+# Qwen3.5 also keeps combining marks (\p{M}) with the letters they follow.
+QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+SPLIT_REGEX_PRE_TOKENIZERS = {QWEN2_REGEX: "qwen2", LLAMA3_REGEX: "llama-bpe", QWEN35_REGEX: "qwen35"}
+
+
+def _isolated_splits(*regexes: str) -> list[dict[str, Any]]:
+    return [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in regexes]
+
+
+_CJK_HANGUL = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+# Unicode's cased letters as DeepSeek-LLM lists them; escaped where a character has a canonical singleton
+# decomposition (Kelvin sign, Ohm sign, ...), which editors and normalizers silently replace.
+_DEEPSEEK_LLM_LETTERS = (
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+"
+)
+_BYTE_LEVEL_PLAIN = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
+# Multi-step pre-tokenizers of known tokenizers (as simplified by _simplify) → llama.cpp pre-tokenizer names.
+SEQUENCE_PRE_TOKENIZERS: list[tuple[list[dict[str, Any]], str]] = [
+    (
+        _isolated_splits("[\r\n]", _DEEPSEEK_LLM_LETTERS, "\\s?[!-/:-~！-／：-～‘-‟　-。]+", "\\s+$", _CJK_HANGUL)
+        + [{"type": "Digits", "individual_digits": False}, _BYTE_LEVEL_PLAIN],
+        "deepseek-llm",
+    ),
+    (
+        _isolated_splits("[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", _CJK_HANGUL)
+        + [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL_PLAIN],
+        "deepseek-coder",
+    ),
+]
 
 
 @dataclass
@@ -93,6 +124,9 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else None
     if steps == [{"type": "Digits", "individual_digits": True}, byte_level_regex]:
         return "smollm"
+    for known_steps, name in SEQUENCE_PRE_TOKENIZERS:
+        if steps == known_steps:
+            return name
     if (isinstance(steps, list) and len(steps) == 2 and steps[1] == byte_level_plain
             and isinstance(steps[0], dict) and steps[0].get("type") == "Split"):
         split = steps[0]
