@@ -34,7 +34,8 @@ DIGEST_CACHE = "digests.json"
 
 
 def run(ctx: JobContext) -> None:
-    ctx.progress(message="resolving the dataset, chat template and base model to content digests")
+    ctx.progress(message="resolving the dataset, chat template and base model to content digests (an hf:// model: "
+                         "its files downloaded once into the store)")
     cache_dir = default_cache_dir()
     cache = DigestCache(cache_dir / DIGEST_CACHE)
     try:

@@ -53,6 +53,10 @@ class SnapshotError(ValueError):
 def wanted_files(names: list[str]) -> list[str]:
     """The repository files a stage loads, sorted; refuses a repository without safetensors weights."""
     chosen = sorted(n for n in names if "/" not in n and any(fnmatch.fnmatchcase(n, p) for p in MODEL_FILES))
+    if any(n.startswith("model") and n.endswith(".safetensors") for n in chosen):
+        # transformers loads model.safetensors or the index's model-*-of-* shards; a second copy of the weights in
+        # another layout (Mistral's consolidated.safetensors) would double the download.
+        chosen = [n for n in chosen if n.startswith("model") or not n.endswith(".safetensors")]
     if not any(n.endswith(".safetensors") for n in chosen):
         raise SnapshotError("it has no *.safetensors weights (pickled *.bin, ONNX or GGUF weights are not loaded): "
                             "convert it to safetensors and push that, or put the converted folder on s3:// or pvc://")

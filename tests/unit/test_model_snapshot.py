@@ -71,6 +71,15 @@ def test_a_hub_repository_without_safetensors_weights_is_refused_with_a_hint(hub
     assert "\n" not in str(error.value) and "pytorch_model.bin" not in hub.downloaded
 
 
+def test_a_second_copy_of_the_weights_in_another_layout_is_not_downloaded(hub: type[ModelInfo],
+                                                                          tmp_path: Path) -> None:
+    files = hub.files[COMMIT_A]
+    files["consolidated.safetensors"] = b"the same weights, laid out for another runtime"
+    files["model.safetensors.index.json"] = b'{"weight_map": {}}'
+    hub_model(None, tmp_path / "hf")
+    assert sorted(hub.downloaded) == sorted([*MODEL_FILES, "model.safetensors.index.json"])
+
+
 # --- keys follow the files ------------------------------------------------------------------------------------------
 
 
