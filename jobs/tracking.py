@@ -166,7 +166,7 @@ class MlflowTracking:
         self.failed += 1
         if self.first_error is None:
             self.first_error = " ".join(reason.split())[:300]
-            log.warning("mlflow tracking at %s failed, training goes on without it where it cannot reach it: %s",
+            log.warning("mlflow tracking at %s failed (training goes on; later failures are summarised at the end): %s",
                         self.spec.tracking_uri, self.first_error)
 
 

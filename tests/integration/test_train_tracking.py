@@ -15,15 +15,19 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from kubetune.api.tracking import MlflowSpec
 from kubetune.api.types import FineTuneRunSpec
 from kubetune.jobs import train as train_stage
 from kubetune.jobs.runtime import EXIT_OK, run_job
+from kubetune.jobs.tracking import MlflowTracking
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.store import LINEAGE_NAME, open_store, publish, read_manifest
 from tests.fixtures.mlflow_server import MlflowServer, running_mlflow_server
 from tests.fixtures.s3server import free_port
 from tests.fixtures.tiny_models import build_tiny_model, repo_root, vocab_tokenizer_dir
 from tests.integration.train_job import DATASET, TRAIN
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # the server starts in 20-40 s on 2 busy cores
 
 CACHE = repo_root() / ".cache" / "test-models"
 STEPS = 4
@@ -155,3 +159,24 @@ def test_a_tracking_server_that_is_down_leaves_training_successful_with_one_warn
     summaries = [r.getMessage() for r in caplog.records if r.name == "kubetune.jobs.tracking"
                  and r.levelno == logging.INFO]
     assert len(summaries) == 1 and "training was not affected" in summaries[0]
+
+
+def test_a_resumed_train_stage_logs_on_to_the_mlflow_run_of_its_key(mlflow_server: MlflowServer) -> None:
+    spec = MlflowSpec.model_validate({"trackingUri": mlflow_server.url, "experiment": "kubetune-resume"})
+    run = RunConfig(name="resumed", namespace="default", spec=FineTuneRunSpec(), store=StoreConfig(uri="/unused"),
+                    stages={}, uid="uid-resumed")
+    first = MlflowTracking(spec, run, TRAIN.key)
+    first.record({"step": 1, "loss": 2.0})
+    first.end("KILLED", None)  # stopped by a signal: a later attempt resumes
+    second = MlflowTracking(spec, run, TRAIN.key)
+    second.record({"step": 2, "loss": 1.5})
+    second.end("FINISHED", None)
+    other_key = MlflowTracking(spec, run, "9" * 64)
+    other_key.end("FINISHED", None)
+
+    assert first.mlflow_run is not None and second.mlflow_run is not None and other_key.mlflow_run is not None
+    assert second.mlflow_run.run_id == first.mlflow_run.run_id != other_key.mlflow_run.run_id
+    assert first.failed == second.failed == other_key.failed == 0
+    info = rest(mlflow_server, "runs/get", run_id=first.mlflow_run.run_id)["run"]["info"]
+    assert info["status"] == "FINISHED" and info["run_name"] == "resumed"
+    assert history(mlflow_server, first.mlflow_run.run_id, "loss") == [(1, 2.0), (2, 1.5)]
