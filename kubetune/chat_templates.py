@@ -36,7 +36,7 @@ from kubetune.store import Store
 
 TEMPLATE_PACKAGE, CHATML_FILE = "kubetune.templates", "chat_template.jinja"
 MODEL_TEMPLATE_FILE = "chat_template.jinja"  # beside a model's tokenizer files (transformers >= 4.47 writes it)
-RENDER_SECONDS = 2.0  # a real template renders a conversation in well under a millisecond
+RENDER_SECONDS = 2.0  # CPU seconds; a real template renders a conversation in well under a millisecond
 MAX_RENDER_CHARS = 1 << 20  # on top of the messages' own text
 _MAX_FORMAT_WIDTH = re.compile(r"[0-9]{5,}|\*")  # widths/precisions of 10,000+ (or from an argument) in a format
 _NESTED_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*\{")  # `{:>{}}`: a width from an argument
@@ -173,12 +173,13 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
 @contextmanager
 def _time_bound(seconds: float) -> Iterator[None]:
     """Stop template code that runs past `seconds`: a line tracer on the compiled template's frames only (jinja2
-    compiles templates to Python whose code objects are named `<template>`), so other code runs untraced."""
-    deadline = time.monotonic() + seconds
+    compiles templates to Python whose code objects are named `<template>`), so other code runs untraced. The
+    thread's CPU time counts, not wall time: a busy machine does not fail a template."""
+    deadline = time.thread_time() + seconds
 
     def in_template(frame: FrameType, event: str, arg: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise ChatTemplateError(f"the template did not finish rendering within {seconds:g} s")
+        if time.thread_time() > deadline:
+            raise ChatTemplateError(f"the template did not finish rendering within {seconds:g} CPU seconds")
         return in_template
 
     def on_call(frame: FrameType, event: str, arg: Any) -> Any:
@@ -205,6 +206,8 @@ def compile_template(text: str, field: str) -> Any:
                                 ) from None
     except ChatTemplateError as error:
         raise ChatTemplateError(f"{field}: {error}") from None
+    except SyntaxError as error:  # jinja2 parsed it, Python refuses what it compiled to (`{% break %}` outside a loop)
+        raise ChatTemplateError(f"{field}: the template cannot be compiled: {_one_line(error.msg)}") from None
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as error:  # the parser's own limits
         raise ChatTemplateError(f"{field}: the template cannot be compiled: {type(error).__name__}") from None
 
