@@ -103,7 +103,7 @@ def _llama_cpp_build() -> str | None:
     """llama.cpp's system info line (CPU features and backends it was built with), from the bundled library."""
     try:
         import llama_cpp
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or its shared library does not load here
         return None
     info = llama_cpp.llama_print_system_info()
     text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)

@@ -105,7 +105,9 @@ class MlflowTracking:
         self.first_error: str | None = None
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
-        tags = {"kubetune.run": f"{run.namespace}/{run.name}", "kubetune.uid": run.uid, "kubetune.stageKey": stage_key}
+        tags = {"kubetune.run": f"{run.namespace}/{run.name}", "kubetune.stageKey": stage_key}
+        if run.uid:  # `kubetune run` has none
+            tags["kubetune.uid"] = run.uid
         self._queue.put(lambda: self._start(run, tags))
         self._thread.start()
 
