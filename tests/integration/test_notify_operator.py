@@ -151,3 +151,17 @@ def test_a_failed_gate_tells_the_webhook_the_prompt_the_answer_and_the_expectati
     text = json.dumps(gate)
     assert gate["text"].startswith(":x: FineTuneRun default/gated failed the evaluate gate")
     assert "What is your name?" in text and "I'm Emily." in text and "answer lacks 'nova'" in text
+
+
+def test_a_webhook_whose_secret_is_missing_fails_at_once_naming_the_secret_and_the_run_goes_on(
+        bed: OperatorBed) -> None:
+    webhook = {"urlSecret": {"name": "no-such-secret", "key": "url"}, "events": ["RunStarted", "RunSucceeded"]}
+    with bed.operator():
+        bed.create_run("unsent", notify={"webhooks": [webhook]})
+        bed.wait_phase("unsent", "Succeeded", timeout=90)
+        entries = _all_finished(bed, "unsent", 2)
+        eventually(lambda: len([e for e in bed.events("unsent") if e["reason"] == "NotificationFailed"]) == 2,
+                   what="a Warning Event per notification")
+
+    assert {(e["state"], e["attempts"]) for e in entries.values()} == {("Failed", 0)}
+    assert {e["error"] for e in entries.values()} == {"Secret default/no-such-secret key 'url': no such Secret"}
