@@ -73,6 +73,18 @@ SHAPES: dict[str, Callable[[], PretrainedConfig]] = {
     "qwen2.5-1.5b": lambda: Qwen2Config(**QWEN25_15B),
     "llama3.1-8b": lambda: LlamaConfig(**LLAMA31_8B),
 }
+
+
+def shape_config(shape: str, layers: int | None = None) -> PretrainedConfig:
+    """The shape's config, with only its first `layers` decoder layers when given (a quick check of a code path)."""
+    config = SHAPES[shape]()
+    if layers:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):  # one entry per layer, checked when saved
+            config.layer_types = config.layer_types[:layers]
+    return config
+
+
 # The share of decoder layers that recompute activations in backward (gradient checkpointing; 0 = none), per shape
 # and workload: the least recompute whose peak stays within the memory budget (≤ 0.6 × the baseline's peak) on the
 # H100. Activation memory grows with the tokens of a micro-batch, so the long workload (4096-token rows) recomputes
@@ -451,9 +463,7 @@ def main() -> None:
           f"{transformers.__version__}, peft {peft.__version__}, bitsandbytes {bitsandbytes.__version__}", flush=True)
     report: list[dict[str, Any]] = []
     for shape in args.shapes:
-        config = SHAPES[shape]()
-        if args.layers:
-            config.num_hidden_layers = args.layers
+        config = shape_config(shape, args.layers)
         folder = random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
         for name in args.workloads:
             workload = WORKLOADS[name]

@@ -1,0 +1,272 @@
+"""QLoRA training on one GPU against the tools users pick instead of us, all in one run on the same machine.
+
+    python benchmarks/train_peers.py --shapes qwen2.5-1.5b llama3.1-8b --workloads chat long --json peers.json
+
+Every path trains the same random-init model (saved once as bf16 safetensors, loaded 4-bit NF4 with double quant
+and bf16 compute), on the same synthetic samples, LoRA r=16 all-linear (alpha 32), learning rate, linear schedule
+and 16 samples per optimizer step as `train_throughput.py` (whose data, model shapes, MFU formula and held-out loss
+this reuses). Each path runs in its own process (Unsloth patches transformers on import; peak memory per path):
+
+- `stock`: the transformers `Trainer` recipe of `train_throughput.py` (padded batches, SDPA, checkpointing);
+- `trl-liger`: TRL `SFTTrainer` with `padding_free=True` and `use_liger_kernel=True` (Liger's RMSNorm, SwiGLU, RoPE
+  and fused linear cross-entropy), the stock micro-batch sizes, gradient checkpointing. TRL documents padding-free
+  with FlashAttention; the GPU image has no flash-attn build and cannot fetch one, so the model runs
+  `flex_attention`, where transformers derives a block-diagonal mask from the reset position ids: samples stay
+  isolated (the alternative, SDPA with a dense mask, does not fit the long workload);
+- `unsloth` / `unsloth-d0`: `FastLanguageModel.from_pretrained(load_in_4bit=True)` + `get_peft_model(...,
+  use_gradient_checkpointing="unsloth")` + its patched `SFTTrainer` with `packing=True` (Unsloth's sample-isolated
+  packing), LoRA dropout 0.05 (the same LoRA as everyone) and 0 (Unsloth's fastest kernels);
+- `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls.
+
+Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth offloads
+checkpointed activations to CPU memory, which this does not count — nor would a GPU budget), held-out loss; then
+ours against stock and against the faster peer, with the memory ratio.
+
+Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
+liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,
+cut_cross_entropy 25.1.1; torch, transformers and peft as installed on the GPU image (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PATHS = ("stock", "trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed", "kubetune", "kubetune-fp8")
+PEERS = ("trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed")
+PAD_ID = 0  # the synthetic language never uses it (train_throughput.BIGRAM_VOCAB)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ---------------------------------------------------------------- one path, in its own process
+
+
+def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: int | None, out: Path) -> None:
+    if path.startswith("unsloth"):
+        import unsloth  # noqa: F401 - before transformers, as Unsloth requires
+    sys.path.insert(0, str(HERE))
+    import train_throughput as tt
+
+    config = tt.shape_config(shape, layers)
+    workload = tt.WORKLOADS[workload_name]
+    train = tt.synthetic_samples(workload, workload.steps * tt.SAMPLES_PER_STEP, seed=tt.SEED)
+    held_out = tt.synthetic_samples(workload, tt.HELD_OUT, seed=tt.SEED + 1)
+    flops = tt.flops_per_token(config, train)
+    extras: dict[str, Any] = {}
+    if path == "stock":
+        result = tt.run_baseline(folder, workload, train, held_out, flops, folder.parent)
+    elif path.startswith("kubetune"):
+        fp8 = path == "kubetune-fp8"
+        recompute = (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
+        result, details = tt.run_ours(folder, config, workload, train, held_out, flops, recompute, fp8=fp8,
+                                      check_packing=False)
+        extras = {"recompute": recompute, "attention": details["attention"]}
+    else:
+        result, extras = run_peer(path, tt, folder, workload, train, held_out, flops)
+    out.write_text(json.dumps({"result": asdict(result), "extras": extras}), encoding="utf-8")
+
+
+def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], held_out: list[Any],
+             flops: float) -> tuple[Any, dict[str, Any]]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    lora: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0 if path.startswith("unsloth-d0") else 0.05}
+    if path == "trl-liger":
+        from peft import LoraConfig
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=quantization,
+                                                     device_map={"": 0}, dtype=torch.bfloat16,
+                                                     attn_implementation="flex_attention")
+        peft_config: Any = LoraConfig(**lora, target_modules="all-linear", task_type="CAUSAL_LM")
+        # Samples are at most max_length already; TRL enforces max_length only when it packs.
+        batch, extra_args = workload.baseline_batch, {"padding_free": True, "use_liger_kernel": True,
+                                                      "max_length": None}
+    else:
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(model_name=str(folder), max_seq_length=workload.max_length,
+                                                     dtype=torch.bfloat16, load_in_4bit=True)
+        model = FastLanguageModel.get_peft_model(model, **lora, target_modules=list(LORA_TARGETS), bias="none",
+                                                 use_gradient_checkpointing="unsloth", random_state=tt.SEED)
+        peft_config = None
+        if path == "unsloth-d0-packed":  # rows of max_length: as many per step as hold ~16 samples, like ours
+            mean_length = sum(len(s.input_ids) for s in train) / len(train)
+            batch = max(1, round(tt.SAMPLES_PER_STEP * mean_length / workload.max_length))
+            extra_args = {"packing": True, "max_length": workload.max_length}
+        else:  # Unsloth's default: padding-free batches when the model allows it (decided by Unsloth)
+            batch, extra_args = workload.baseline_batch, {"max_length": workload.max_length}
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(folder.parent / f"{path}-trainer"), per_device_train_batch_size=batch,
+        gradient_accumulation_steps=max(1, tt.SAMPLES_PER_STEP // batch) if path != "unsloth-d0-packed" else 1, num_train_epochs=1, learning_rate=tt.LEARNING_RATE,
+        lr_scheduler_type="linear", warmup_steps=tt.WARMUP_RATIO, max_grad_norm=1.0, bf16=True,
+        gradient_checkpointing=path == "trl-liger", logging_steps=10**6, save_strategy="no", eval_strategy="no",
+        report_to="none", seed=tt.SEED, data_seed=tt.SEED, disable_tqdm=True, dataset_num_proc=1, **extra_args,
+    )
+    real_tokens = torch.zeros((), dtype=torch.long, device="cuda")
+
+    def count_real_tokens(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        real_tokens.add_((inputs[0] != PAD_ID).sum())  # stays on the GPU: no extra synchronisation
+
+    counter = model.get_input_embeddings().register_forward_pre_hook(count_real_tokens)
+    marks: dict[str, tuple[float, int]] = {}
+    steps = [0]
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == workload.warmup_steps:
+                torch.cuda.synchronize()
+                marks["start"] = (time.monotonic(), int(real_tokens))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            torch.cuda.synchronize()
+            marks["end"] = (time.monotonic(), int(real_tokens))
+            steps[0] = state.global_step
+
+    dataset = Dataset.from_list([{"input_ids": s.input_ids, "labels": s.labels} for s in train])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[Timing()])
+    tt.release_memory()
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    counter.remove()
+    os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth skips logits in training forwards; the check needs them
+    loss = tt.held_out_loss(trainer.model, held_out)
+    seconds, tokens = marks["end"][0] - marks["start"][0], marks["end"][1] - marks["start"][1]
+    rate = tokens / seconds
+    extras = {"attention": trainer.model.config._attn_implementation, "steps": steps[0], "micro_batch": batch,
+              "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+              "packing": bool(getattr(trainer.args, "packing", False)), "lora_dropout": lora["lora_dropout"]}
+    return tt.Result(path, rate, rate * flops / tt.H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds,
+                     steps[0]), extras
+
+
+def save_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer over the model's whole vocabulary: the peers load one from the model folder (our
+    samples are token ids already, so only its size and pad token matter)."""
+    if (folder / "tokenizer.json").is_file():
+        return
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    vocab["<pad>"] = PAD_ID
+    del vocab[f"t{PAD_ID}"]
+    model = Tokenizer(WordLevel(vocab, unk_token="<pad>"))
+    model.pre_tokenizer = WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="t1", bos_token="t2")
+    fast.save_pretrained(str(folder))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def ratios(ours: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    return {"speed": ours["tokens_per_second"] / other["tokens_per_second"],
+            "memory": ours["peak_gib"] / other["peak_gib"],
+            "loss_gap": abs(ours["held_out_loss"] - other["held_out_loss"]) / other["held_out_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["qwen2.5-1.5b", "llama3.1-8b"])
+    parser.add_argument("--workloads", nargs="+", default=["chat", "long"])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers: a quick check of the paths")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out)
+        return
+    sys.path.insert(0, str(HERE))
+    import torch
+    import train_throughput as tt
+
+    workdir = args.workdir or tt.default_workdir()
+    report: list[dict[str, Any]] = []
+    for shape in args.shapes:
+        config = tt.shape_config(shape, args.layers)
+        folder = tt.random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
+        save_tokenizer(folder, config.vocab_size)
+        tt.release_memory()
+        for name in args.workloads:
+            entry: dict[str, Any] = {"shape": shape, "workload": name, "paths": {}}
+            for path in args.paths:
+                out = workdir / f"{shape}-{name}-{path}.json"
+                command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--workloads", name,
+                           "--folder", str(folder), "--out", str(out)] + (["--layers", str(args.layers)]
+                                                                          if args.layers else [])
+                started = time.monotonic()
+                done = subprocess.run(command, check=False)
+                if done.returncode != 0 or not out.is_file():
+                    entry["paths"][path] = {"error": f"exit {done.returncode}"}
+                    print(f"[{shape} / {name}] {path}: FAILED (exit {done.returncode})", flush=True)
+                    continue
+                row = json.loads(out.read_text(encoding="utf-8"))
+                entry["paths"][path] = row
+                print(f"[{shape} / {name}] {tt.describe(tt.Result(**row['result']))} {row['extras']} "
+                      f"({time.monotonic() - started:.0f}s with loading)", flush=True)
+            summarise(entry)
+            report.append(entry)
+    print_table(report, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def summarise(entry: dict[str, Any]) -> None:
+    results = {p: row["result"] for p, row in entry["paths"].items() if "result" in row}
+    peers = [results[p] for p in PEERS if p in results]
+    fastest = max(peers, key=lambda r: r["tokens_per_second"]) if peers else None
+    comparisons = {}
+    for ours in ("kubetune", "kubetune-fp8"):
+        if ours not in results:
+            continue
+        if "stock" in results:
+            comparisons[f"{ours} vs stock"] = ratios(results[ours], results["stock"])
+        if fastest:
+            comparisons[f"{ours} vs {fastest['path']}"] = ratios(results[ours], fastest)
+    entry["comparisons"] = comparisons
+
+
+def print_table(report: list[dict[str, Any]], device: str) -> None:
+    print(f"\n{device}\nshape / workload           path          tok/s    MFU   peak GiB  held-out")
+    for entry in report:
+        for path, row in entry["paths"].items():
+            label = f"{entry['shape']} / {entry['workload']}"
+            if "error" in row:
+                print(f"{label:26s} {path:12s}  {row['error']}")
+                continue
+            r = row["result"]
+            print(f"{label:26s} {path:12s} {r['tokens_per_second']:8.0f} {100 * r['mfu']:5.1f}% "
+                  f"{r['peak_gib']:8.2f}  {r['held_out_loss']:8.4f}"
+                  + ("" if math.isfinite(r["held_out_loss"]) else "  (no loss)"))
+        for what, c in entry["comparisons"].items():
+            print(f"    {what}: {c['speed']:.2f}x speed, {c['memory']:.2f}x memory, "
+                  f"held-out loss gap {100 * c['loss_gap']:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
