@@ -130,6 +130,11 @@ def dataset_tree(uri: str) -> Path | None:
         return root
     if uri.startswith("s3://"):
         return None
+    if uri.startswith(PVC_SCHEME):
+        path = pvc_folder(uri, "spec.dataset.uri")
+        if not path.is_dir():
+            raise SourceError(f"spec.dataset.uri: {path} (from {uri}) is not a folder")
+        return path
     path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
     # Checked again after decoding: a percent-encoded '..' (%2e%2e) passes a check of the URI as written.
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
@@ -288,7 +293,10 @@ def _names_a_file(uri: str) -> bool:
 
 
 def _local_path(uri: str) -> Path:
-    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    if uri.startswith(PVC_SCHEME):
+        path = pvc_folder(uri, "spec.dataset.uri")
+    else:
+        path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
         raise SourceError(f"spec.dataset.uri: {uri} must name an absolute path without '..'")
     if not path.is_file():
@@ -380,18 +388,19 @@ def pvc_claim(uri: str) -> tuple[str, str]:
     return claim, path.strip("/")
 
 
-def pvc_folder(uri: str) -> Path:
-    """Where a pvc:// model is in a Job's pod: the operator mounts the claim read-only at `<PVC_ROOT_ENV>/<claim>`.
-    Elsewhere (`kubetune run`) there is no claim to read: refused with what to write instead."""
+def pvc_folder(uri: str, field: str = "spec.baseModel.uri") -> Path:
+    """Where a pvc:// model or dataset is in a Job's pod: the operator mounts the claim read-only at
+    `<PVC_ROOT_ENV>/<claim>`. Elsewhere (`kubetune run`) there is no claim to read: refused with what to write
+    instead."""
     root = os.environ.get(PVC_ROOT_ENV)
     if not root:
-        raise SourceError(f"spec.baseModel.uri: {uri} is read from a PersistentVolumeClaim, which only the operator's "
-                          "Jobs mount; for kubetune run give the model folder's local path (the same files give the "
-                          "same digest and stage keys)")
+        raise SourceError(f"{field}: {uri} is read from a PersistentVolumeClaim, which only the operator's Jobs "
+                          "mount; for kubetune run give the folder's local path (the same files give the same digest "
+                          "and stage keys)")
     claim, path = pvc_claim(uri)
     folder = Path(root, claim, *(part for part in path.split("/") if part))
     if ".." in folder.parts or "\x00" in str(folder):
-        raise SourceError(f"spec.baseModel.uri: {uri} must name a folder of the claim without '..'")
+        raise SourceError(f"{field}: {uri} must name a path in the claim without '..'")
     return folder
 
 

@@ -42,10 +42,11 @@ DEFAULT_SCRATCH = {"sources": "1Gi", "dataset": "10Gi", "train": "100Gi", "merge
 REGISTRY_CREDENTIAL_KEYS = {"KUBETUNE_REGISTRY_DOCKERCONFIG": ".dockerconfigjson",
                             "KUBETUNE_REGISTRY_USERNAME": "username", "KUBETUNE_REGISTRY_PASSWORD": "password"}
 HUB_SOURCES_SCRATCH = "100Gi"  # as train's: the model files of an hf:// model up to 8B
-# A pvc:// base model's claim is mounted at <PVC_ROOT>/<claim> in the Jobs that read the model (the sources Job
-# digests it).
-PVC_ROOT, MODEL_VOLUME = "/mnt/kubetune-pvc", "base-model"
+# A pvc:// base model's or dataset's claim is mounted at <PVC_ROOT>/<claim> in the Jobs that read it (the sources
+# Job digests it).
+PVC_ROOT = "/mnt/kubetune-pvc"
 MODEL_READERS = (SOURCES, "dataset", "train", "merge")
+DATASET_READERS = (SOURCES, "dataset")
 CLAIM_NAME_MAX = 253
 IMAGE_ENV = "KUBETUNE_IMAGE"  # the job image, which each output's lineage.json names (jobs/lineage.py)
 GRACE_SECONDS = {"train": 300}  # long enough to save a checkpoint after SIGTERM
@@ -79,16 +80,21 @@ def effective_resources(resources: t.ResourcesSpec, stage: str) -> t.StageResour
     return t.StageResources.model_validate(merged)
 
 
-def model_claim(spec: t.FineTuneRunSpec, stage: str) -> str | None:
-    """The PersistentVolumeClaim to mount into `stage` for a pvc:// base model, or None."""
-    uri = spec.base_model.uri
-    if not uri.startswith(PVC_SCHEME) or stage not in MODEL_READERS:
-        return None
-    claim, _ = pvc_claim(uri)
-    if len(claim) > CLAIM_NAME_MAX:
-        raise JobSpecError(f"spec.baseModel.uri: the claim name {claim[:40]}… is longer than {CLAIM_NAME_MAX} "
-                           "characters, which no PersistentVolumeClaim has")
-    return claim
+def mounted_claims(spec: t.FineTuneRunSpec, stage: str) -> list[str]:
+    """The PersistentVolumeClaims to mount into `stage`: a pvc:// base model's, a pvc:// dataset's (one claim
+    holding both is mounted once)."""
+    claims: list[str] = []
+    for field, uri, readers in (("spec.baseModel.uri", spec.base_model.uri, MODEL_READERS),
+                                ("spec.dataset.uri", spec.dataset.uri, DATASET_READERS)):
+        if not uri.startswith(PVC_SCHEME) or stage not in readers:
+            continue
+        claim, _ = pvc_claim(uri)
+        if len(claim) > CLAIM_NAME_MAX:
+            raise JobSpecError(f"{field}: the claim name {claim[:40]}… is longer than {CLAIM_NAME_MAX} characters, "
+                               "which no PersistentVolumeClaim has")
+        if claim not in claims:
+            claims.append(claim)
+    return claims
 
 
 def _default_scratch(spec: t.FineTuneRunSpec, stage: str) -> str:
@@ -259,18 +265,18 @@ def _pod_spec(run: FineTuneRun, action: CreateJob, settings: OperatorSettings, r
         # PyTorch data loaders and NCCL share tensors through /dev/shm; the container default is 64Mi.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    claim = model_claim(run.spec, stage)
-    if claim is not None:
+    claims = mounted_claims(run.spec, stage)
+    for index, claim in enumerate(claims):
         # The whole claim, read-only twice over (a subPath the kubelet would create in a read-only claim cannot be).
-        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": MODEL_VOLUME, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        volumes.append({"name": f"claim-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"claim-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     container: Manifest = {
         "name": stage,
         "image": resources.image or settings.job_image,
         "imagePullPolicy": settings.job_image_pull_policy,
         "command": [*settings.job_command, stage, "--run", f"{CONFIG_DIR}/{RUN_JSON}"],
         "env": _env(run, settings) + _rank_env(run, action, settings, resources) + _tracking_env(run, stage)
-        + ([{"name": PVC_ROOT_ENV, "value": PVC_ROOT}] if claim is not None else [])
+        + ([{"name": PVC_ROOT_ENV, "value": PVC_ROOT}] if claims else [])
         + [{"name": IMAGE_ENV, "value": resources.image or settings.job_image}],
         "resources": _container_resources(run.spec, stage, settings, resources),
         "volumeMounts": mounts,

@@ -67,7 +67,7 @@ BASE_MODEL_URI = (
 # A Hub dataset, optionally at a revision (no '/': the path in the repo follows it) and a file or folder in it.
 HF_DATASET_URI = (r"hf://datasets/[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_.]+)?"
                   rf"(/{_URI_CHAR}*)?")
-DATASET_URI = rf"^(bundled|{_S3}|{HF_DATASET_URI}|{_LOCAL})$"
+DATASET_URI = rf"^(bundled|{_S3}|{HF_DATASET_URI}|{_PVC}|{_LOCAL})$"
 STORAGE_URI = rf"^({_S3}|{_LOCAL})$"
 # No `user:password@` credentials (they belong in credentialsSecret), no query or fragment.
 HTTP_URL = (
@@ -175,8 +175,9 @@ class DatasetSpec(ApiModel):
     )
 
     uri: Annotated[str, Field(max_length=1024, pattern=DATASET_URI)] = "bundled"
-    """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path` or a local path;
-    for another `format`, a file or a folder of .jsonl/.json/.parquet files: local, `s3://` or
+    """The topics tree: `bundled` (the starter dataset shipped with kubetune), `s3://bucket/path`, a local path or
+    `pvc://claim/path` (mounted read-only; cluster runs only); for another `format`, a file or a folder of
+    .jsonl/.json/.parquet files: local, `s3://` or
     `hf://datasets/org/name[@revision][/path]`."""
     format: DatasetFormat = "tree"
     """How the data is laid out: `tree` (datasets_new), `messages`, `sharegpt` or `alpaca` (README: dataset formats)."""

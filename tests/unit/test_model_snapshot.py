@@ -23,10 +23,19 @@ from kubetune.model_snapshot import (
     stored_hf_digest,
 )
 from kubetune.runconfig import RunConfig, StoreConfig
-from kubetune.sources import PVC_ROOT_ENV, ResolvedSource, SourceError, Sources, base_model_source, resolve_sources
+from kubetune.sources import (
+    PVC_ROOT_ENV,
+    ResolvedSource,
+    SourceError,
+    Sources,
+    base_model_source,
+    dataset_source,
+    resolve_sources,
+)
 from kubetune.stages import StageRef, stage_key
 from kubetune.store import LocalStore, Store, open_store, read_manifest
 from tests.fixtures.sources import COMMIT_A, ModelInfo, digest_of, repo_files
+from tests.unit.test_sources import tree
 
 HF_A = f"hf://org/tiny@{COMMIT_A}"
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
@@ -165,7 +174,7 @@ def test_a_snapshot_filed_under_another_digest_is_refused(hub: type[ModelInfo], 
 
 def test_kubetune_run_refuses_a_pvc_model_in_one_line_saying_what_to_write_instead(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"^spec\.baseModel\.uri: pvc://models/tiny is read from a "
-                                          r"PersistentVolumeClaim.*give the model folder's local path") as error:
+                                          r"PersistentVolumeClaim.*give the folder's local path") as error:
         base_model_source(t.BaseModelSpec(uri="pvc://models/tiny"), no_store, None, tmp_path)
     assert "\n" not in str(error.value)
 
@@ -219,3 +228,14 @@ def test_a_ref_whose_snapshot_never_completed_is_ignored_and_the_model_stored_ag
     assert stored_hf_digest(store, "org/tiny", COMMIT_A) is None
     assert hub_model(store, tmp_path / "hf").digest == model.digest
     assert read_manifest(store, snapshot_prefix(model.digest)) is not None
+
+
+def test_a_pvc_dataset_tree_has_the_digest_of_the_same_tree_in_a_folder_and_kubetune_run_refuses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree(tmp_path / "claims" / "datasets" / "identity")
+    spec = t.DatasetSpec(uri="pvc://datasets/identity")
+    with pytest.raises(SourceError, match=r"^spec\.dataset\.uri: pvc://datasets/identity is read from a "
+                                          r"PersistentVolumeClaim.*local path"):
+        dataset_source(spec, no_store)
+    monkeypatch.setenv(PVC_ROOT_ENV, str(tmp_path / "claims"))
+    assert dataset_source(spec, no_store).digest == dataset_source(t.DatasetSpec(uri=str(root)), no_store).digest

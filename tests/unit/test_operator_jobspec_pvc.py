@@ -66,3 +66,20 @@ def test_the_sources_job_of_an_hf_model_gets_room_to_download_it_once() -> None:
     scratch = [next(v["emptyDir"]["sizeLimit"] for v in m["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch")
                for m in (hf, bundled)]
     assert scratch == [HUB_SOURCES_SCRATCH, DEFAULT_SCRATCH[SOURCES]]
+
+
+def test_a_pvc_dataset_is_mounted_into_the_sources_and_dataset_jobs_only() -> None:
+    spec = {"dataset": {"uri": "pvc://datasets/identity"}}
+    assert [[v["persistentVolumeClaim"]["claimName"] for v in claim_volumes(job(stage, spec))]
+            for stage in (SOURCES, "dataset", "train")] == [["datasets"], ["datasets"], []]
+
+
+def test_one_claim_holding_the_model_and_the_dataset_is_mounted_once(kube: KubeEmulator) -> None:
+    spec = {**PVC_MODEL, "dataset": {"uri": "pvc://team.models/data/identity"}}
+    manifest = job("dataset", spec)
+    assert [v["persistentVolumeClaim"]["claimName"] for v in claim_volumes(manifest)] == ["team.models"]
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})
+    kube.create(manifest)
+    both = job("dataset", {**PVC_MODEL, "dataset": {"uri": "pvc://datasets/identity"}})
+    assert [v["persistentVolumeClaim"]["claimName"] for v in claim_volumes(both)] == ["team.models", "datasets"]
+    kube.create(both | {"metadata": {**both["metadata"], "name": both["metadata"]["name"] + "-both"}})
