@@ -57,18 +57,15 @@ def assert_located_or_valid(outcome: FormatBuild | DatasetError, path: Path) -> 
         assert all(isinstance(m["content"], str) for m in conversation.messages)
 
 
-@pytest.mark.parametrize("suffix", (".jsonl", ".json", ".parquet"))
-@pytest.mark.parametrize("format_name", FORMATS)
-@given(data=st.binary(max_size=300))
+@given(format_name=st.sampled_from(FORMATS), suffix=st.sampled_from(SUFFIXES), data=st.binary(max_size=300))
 def test_arbitrary_bytes_are_located_errors_or_records(format_name: str, suffix: str, data: bytes,
                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
     path = overwrite(tmp_path_factory.getbasetemp() / f"bytes-{format_name}{suffix}", data)
     assert_located_or_valid(build(format_name, path), path)
 
 
-@pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("format_name", FORMATS)
-@given(rows=st.lists(json_values, max_size=5), table=st.lists(parquet_rows, min_size=1, max_size=5))
+@given(format_name=st.sampled_from(FORMATS), suffix=st.sampled_from(SUFFIXES), rows=st.lists(json_values, max_size=5),
+       table=st.lists(parquet_rows, min_size=1, max_size=5))
 def test_arbitrary_records_are_located_errors_or_valid_conversations(format_name: str, suffix: str, rows: list[Any],
                                                                      table: list[dict[str, Any]],
                                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -95,9 +92,8 @@ conversations = st.builds(
 )
 
 
-@pytest.mark.parametrize("suffix", SUFFIXES)
-@pytest.mark.parametrize("format_name", ("messages", "sharegpt"))
-@given(generated=st.lists(conversations, min_size=1, max_size=4, unique_by=lambda c: json.dumps(c)))
+@given(format_name=st.sampled_from(("messages", "sharegpt")), suffix=st.sampled_from(SUFFIXES),
+       generated=st.lists(conversations, min_size=1, max_size=4, unique_by=lambda c: json.dumps(c)))
 def test_every_valid_conversation_comes_back_exactly(format_name: str, suffix: str, generated: list[Any],
                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     if format_name == "messages":
