@@ -1,0 +1,134 @@
+"""Family-specific conversion rules, on tiny models with a small real BPE tokenizer (seconds, no llama.cpp run).
+
+Gemma's (1 + w) norm weights are stored +1, its sliding-window layout and rope bases travel as metadata, Phi-3's fused
+projections keep their shapes, and the settings llama.cpp cannot express are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+from safetensors.torch import load_file
+
+from kubetune.llama.convert import convert
+from kubetune.llama.errors import ConversionError
+from kubetune.llama.tokenizer_export import SEQUENCE_PRE_TOKENIZERS, pre_tokenizer_name
+from tests.fixtures.tiny_models import Family, build_tiny_model, small_bpe_tokenizer_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Family], Path]:
+    root = tmp_path_factory.mktemp("families")
+    tokenizer_dir = small_bpe_tokenizer_dir(root / "tokenizer")
+
+    def build(family: Family) -> Path:
+        tie = family.startswith("gemma")
+        return build_tiny_model(family, root / family, tokenizer_dir=tokenizer_dir, tie_embeddings=tie)
+
+    return build
+
+
+def copy_with_config(model: Path, tmp_path: Path, **changes: Any) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(changes)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def fields_and_tensors(gguf: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    reader = GGUFReader(gguf)
+    return (
+        {key: field.contents() for key, field in reader.fields.items() if not key.startswith("tokenizer.")},
+        {tensor.name: np.asarray(tensor.data) for tensor in reader.tensors},
+    )
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_gemma_norm_weights_are_stored_plus_one_and_its_attention_layout_travels_as_metadata(
+    tiny: Callable[[Family], Path], tmp_path: Path, family: Family
+) -> None:
+    model = tiny(family)
+    [gguf] = convert(model, tmp_path, ["f32"])
+    fields, tensors = fields_and_tensors(gguf.path)
+    weights = {name: tensor.float().numpy() for name, tensor in load_file(model / "model.safetensors").items()}
+    pairs = {
+        "output_norm.weight": "model.norm.weight",
+        "blk.0.attn_norm.weight": "model.layers.0.input_layernorm.weight",
+        "blk.0.post_attention_norm.weight": "model.layers.0.post_attention_layernorm.weight",
+        "blk.1.ffn_norm.weight": "model.layers.1.pre_feedforward_layernorm.weight",
+        "blk.1.post_ffw_norm.weight": "model.layers.1.post_feedforward_layernorm.weight",
+    }
+    if family == "gemma3":
+        pairs["blk.0.attn_q_norm.weight"] = "model.layers.0.self_attn.q_norm.weight"
+    for gguf_name, hf_name in pairs.items():
+        np.testing.assert_allclose(tensors[gguf_name], weights[hf_name] + 1.0, rtol=1e-6, err_msg=gguf_name)
+    np.testing.assert_array_equal(tensors["token_embd.weight"], weights["model.embed_tokens.weight"])
+    assert "output.weight" not in tensors
+    assert fields[f"{family}.attention.sliding_window"] == 16
+    assert fields[f"{family}.attention.sliding_window_pattern"] == [True, False]
+    if family == "gemma2":
+        assert fields["gemma2.attn_logit_softcapping"] == 50.0 and fields["gemma2.final_logit_softcapping"] == 30.0
+    else:
+        assert fields["gemma3.rope.freq_base"] == 1e6 and fields["gemma3.rope.freq_base_swa"] == 1e4
+        assert "gemma3.attn_logit_softcapping" not in fields
+
+
+def test_phi3_keeps_its_fused_qkv_and_gate_up_projections(tiny: Callable[[Family], Path], tmp_path: Path) -> None:
+    model = tiny("phi3")
+    [gguf] = convert(model, tmp_path, ["f32"])
+    fields, tensors = fields_and_tensors(gguf.path)
+    weights = {name: tensor.float().numpy() for name, tensor in load_file(model / "model.safetensors").items()}
+    assert fields["general.architecture"] == "phi3"
+    np.testing.assert_array_equal(tensors["blk.1.attn_qkv.weight"], weights["model.layers.1.self_attn.qkv_proj.weight"])
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up.weight"], weights["model.layers.1.mlp.gate_up_proj.weight"])
+    assert tensors["blk.1.attn_qkv.weight"].shape == (64 + 2 * 32, 64)  # 4 query heads, 2 KV heads of 16
+    assert tensors["blk.1.ffn_up.weight"].shape == (2 * 128, 64)
+
+
+@pytest.mark.parametrize(
+    ("family", "changes", "message"),
+    [
+        ("gemma2", {"tie_word_embeddings": False}, "untied embeddings"),
+        ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256"),
+        ("gemma2", {"attn_logit_softcapping": None}, "without attn_logit_softcapping"),
+        ("gemma2", {"layer_types": ["full_attention"]}, "layer_types must be a list of 2"),
+        ("gemma3", {"attn_logit_softcapping": 50.0}, "does not soft-cap attention"),
+        (
+            "gemma3",
+            {"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 8.0}, "full_attention": {}}},
+            "sliding-window layers",
+        ),
+        ("phi3", {"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75"),
+        ("phi3", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
+         "unsupported rope scaling type 'longrope'"),
+    ],
+)
+def test_what_llama_cpp_cannot_express_is_refused_before_writing(
+    tiny: Callable[[Family], Path], tmp_path: Path, family: Family, changes: dict[str, Any], message: str
+) -> None:
+    model = copy_with_config(tiny(family), tmp_path, **changes)
+    if "rope_scaling" in changes:
+        config = json.loads((model / "config.json").read_text())
+        config.pop("rope_parameters", None)
+        (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=message):
+        convert(model, tmp_path / "out", ["f16"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("steps", "name"), [(steps, name) for steps, name in SEQUENCE_PRE_TOKENIZERS])
+def test_deepseek_pre_tokenizers_are_recognised_and_a_changed_step_is_not(steps: list[dict[str, Any]], name: str) -> None:
+    full = [*steps[:-1], {**steps[-1], "trim_offsets": True}]  # as tokenizer.json spells the ByteLevel step
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": full}}) == name
+    changed = [*full[:-2], {"type": "Digits", "individual_digits": not full[-2]["individual_digits"]}, full[-1]]
+    with pytest.raises(ConversionError, match="unknown pre-tokenizer"):
+        pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": changed}})
