@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from kubetune.api.dataset_formats import DatasetFields
 from kubetune.dataformats.build import DataFile, build_conversations
 from kubetune.dataformats.formats import Message
@@ -41,13 +43,17 @@ def add_dataset_commands(sub: Any) -> None:
     convert.add_argument("--subcategory", default="general", help="subcategory of every sample (default: general)")
     convert.add_argument("--difficulty", type=int, choices=range(1, 7), default=3,
                          help="difficulty 1-6 of every sample (the source has none; default 3, medium)")
+    convert.add_argument("--field", action="append", default=[], metavar="PART=KEY",
+                         help="the key a record part is under, as spec.dataset.fields (e.g. messages=dialog); "
+                              "repeatable")
     convert.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     try:
         written = convert_to_tree(args.format, args.input, args.out, category=args.category,
-                                  subcategory=args.subcategory, difficulty=args.difficulty)
+                                  subcategory=args.subcategory, difficulty=args.difficulty,
+                                  fields=field_mapping(args.field))
     except DatasetError as error:
         print(error.report(), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -55,8 +61,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def field_mapping(pairs: list[str]) -> DatasetFields:
+    """`--field PART=KEY` flags as spec.dataset.fields; DatasetError for a malformed one or an unknown part."""
+    mapping = dict(pair.partition("=")[::2] for pair in pairs)
+    try:
+        return DatasetFields.model_validate(mapping)
+    except ValidationError as error:
+        first = error.errors()[0]
+        part = ".".join(str(p) for p in first["loc"]) or "?"
+        raise DatasetError([DatasetIssue("--field", f"{part}: {first['msg']}",
+                                         f"PART is one of {', '.join(DatasetFields.model_fields)}; KEY a plain "
+                                         "record key, e.g. --field messages=dialog")]) from None
+
+
 def convert_to_tree(format_name: str, source: Path, out: Path, *, category: str, subcategory: str,
-                    difficulty: int) -> int:
+                    difficulty: int, fields: DatasetFields | None = None) -> int:
     """Write the tree for `source` into `out`; returns the number of samples. Raises DatasetError (nothing
     written) for bad names, an occupied `out`, bad records or conversations a tree cannot hold."""
     for flag, name in (("--category", category), ("--subcategory", subcategory)):
@@ -67,7 +86,8 @@ def convert_to_tree(format_name: str, source: Path, out: Path, *, category: str,
                                          "name a new folder: nothing is overwritten")])
     if not source.is_file():
         raise DatasetError([DatasetIssue(source.as_posix(), "is not a file", "pass a .jsonl, .json or .parquet file")])
-    build = build_conversations(format_name, [DataFile(source, source.as_posix())], DatasetFields(), eval_split=0.0)
+    build = build_conversations(format_name, [DataFile(source, source.as_posix())], fields or DatasetFields(),
+                                eval_split=0.0)
     samples: list[dict[str, Any]] = []
     issues: list[DatasetIssue] = []
     for number, conversation in enumerate(build.train, start=1):

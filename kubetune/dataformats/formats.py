@@ -53,8 +53,8 @@ def _text(row: Row, record: dict[str, Any], key: str, *, required: bool) -> str 
     if value is None:
         if required:
             present = ", ".join(sorted(str(k) for k in record)[:8]) or "none"
-            return row.issue(f"no {key!r} (keys: {present})", "set spec.dataset.fields if the file calls it "
-                             "something else", field=key)
+            return row.issue(f"no {key!r} (keys: {present})", "map it with spec.dataset.fields (convert: --field) "
+                             "if the file calls it something else", field=key)
         return None
     if not isinstance(value, str):
         return row.issue(f"{key!r} must be a string, got {type(value).__name__}", "put the text in a string",

@@ -73,3 +73,16 @@ def test_an_existing_tree_is_never_overwritten(tmp_path: Path) -> None:
     done = kubetune("dataset", "convert", "--from", "messages", str(source), "--out", str(tmp_path / "tree"))
     assert done.returncode == 2 and "exists and is not an empty folder" in done.stderr
     assert [p.name for p in (tmp_path / "tree").iterdir()] == ["keep.txt"]
+
+
+def test_field_flags_map_a_file_that_names_the_parts_its_own_way(tmp_path: Path) -> None:
+    rows = [{"dialog": [{"speaker": m["role"], "text": m["content"]} for m in c]} for c in REASONING]
+    source = write_records(rows, tmp_path / "chats.jsonl")
+    done = kubetune("dataset", "convert", "--from", "messages", str(source), "--out", str(tmp_path / "tree"),
+                    "--field", "messages=dialog", "--field", "role=speaker", "--field", "content=text")
+    assert done.returncode == 0, done.stderr
+    assert built_back(tmp_path / "tree") == REASONING
+    bad = kubetune("dataset", "convert", "--from", "messages", str(source), "--out", str(tmp_path / "other"),
+                   "--field", "speaker=role")
+    assert bad.returncode == 2 and "--field: speaker: Extra inputs are not permitted" in bad.stderr
+    assert "hint: PART is one of messages, role, content" in bad.stderr and not (tmp_path / "other").exists()
