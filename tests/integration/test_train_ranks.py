@@ -50,9 +50,11 @@ def training(**overrides: Any) -> dict[str, Any]:
     return fields
 
 
-def job(tmp: Path, spec: dict[str, Any], *, store: Path | None = None, stop_at: int | None = None) -> RankJob:
+def job(tmp: Path, spec: dict[str, Any], *, store: Path | None = None, stop_at: int | None = None,
+        eval_records: int = 0) -> RankJob:
+    eval_path = write_dataset(tmp / "eval_data.jsonl", eval_records) if eval_records else None
     return RankJob(tiny_model(), write_dataset(tmp / "data.jsonl"), store or tmp / "store", spec, tmp / "out",
-                   stop_at)
+                   stop_at, eval_path)
 
 
 def losses(result: dict[str, Any]) -> list[float]:
@@ -81,8 +83,8 @@ def assert_every_checkpoint_complete_and_written_once(store: Store, world_size: 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_train_exactly_like_one_process_over_their_combined_micro_batches(tmp_path: Path) -> None:
-    ranked = job(tmp_path / "ranks", training(gradientAccumulation=1))
-    single = job(tmp_path / "single", training(gradientAccumulation=2))
+    ranked = job(tmp_path / "ranks", training(gradientAccumulation=1), eval_records=5)
+    single = job(tmp_path / "single", training(gradientAccumulation=2), eval_records=5)
     rank0, rank1 = run_ranks(ranked, world_size=2)
     [alone] = run_ranks(single, world_size=1)
 
@@ -92,6 +94,12 @@ def test_two_gloo_ranks_train_exactly_like_one_process_over_their_combined_micro
         assert losses(result) == pytest.approx(losses(alone), rel=1e-5)
     assert losses(alone)[-1] < losses(alone)[0]
     assert rank0["epoch"] == alone["epoch"] == pytest.approx(8 / 6)  # 4 steps x 2 micro-batches of 6 per epoch
+    # Held-out loss: the ranks share the eval batches (3 of them: 2 and 1) and add their sums, so each reports the
+    # base model's and every checkpoint's figure of the one-process run.
+    assert [row["step"] for row in alone["evalLosses"]] == [0, 2, 4]
+    for result in (rank0, rank1):
+        assert [row["eval_loss"] for row in result["evalLosses"]] == pytest.approx(
+            [row["eval_loss"] for row in alone["evalLosses"]], rel=1e-5)
     # Gradients were summed over the ranks: rank 0 ends with the weights of the one-process run.
     for name, weight in adapter(single).items():
         torch.testing.assert_close(adapter(ranked)[name], weight, rtol=1e-4, atol=1e-6)

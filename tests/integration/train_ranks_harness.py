@@ -55,6 +55,7 @@ class RankJob:
     training: dict[str, Any]  # TrainingSpec as JSON: plain data crosses the process boundary
     out: Path  # per-rank folders: the result, the work dir and (rank 0, when finished) the outputs
     stop_at: int | None = None  # rank 0 asks to stop once this step is logged (what SIGTERM does)
+    eval_path: Path | None = None  # the eval split, when the run has one
 
 
 def rank_dir(job: RankJob, rank: int) -> Path:
@@ -67,7 +68,7 @@ def train_rank(job: RankJob, ranks: Ranks) -> None:
     checkpoints = CheckpointStore(store, PREFIX, stage="train", input_key="b" * 64, keep=training.checkpoint.keep)
     here = rank_dir(job, ranks.rank)
     inputs = TrainInputs(job.model_dir, BaseModelRef("file:///tiny", "c" * 64), job.data_path, training,
-                         max_seq_length=48, workdir=here / "work")
+                         max_seq_length=48, workdir=here / "work", eval_data_path=job.eval_path)
     stop = threading.Event()
 
     def progress(phase: str = "Running", *, force: bool = False, **fields: Any) -> None:
@@ -79,7 +80,8 @@ def train_rank(job: RankJob, ranks: Ranks) -> None:
     state = result.state
     (here / RESULT).write_text(json.dumps({
         "outcome": result.outcome, "step": state.step, "totalSteps": state.total_steps, "epoch": state.epoch,
-        "metrics": state.metrics, "lastCheckpoint": state.last_checkpoint}), encoding="utf-8")
+        "metrics": state.metrics, "lastCheckpoint": state.last_checkpoint, "evalLosses": state.eval_losses}),
+        encoding="utf-8")
 
 
 def spawned_rank(index: int, job: RankJob, world_size: int, port: int) -> None:
