@@ -90,8 +90,8 @@ def render_describe(document: dict[str, Any]) -> str:
     progress = status.get("progress")
     if progress:
         lines.append("  Training:")
-        for key in ("step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond", "etaSeconds",
-                    "lastCheckpoint"):
+        for key in ("step", "totalSteps", "epoch", "loss", "evalLoss", "baseEvalLoss", "learningRate",
+                    "tokensPerSecond", "etaSeconds", "lastCheckpoint"):
             if key in progress:
                 lines.append(f"    {key + ':':<17}{progress[key]}")
     artifacts = status.get("artifacts") or []
