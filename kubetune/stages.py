@@ -133,10 +133,11 @@ def stage_ref(namespace: str, run: str, spec: FineTuneRunSpec, stage: str, diges
 
 def resolution_ref(namespace: str, run: str, spec: FineTuneRunSpec, *, uid: str, image: str, refresh: str
                    ) -> StageRef:
-    """Where the operator's sources Job writes, keyed by what it resolves: the source fields of the spec, the run
-    (uid), the image it runs in (it holds the template and the bundled data and model) and the refresh annotation.
+    """Where the operator's sources Job writes, keyed by what it resolves: the source fields of the spec (dataset,
+    base model, `training.chatTemplate`), the run (uid), the image it runs in (it holds the template and the bundled
+    data and model) and the refresh annotation.
 
-    The key leaves out the rest of the spec, the generation included: an edit of training fields or `suspend`
+    The key leaves out the rest of the spec, the generation included: an edit of other training fields or `suspend`
     resolves nothing again (a suspend must reach the running Job at once, not wait behind a resolution). Content
     that changed behind an unchanged URI is picked up when `kubetune.dev/refresh` gets a new value; a dataset
     changed since it was resolved also fails its stage with that advice (jobs/sources.py).
@@ -144,6 +145,7 @@ def resolution_ref(namespace: str, run: str, spec: FineTuneRunSpec, *, uid: str,
     m = spec.to_manifest()
     fields = {"dataset": {"uri": m["dataset"]["uri"], "structure": m["dataset"]["structure"]},
               "baseModel": {k: v for k, v in m["baseModel"].items() if k != "tokenSecret"},
+              "chatTemplate": m["training"]["chatTemplate"],  # a file or inline text is resolved there too
               "storage": m["storage"], "uid": uid, "image": image, "refresh": refresh}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return StageRef(key=key, prefix=stage_prefix(namespace, run, SOURCES, key))

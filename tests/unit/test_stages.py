@@ -116,7 +116,8 @@ def test_the_resolution_key_follows_the_source_fields_the_run_the_image_and_the_
 
     assert ref() == ref({"training": {"learningRate": 0.1}, "suspend": True})  # no source field
     changed = [ref({"dataset": {"uri": "s3://data/tree"}}), ref({"dataset": {"structure": "other.json"}}),
-               ref({"baseModel": {"uri": "hf://org/name@main"}}), ref(uid="u2"), ref(image="job:2"),
+               ref({"baseModel": {"uri": "hf://org/name@main"}}), ref({"training": {"chatTemplate": {"source": "chatml"}}}),
+               ref(uid="u2"), ref(image="job:2"),
                ref(refresh="2026-12-06")]
     assert ref() not in changed and len(set(changed)) == len(changed)
     assert resolution_ref("ns", "run", validate_spec({}), uid="u1", image="i", refresh="").prefix.startswith(
