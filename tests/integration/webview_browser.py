@@ -27,6 +27,8 @@ from kubetune.sources import resolve_sources
 from kubetune.stages import stage_ref
 from kubetune.store import LocalStore, content_digest, open_store, publish
 
+RUN_STAGES = tuple(s for s in STAGES if s != "publish")  # the runs here publish nothing (spec.publish is empty)
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -113,7 +115,7 @@ def prepare_local_run(folder: Path) -> Path:
                               hub_cache=default_cache_dir() / "hf")
     status = json.loads((state / "runs" / run.namespace / run.name / "status.json").read_text())["status"]
     digests = {"dataset": status["stages"]["dataset"]["outputDigest"]}
-    for stage in STAGES[1:]:
+    for stage in RUN_STAGES[1:]:
         ref = stage_ref(run.namespace, run.name, run.spec, stage, digests, sources)
         out = folder / "outputs" / stage
         out.mkdir(parents=True)

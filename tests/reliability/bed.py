@@ -28,6 +28,8 @@ from kubetune.operator.settings import OperatorSettings
 from kubetune.store import Store, content_digest, join_key, read_manifest
 from tests.kube.emulator import KubeEmulator
 
+RUN_STAGES = tuple(s for s in STAGES if s != "publish")  # the runs here publish nothing (spec.publish is empty)
+
 Obj = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "kubetune.dev_finetuneruns.yaml"
@@ -37,7 +39,7 @@ TINY_STAGE = REPO / "tests" / "integration" / "operator_tiny_stage.py"
 INSTANT_COMMAND = ("python", "-S", str(INSTANT_STAGE))
 RUN_LABEL = "kubetune.dev/run"
 STAGE_LABEL = "kubetune.dev/stage"
-JOBS_PER_RUN = 1 + len(STAGES)  # the sources Job, then one Job per stage (each publishes one output)
+JOBS_PER_RUN = 1 + len(RUN_STAGES)  # the sources Job, then one Job per stage (each publishes one output)
 ATTEMPT_LABEL = "kubetune.dev/attempt"
 PREFIX_ANNOTATION = "kubetune.dev/prefix"
 INPUT_KEY_ANNOTATION = "kubetune.dev/input-key"
@@ -204,7 +206,7 @@ def output_problems(store: Store, run: Obj, jobs: Iterable[Obj]) -> list[str]:
                 job["metadata"]["annotations"][PREFIX_ANNOTATION] for job in jobs
                 if job["metadata"]["labels"][RUN_LABEL] == name}
     problems = []
-    for stage in STAGES:
+    for stage in RUN_STAGES:
         block = run["status"]["stages"][stage]
         prefix = prefixes.get((stage, block.get("inputKey", "")))
         if prefix is None:
