@@ -50,7 +50,7 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 HF_DATASETS = "hf://datasets/"
 # A revision in a dataset URI has no '/' (the path follows it); a branch whose name has one is given by commit.
 _HF_DATASET = re.compile(r"hf://datasets/(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)"
-                         r"(@(?P<revision>[-A-Za-z0-9_.]+))?(?P<path>/.*)?")
+                         r"(@(?P<revision>[-A-Za-z0-9_]+([.][-A-Za-z0-9_]+)*))?(?P<path>/.*)?")
 PVC_SCHEME = "pvc://"
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # set by the operator in the pods that mount a pvc:// model's claim
 
@@ -250,7 +250,7 @@ def data_files_digest(uri: str, store_factory: StoreFactory, cache: DigestCache 
 def hub_dataset(uri: str) -> tuple[str, str, str]:
     """(repo id, revision, path in the repo) of `hf://datasets/org/name[@revision][/path]`."""
     match = _HF_DATASET.fullmatch(uri)
-    if match is None:
+    if match is None or ".." in (match["path"] or "").split("/"):
         raise SourceError(f"spec.dataset.uri: {uri!r} must look like hf://datasets/org/name[@revision][/path]")
     return match["repo"], match["revision"] or "main", (match["path"] or "").strip("/")
 
@@ -285,6 +285,12 @@ def hub_dataset_commit(uri: str, hub_cache: Path | None) -> str:
                           "cache and HF_HUB_OFFLINE=1, or allow Hub access") from None
     if not isinstance(info.sha, str) or not COMMIT.fullmatch(info.sha):
         raise SourceError(f"spec.dataset.uri: the Hub gave no commit for {uri} revision {revision!r}")
+    if hub_cache is not None:  # as huggingface_hub records a ref: an offline run resolves the revision the same way
+        ref = hub_cache / f"datasets--{repo_id.replace('/', '--')}" / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        partial = ref.with_name(f".{revision}.partial")
+        partial.write_text(info.sha, encoding="utf-8")
+        partial.replace(ref)
     return info.sha
 
 

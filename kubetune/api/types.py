@@ -65,7 +65,8 @@ BASE_MODEL_URI = (
     rf"|{_LOCAL})$"
 )
 # A Hub dataset, optionally at a revision (no '/': the path in the repo follows it) and a file or folder in it.
-HF_DATASET_URI = (r"hf://datasets/[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(@[-A-Za-z0-9_.]+)?"
+HF_DATASET_URI = (r"hf://datasets/[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*"
+                  r"(@[-A-Za-z0-9_]+([.][-A-Za-z0-9_]+)*)?"
                   rf"(/{_URI_CHAR}*)?")
 DATASET_URI = rf"^(bundled|{_S3}|{HF_DATASET_URI}|{_PVC}|{_LOCAL})$"
 STORAGE_URI = rf"^({_S3}|{_LOCAL})$"

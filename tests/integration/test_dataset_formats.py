@@ -173,6 +173,11 @@ def test_a_hub_dataset_is_read_at_its_resolved_commit_downloading_only_the_named
     assert hub_datasets.downloaded == ["data/train.jsonl"]
     for messages in built:
         assert_trains_on_assistant_turns_only(tokenizer, messages)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline, the branch resolves through the cache's ref: same key
+    done = kubetune_run(tmp_path, dataset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "store").rglob("train_data.jsonl"))) == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     hub_datasets.refs = {"main": COMMIT_B}  # the branch moves: resolved afresh, a new dataset key
     done = kubetune_run(tmp_path, dataset)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -68,3 +68,10 @@ def test_a_hub_dataset_pinned_to_a_commit_resolves_without_asking_the_hub(monkey
     assert resolved.revision == "c" * 40
     other = dataset_source(t.DatasetSpec(uri=uri + "/data/train.jsonl", format="sharegpt"), open_store)
     assert other.digest != resolved.digest
+
+
+@pytest.mark.parametrize("uri", ["hf://datasets/org/chats@..", "hf://datasets/org/chats@.hidden",
+                                 "hf://datasets/org/chats/data/../../x"])
+def test_a_hub_dataset_uri_that_could_leave_its_repo_or_cache_folder_is_refused(uri: str) -> None:
+    with pytest.raises(SourceError, match="must look like hf://datasets/org/name"):
+        hub_dataset(uri)
