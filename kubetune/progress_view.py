@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from kubetune.api.types import STAGES
-from kubetune.planner import Plan
+from kubetune.planner import Done, Plan
 from kubetune.store import Store
 
 BAR_WIDTH = 24
@@ -93,6 +93,8 @@ class ProgressView:
         print(f"\n{self.run}:", file=self.out)
         for stage in STAGES:
             view = step.stages[stage]
+            if isinstance(step.action, Done) and view.ref is None:
+                continue  # a finished run that never reached it: the spec does not run it (publish, a disabled gate)
             took = f"{durations[stage]:7.1f}s" if stage in durations else ""
             message = f"  {view.message}" if view.message else ""
             print(f"  {stage:<9} {view.phase:<10} {took}{message}", file=self.out)

@@ -4,6 +4,7 @@ reference only."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from kubetune.api.validate import InvalidManifest, parse_run, validate_spec
 from kubetune.operator.jobspec import build
 from kubetune.operator.settings import OperatorSettings
 from kubetune.planner import CreateJob, Done, Lookup, Observed, Output, plan
+from kubetune.progress_view import ProgressView
 from kubetune.stages import enabled_stages, stage_ref
 from tests.fixtures.sources import example_sources
 
@@ -126,3 +128,13 @@ def test_the_publish_job_gets_the_registry_login_by_secret_reference_only() -> N
     assert env["KUBETUNE_REGISTRY_DOCKERCONFIG"]["valueFrom"]["secretKeyRef"]["key"] == ".dockerconfigjson"
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-3:] == [
         "publish", "--run", "/etc/kubetune/run.json"]
+
+
+def test_a_finished_run_summary_lists_only_the_stages_its_spec_runs() -> None:
+    outputs: dict[str, Output] = {}
+    while isinstance(action := settle({}, outputs), CreateJob):
+        outputs[action.ref.key] = Output(action.ref.key, f"digest-{action.stage}")
+    step = plan("ns", "run", validate_spec({}), Observed(outputs, frozenset(outputs), (), example_sources()))
+    out = io.StringIO()
+    ProgressView("run", out).final(step, {})
+    assert [line.split()[0] for line in out.getvalue().splitlines()[2:]] == list(STAGES[:-1])
