@@ -10,7 +10,8 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
 
 from .hf_config import GemmaAttention, ModelSpec
-from .tensors import TensorPlan, encoded_chunks
+from .parallel_encode import encoded_pieces
+from .tensors import TensorPlan
 from .tokenizer_export import Vocab
 
 FILE_TYPES: dict[str, LlamaFileType] = {
@@ -74,7 +75,7 @@ def write_gguf(
     plans: list[TensorPlan],
     progress: TensorProgress | None = None,
 ) -> None:
-    """Write the GGUF to `path` (the caller handles atomic renaming). Memory: one chunk of one tensor."""
+    """Write the GGUF to `path` (the caller handles atomic renaming). Memory: a few chunks (parallel_encode)."""
     writer = GGUFWriter(path=None, arch=spec.arch_name)
     add_model_metadata(writer, spec, vocab, outtype)
     for plan in plans:
@@ -87,18 +88,28 @@ def write_gguf(
         assert writer.fout is not None and len(writer.fout) == 1
         out = writer.fout[0]
         alignment = writer.data_alignment
-        done_bytes = 0
-        for index, plan in enumerate(plans):
-            out.write(b"\0" * (-out.tell() % alignment))
-            written = 0
-            for chunk in encoded_chunks(plan):
-                out.write(chunk)
-                written += len(chunk)
+        done_bytes, current, written = 0, -1, 0
+
+        def finish(index: int) -> None:
+            nonlocal done_bytes
+            plan = plans[index]
             if written != plan.nbytes:
                 raise RuntimeError(f"{plan.gguf_name}: wrote {written} bytes, expected {plan.nbytes}")
             done_bytes += plan.n_source_bytes
             if progress is not None:
                 progress(index + 1, len(plans), done_bytes, total_bytes)
+
+        for index, pieces in encoded_pieces(plans):
+            if index != current:  # pieces arrive in plan order, each plan's consecutively
+                if current >= 0:
+                    finish(current)
+                out.write(b"\0" * (-out.tell() % alignment))
+                current, written = index, 0
+            for piece in pieces:
+                out.write(piece)
+                written += piece.nbytes
+        if current >= 0:
+            finish(current)
         out.write(b"\0" * (-out.tell() % alignment))
         out.flush()
         os.fsync(out.fileno())

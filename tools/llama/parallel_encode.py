@@ -1,0 +1,113 @@
+"""Tensor data for the GGUF writer, encoded on several threads while the writer writes, byte for byte what
+tensors.encoded_chunks gives.
+
+f16 and q8_0 weights (nearly all of a model's bytes) take the fast path here: their rows are split into chunks, each
+chunk is read, widened and encoded by a pool thread (numpy and os.preadv release the GIL, so the threads use every
+core), and the chunks come back in file order with at most `2 × threads` chunks in flight, so memory stays a few chunks
+whatever the model's size. The few other tensors (norms, biases, computed ones, other output types) go through
+tensors.encoded_chunks on the same pool, one task per tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from .errors import ConversionError
+from .tensors import CHUNK_ELEMENTS, TensorPlan, encoded_chunks
+
+Q = GGMLQuantizationType
+Q8_0_BLOCK = 32
+# One piece of a tensor's GGUF data, as a view (no copy of numpy's buffer).
+Piece = memoryview
+Task = Callable[[], list[Piece]]
+
+
+def encoded_pieces(plans: list[TensorPlan], threads: int | None = None) -> Iterator[tuple[int, list[Piece]]]:
+    """(plan index, data pieces) in file order: each plan's pieces, in order, add up to its GGUF data."""
+    workers = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
+    tasks = ((index, task) for index, plan in enumerate(plans) for task in _tasks(plan))
+    pending: deque[tuple[int, Future[list[Piece]]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gguf-encode") as pool:
+        try:
+            for index, task in tasks:
+                pending.append((index, pool.submit(task)))
+                if len(pending) >= 2 * workers:
+                    done_index, future = pending.popleft()
+                    yield done_index, future.result()
+            while pending:
+                done_index, future = pending.popleft()
+                yield done_index, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _tasks(plan: TensorPlan) -> list[Task]:
+    source = plan.source
+    if plan.computed is not None or source is None or len(plan.shape) < 2 or plan.qtype not in (Q.F16, Q.Q8_0):
+        return [lambda: [memoryview(chunk) for chunk in encoded_chunks(plan)]]
+    rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))
+    step = max(1, CHUNK_ELEMENTS // row_elements)
+    if plan.permute_head_dim:
+        step = max(plan.permute_head_dim, step // plan.permute_head_dim * plan.permute_head_dim)
+    return [_chunk_task(plan, start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _chunk_task(plan: TensorPlan, start: int, stop: int) -> Task:
+    def run() -> list[Piece]:
+        assert plan.source is not None
+        values = plan.source.read_rows(start, stop)
+        if plan.permute_head_dim:
+            # Rotate-half order (pairs i, i+d/2) → interleaved order (pairs 2i, 2i+1), per head.
+            shape = values.shape
+            values = values.reshape(-1, 2, plan.permute_head_dim // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+        if plan.qtype == Q.F16:
+            return [encode_f16(values, plan.gguf_name).data]
+        return [encode_q8_0(values, plan.gguf_name).data]
+
+    return run
+
+
+def encode_f16(values: np.ndarray, name: str) -> np.ndarray:
+    """float32 → little-endian float16, refusing NaN, infinity and overflow like tensors.encoded_chunks."""
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error naming the tensor
+        half = values.astype("<f2")
+    if not np.isfinite(half).all():  # one check on the result; the source is looked at only to name the cause
+        if not np.isfinite(values).all():
+            raise ConversionError(f"{name}: the weights hold NaN or infinite values, which F16 cannot store; "
+                                  "choose f32 or bf16, or fix the model")
+        raise ConversionError(f"{name}: values overflow float16; choose bf16 or f32")
+    return half.reshape(-1)
+
+
+def encode_q8_0(values: np.ndarray, name: str) -> np.ndarray:
+    """GGML's Q8_0 blocks (f16 scale, 32 int8), bit-identical to gguf.quants and ggml-quants.c, with in-place
+    numpy passes instead of a temporary array per step."""
+    blocks = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, Q8_0_BLOCK)
+    # max |x| per block without an |x| copy of the data; abs() turns an all-zero block's -0.0 into 0.0.
+    amax = np.abs(np.maximum(blocks.max(axis=1, keepdims=True), -blocks.min(axis=1, keepdims=True)))
+    if not np.isfinite(amax).all():
+        raise ConversionError(f"{name}: the weights hold NaN or infinite values, which Q8_0 cannot store; "
+                              "choose f32 or bf16, or fix the model")
+    scale = amax / 127
+    with np.errstate(divide="ignore"):
+        inverse = np.where(scale == 0, 0, 1 / scale)
+    scaled = blocks * inverse
+    # roundf (halves away from zero) as sign(x) · (⌊|x|⌋ + ⌊2 (|x| − ⌊|x|⌋)⌋), exact in float32.
+    magnitude = np.abs(scaled)
+    whole = np.floor(magnitude)
+    magnitude -= whole
+    magnitude *= 2
+    np.floor(magnitude, out=magnitude)
+    magnitude += whole
+    np.copysign(magnitude, scaled, out=magnitude)
+    out = np.empty((blocks.shape[0], 2 + Q8_0_BLOCK), dtype=np.uint8)
+    out[:, :2] = scale.astype("<f2").view(np.uint8)
+    np.copyto(out[:, 2:].view(np.int8), magnitude, casting="unsafe")
+    return out.reshape(-1)
