@@ -12,13 +12,14 @@ matplotlib.use("Agg")  # no display in pods or tests
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 from matplotlib.figure import Figure
 
-METRIC_COLUMNS = ("step", "epoch", "loss", "learning_rate", "tokens_per_second", "eval_loss")
+METRIC_COLUMNS = ("step", "epoch", "loss", "learning_rate", "tokens_per_second")
+EVAL_COLUMN = "eval_loss"  # only in a run with an eval split
 
 
 def metric_rows(rows: Sequence[dict[str, float]], eval_rows: Sequence[dict[str, float]]) -> list[dict[str, float]]:
     """Training rows with the eval loss of their step; an eval at a step that was not logged gets its own row."""
     evals = {row["step"]: row for row in eval_rows}
-    merged = [{**row, **({"eval_loss": evals[row["step"]]["eval_loss"]} if row["step"] in evals else {})}
+    merged = [{**row, **({EVAL_COLUMN: evals[row["step"]][EVAL_COLUMN]} if row["step"] in evals else {})}
               for row in rows]
     logged = {row["step"] for row in rows}
     merged.extend(dict(row) for step, row in evals.items() if step not in logged)
@@ -29,7 +30,8 @@ def write_metrics_csv(
     rows: Sequence[dict[str, float]], path: Path, eval_rows: Sequence[dict[str, float]] = ()
 ) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        columns = (*METRIC_COLUMNS, EVAL_COLUMN) if eval_rows else METRIC_COLUMNS
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(metric_rows(rows, eval_rows))
 

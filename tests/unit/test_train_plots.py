@@ -47,3 +47,9 @@ def test_without_eval_losses_the_picture_has_the_training_line_alone(tmp_path: P
         plt.close(figure)
     plot_loss(TRAIN, tmp_path / "loss.png", "lora training loss", EVAL)
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_without_an_eval_split_keeps_the_metrics_csv_columns_it_always_had(tmp_path: Path) -> None:
+    write_metrics_csv(TRAIN, tmp_path / "metrics.csv")
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header == "step,epoch,loss,learning_rate,tokens_per_second"
