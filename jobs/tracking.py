@@ -160,8 +160,8 @@ class MlflowTracking:
                 continue
             try:
                 call()
-            except (MlflowError, OSError, ValueError, KeyError, TypeError) as error:
-                self._fail(str(error))
+            except Exception as error:  # noqa: BLE001 - whatever a server answers, it never ends tracking or training
+                self._fail(str(error) if isinstance(error, MlflowError) else f"{type(error).__name__}: {error}")
             started = True
 
     def _fail(self, reason: str) -> None:

@@ -9,6 +9,7 @@ MLFLOW_TRACKING_PASSWORD (basic).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import time
@@ -172,7 +173,7 @@ class MlflowClient:
             code = _error_code(detail)
             raise MlflowError(f"{method} {path}: HTTP {error.code} {code or ''} {' '.join(detail.split())[:300]}",
                               retryable=error.code in RETRY_STATUS, code=code) from None
-        except (urllib.error.URLError, OSError) as error:  # refused, unresolvable, timed out, reset
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, timed out, cut off
             reason = getattr(error, "reason", error)
             raise MlflowError(f"{method} {self.base}: {reason}", retryable=True) from None
 
