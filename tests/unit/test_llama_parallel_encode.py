@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType, quants
 from kubetune.llama import parallel_encode, tensors
 from kubetune.llama.errors import ConversionError
 from kubetune.llama.hf_config import read_model_spec
-from kubetune.llama.parallel_encode import encode_f16, encode_q8_0, encoded_pieces
+from kubetune.llama.parallel_encode import bf16_bits_to_f16, encode_f16, encode_q8_0, encoded_pieces
 from kubetune.llama.safetensors_io import index_tensors
 from kubetune.llama.tensors import encoded_chunks, plan_tensors
 from tests.fixtures.tiny_models import build_tiny_model, small_bpe_tokenizer_dir
@@ -58,6 +58,11 @@ def test_q8_0_blocks_match_gguf_quants_on_ties_zeros_and_extremes() -> None:
         np.r_[1e-30, -1e-30, np.zeros(30)],
         np.full(32, 65504.0), np.r_[6e6, -6e6, rng.standard_normal(30)],  # a scale near float16's largest
     ]
+    # Scale 1 (block max 127) and every float32 next to a half, where a naive x + 0.5 would round wrongly.
+    halves = np.arange(0.5, 16.0, 1.0, dtype=np.float32)
+    near = np.concatenate([np.nextafter(halves, 0, dtype=np.float32), halves, np.nextafter(halves, 99, dtype=np.float32)])
+    for part in np.array_split(near, 3):
+        blocks += [np.r_[127.0, part, -part][:32], np.r_[-127.0, -part, part][:32]]
     values = np.concatenate(blocks).astype(np.float32).reshape(-1, 32)
     expected = quants.quantize(values, GGMLQuantizationType.Q8_0).tobytes()
     assert encode_q8_0(values, "w").tobytes() == expected
@@ -72,3 +77,16 @@ def test_f16_matches_numpy_and_bad_values_are_refused_with_the_serial_messages()
         encode_f16(np.full(32, 1e6, np.float32), "w")
     with pytest.raises(ConversionError, match="w: the weights hold NaN or infinite values, which Q8_0 cannot store"):
         encode_q8_0(np.r_[np.float32("inf"), np.ones(31, np.float32)], "w")
+
+
+def test_bf16_to_f16_on_bit_patterns_equals_float32_rounding_for_every_bf16_value() -> None:
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = (bits.astype(np.uint32) << 16).view(np.float32).astype("<f2")
+    storable = np.isfinite(expected)
+    assert storable.sum() == 2 * 0x4780  # every magnitude below 65536, both signs
+    assert bf16_bits_to_f16(bits[storable], "w").tobytes() == expected[storable].tobytes()
+    with pytest.raises(ConversionError, match="w: values overflow float16"):
+        bf16_bits_to_f16(np.array([0x3F80, 0x4780], dtype=np.uint16), "w")  # 1.0, 65536.0
+    with pytest.raises(ConversionError, match="w: the weights hold NaN or infinite values"):
+        bf16_bits_to_f16(np.array([0x3F80, 0xFF80], dtype=np.uint16), "w")  # 1.0, -inf

@@ -61,17 +61,61 @@ def _tasks(plan: TensorPlan) -> list[Task]:
 
 def _chunk_task(plan: TensorPlan, start: int, stop: int) -> Task:
     def run() -> list[Piece]:
-        assert plan.source is not None
-        values = plan.source.read_rows(start, stop)
+        source = plan.source
+        assert source is not None
+        stored = source.read_stored_rows(start, stop)
         if plan.permute_head_dim:
             # Rotate-half order (pairs i, i+d/2) → interleaved order (pairs 2i, 2i+1), per head.
-            shape = values.shape
-            values = values.reshape(-1, 2, plan.permute_head_dim // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+            shape = stored.shape
+            stored = stored.reshape(-1, 2, plan.permute_head_dim // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+        if plan.qtype == Q.F16 and source.dtype == "BF16":
+            return [bf16_bits_to_f16(stored, plan.gguf_name).data]
+        values = widen(stored)
         if plan.qtype == Q.F16:
             return [encode_f16(values, plan.gguf_name).data]
         return [encode_q8_0(values, plan.gguf_name).data]
 
     return run
+
+
+def widen(stored: np.ndarray) -> np.ndarray:
+    """float32 values of read_stored_rows' array (bf16 is the upper half of a float32)."""
+    if stored.dtype == np.uint16:
+        widened = np.empty(stored.shape, dtype=np.uint32)
+        np.left_shift(stored, 16, out=widened, dtype=np.uint32)
+        return widened.view(np.float32)
+    return stored.astype(np.float32, copy=False)
+
+
+# bf16 bit patterns (sign cleared) at the edges of float16's normal range: 2^-14 and 2^16.
+BF16_F16_SMALLEST_NORMAL = 0x3880
+BF16_F16_OVERFLOW = 0x4780
+BF16_INF = 0x7F80
+# bf16 exponent bias 127, float16's 15: the difference, at the exponent's place in a bf16 pattern.
+BF16_TO_F16_EXPONENT = (127 - 15) << 7
+
+
+def bf16_bits_to_f16(bits: np.ndarray, name: str) -> np.ndarray:
+    """bf16 bit patterns → float16, equal to float32 → float16 rounding but in uint16 integer passes.
+
+    In float16's normal range the 7-bit bf16 mantissa fits the 10-bit one, so the value moves exactly: rebias the
+    exponent and shift. Only magnitudes below 2^-14 (float16 subnormals, which round) go through float32.
+    """
+    flat = bits.reshape(-1)
+    magnitude = flat & np.uint16(0x7FFF)
+    if magnitude.size and int(magnitude.max()) >= BF16_F16_OVERFLOW:
+        if int(magnitude.max()) >= BF16_INF:
+            raise ConversionError(f"{name}: the weights hold NaN or infinite values, which F16 cannot store; "
+                                  "choose f32 or bf16, or fix the model")
+        raise ConversionError(f"{name}: values overflow float16; choose bf16 or f32")
+    small = np.flatnonzero(magnitude < BF16_F16_SMALLEST_NORMAL)
+    half = magnitude  # reused in place: magnitude is not needed any more
+    half -= np.uint16(BF16_TO_F16_EXPONENT)
+    half <<= np.uint16(3)
+    half |= flat & np.uint16(0x8000)
+    if small.size:
+        half[small] = widen(flat[small]).astype("<f2").view(np.uint16)
+    return half.astype("<u2", copy=False)
 
 
 def encode_f16(values: np.ndarray, name: str) -> np.ndarray:
@@ -86,11 +130,17 @@ def encode_f16(values: np.ndarray, name: str) -> np.ndarray:
     return half.reshape(-1)
 
 
+# Just below 0.5: x + ROUND_HALF_AWAY truncated is roundf(x) for every float32 |x| < 2^22. With 0.5 itself the one
+# float32 below 0.5 would round up (0.49999997 + 0.5 is a tie that goes to 1.0); halves still round away from zero
+# because k + 0.5 + 0.49999997 rounds to k + 1.
+ROUND_HALF_AWAY = np.float32(0.5) - np.float32(2.0**-25)
+
+
 def encode_q8_0(values: np.ndarray, name: str) -> np.ndarray:
-    """GGML's Q8_0 blocks (f16 scale, 32 int8), bit-identical to gguf.quants and ggml-quants.c, with in-place
-    numpy passes instead of a temporary array per step."""
+    """GGML's Q8_0 blocks (f16 scale, 32 int8), bit-identical to gguf.quants and ggml-quants.c, in fewer numpy
+    passes: no |x| copy for the block maxima, and roundf plus the int8 cast in one add and one truncating cast."""
     blocks = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, Q8_0_BLOCK)
-    # max |x| per block without an |x| copy of the data; abs() turns an all-zero block's -0.0 into 0.0.
+    # max |x| per block; abs() turns an all-zero block's -0.0 into 0.0.
     amax = np.abs(np.maximum(blocks.max(axis=1, keepdims=True), -blocks.min(axis=1, keepdims=True)))
     if not np.isfinite(amax).all():
         raise ConversionError(f"{name}: the weights hold NaN or infinite values, which Q8_0 cannot store; "
@@ -99,15 +149,9 @@ def encode_q8_0(values: np.ndarray, name: str) -> np.ndarray:
     with np.errstate(divide="ignore"):
         inverse = np.where(scale == 0, 0, 1 / scale)
     scaled = blocks * inverse
-    # roundf (halves away from zero) as sign(x) · (⌊|x|⌋ + ⌊2 (|x| − ⌊|x|⌋)⌋), exact in float32.
-    magnitude = np.abs(scaled)
-    whole = np.floor(magnitude)
-    magnitude -= whole
-    magnitude *= 2
-    np.floor(magnitude, out=magnitude)
-    magnitude += whole
-    np.copysign(magnitude, scaled, out=magnitude)
+    rounding = np.copysign(ROUND_HALF_AWAY, scaled)
+    scaled += rounding
     out = np.empty((blocks.shape[0], 2 + Q8_0_BLOCK), dtype=np.uint8)
     out[:, :2] = scale.astype("<f2").view(np.uint8)
-    np.copyto(out[:, 2:].view(np.int8), magnitude, casting="unsafe")
+    np.copyto(out[:, 2:].view(np.int8), scaled, casting="unsafe")  # float → int truncates toward zero
     return out.reshape(-1)

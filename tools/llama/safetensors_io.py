@@ -24,6 +24,7 @@ from .files import open_regular_file, read_json_object, short_repr
 
 # Storage dtypes we can read as floating point; anything else in a weight file means a quantized checkpoint.
 FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
+STORED_NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 # Every dtype of the safetensors format, in bits per element (so that a header's byte ranges can be checked).
 DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
@@ -55,6 +56,16 @@ class StoredTensor:
 
     def read_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of the first dimension as float32 (a 1-D tensor has one row per element)."""
+        stored = self.read_stored_rows(start, stop)
+        if self.dtype == "BF16":
+            # bf16 is the upper half of a float32.
+            widened = np.empty(stored.shape, dtype=np.uint32)
+            np.left_shift(stored, 16, out=widened, dtype=np.uint32)
+            return widened.view(np.float32)
+        return stored.astype(np.float32, copy=False)
+
+    def read_stored_rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) as stored: float32 or float16, or bf16 as its uint16 bit patterns."""
         if self.dtype not in FLOAT_DTYPES:
             raise ConversionError(f"{self.name}: cannot read dtype {self.dtype} as floating point")
         stop = self.n_rows if stop is None else stop
@@ -72,12 +83,7 @@ class StoredTensor:
                     raise ConversionError(f"{self.file.name}: truncated data for tensor {self.name}")
                 done += got
         shape = (stop - start, *self.shape[1:])
-        if self.dtype == "BF16":
-            # bf16 is the upper half of a float32.
-            return (np.frombuffer(buffer, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
-        if self.dtype == "F16":
-            return np.frombuffer(buffer, dtype="<f2").astype(np.float32).reshape(shape)
-        return np.frombuffer(buffer, dtype="<f4").reshape(shape)
+        return np.frombuffer(buffer, dtype=STORED_NUMPY_DTYPES[self.dtype]).reshape(shape)
 
 
 def read_header(path: Path) -> dict[str, StoredTensor]:
