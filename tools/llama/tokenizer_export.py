@@ -2,12 +2,13 @@
 
 Two tokenizer kinds are supported:
 
-- byte-level BPE from `tokenizer.json` (Llama 3, Qwen2/3, SmolLM, GPT-2 style) → `tokenizer.ggml.model = gpt2`
-  with tokens, token types, merges and the pre-tokenizer name llama.cpp uses to pick its splitting regexes. The name
+- byte-level BPE from `tokenizer.json` (Llama 3, Qwen2/3/3.5, SmolLM, DeepSeek-LLM/Coder, GPT-2 style)
+  → `tokenizer.ggml.model = gpt2` with tokens, token types, merges and the pre-tokenizer name llama.cpp uses to pick
+  its splitting regexes. The name
   is derived from the tokenizer's own pre-tokenizer definition; one we do not recognise is an error, because
   llama.cpp would otherwise tokenize with the wrong regex and the model would silently degrade.
-- SentencePiece from `tokenizer.model` (Llama 2, Mistral v0.1) → `tokenizer.ggml.model = llama` with scores,
-  token types and byte tokens.
+- SentencePiece from `tokenizer.model` (Llama 2, Mistral v0.1, Phi-3, Gemma 2/3) → `tokenizer.ggml.model = llama`
+  with scores, token types and byte tokens.
 
 Vocabulary size: the GGUF vocabulary must have exactly one entry per embedding row. Hugging Face models often pad the
 embedding beyond the tokenizer (Qwen2.5 pads 151665 tokens to 152064 rows); those rows become `[PAD<id>]` tokens of
