@@ -1,10 +1,14 @@
 """Wall time and peak RSS of our HF → GGUF converter (f16 and q8_0) on SmolLM2-135M and a random ~1B Llama.
 
     .venv/bin/python benchmarks/convert_gguf.py [--work-dir DIR] [--skip-1b]
+    .venv/bin/python benchmarks/convert_gguf.py --against-llama-cpp [--repetitions N] [--json]
 
 Each conversion runs in its own child process, which reports its peak RSS (VmHWM). Figures are printed against two
 baselines measured in the same run: the time to read the model's safetensors bytes once (the I/O floor), and the
 memory goal `1.2 × largest tensor + 300 MB` (largest tensor in its stored bytes), as ratios.
+
+--against-llama-cpp compares `python -m kubetune.llama convert` with llama.cpp's own `convert_hf_to_gguf.py` on the
+random 1.24B Llama (bf16, several shards): see llama_cpp_row.py.
 """
 
 from __future__ import annotations
@@ -168,7 +172,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=REPO / ".cache" / "benchmarks")
     parser.add_argument("--skip-1b", action="store_true", help="only SmolLM2")
+    parser.add_argument("--against-llama-cpp", action="store_true",
+                        help="ours vs llama.cpp's convert_hf_to_gguf.py on the random 1B Llama (see llama_cpp_row.py)")
+    parser.add_argument("--repetitions", type=int, default=2, help="measured runs per converter and type (≥ 2)")
+    parser.add_argument("--json", action="store_true", help="with --against-llama-cpp: print the rows as JSON")
     args = parser.parse_args()
+    if args.against_llama_cpp:
+        from benchmarks.llama_cpp_row import compare_with_llama_cpp
+
+        compare_with_llama_cpp(args.work_dir, max(2, args.repetitions), as_json=args.json)
+        return
     from tests.fixtures.tiny_models import smollm2_hf_dir, vocab_tokenizer_dir
 
     models = {"SmolLM2-135M (bf16, 1 shard)": smollm2_hf_dir(args.work_dir)}
