@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType, quants
 from kubetune.llama import parallel_encode, tensors
 from kubetune.llama.errors import ConversionError
 from kubetune.llama.hf_config import read_model_spec
-from kubetune.llama.parallel_encode import bf16_bits_to_f16, encode_f16, encode_q8_0, encoded_pieces
+from kubetune.llama.parallel_encode import bf16_bits_to_f16, encode_f16, encode_q8_0, encoded_pieces, widen
 from kubetune.llama.safetensors_io import index_tensors
 from kubetune.llama.tensors import encoded_chunks, plan_tensors
 from tests.fixtures.tiny_models import build_tiny_model, small_bpe_tokenizer_dir
@@ -66,6 +66,9 @@ def test_q8_0_blocks_match_gguf_quants_on_ties_zeros_and_extremes() -> None:
     values = np.concatenate(blocks).astype(np.float32).reshape(-1, 32)
     expected = quants.quantize(values, GGMLQuantizationType.Q8_0).tobytes()
     assert encode_q8_0(values, "w").tobytes() == expected
+    bf16_bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # truncated to bf16, as a checkpoint stores it
+    expected = quants.quantize(widen(bf16_bits), GGMLQuantizationType.Q8_0).tobytes()
+    assert encode_q8_0(bf16_bits, "w").tobytes() == expected
 
 
 def test_f16_matches_numpy_and_bad_values_are_refused_with_the_serial_messages() -> None:

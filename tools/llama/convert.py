@@ -123,6 +123,7 @@ def convert(
     created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     finished: dict[str, Path] = {}
+    digests: dict[str, str] = {}  # sha256 of the files we write, computed while writing
     try:
         scratch = tempfile.TemporaryDirectory(prefix=".kubetune-convert-", dir=out_dir)
     except BaseException:
@@ -132,7 +133,9 @@ def convert(
         for outtype in to_write:
             target = out_dir / f"{stem}-{outtype}.gguf" if outtype in direct else Path(scratch.name) / "f16.gguf"
             with _atomic_output(target) as partial:
-                write_gguf(partial, spec, vocab, outtype, plans[outtype], _tensor_progress(progress, outtype))
+                digests[outtype] = write_gguf(
+                    partial, spec, vocab, outtype, plans[outtype], _tensor_progress(progress, outtype)
+                )
             finished[outtype] = target
         for outtype in quantized:
             target = out_dir / f"{stem}-{outtype}.gguf"
@@ -149,7 +152,8 @@ def convert(
         raise
     finally:
         scratch.cleanup()
-    return [ConvertedFile(finished[t], t, finished[t].stat().st_size, sha256_of(finished[t])) for t in wanted]
+    return [ConvertedFile(finished[t], t, finished[t].stat().st_size, digests.get(t) or sha256_of(finished[t]))
+            for t in wanted]
 
 
 def _source_bytes(plans: list[TensorPlan]) -> int:

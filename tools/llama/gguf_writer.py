@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -74,8 +75,10 @@ def write_gguf(
     outtype: str,
     plans: list[TensorPlan],
     progress: TensorProgress | None = None,
-) -> None:
-    """Write the GGUF to `path` (the caller handles atomic renaming). Memory: a few chunks (parallel_encode)."""
+) -> str:
+    """Write the GGUF to `path` (the caller handles atomic renaming); returns the file's sha256, hashed as the data
+    is written (hashlib releases the GIL, so this overlaps the encoding threads) instead of reading the file back.
+    Memory: a few chunks (parallel_encode)."""
     writer = GGUFWriter(path=None, arch=spec.arch_name)
     add_model_metadata(writer, spec, vocab, outtype)
     for plan in plans:
@@ -88,6 +91,14 @@ def write_gguf(
         assert writer.fout is not None and len(writer.fout) == 1
         out = writer.fout[0]
         alignment = writer.data_alignment
+        out.flush()
+        digest = hashlib.sha256()
+        with open(path, "rb") as header:  # header, metadata and tensor infos, as GGUFWriter wrote them
+            digest.update(header.read(out.tell()))
+
+        def write(data: bytes | memoryview) -> None:
+            out.write(data)
+            digest.update(data)
         done_bytes, current, written = 0, -1, 0
 
         def finish(index: int) -> None:
@@ -103,15 +114,16 @@ def write_gguf(
             if index != current:  # pieces arrive in plan order, each plan's consecutively
                 if current >= 0:
                     finish(current)
-                out.write(b"\0" * (-out.tell() % alignment))
+                write(b"\0" * (-out.tell() % alignment))
                 current, written = index, 0
             for piece in pieces:
-                out.write(piece)
+                write(piece)
                 written += piece.nbytes
         if current >= 0:
             finish(current)
-        out.write(b"\0" * (-out.tell() % alignment))
+        write(b"\0" * (-out.tell() % alignment))
         out.flush()
         os.fsync(out.fileno())
     finally:
         writer.close()
+    return digest.hexdigest()
