@@ -78,7 +78,7 @@ class LocalRun:
 
 def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
                 to_stage: str | None = None) -> int:
-    runs = load_runs(path)  # InvalidManifest: the CLI reports it as one line, exit 2
+    runs = load_runs(path, relative_paths=True)  # InvalidManifest: the CLI reports it as one line, exit 2
     try:  # every webhook URL is found before anything runs
         notices = [RunNotices.of(run) for run in runs]
     except NotifyConfigError as error:

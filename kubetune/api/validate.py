@@ -6,6 +6,7 @@ Errors come back as `path: message` lines with Kubernetes field paths (`spec.tra
 from __future__ import annotations
 
 import json
+import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,9 +66,16 @@ class FineTuneRun:
         }
 
 
-def load_runs(path: Path) -> list[FineTuneRun]:
+# The spec fields that name a local file or folder, which `kubetune run` lets a manifest give relative to itself.
+LOCAL_PATH_FIELDS = (("dataset", "uri"), ("baseModel", "uri"), ("training", "chatTemplate", "file"), ("storage", "uri"))
+
+
+def load_runs(path: Path, *, relative_paths: bool = False) -> list[FineTuneRun]:
     """Every FineTuneRun in a YAML or JSON file, read as kubectl reads it and validated; raises InvalidManifest
-    naming the file (and line, or document) and every error, or OSError when the file cannot be read."""
+    naming the file (and line, or document) and every error, or OSError when the file cannot be read.
+
+    `relative_paths` (`kubetune run`): a local path field that starts with `./` or `../` is taken relative to the
+    manifest's folder and made absolute before validation; an API server has no such folder and refuses them."""
     if not stat.S_ISREG(path.stat().st_mode):
         raise InvalidManifest([FieldError("", "not a regular file")], str(path))
     try:
@@ -80,6 +88,8 @@ def load_runs(path: Path) -> list[FineTuneRun]:
     runs = []
     for index, doc in enumerate(docs):
         where = str(path) if len(docs) == 1 else f"{path} (document {index + 1})"
+        if relative_paths:
+            _absolute_local_paths(doc, path.resolve().parent)
         errors = list(_status_errors(doc.get("status"))) if isinstance(doc, dict) else []
         try:
             runs.append(parse_run(doc, source=where))
@@ -90,6 +100,16 @@ def load_runs(path: Path) -> list[FineTuneRun]:
     if not runs:
         raise InvalidManifest([FieldError("", "no FineTuneRun in the file")], str(path))
     return runs
+
+
+def _absolute_local_paths(doc: Any, folder: Path) -> None:
+    for fields in LOCAL_PATH_FIELDS:
+        parent = doc.get("spec") if isinstance(doc, dict) else None
+        for name in fields[:-1]:
+            parent = parent.get(name) if isinstance(parent, dict) else None
+        value = parent.get(fields[-1]) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(value, str) and value.startswith(("./", "../")):
+            parent[fields[-1]] = os.path.normpath(folder / value)
 
 
 def parse_run(doc: Any, *, source: str = "", default_namespace: str = "default") -> FineTuneRun:

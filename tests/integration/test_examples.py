@@ -40,10 +40,7 @@ def runnable_here(example: Path, folder: Path) -> Path:
     document: dict[str, Any] = yaml.safe_load(example.read_text(encoding="utf-8"))
     spec = document["spec"]
     changed = False
-    if spec.get("dataset", {}).get("format", "tree") != "tree":  # the user's data file: its sample in examples/data
-        spec["dataset"]["uri"] = str(ROOT / "examples" / "data" / Path(spec["dataset"]["uri"]).name)
-        changed = True
-    elif not str(spec.get("dataset", {}).get("uri", "bundled")).startswith(("bundled", "/", "file://")):
+    if not str(spec.get("dataset", {}).get("uri", "bundled")).startswith(("bundled", "/", "file://", "./", "../")):
         spec["dataset"]["uri"] = str(ROOT / "datasets_new")
         changed = True
     if not str(spec.get("baseModel", {}).get("uri", BUNDLED_MODEL)).startswith("bundled://"):
@@ -54,6 +51,8 @@ def runnable_here(example: Path, folder: Path) -> Path:
         changed = True
     if not changed:
         return example
+    if str(spec.get("dataset", {}).get("uri", "")).startswith(("./", "../")):  # relative to the example, not the copy
+        spec["dataset"]["uri"] = str((example.parent / spec["dataset"]["uri"]).resolve())
     copy = folder / example.name
     copy.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return copy
@@ -66,7 +65,7 @@ def dataset_records(store: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[example.stem for example in EXAMPLES])
 def test_every_example_is_valid_and_builds_its_dataset_through_kubetune_run(example: Path, tmp_path: Path) -> None:
-    (run,) = load_runs(example)
+    (run,) = load_runs(example, relative_paths=True)  # as `kubetune run` reads it
     manifest = runnable_here(example, tmp_path)
     store = tmp_path / "store"
     done = kubetune(tmp_path, "run", str(manifest), "--to-stage", "dataset", "--store", str(store))
@@ -74,7 +73,7 @@ def test_every_example_is_valid_and_builds_its_dataset_through_kubetune_run(exam
     assert "stopped after the dataset stage" in done.stderr
     records = dataset_records(store)
     if run.spec.dataset.format != "tree":  # conversations as the file holds them: no categories, no placeholders
-        source = ROOT / "examples" / "data" / Path(run.spec.dataset.uri).name
+        source = Path(run.spec.dataset.uri)
         assert [record["messages"] for record in records] == [
             json.loads(line)["messages"] for line in source.read_text(encoding="utf-8").splitlines()]
         return
