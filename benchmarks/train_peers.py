@@ -24,7 +24,8 @@ ours against stock and against the faster peer, with the memory ratio.
 
 Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
 liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,
-cut_cross_entropy 25.1.1; torch, transformers and peft as installed on the GPU image (printed).
+cut_cross_entropy 25.1.1, and pydantic (our train code reads the chat-template spec); torch, transformers and peft as
+installed on the GPU image (printed).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
              flops: float) -> tuple[Any, dict[str, Any]]:
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     lora: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0 if path.startswith("unsloth-d0") else 0.05}
@@ -125,23 +126,10 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
         real_tokens.add_((inputs[0] != PAD_ID).sum())  # stays on the GPU: no extra synchronisation
 
     counter = model.get_input_embeddings().register_forward_pre_hook(count_real_tokens)
-    marks: dict[str, tuple[float, int]] = {}
-    steps = [0]
-
-    class Timing(TrainerCallback):
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == workload.warmup_steps:
-                torch.cuda.synchronize()
-                marks["start"] = (time.monotonic(), int(real_tokens))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            torch.cuda.synchronize()
-            marks["end"] = (time.monotonic(), int(real_tokens))
-            steps[0] = state.global_step
-
+    timing = tt.TrainerTiming(workload.warmup_steps, real_tokens)
     dataset = Dataset.from_list([{"input_ids": s.input_ids, "labels": s.labels} for s in train])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[Timing()])
+                         peft_config=peft_config, callbacks=[timing.callback()])
     tt.release_memory()
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -149,13 +137,12 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
     counter.remove()
     os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth skips logits in training forwards; the check needs them
     loss = tt.held_out_loss(trainer.model, held_out)
-    seconds, tokens = marks["end"][0] - marks["start"][0], marks["end"][1] - marks["start"][1]
-    rate = tokens / seconds
-    extras = {"attention": trainer.model.config._attn_implementation, "steps": steps[0], "micro_batch": batch,
+    rate = timing.tokens / timing.seconds
+    extras = {"attention": trainer.model.config._attn_implementation, "steps": timing.steps, "micro_batch": batch,
               "padding_free": bool(getattr(trainer.args, "padding_free", False)),
               "packing": bool(getattr(trainer.args, "packing", False)), "lora_dropout": lora["lora_dropout"]}
-    return tt.Result(path, rate, rate * flops / tt.H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds,
-                     steps[0]), extras
+    return tt.Result(path, rate, rate * flops / tt.H100_BF16_DENSE_FLOPS, peak, loss, timing.tokens, timing.seconds,
+                     timing.steps), extras
 
 
 def save_tokenizer(folder: Path, vocab_size: int) -> None:

@@ -226,7 +226,7 @@ def timed_region() -> Iterator[list[float]]:
 def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out: list[Sample],
                  flops: float, workdir: Path) -> Result:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments
+    from transformers import BitsAndBytesConfig, Trainer, TrainingArguments
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.bfloat16)
@@ -260,33 +260,59 @@ def run_baseline(folder: Path, workload: Workload, train: list[Sample], held_out
         real_tokens.add_(kwargs["attention_mask"].sum())  # stays on the GPU: no extra synchronisation
 
     counter = model.register_forward_pre_hook(count_real_tokens, with_kwargs=True)
-    marks: dict[str, tuple[float, int]] = {}  # start / end: (time, real tokens so far)
-    steps = [0]
-
-    class Timing(TrainerCallback):
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == workload.warmup_steps:
-                torch.cuda.synchronize()
-                marks["start"] = (time.monotonic(), int(real_tokens))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            torch.cuda.synchronize()
-            marks["end"] = (time.monotonic(), int(real_tokens))
-            steps[0] = state.global_step
-
+    timing = TrainerTiming(workload.warmup_steps, real_tokens)
     dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in train]
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=pad, callbacks=[Timing()])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=pad, callbacks=[timing.callback()])
     release_memory()
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30
     counter.remove()
     loss = held_out_loss(model, held_out)
-    seconds, tokens = marks["end"][0] - marks["start"][0], marks["end"][1] - marks["start"][1]
     del trainer, model, base
     release_memory()
-    rate = tokens / seconds
-    return Result("baseline", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss, tokens, seconds, steps[0])
+    rate = timing.tokens / timing.seconds
+    return Result("baseline", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss, timing.tokens, timing.seconds,
+                  timing.steps)
+
+
+class TrainerTiming:
+    """Real tokens and seconds of a transformers `Trainer` run after its warm-up steps; `real_tokens` is a GPU
+    counter the caller's hook adds to (read only at the two marks, so no extra synchronisation per step)."""
+
+    def __init__(self, warmup_steps: int, real_tokens: torch.Tensor) -> None:
+        self.warmup_steps, self.real_tokens = warmup_steps, real_tokens
+        self.start: tuple[float, int] = (0.0, 0)
+        self.end: tuple[float, int] = (0.0, 0)
+        self.steps = 0
+
+    def mark(self) -> tuple[float, int]:
+        torch.cuda.synchronize()
+        return time.monotonic(), int(self.real_tokens)
+
+    @property
+    def seconds(self) -> float:
+        return self.end[0] - self.start[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.end[1] - self.start[1]
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        timing = self
+
+        class Timing(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if state.global_step == timing.warmup_steps:
+                    timing.start = timing.mark()
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                timing.end = timing.mark()
+                timing.steps = state.global_step
+
+        return Timing()
 
 
 # ---------------------------------------------------------------- kubetune: the train stage's path

@@ -11,15 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from kubetune.datasets_new.builder import BuildOptions
-from kubetune.datasets_new.errors import DatasetError
 from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
-from kubetune.datasets_new.stats import TokenizerError
-from kubetune.jobs.dataset_files import run_data_files
+from kubetune.jobs.dataset_files import dataset_errors_as_config_errors, run_data_files
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.sources import base_model_folder, check_dataset, store_factory
 from kubetune.sources import SourceError, dataset_tree
@@ -51,13 +48,8 @@ def run(ctx: JobContext) -> None:
     outputs_dir = ctx.workdir / "outputs"
     shutil.rmtree(outputs_dir, ignore_errors=True)
     ctx.progress(message="validating and building samples")
-    try:
+    with dataset_errors_as_config_errors():
         outcome = build_and_write(options, OutputPaths.in_folder(outputs_dir), tokenizer_dir, with_stats=True)
-    except DatasetError as error:
-        print(error.report(), file=sys.stderr, flush=True)  # every problem, before the one-line reason
-        raise ConfigError(error.summary()) from error
-    except TokenizerError as error:
-        raise ConfigError(f"token statistics: {error}") from error
     if ctx.stop.is_set():
         raise Stopped("stopped before publishing the dataset")
     result = outcome.result

@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kubetune.dataformats.build import DataFile, build_conversations, format_stats, write_outputs
@@ -32,6 +34,18 @@ from kubetune.store.base import Download
 log = logging.getLogger("kubetune.jobs.dataset")
 
 
+@contextmanager
+def dataset_errors_as_config_errors() -> Iterator[None]:
+    """A bad dataset is the user's to fix: every problem on stderr, then one ConfigError line (exit 2, no retry)."""
+    try:
+        yield
+    except DatasetError as error:
+        print(error.report(), file=sys.stderr, flush=True)  # every problem, before the one-line reason
+        raise ConfigError(error.summary()) from error
+    except TokenizerError as error:
+        raise ConfigError(f"token statistics: {error}") from error
+
+
 def run_data_files(ctx: JobContext) -> None:
     spec = ctx.run.spec.dataset
     ctx.progress(message=f"reading {spec.format} data from {spec.uri}")
@@ -47,14 +61,9 @@ def run_data_files(ctx: JobContext) -> None:
     if ctx.stop.is_set():
         raise Stopped("stopped before building the dataset")
     ctx.progress(message="validating and converting records")
-    try:
+    with dataset_errors_as_config_errors():
         build = build_conversations(spec.format, files, spec.fields, eval_split=spec.eval_split)
         stats = format_stats(build, spec.eval_split, 0, tokenizer)
-    except DatasetError as error:
-        print(error.report(), file=sys.stderr, flush=True)  # every problem, before the one-line reason
-        raise ConfigError(error.summary()) from error
-    except TokenizerError as error:
-        raise ConfigError(f"token statistics: {error}") from error
     if ctx.stop.is_set():
         raise Stopped("stopped before publishing the dataset")
     outputs_dir = ctx.workdir / "outputs"

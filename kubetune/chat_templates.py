@@ -28,11 +28,13 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from kubetune.api.chat_template import MAX_TEMPLATE_BYTES, ChatTemplateSpec
-from kubetune.store import Store
+
+if TYPE_CHECKING:  # the store (boto3) only where a template is read from S3: training imports this module
+    from kubetune.store import Store
 
 TEMPLATE_PACKAGE, CHATML_FILE = "kubetune.templates", "chat_template.jinja"
 MODEL_TEMPLATE_FILE = "chat_template.jinja"  # beside a model's tokenizer files (transformers >= 4.47 writes it)
@@ -53,7 +55,7 @@ PROBE: tuple[dict[str, str], ...] = (
 PROBE_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}  # where the tokenizer's are not at hand (sources step)
 
 Messages = Sequence[Mapping[str, Any]]
-StoreFactory = Callable[[str], Store]
+StoreFactory = Callable[[str], "Store"]
 
 
 class ChatTemplateError(ValueError):
