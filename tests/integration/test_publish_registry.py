@@ -231,3 +231,25 @@ def test_a_registry_that_is_down_is_a_failure_worth_retrying(
     done = run_publish_job(tmp_path, upstream, oci, clean_env())
     assert done.returncode == 1  # not 2: the planner starts another attempt
     assert "cannot reach the registry at http://127.0.0.1:" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_oras_client_pulls_what_the_stage_pushed_file_for_file(
+    registry: Registry, upstream: tuple[Path, Sources, dict[str, StageRef]], tmp_path: Path,
+) -> None:
+    """ORAS compatibility judged by ORAS itself (PyPI `oras`), not by our own reading of the manifest."""
+    import oras.client
+
+    oci = {"repository": f"{registry.host}/team/oras", "tag": "v1", "plainHttp": True}
+    done = run_publish_job(tmp_path, upstream, oci, clean_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _, manifest = pull(registry, "team/oras", "v1", raw)
+    pulled = tmp_path / "oras-pulled"
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    files = client.pull(target=f"{registry.host}/team/oras:v1", outdir=str(pulled))
+    titles = [layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]]
+    assert [Path(f).name for f in files] == titles and GGUF_NAME in titles
+    for title in titles:
+        assert (pulled / title).read_bytes() == (raw / title).read_bytes()
+    assert (pulled / GGUF_NAME).read_bytes() == smollm2_gguf_path().read_bytes()

@@ -523,3 +523,16 @@ def test_image_import_probe_does_block_what_the_image_lacks() -> None:
     done = subprocess.run([sys.executable, "-c", IMAGE_IMPORT_PROBE.replace("kubetune.operator.__main__", "torch"),
                            json.dumps(["kubetune"])], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "not in the operator image" in done.stderr
+
+
+def test_the_wheel_lists_every_package_folder_so_no_module_is_left_out_of_the_images() -> None:
+    # An editable install finds an unlisted subpackage by path; the images' wheel would not ship it.
+    setuptools = pyproject()["tool"]["setuptools"]  # type: ignore[index]
+    folders = {name: ROOT / folder for name, folder in setuptools["package-dir"].items()}
+    found = set()
+    for name, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            if "__pycache__" not in relative and "tests" not in relative:
+                found.add(".".join((name, *relative)))
+    assert found <= set(setuptools["packages"]), f"not in pyproject's packages: {sorted(found - set(setuptools['packages']))}"
