@@ -99,6 +99,7 @@ def write_gguf(
         def write(data: bytes | memoryview) -> None:
             out.write(data)
             digest.update(data)
+
         done_bytes, current, written = 0, -1, 0
 
         def finish(index: int) -> None:

@@ -4,8 +4,8 @@ tensors.encoded_chunks gives.
 f16 and q8_0 weights (nearly all of a model's bytes) take the fast path here: their rows are split into chunks, each
 chunk is read, widened and encoded by a pool thread (numpy and os.preadv release the GIL, so the threads use every
 core), and the chunks come back in file order with at most `2 × threads` chunks in flight, so memory stays a few chunks
-whatever the model's size. The few other tensors (norms, biases, computed ones, other output types) go through
-tensors.encoded_chunks on the same pool, one task per tensor.
+whatever the model's size. Small tensors (norms, biases, computed ones) go through tensors.encoded_chunks on the same
+pool, one task each; weights of the other output types (f32, bf16) are streamed by it chunk by chunk, in order.
 """
 
 from __future__ import annotations
@@ -31,15 +31,23 @@ Task = Callable[[], list[Piece]]
 def encoded_pieces(plans: list[TensorPlan], threads: int | None = None) -> Iterator[tuple[int, list[Piece]]]:
     """(plan index, data pieces) in file order: each plan's pieces, in order, add up to its GGUF data."""
     workers = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
-    tasks = ((index, task) for index, plan in enumerate(plans) for task in _tasks(plan))
     pending: deque[tuple[int, Future[list[Piece]]]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gguf-encode") as pool:
         try:
-            for index, task in tasks:
-                pending.append((index, pool.submit(task)))
-                if len(pending) >= 2 * workers:
-                    done_index, future = pending.popleft()
-                    yield done_index, future.result()
+            for index, plan in enumerate(plans):
+                tasks = _tasks(plan)
+                if tasks is None:  # a large weight of another output type: streamed here, chunk by chunk, in order
+                    while pending:
+                        done_index, future = pending.popleft()
+                        yield done_index, future.result()
+                    for chunk in encoded_chunks(plan):
+                        yield index, [memoryview(chunk)]
+                    continue
+                for task in tasks:
+                    pending.append((index, pool.submit(task)))
+                    if len(pending) >= 2 * workers:
+                        done_index, future = pending.popleft()
+                        yield done_index, future.result()
             while pending:
                 done_index, future = pending.popleft()
                 yield done_index, future.result()
@@ -48,10 +56,13 @@ def encoded_pieces(plans: list[TensorPlan], threads: int | None = None) -> Itera
                 future.cancel()
 
 
-def _tasks(plan: TensorPlan) -> list[Task]:
+def _tasks(plan: TensorPlan) -> list[Task] | None:
+    """Pool tasks for the plan's data in order; None for a weight the serial encoder must stream."""
     source = plan.source
-    if plan.computed is not None or source is None or len(plan.shape) < 2 or plan.qtype not in (Q.F16, Q.Q8_0):
-        return [lambda: [memoryview(chunk) for chunk in encoded_chunks(plan)]]
+    if plan.computed is not None or source is None or len(plan.shape) < 2:
+        return [lambda: [memoryview(chunk) for chunk in encoded_chunks(plan)]]  # small: norms, biases, rope factors
+    if plan.qtype not in (Q.F16, Q.Q8_0):
+        return None
     rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))
     step = max(1, CHUNK_ELEMENTS // row_elements)
     if plan.permute_head_dim:
