@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="with --against-llama-cpp: print the rows as JSON")
     args = parser.parse_args()
     if args.against_llama_cpp:
-        from benchmarks.llama_cpp_row import compare_with_llama_cpp
+        from llama_cpp_row import compare_with_llama_cpp  # beside this script, on sys.path when it runs
 
         compare_with_llama_cpp(args.work_dir, max(2, args.repetitions), as_json=args.json)
         return

@@ -156,7 +156,8 @@ def loads_in_llama_cpp(path: Path) -> None:
 
 
 def compare_with_llama_cpp(work_dir: Path, repetitions: int, *, as_json: bool) -> list[Row]:
-    from benchmarks.convert_gguf import build_random_llama_1b, read_floor_s
+    from convert_gguf import build_random_llama_1b, read_floor_s  # beside this module
+
     from tests.fixtures.tiny_models import vocab_tokenizer_dir
 
     tokenizer = vocab_tokenizer_dir("llama-bpe", work_dir / "vocab-llama-bpe")
