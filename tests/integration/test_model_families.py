@@ -16,10 +16,12 @@ from gguf import GGUFReader
 
 from kubetune.llama.checks import logits_agreement
 from kubetune.llama.convert import convert
+from tests.fixtures.llama_sdist import gemma_tokenizer_dir, gguf_metadata, sdist_vocab_gguf
 from tests.fixtures.tiny_models import (
     Family,
     VocabName,
     build_tiny_model,
+    gguf_test_cases,
     pytest_model_cache,
     vocab_test_cases,
     vocab_tokenizer_dir,
@@ -49,7 +51,8 @@ ARCHITECTURES: dict[str, tuple[Family, VocabName, str, set[str]]] = {
     "deepseek-llm": ("llama", "deepseek-llm", "llama", {"blk.0.ffn_gate.weight"}),
     "deepseek-coder": ("llama", "deepseek-coder", "llama", {"blk.0.ffn_gate.weight"}),
     "deepseek-r1-distill-qwen": ("qwen2", "qwen2", "qwen2", {"blk.0.attn_q.bias"}),
-    # No Gemma vocabulary in the shared test data: Gemma 2/3's tokenizer is SentencePiece like Llama 2's.
+    # Gemma 2/3 folders carry a SentencePiece tokenizer.model, which takes Llama 2's path; Gemma's own vocabulary
+    # (tokenizer.json only, from the llama-cpp-python sdist) is tested below.
     "gemma2": ("gemma2", "llama-spm", "gemma2", {"blk.0.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"}),
     "gemma3": ("gemma3", "llama-spm", "gemma3", {"blk.0.attn_q_norm.weight", "blk.1.post_ffw_norm.weight"}),
 }
@@ -142,3 +145,55 @@ def test_each_family_trains_an_all_linear_lora_that_merges_like_peft_and_convert
     agreement = logits_agreement(f16.path, tmp_path / "merged", TEXT)
     print(f"{model_id} after training and merge: f16 {agreement}")
     assert agreement.top1_agreement >= 0.99, agreement
+
+
+# Gemma's vocabulary: llama.cpp's Gemma 4 vocab (262k tokens, byte-fallback BPE with ▁ for spaces) from the pinned
+# llama-cpp-python sdist. Our converter has no Gemma 4 architecture, so it rides on tiny Gemma 2/3 models, whose
+# tokenizer.json has the same shape; llama.cpp tokenizes it the same whatever the architecture.
+GEMMA4_VOCAB = "gemma-4"
+
+
+@pytest.fixture(scope="module")
+def gemma4_vocab(cache: Path) -> tuple[Path, Path]:
+    """(llama.cpp's vocab GGUF, the Hugging Face tokenizer folder rebuilt from it)."""
+    gguf = sdist_vocab_gguf(GEMMA4_VOCAB, cache)
+    return gguf, gemma_tokenizer_dir(gguf, cache / f"vocab-{GEMMA4_VOCAB}")
+
+
+def test_gemmas_own_vocabulary_converts_to_llama_cpps_gemma4_tokenizer_and_tokenizes_its_vectors_exactly(
+    cache: Path, tmp_path: Path, gemma4_vocab: tuple[Path, Path]
+) -> None:
+    from llama_cpp import Llama
+
+    reference_gguf, tokenizer_dir = gemma4_vocab
+    model_dir = build_tiny_model("gemma3", cache / f"tiny-gemma3-{GEMMA4_VOCAB}", tokenizer_dir=tokenizer_dir,
+                                 tie_embeddings=True)
+    [gguf] = convert(model_dir, tmp_path, ["f16"])
+    ours, reference = gguf_metadata(gguf.path), gguf_metadata(reference_gguf)
+    assert ours["tokenizer.ggml.model"] == "gemma4"
+    for key in ("tokens", "token_type", "merges", "bos_token_id", "eos_token_id", "add_bos_token"):
+        assert ours[f"tokenizer.ggml.{key}"] == reference[f"tokenizer.ggml.{key}"], key
+    llm = Llama(str(gguf.path), vocab_only=True, verbose=False)
+    cases = gguf_test_cases(reference_gguf)
+    failures = [
+        (text, expected, got)
+        for text, expected in cases
+        if (got := llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) != expected
+    ]
+    print(f"{GEMMA4_VOCAB}: {len(cases) - len(failures)}/{len(cases)} test vectors match")
+    assert not failures, failures[:3]
+
+
+def test_gemma_with_its_own_vocabulary_predicts_like_transformers_in_f16_and_q8_0(
+    cache: Path, tmp_path: Path, gemma4_vocab: tuple[Path, Path]
+) -> None:
+    # Gemma 3 only: Gemma 2 takes the same tokenizer path, and fitting a 262k-token embedding costs ~30 s a model.
+    family: Family = "gemma3"
+    model_dir = build_tiny_model(family, cache / f"fit-{family}-{GEMMA4_VOCAB}", tokenizer_dir=gemma4_vocab[1],
+                                 fit_text=TEXT, tie_embeddings=True)
+    f16, q8 = convert(model_dir, tmp_path, ["f16", "q8_0"])
+    f16_agreement = logits_agreement(f16.path, model_dir, TEXT)
+    q8_agreement = logits_agreement(q8.path, model_dir, TEXT)
+    print(f"{family} with the {GEMMA4_VOCAB} vocabulary: f16 {f16_agreement}, q8_0 {q8_agreement}")
+    assert f16_agreement.top1_agreement >= 0.99, f16_agreement
+    assert q8_agreement.top1_agreement >= 0.95 and q8_agreement.mean_kl <= 0.01, q8_agreement

@@ -9,6 +9,9 @@ Two tokenizer kinds are supported:
   llama.cpp would otherwise tokenize with the wrong regex and the model would silently degrade.
 - SentencePiece from `tokenizer.model` (Llama 2, Mistral v0.1, Phi-3, Gemma 2/3) → `tokenizer.ggml.model = llama`
   with scores, token types and byte tokens.
+- SentencePiece-style BPE from `tokenizer.json` alone (Gemma 4, and any Gemma folder saved without `tokenizer.model`):
+  a byte-fallback BPE over text whose spaces the normalizer turns into ▁, with no prefix space → llama.cpp's
+  `tokenizer.ggml.model = gemma4` with tokens, token types (`<0xXX>` byte tokens) and merges.
 
 Vocabulary size: the GGUF vocabulary must have exactly one entry per embedding row. Hugging Face models often pad the
 embedding beyond the tokenizer (Qwen2.5 pads 151665 tokens to 152064 rows); those rows become `[PAD<id>]` tokens of
@@ -19,6 +22,7 @@ real mismatch and an error.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from .errors import ConversionError
 from .files import open_regular_file, read_json_object, short_repr
 
 TOKENIZER_HINT = "; re-save the tokenizer with transformers' save_pretrained"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 # The Split regexes of known byte-level tokenizers → llama.cpp pre-tokenizer names.
 QWEN2_REGEX = (
@@ -71,7 +76,7 @@ SEQUENCE_PRE_TOKENIZERS: list[tuple[list[dict[str, Any]], str]] = [
 
 @dataclass
 class Vocab:
-    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SentencePiece) or "gemma4" (▁ BPE)
     pre: str  # tokenizer.ggml.pre
     tokens: list[str]
     token_types: list[int]
@@ -145,6 +150,23 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
 
 def _is_byte_level(tokenizer_json: dict[str, Any]) -> bool:
     return '"ByteLevel"' in json.dumps(tokenizer_json.get("pre_tokenizer"))
+
+
+_SPACE_TO_PIECE_NORMALIZER = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+# transformers' GemmaTokenizer splits on spaces, which its normalizer has already replaced: a no-op.
+_NO_OP_PRE_TOKENIZERS = (None, {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                                "invert": False})
+
+
+def _is_sentencepiece_style_bpe(tokenizer_json: dict[str, Any]) -> bool:
+    """Gemma's tokenizer.json: byte-fallback BPE over the whole text with spaces as ▁ and no prefix space, which is
+    what llama.cpp's `gemma4` tokenizer implements (a Prepend normalizer, as Llama 2's exports have, is not)."""
+    model = tokenizer_json.get("model") or {}
+    return (
+        model.get("byte_fallback") is True
+        and tokenizer_json.get("normalizer") == _SPACE_TO_PIECE_NORMALIZER
+        and tokenizer_json.get("pre_tokenizer") in _NO_OP_PRE_TOKENIZERS
+    )
 
 
 def _chat_template(model_dir: Path, tokenizer_config: dict[str, Any]) -> str | list[dict[str, str]] | None:
@@ -228,14 +250,20 @@ def _add_bos_default(special: SpecialVocab, tokenizer_config: dict[str, Any], de
         special.add_special_token.setdefault(kind, fallback)
 
 
-def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any], tokenizer_config: dict[str, Any], n_rows: int) -> Vocab:
+def _bpe_vocab(
+    model_dir: Path, tokenizer_json: dict[str, Any], tokenizer_config: dict[str, Any], n_rows: int, *, pieces: bool
+) -> Vocab:
+    """Byte-level BPE (`pieces` False) or SentencePiece-style BPE with `<0xXX>` byte tokens (`pieces` True)."""
     model = tokenizer_json["model"]
-    pre = pre_tokenizer_name(tokenizer_json)
+    pre = "gemma4" if pieces else pre_tokenizer_name(tokenizer_json)
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab or not all(_is_token_id(i) for i in vocab.values()):
         raise ConversionError(f"{model_dir / 'tokenizer.json'}: model.vocab must be a non-empty object of token text "
                               f"→ token id (>= 0){TOKENIZER_HINT}")
-    tokens: dict[int, tuple[str, int]] = {i: (text, TokenType.NORMAL) for text, i in vocab.items()}
+    tokens: dict[int, tuple[str, int]] = {
+        i: (text, TokenType.BYTE if pieces and _BYTE_PIECE.fullmatch(str(text)) else TokenType.NORMAL)
+        for text, i in vocab.items()
+    }
     for token_id, (content, is_special) in _added_tokens(tokenizer_json, model_dir).items():
         tokens[token_id] = (content, TokenType.CONTROL if is_special else TokenType.USER_DEFINED)
     texts, types = _padded(tokens, n_rows)
@@ -243,8 +271,10 @@ def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any], tokenizer_config
     special = _special_vocab(model_dir, n_rows, load_merges=True)
     if not special.merges:
         raise ConversionError("tokenizer.json has a BPE model without merges")
-    _add_bos_default(special, tokenizer_config, default=False)
-    return Vocab("gpt2", pre, texts, types, None, special, _chat_template(model_dir, tokenizer_config))
+    # Gemma adds BOS (llama.cpp forces it for gemma4 vocabularies); byte-level BPE only when its config says so.
+    _add_bos_default(special, tokenizer_config, default=pieces)
+    model_name = "gemma4" if pieces else "gpt2"
+    return Vocab(model_name, pre, texts, types, None, special, _chat_template(model_dir, tokenizer_config))
 
 
 def _sentencepiece_vocab(
@@ -304,13 +334,15 @@ def load_vocab(model_dir: Path, n_rows: int) -> Vocab:
     if not isinstance(model, dict):
         raise ConversionError(f"{json_path}: model must be an object{TOKENIZER_HINT}")
     if tokenizer_json is not None and model.get("type") == "BPE" and _is_byte_level(tokenizer_json):
-        vocab = _bpe_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
+        vocab = _bpe_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows, pieces=False)
     elif spm_path.is_file():
         vocab = _sentencepiece_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows)
+    elif tokenizer_json is not None and model.get("type") == "BPE" and _is_sentencepiece_style_bpe(tokenizer_json):
+        vocab = _bpe_vocab(model_dir, tokenizer_json, tokenizer_config, n_rows, pieces=True)
     elif tokenizer_json is not None:
         raise ConversionError(
-            f"unsupported tokenizer.json ({short_repr(model.get('type'))} model without a byte-level pre-tokenizer) "
-            "and no tokenizer.model"
+            f"unsupported tokenizer.json ({short_repr(model.get('type'))} model without a byte-level pre-tokenizer, "
+            "nor Gemma's byte-fallback BPE with a space → ▁ normalizer) and no tokenizer.model"
         )
     else:
         raise ConversionError(f"{model_dir}: missing tokenizer files (need tokenizer.json or tokenizer.model)")
