@@ -132,3 +132,48 @@ def test_deepseek_pre_tokenizers_are_recognised_and_a_changed_step_is_not(steps:
     changed = [*full[:-2], {"type": "Digits", "individual_digits": not full[-2]["individual_digits"]}, full[-1]]
     with pytest.raises(ConversionError, match="unknown pre-tokenizer"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": changed}})
+
+
+def gemma_style_tokenizer(model: Path, tmp_path: Path) -> Path:
+    """`model` with a small tokenizer of Gemma's shape (byte-fallback BPE, spaces as ▁) as its only tokenizer file."""
+    from transformers import GemmaTokenizer
+
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{byte:02X}>" for byte in range(256)),
+              "▁", "h", "i", "hi", "▁hi"]
+    merges = [("h", "i"), ("▁", "hi")]
+    copy = tmp_path / "gemma-style"
+    shutil.copytree(model, copy)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (copy / name).unlink(missing_ok=True)
+    tokenizer = GemmaTokenizer(vocab={piece: i for i, piece in enumerate(pieces)}, merges=merges)  # type: ignore[arg-type]
+    tokenizer.save_pretrained(str(copy))
+    return copy
+
+
+def test_a_gemma_style_tokenizer_json_becomes_llama_cpps_gemma4_vocabulary_with_byte_tokens(
+    tiny: Callable[[Family], Path], tmp_path: Path
+) -> None:
+    model = gemma_style_tokenizer(tiny("gemma3"), tmp_path)
+    [gguf] = convert(model, tmp_path / "out", ["f16"])
+    fields = GGUFReader(gguf.path).fields
+    assert fields["tokenizer.ggml.model"].contents() == "gemma4"
+    types = fields["tokenizer.ggml.token_type"].contents()
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    assert [types[tokens.index(t)] for t in ("<bos>", "<0x41>", "▁hi")] == [3, 6, 1]  # CONTROL, BYTE, NORMAL
+    assert fields["tokenizer.ggml.merges"].contents() == ["h i", "▁ hi"]
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+
+
+def test_a_sentencepiece_style_tokenizer_json_with_a_prefix_space_is_refused(
+    tiny: Callable[[Family], Path], tmp_path: Path
+) -> None:
+    # Llama 2's exported tokenizer.json prepends ▁, which llama.cpp's gemma4 tokenizer would not: without its
+    # tokenizer.model, it cannot be converted faithfully.
+    model = gemma_style_tokenizer(tiny("gemma3"), tmp_path)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                                   tokenizer["normalizer"]]}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ConversionError, match="unsupported tokenizer.json"):
+        convert(model, tmp_path / "out", ["f16"])
+    assert not (tmp_path / "out").exists()
