@@ -51,6 +51,9 @@ ARCHITECTURES: dict[str, tuple[Family, VocabName, str, set[str]]] = {
     "deepseek-llm": ("llama", "deepseek-llm", "llama", {"blk.0.ffn_gate.weight"}),
     "deepseek-coder": ("llama", "deepseek-coder", "llama", {"blk.0.ffn_gate.weight"}),
     "deepseek-r1-distill-qwen": ("qwen2", "qwen2", "qwen2", {"blk.0.attn_q.bias"}),
+    # A Gated DeltaNet layer (ssm_*), then a full-attention one whose q rows carry the output gate.
+    "qwen35": ("qwen35", "qwen35", "qwen35", {"blk.0.ssm_conv1d.weight", "blk.0.ssm_a", "blk.0.attn_gate.weight",
+                                              "blk.1.attn_q.weight"}),
     # Gemma 2/3 folders carry a SentencePiece tokenizer.model, which takes Llama 2's path; Gemma's own vocabulary
     # (tokenizer.json only, from the llama-cpp-python sdist) is tested below.
     "gemma2": ("gemma2", "llama-spm", "gemma2", {"blk.0.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"}),

@@ -11,6 +11,7 @@ import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
 
 from .hf_config import GemmaAttention, ModelSpec
+from .linear_attention import add_linear_attention_metadata
 from .parallel_encode import encoded_pieces
 from .tensors import TensorPlan
 from .tokenizer_export import Vocab
@@ -38,7 +39,7 @@ def add_model_metadata(writer: GGUFWriter, spec: ModelSpec, vocab: Vocab, outtyp
     if spec.head_dim != spec.hidden_size // spec.n_heads:
         writer.add_key_length(spec.head_dim)
         writer.add_value_length(spec.head_dim)
-    writer.add_rope_dimension_count(spec.head_dim)
+    writer.add_rope_dimension_count(spec.rope_dim)
     writer.add_rope_freq_base(spec.rope_theta)
     scaling = spec.rope_scaling
     if scaling is not None and scaling.kind in ("linear", "yarn"):
@@ -49,6 +50,8 @@ def add_model_metadata(writer: GGUFWriter, spec: ModelSpec, vocab: Vocab, outtyp
     # llama3 scaling travels as the rope_freqs.weight tensor instead.
     if spec.gemma is not None:
         add_gemma_metadata(writer, spec.gemma)
+    if spec.linear is not None:
+        add_linear_attention_metadata(writer, spec.linear)
     writer.add_layer_norm_rms_eps(spec.rms_norm_eps)
     writer.add_vocab_size(spec.vocab_size)
     writer.add_file_type(FILE_TYPES[outtype])

@@ -25,6 +25,7 @@ SUPPORTED_ARCHITECTURES: dict[str, MODEL_ARCH] = {
     # Gemma 2/3: (1 + w) RMSNorm weights (stored +1 for llama.cpp), embeddings scaled by √hidden inside llama.cpp.
     "Gemma2ForCausalLM": MODEL_ARCH.GEMMA2,
     "Gemma3ForCausalLM": MODEL_ARCH.GEMMA3,
+    "Qwen3_5ForCausalLM": MODEL_ARCH.QWEN35,
 }
 GEMMA_ARCHS = (MODEL_ARCH.GEMMA2, MODEL_ARCH.GEMMA3)
 
@@ -50,6 +51,19 @@ class GemmaAttention:
 
 
 @dataclass(frozen=True)
+class LinearAttention:
+    """Qwen3.5's Gated DeltaNet layers, as llama.cpp's qwen35 reads them (its `ssm.*` metadata)."""
+
+    conv_kernel: int
+    head_dim: int  # key and value heads alike (llama.cpp's ssm.state_size)
+    n_key_heads: int
+    n_value_heads: int
+    full_attention_interval: int  # every n-th layer is full attention, the others linear
+    rope_dim: int  # rotary dimensions of the full-attention heads (partial_rotary_factor × head_dim)
+    rope_sections: tuple[int, int, int, int]  # interleaved multimodal rope sections (text positions: all equal)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     hf_architecture: str
     arch: MODEL_ARCH
@@ -67,6 +81,7 @@ class ModelSpec:
     tie_embeddings: bool
     name: str
     gemma: GemmaAttention | None = None
+    linear: LinearAttention | None = None
 
     @property
     def arch_name(self) -> str:
@@ -78,8 +93,16 @@ class ModelSpec:
 
     @property
     def norms_store_offset(self) -> bool:
-        """Gemma's RMSNorm scales by (1 + weight); llama.cpp's by the stored weight."""
-        return self.arch in GEMMA_ARCHS
+        """Gemma's and Qwen3.5's RMSNorm scale by (1 + weight); llama.cpp's by the stored weight."""
+        return self.arch in GEMMA_ARCHS or self.arch == MODEL_ARCH.QWEN35
+
+    @property
+    def rope_dim(self) -> int:
+        return self.linear.rope_dim if self.linear is not None else self.head_dim
+
+    def is_recurrent(self, layer: int) -> bool:
+        """Whether the layer is linear attention (Qwen3.5's Gated DeltaNet) rather than full attention."""
+        return self.linear is not None and (layer + 1) % self.linear.full_attention_interval != 0
 
 
 UINT32_MAX = (1 << 32) - 1  # GGUF stores sizes and counts as uint32
@@ -235,6 +258,45 @@ def _gemma_attention(config: dict[str, Any], arch: MODEL_ARCH, head_dim: int) ->
     )
 
 
+QWEN35_DEFAULT_ROPE_SECTIONS = (11, 11, 10)  # transformers' Qwen3.5 default mrope_section
+
+
+def _qwen35_linear_attention(config: dict[str, Any], head_dim: int, n_layers: int) -> LinearAttention:
+    layer_types = config.get("layer_types")
+    if not isinstance(layer_types, list) or len(layer_types) != n_layers or "full_attention" not in layer_types:
+        raise _fail("layer_types", f"a list of {n_layers} 'linear_attention'/'full_attention' entries", layer_types)
+    interval = layer_types.index("full_attention") + 1
+    expected = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n_layers)]
+    if layer_types != expected:
+        raise ConversionError(f"config.json: layer_types {short_repr(layer_types)} is not one full-attention layer "
+                              "every n layers, the only layout llama.cpp's qwen35 reads")
+    key_dim, value_dim = _integer(config, "linear_key_head_dim"), _integer(config, "linear_value_head_dim")
+    if key_dim != value_dim:
+        raise ConversionError(f"config.json: linear_key_head_dim ({key_dim}) differs from linear_value_head_dim "
+                              f"({value_dim}); llama.cpp's qwen35 takes one head size")
+    n_key, n_value = _integer(config, "linear_num_key_heads"), _integer(config, "linear_num_value_heads")
+    if n_key != n_value:
+        raise ConversionError(f"config.json: linear_num_value_heads ({n_value}) differs from linear_num_key_heads "
+                              f"({n_key}): regrouping the value heads for llama.cpp is not implemented")
+    parameters = config.get("rope_parameters")
+    rope: dict[str, Any] = parameters if isinstance(parameters, dict) else config
+    factor = _number(rope, "partial_rotary_factor", 1.0)
+    rope_dim = int(head_dim * factor)
+    sections = rope.get("mrope_section", QWEN35_DEFAULT_ROPE_SECTIONS)
+    if (not isinstance(sections, list | tuple) or not 1 <= len(sections) <= 4
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sections)):
+        raise _fail("rope_parameters.mrope_section", "up to 4 integers >= 0", sections)
+    if not 0 < rope_dim <= head_dim or rope_dim % 2:
+        raise _fail("rope_parameters.partial_rotary_factor", f"a factor giving an even rotary size ≤ {head_dim}",
+                    factor)
+    if sum(sections) > rope_dim // 2:
+        raise ConversionError(f"config.json: rope_parameters.mrope_section {short_repr(sections)} covers more than the "
+                              f"{rope_dim // 2} rotary pairs of a head; {CONFIG_HINT}")
+    padded = (*sections, 0, 0, 0)[:4]
+    return LinearAttention(_integer(config, "linear_conv_kernel_dim"), key_dim, n_key, n_value, interval, rope_dim,
+                           (padded[0], padded[1], padded[2], padded[3]))
+
+
 def read_model_spec(model_dir: Path) -> ModelSpec:
     """Parse `config.json`; raises ConversionError for what llama.cpp (or this converter) cannot handle.
 
@@ -274,10 +336,12 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
     theta, scaling = _rope_settings(config)
     if arch == MODEL_ARCH.PHI3:
         _check_phi3(config, hidden, n_heads, head_dim)
+    n_layers = _integer(config, "num_hidden_layers")
+    linear = _qwen35_linear_attention(config, head_dim, n_layers) if arch == MODEL_ARCH.QWEN35 else None
     return ModelSpec(
         hf_architecture=hf_architecture,
         arch=arch,
-        n_layers=_integer(config, "num_hidden_layers"),
+        n_layers=n_layers,
         hidden_size=hidden,
         intermediate_size=_integer(config, "intermediate_size"),
         n_heads=n_heads,
@@ -291,6 +355,7 @@ def read_model_spec(model_dir: Path) -> ModelSpec:
         tie_embeddings=tie,
         name=model_dir.resolve().name.encode("utf-8", "replace").decode("utf-8"),
         gemma=gemma,
+        linear=linear,
     )
 
 

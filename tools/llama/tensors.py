@@ -40,6 +40,7 @@ class TensorPlan:
     permute_head_dim: int = 0  # llama Q/K rows: reorder each head from rotate-half to interleaved pairs
     computed: np.ndarray | None = None
     add_one: bool = False  # Gemma norm weights: llama.cpp multiplies by the weight, Gemma by (1 + weight)
+    negative_exp: bool = False  # Qwen3.5's A_log: llama.cpp's ssm_a holds -exp(A_log)
 
     @property
     def nbytes(self) -> int:
@@ -84,7 +85,9 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
                 f"tensor {short_repr(name)} is stored as {tensor.dtype}: only 16/32-bit float weights can be "
                 "converted (is this a bitsandbytes/GPTQ-quantized folder? merge into the unquantized base model first)"
             )
-        mapped = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        # Qwen3.5's dt_bias is the bias of llama.cpp's ssm_dt (gguf-py knows it by its older dt_proj name).
+        lookup = name.removesuffix(".dt_bias") + ".dt_proj.bias" if name.endswith(".dt_bias") else name
+        mapped = name_map.get_type_and_name(lookup, try_suffixes=(".weight", ".bias"))
         if mapped is None or mapped[0] not in allowed:
             unknown.append(name)
             continue
@@ -96,9 +99,12 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
             continue  # tied: llama.cpp reuses token_embd.weight
         permute = spec.head_dim if spec.permutes_qk and kind in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K) else 0
         add_one = spec.norms_store_offset and kind in NORM_TENSORS
-        plans.append(TensorPlan(
-            gguf_name, tensor.shape, weight_type(gguf_name, tensor.shape, outtype), tensor, permute, add_one=add_one
-        ))
+        shape = tensor.shape
+        if kind == MODEL_TENSOR.SSM_CONV1D:
+            shape = tuple(n for n in shape if n != 1) if len(shape) == 3 and shape[1] == 1 else shape
+        qtype = Q.F32 if kind in F32_TENSORS else weight_type(gguf_name, shape, outtype)
+        plans.append(TensorPlan(gguf_name, shape, qtype, tensor, permute, add_one=add_one,
+                                negative_exp=kind == MODEL_TENSOR.SSM_A))
     if unknown:
         shown = ", ".join(short_repr(name) for name in sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
         raise ConversionError(f"{len(unknown)} tensor(s) have no {spec.arch_name} GGUF name: {shown}")
@@ -114,14 +120,21 @@ NORM_TENSORS = frozenset({
     MODEL_TENSOR.OUTPUT_NORM, MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.ATTN_POST_NORM, MODEL_TENSOR.FFN_NORM,
     MODEL_TENSOR.FFN_PRE_NORM, MODEL_TENSOR.FFN_POST_NORM, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM,
 })
+# Gated DeltaNet tensors llama.cpp's kernels read as float32 (its own converter keeps them so).
+F32_TENSORS = frozenset({MODEL_TENSOR.SSM_CONV1D, MODEL_TENSOR.SSM_A, MODEL_TENSOR.SSM_DT, MODEL_TENSOR.SSM_NORM})
 # Per-layer weights every layer of a supported architecture has.
 LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 # Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (llama.cpp's ffn_up of 2 × intermediate rows).
 PHI3_LAYER_WEIGHTS = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+# Qwen3.5's linear-attention layers (its full-attention layers have LAYER_WEIGHTS).
+QWEN35_LINEAR_LAYER_WEIGHTS = ("attn_qkv", "attn_gate", "ssm_conv1d", "ssm_beta", "ssm_alpha", "ssm_norm", "ssm_out",
+                               "ffn_gate", "ffn_up", "ffn_down")
 
 
-def layer_weight_names(spec: ModelSpec) -> tuple[str, ...]:
-    return PHI3_LAYER_WEIGHTS if spec.arch == MODEL_ARCH.PHI3 else LAYER_WEIGHTS
+def layer_weight_names(spec: ModelSpec, layer: int = 0) -> tuple[str, ...]:
+    if spec.arch == MODEL_ARCH.PHI3:
+        return PHI3_LAYER_WEIGHTS
+    return QWEN35_LINEAR_LAYER_WEIGHTS if spec.is_recurrent(layer) else LAYER_WEIGHTS
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -146,7 +159,26 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         if spec.arch == MODEL_ARCH.PHI3:
             shapes[f"blk.{layer}.attn_qkv.weight"] = (q_rows + 2 * kv_rows, hidden)
             shapes[f"blk.{layer}.ffn_up.weight"] = (2 * ffn, hidden)
+        if spec.linear is not None:
+            shapes[f"blk.{layer}.attn_q.weight"] = (2 * q_rows, hidden)  # each head's query, then its output gate
+            shapes.update(_linear_attention_shapes(spec, layer))
     return shapes
+
+
+def _linear_attention_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
+    linear = spec.linear
+    assert linear is not None
+    key_dim, value_dim = linear.head_dim * linear.n_key_heads, linear.head_dim * linear.n_value_heads
+    conv_dim, hidden = 2 * key_dim + value_dim, spec.hidden_size
+    return {
+        f"blk.{layer}.{part}": shape for part, shape in (
+            ("attn_qkv.weight", (conv_dim, hidden)), ("attn_gate.weight", (value_dim, hidden)),
+            ("ssm_conv1d.weight", (conv_dim, linear.conv_kernel)), ("ssm_dt.bias", (linear.n_value_heads,)),
+            ("ssm_a", (linear.n_value_heads,)), ("ssm_beta.weight", (linear.n_value_heads, hidden)),
+            ("ssm_alpha.weight", (linear.n_value_heads, hidden)), ("ssm_norm.weight", (linear.head_dim,)),
+            ("ssm_out.weight", (hidden, value_dim)),
+        )
+    }
 
 
 def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
@@ -160,7 +192,7 @@ def _check_shapes(spec: ModelSpec, plans: list[TensorPlan]) -> None:
             f"hidden_size={spec.hidden_size}"
         )
     for layer in range(spec.n_layers):
-        for part in layer_weight_names(spec):
+        for part in layer_weight_names(spec, layer):
             if f"blk.{layer}.{part}.weight" not in by_name:
                 raise ConversionError(f"layer {layer} lacks its {part} weight")
     expected = expected_shapes(spec)
@@ -207,6 +239,8 @@ def encoded_chunks(plan: TensorPlan) -> Iterator[bytes]:
             values = _permute_rows(values, plan.permute_head_dim)
         if plan.add_one:
             values = values + 1.0
+        if plan.negative_exp:
+            values = -np.exp(values.astype(np.float32))
         yield _encode(values, plan.qtype, plan.gguf_name)
         return
     rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))
