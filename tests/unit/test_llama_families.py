@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from kubetune.llama.convert import convert
 from kubetune.llama.errors import ConversionError
+from kubetune.llama.tensors import value_head_order
 from kubetune.llama.tokenizer_export import SEQUENCE_PRE_TOKENIZERS, pre_tokenizer_name
 from tests.fixtures.tiny_models import Family, build_tiny_model, small_bpe_tokenizer_dir
 
@@ -108,6 +109,9 @@ def test_phi3_keeps_its_fused_qkv_and_gate_up_projections(tiny: Callable[[Family
             "sliding-window layers",
         ),
         ("phi3", {"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75"),
+        ("qwen35", {"layer_types": ["full_attention", "linear_attention"]}, "one full-attention layer every n"),
+        ("qwen35", {"linear_num_value_heads": 3}, "not a multiple of linear_num_key_heads"),
+        ("qwen35", {"linear_value_head_dim": 32}, "one head size"),
         ("phi3", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
          "unsupported rope scaling type 'longrope'"),
     ],
@@ -177,3 +181,33 @@ def test_a_sentencepiece_style_tokenizer_json_with_a_prefix_space_is_refused(
     with pytest.raises(ConversionError, match="unsupported tokenizer.json"):
         convert(model, tmp_path / "out", ["f16"])
     assert not (tmp_path / "out").exists()
+
+
+def test_qwen35_linear_attention_becomes_llama_cpps_ssm_tensors_with_its_value_heads_regrouped(
+    tiny: Callable[[Family], Path], tmp_path: Path
+) -> None:
+    model = tiny("qwen35")
+    [gguf] = convert(model, tmp_path, ["f32"])
+    fields, tensors = fields_and_tensors(gguf.path)
+    weights = {name: tensor.float().numpy() for name, tensor in load_file(model / "model.safetensors").items()}
+    hf = "model.layers.0.linear_attn."
+    tiled = value_head_order(2, 4, 1)  # value heads grouped by key head (v0 v1 | v2 v3) → tiled (v0 v2 v1 v3)
+    assert tiled.tolist() == [0, 2, 1, 3]
+    np.testing.assert_allclose(tensors["blk.0.ssm_a"], -np.exp(weights[hf + "A_log"][tiled]), rtol=1e-6)
+    np.testing.assert_array_equal(tensors["blk.0.ssm_dt.bias"], weights[hf + "dt_bias"][tiled])
+    np.testing.assert_array_equal(tensors["blk.0.ssm_beta.weight"], weights[hf + "in_proj_b.weight"][tiled])
+    np.testing.assert_array_equal(tensors["blk.0.ssm_out.weight"],
+                                  weights[hf + "out_proj.weight"][:, value_head_order(2, 4, 16)])
+    conv = weights[hf + "conv1d.weight"][:, 0, :]  # (channels, 1, kernel) → (channels, kernel)
+    np.testing.assert_array_equal(tensors["blk.0.ssm_conv1d.weight"][:64], conv[:64])  # q and k channels stay
+    np.testing.assert_array_equal(tensors["blk.0.ssm_conv1d.weight"][64:], conv[64:][value_head_order(2, 4, 16)])
+    # (1 + w) norms, except the gated norm of the linear attention, which scales by w
+    np.testing.assert_allclose(tensors["blk.1.attn_q_norm.weight"],
+                               weights["model.layers.1.self_attn.q_norm.weight"] + 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(tensors["blk.0.ssm_norm.weight"], weights[hf + "norm.weight"])
+    assert tensors["blk.1.attn_q.weight"].shape == (2 * 4 * 16, 64)  # each head's query and output gate
+    assert (fields["qwen35.ssm.group_count"], fields["qwen35.ssm.time_step_rank"]) == (2, 4)
+    assert (fields["qwen35.ssm.state_size"], fields["qwen35.ssm.inner_size"], fields["qwen35.ssm.conv_kernel"]) == (
+        16, 64, 4)
+    assert fields["qwen35.full_attention_interval"] == 2
+    assert fields["qwen35.rope.dimension_count"] == 8 and fields["qwen35.rope.dimension_sections"] == [2, 1, 1, 0]

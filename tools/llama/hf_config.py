@@ -275,9 +275,9 @@ def _qwen35_linear_attention(config: dict[str, Any], head_dim: int, n_layers: in
         raise ConversionError(f"config.json: linear_key_head_dim ({key_dim}) differs from linear_value_head_dim "
                               f"({value_dim}); llama.cpp's qwen35 takes one head size")
     n_key, n_value = _integer(config, "linear_num_key_heads"), _integer(config, "linear_num_value_heads")
-    if n_key != n_value:
-        raise ConversionError(f"config.json: linear_num_value_heads ({n_value}) differs from linear_num_key_heads "
-                              f"({n_key}): regrouping the value heads for llama.cpp is not implemented")
+    if n_value % n_key:
+        raise ConversionError(f"config.json: linear_num_value_heads ({n_value}) is not a multiple of "
+                              f"linear_num_key_heads ({n_key}); {CONFIG_HINT}")
     parameters = config.get("rope_parameters")
     rope: dict[str, Any] = parameters if isinstance(parameters, dict) else config
     factor = _number(rope, "partial_rotary_factor", 1.0)

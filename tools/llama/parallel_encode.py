@@ -59,8 +59,9 @@ def encoded_pieces(plans: list[TensorPlan], threads: int | None = None) -> Itera
 def _tasks(plan: TensorPlan) -> list[Task] | None:
     """Pool tasks for the plan's data in order; None for a weight the serial encoder must stream."""
     source = plan.source
-    if plan.computed is not None or source is None or len(plan.shape) < 2:
-        return [lambda: [memoryview(chunk) for chunk in encoded_chunks(plan)]]  # small: norms, biases, rope factors
+    if plan.computed is not None or source is None or len(plan.shape) < 2 or plan.reordered:
+        # small (norms, biases, rope factors) or read whole (Qwen3.5's regrouped value heads)
+        return [lambda: [memoryview(chunk) for chunk in encoded_chunks(plan)]]
     if plan.qtype not in (Q.F16, Q.Q8_0):
         return None
     rows, row_elements = plan.shape[0], int(np.prod(plan.shape[1:]))

@@ -41,6 +41,13 @@ class TensorPlan:
     computed: np.ndarray | None = None
     add_one: bool = False  # Gemma norm weights: llama.cpp multiplies by the weight, Gemma by (1 + weight)
     negative_exp: bool = False  # Qwen3.5's A_log: llama.cpp's ssm_a holds -exp(A_log)
+    # Qwen3.5's value heads regrouped (see value_head_order): the new order of the rows, or of the columns.
+    row_order: np.ndarray | None = None
+    column_order: np.ndarray | None = None
+
+    @property
+    def reordered(self) -> bool:
+        return self.row_order is not None or self.column_order is not None
 
     @property
     def nbytes(self) -> int:
@@ -103,8 +110,9 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
         if kind == MODEL_TENSOR.SSM_CONV1D:
             shape = tuple(n for n in shape if n != 1) if len(shape) == 3 and shape[1] == 1 else shape
         qtype = Q.F32 if kind in F32_TENSORS else weight_type(gguf_name, shape, outtype)
+        rows, columns = _value_head_orders(spec, kind, shape)
         plans.append(TensorPlan(gguf_name, shape, qtype, tensor, permute, add_one=add_one,
-                                negative_exp=kind == MODEL_TENSOR.SSM_A))
+                                negative_exp=kind == MODEL_TENSOR.SSM_A, row_order=rows, column_order=columns))
     if unknown:
         shown = ", ".join(short_repr(name) for name in sorted(unknown)[:8]) + (" …" if len(unknown) > 8 else "")
         raise ConversionError(f"{len(unknown)} tensor(s) have no {spec.arch_name} GGUF name: {shown}")
@@ -114,6 +122,33 @@ def plan_tensors(spec: ModelSpec, stored: dict[str, StoredTensor], outtype: str)
         name = TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
         plans.append(TensorPlan(name, factors.shape, Q.F32, None, computed=factors))
     return plans
+
+
+def value_head_order(n_key_heads: int, n_value_heads: int, head_dim: int) -> np.ndarray:
+    """Qwen3.5 groups its value heads by key head (k0: v0 v1, k1: v2 v3); llama.cpp's qwen35 broadcasts the key heads
+    over the value heads tiled (v0 v2, v1 v3). The source index of each element of the tiled order."""
+    grouped = np.arange(n_value_heads * head_dim).reshape(n_key_heads, n_value_heads // n_key_heads, head_dim)
+    return grouped.transpose(1, 0, 2).reshape(-1)
+
+
+def _value_head_orders(
+    spec: ModelSpec, kind: MODEL_TENSOR, shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(row order, column order) of a Qwen3.5 linear-attention tensor whose value heads need regrouping."""
+    linear = spec.linear
+    if linear is None or linear.n_value_heads == linear.n_key_heads:
+        return None, None
+    heads = (linear.n_key_heads, linear.n_value_heads)
+    if kind in (MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.SSM_CONV1D):  # q and k rows stay, then the value rows
+        key_rows = 2 * linear.n_key_heads * linear.head_dim
+        return np.concatenate([np.arange(key_rows), key_rows + value_head_order(*heads, linear.head_dim)]), None
+    if kind == MODEL_TENSOR.ATTN_GATE:
+        return value_head_order(*heads, linear.head_dim), None
+    if kind in (MODEL_TENSOR.SSM_BETA, MODEL_TENSOR.SSM_ALPHA, MODEL_TENSOR.SSM_A, MODEL_TENSOR.SSM_DT):
+        return value_head_order(*heads, 1), None
+    if kind == MODEL_TENSOR.SSM_OUT and len(shape) == 2:
+        return None, value_head_order(*heads, linear.head_dim)
+    return None, None
 
 
 NORM_TENSORS = frozenset({
@@ -233,6 +268,16 @@ def encoded_chunks(plan: TensorPlan) -> Iterator[bytes]:
         return
     source = plan.source
     assert source is not None
+    if plan.reordered:  # whole tensor at once (Qwen3.5's projections: at most a few hundred MB of float32)
+        values = source.read_rows().reshape(plan.shape)
+        if plan.row_order is not None:
+            values = values[plan.row_order]
+        if plan.column_order is not None:
+            values = values[:, plan.column_order]
+        if plan.negative_exp:
+            values = -np.exp(values.astype(np.float32))
+        yield _encode(values, plan.qtype, plan.gguf_name)
+        return
     if len(plan.shape) < 2:
         values = source.read_rows()
         if plan.permute_head_dim:
