@@ -115,7 +115,7 @@ def test_each_familys_f16_and_q8_0_gguf_predicts_like_transformers(
     assert q8_agreement.top1_agreement >= 0.95 and q8_agreement.mean_kl <= 0.01, q8_agreement
 
 
-@pytest.mark.parametrize("model_id", ["mistral", "phi3", "deepseek-r1-distill-qwen", "gemma2", "gemma3"])
+@pytest.mark.parametrize("model_id", ["mistral", "phi3", "deepseek-r1-distill-qwen", "gemma2", "gemma3", "qwen35"])
 def test_each_family_trains_an_all_linear_lora_that_merges_like_peft_and_converts_faithfully(
     cache: Path, tmp_path: Path, model_id: str
 ) -> None:
@@ -141,8 +141,9 @@ def test_each_family_trains_an_all_linear_lora_that_merges_like_peft_and_convert
 
     result = merge_adapter(base_dir, adapter_dir, tmp_path / "merged")
 
-    n_linear = 4 if model_id == "phi3" else 7  # phi3: qkv_proj, o_proj, gate_up_proj, down_proj
-    assert result.lora_modules == 2 * n_linear and result.tied_embeddings == (model_id in TIED)
+    # phi3: qkv_proj, o_proj, gate_up_proj, down_proj; qwen35's linear-attention layer: in_proj_qkv/z/b/a, out_proj
+    linear_per_layer = {"phi3": (4, 4), "qwen35": (8, 7)}.get(model_id, (7, 7))
+    assert result.lora_modules == sum(linear_per_layer) and result.tied_embeddings == (model_id in TIED)
     assert_matches_peft(tmp_path / "merged", peft_merged_model(base_dir, adapter_dir))
     [f16] = convert(tmp_path / "merged", tmp_path / "gguf", ["f16"])
     agreement = logits_agreement(f16.path, tmp_path / "merged", TEXT)
