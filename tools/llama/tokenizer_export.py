@@ -1,6 +1,6 @@
 """The tokenizer of a Hugging Face folder as llama.cpp vocabulary metadata.
 
-Two tokenizer kinds are supported:
+Three tokenizer kinds are supported:
 
 - byte-level BPE from `tokenizer.json` (Llama 3, Qwen2/3/3.5, SmolLM, DeepSeek-LLM/Coder, GPT-2 style)
   → `tokenizer.ggml.model = gpt2` with tokens, token types, merges and the pre-tokenizer name llama.cpp uses to pick
