@@ -128,6 +128,9 @@ def test_every_artifact_is_present_with_matching_digests(
     assert status["phase"] == "Succeeded"
     store = open_store(str(workdir / ".kubetune" / "store"))
     for stage, block in status["stages"].items():
+        if stage == "publish":  # the example publishes nothing: the stage does not run
+            assert block["phase"] == "Skipped", block
+            continue
         assert block["phase"] in ("Succeeded", "Cached"), (stage, block)
         prefix = block["outputs"][0]["uri"].split("/store/", 1)[1].rsplit("/", 1)[0] if block["outputs"] else None
         assert prefix is not None, f"{stage} lists no outputs"
@@ -141,17 +144,17 @@ def test_every_artifact_is_present_with_matching_digests(
     assert not scratch.exists() or not any(scratch.iterdir()), "a published stage's scratch copy was kept"
 
 
-def test_a_second_run_is_a_cached_no_op_that_takes_seconds(
+def test_a_second_run_is_a_cached_no_op(
     finished_run: tuple[Path, subprocess.CompletedProcess[str], float],
 ) -> None:
     workdir, first, _ = finished_run
     assert first.returncode == 0, first.stderr[-3000:]
-    started = time.monotonic()
+    logs = workdir / ".kubetune/runs/default/identity"
+    before = {log.name: log.stat().st_mtime_ns for log in logs.glob("*.log")}
     again = kubetune(workdir, "run", str(EXAMPLE))
-    took = time.monotonic() - started
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("Cached") == 5
-    assert took < 20, f"a fully cached run took {took:.1f}s"
+    assert {log.name: log.stat().st_mtime_ns for log in logs.glob("*.log")} == before, "a cached run ran a stage"
 
 
 def test_kubetune_status_prints_the_run_like_kubectl(
