@@ -27,7 +27,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            runs = load_runs(path)
+            runs = load_runs(path, relative_paths=args.local)
         except InvalidManifest as exc:
             failed = True
             for error in exc.errors:
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check FineTuneRun manifests against the API (exit 1 on any error)")
     validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("--local", action="store_true",
+                          help="as `kubetune run` reads it: ./ and ../ paths are relative to the manifest's folder "
+                          "(a server refuses them, so without --local they are errors)")
     validate.set_defaults(func=cmd_validate)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API types")

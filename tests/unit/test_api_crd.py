@@ -153,7 +153,7 @@ def test_examples_are_valid_for_both_the_models_and_the_crd_schema() -> None:
     assert len(examples) >= 3
     openapi = schema()
     for example in examples:
-        for run in load_runs(example):
+        for run in load_runs(example, relative_paths=True):  # local-only examples' ./ paths, as kubetune run reads them
             # The defaulted manifest is what the API server stores: it must satisfy the CRD's own schema too.
             jsonschema.validate(run.manifest(), _json_schema(openapi))
 

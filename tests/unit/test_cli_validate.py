@@ -14,11 +14,24 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def test_every_example_validates() -> None:
+LOCAL_ONLY = {"local-messages.yaml"}  # reads its data file by a path relative to itself: `kubetune run` only
+
+
+def test_every_example_validates_as_kubetune_run_reads_it_and_all_but_the_local_only_ones_as_a_server_would() -> None:
     examples = sorted(str(p) for p in (ROOT / "examples").glob("*.yaml"))
-    result = kubetune("validate", *examples)
+    result = kubetune("validate", "--local", *examples)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("is valid") == len(examples)
+    for_servers = [path for path in examples if Path(path).name not in LOCAL_ONLY]
+    result = kubetune("validate", *for_servers)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("is valid") == len(for_servers)
+
+
+def test_a_local_only_example_is_refused_as_a_server_would_refuse_its_relative_path() -> None:
+    result = kubetune("validate", *(str(ROOT / "examples" / name) for name in sorted(LOCAL_ONLY)))
+    assert result.returncode == 1
+    assert "local-messages.yaml: spec.dataset.uri: must match" in result.stderr
 
 
 def test_errors_are_printed_with_file_and_field_path_and_exit_1(tmp_path: Path) -> None:
