@@ -135,10 +135,7 @@ def dataset_tree(uri: str) -> Path | None:
         if not path.is_dir():
             raise SourceError(f"spec.dataset.uri: {path} (from {uri}) is not a folder")
         return path
-    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
-    # Checked again after decoding: a percent-encoded '..' (%2e%2e) passes a check of the URI as written.
-    if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
-        raise SourceError(f"spec.dataset.uri: {uri} must name an absolute folder without '..'")
+    path = _local_dataset_path(uri, "folder")
     if not path.is_dir():
         raise SourceError(f"spec.dataset.uri: {path} is not a folder")
     return path
@@ -298,13 +295,19 @@ def _names_a_file(uri: str) -> bool:
     return is_data_file(uri) and not uri.endswith("/")
 
 
-def _local_path(uri: str) -> Path:
-    if uri.startswith(PVC_SCHEME):
-        path = pvc_folder(uri, "spec.dataset.uri")
-    else:
+def _local_dataset_path(uri: str, kind: str, path: Path | None = None) -> Path:
+    """The path a local dataset URI names (`path`, or the file:// or plain URI decoded), checked after decoding: a
+    percent-encoded '..' (%2e%2e) passes a check of the URI as written."""
+    if path is None:
         path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
-        raise SourceError(f"spec.dataset.uri: {uri} must name an absolute path without '..'")
+        raise SourceError(f"spec.dataset.uri: {uri} must name an absolute {kind} without '..'")
+    return path
+
+
+def _local_path(uri: str) -> Path:
+    mounted = pvc_folder(uri, "spec.dataset.uri") if uri.startswith(PVC_SCHEME) else None
+    path = _local_dataset_path(uri, "path", mounted)
     if not path.is_file():
         raise SourceError(f"spec.dataset.uri: {path} is not a file")
     return path
