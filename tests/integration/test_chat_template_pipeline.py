@@ -8,15 +8,11 @@ on the Llama-3 vocabulary, whose markers the run adds as special tokens).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from transformers import AutoTokenizer
 
 from kubetune.chat_templates import chatml_template, end_of_turn
@@ -31,6 +27,7 @@ from tests.fixtures.tiny_models import (
     vocab_gguf_path,
     vocab_tokenizer_dir,
 )
+from tests.integration.local_run import run_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 CACHE = repo_root() / ".cache" / "test-models"
@@ -83,15 +80,6 @@ def manifest(model_dir: Path, chat_template: dict[str, str]) -> dict[str, Any]:
             "evaluate": {"prompts": [{"prompt": "Who are you?"}], "minTop1Agreement": 0.0},
         },
     }
-
-
-def run_manifest(tmp_path: Path, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump(body), encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-P", "-m", "kubetune.cli", "run", str(run_file), "--store",
-                           str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=800, check=False)
 
 
 def stage_output(tmp_path: Path, stage: str) -> tuple[Path, dict[str, Any]]:

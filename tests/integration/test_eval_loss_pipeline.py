@@ -6,17 +6,14 @@ stage alone (the bound is in no other stage's key), with the field and the figur
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from kubetune.store import open_store, read_manifest
 from tests.fixtures.tiny_models import build_tiny_model, repo_root, small_bpe_tokenizer_dir
+from tests.integration.local_run import run_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 CACHE = repo_root() / ".cache" / "test-models"
@@ -45,15 +42,6 @@ def manifest(evaluate: dict[str, Any]) -> dict[str, Any]:
             "evaluate": {"prompts": [{"prompt": "Who are you?"}], "maxTokens": 8, **evaluate},
         },
     }
-
-
-def run_manifest(tmp_path: Path, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump(body), encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-P", "-m", "kubetune.cli", "run", str(run_file), "--store",
-                           str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=800, check=False)
 
 
 def published_metadata(tmp_path: Path, stage: str) -> dict[str, Any]:
