@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,10 @@ DEFAULT_REFERENCE_TEXT = (
     "of jobs across many machines, and a single declarative file can describe a whole training pipeline."
 )
 GREEDY_TOKENS = 24
+# Threads per llama.cpp context and for torch: one each, with independent work side by side instead. On a shared
+# machine a busy core stalls multi-threaded llama.cpp and torch at every operation's barrier (measured: 24 tokens took
+# 1.1-18 s on two threads against 0.55 s on one, beside another busy process on two cores).
+WORKER_THREADS = 1
 
 
 class GateFailed(ConfigError):
@@ -79,14 +86,15 @@ def merged_reference(merged: Path | None, spec: FineTuneRunSpec) -> HfReference 
     if merged is None:
         return None
     reference = spec.evaluate.reference_text or DEFAULT_REFERENCE_TEXT
-    return hf_reference(merged, reference, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS)
+    return hf_reference(merged, reference, reference[: len(reference) // 2], max_new_tokens=GREEDY_TOKENS,
+                        threads=WORKER_THREADS)
 
 
-def evaluate_gguf(gguf: Path, reference: HfReference | None, spec: FineTuneRunSpec, template: str,
-                  stop: threading.Event | None = None) -> dict[str, Any]:
-    """Answers to the spec's prompts, checked; agreement with the merged model when its reference is given."""
+def answer_prompts(gguf: Path, spec: FineTuneRunSpec, template: str,
+                   stop: threading.Event | None = None) -> list[PromptResult]:
+    """The GGUF's answers to the spec's prompts in llama.cpp, checked against their expectations."""
     placeholders = dict(spec.dataset.placeholders)
-    llm = load(gguf, n_ctx=2048)
+    llm = load(gguf, n_ctx=2048, n_threads=WORKER_THREADS)
     try:
         results = []
         for prompt in spec.evaluate.prompts:
@@ -99,6 +107,11 @@ def evaluate_gguf(gguf: Path, reference: HfReference | None, spec: FineTuneRunSp
             results.append(result)
     finally:
         llm.close()
+    return results
+
+
+def gguf_report(gguf: Path, results: list[PromptResult], reference: HfReference | None) -> dict[str, Any]:
+    """The GGUF's checked answers; agreement with the merged model when its reference is given."""
     passed = sum(r.passed for r in results)
     report: dict[str, Any] = {
         "file": gguf.name,
@@ -109,9 +122,27 @@ def evaluate_gguf(gguf: Path, reference: HfReference | None, spec: FineTuneRunSp
         "greedyAgreement": None,
     }
     if reference is not None:
-        logits, greedy = compare_with_reference(gguf, reference)
+        logits, greedy = compare_with_reference(gguf, reference, n_threads=WORKER_THREADS)
         report.update(top1Agreement=logits.top1_agreement, meanKl=logits.mean_kl, greedyAgreement=greedy.fraction)
     return report
+
+
+def gguf_reports(ggufs: list[Path], merged: Path | None, spec: FineTuneRunSpec, template: str,
+                 stop: threading.Event | None = None,
+                 on_gguf: Callable[[int, Path], None] | None = None) -> list[dict[str, Any]]:
+    """Every GGUF's report. Independent work runs side by side, one thread each (llama.cpp and torch release the
+    GIL): the merged model's reference (mostly importing transformers and loading the model) beside the prompts'
+    answers, then the GGUFs' agreement checks beside each other once the reference is ready."""
+    with ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))),
+                            thread_name_prefix="evaluate") as pool:
+        pending = pool.submit(merged_reference, merged, spec)
+        answers = []
+        for index, gguf in enumerate(ggufs):
+            if on_gguf is not None:
+                on_gguf(index, gguf)
+            answers.append(answer_prompts(gguf, spec, template, stop))
+        reference = pending.result()
+        return list(pool.map(lambda gguf, results: gguf_report(gguf, results, reference), ggufs, answers))
 
 
 def summarize(report: dict[str, Any]) -> str:
@@ -145,14 +176,10 @@ def run(ctx: JobContext) -> None:
     files = sorted(ggufs.glob("*.gguf"))
     if not files:
         raise ConfigError("the convert stage published no GGUF file")
-    ctx.progress(message="computing the merged model's reference logits")
-    reference = merged_reference(merged, spec)
     loss_gate = eval_loss_gate(ctx.upstream_manifest("train").metadata, spec.evaluate, spec.dataset.eval_split)
     log.info("%s", loss_gate["summary"])
-    reports = []
-    for index, gguf in enumerate(files):
-        ctx.progress(step=index, totalSteps=len(files), message=f"gating {gguf.name}")
-        reports.append(evaluate_gguf(gguf, reference, spec, template, ctx.stop))
+    reports = gguf_reports(files, merged, spec, template, ctx.stop, on_gguf=lambda index, gguf: ctx.progress(
+        step=index, totalSteps=len(files), message=f"gating {gguf.name} (the merged model's reference alongside)"))
     outputs = ctx.workdir / "report"
     outputs.mkdir(parents=True, exist_ok=True)
     (outputs / "results.json").write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

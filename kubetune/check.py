@@ -43,7 +43,7 @@ def check(target: Path, run: FineTuneRun, workdir: Path | None = None) -> CheckR
 def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
     from kubetune.ask import gguf_template
     from kubetune.jobs.basemodel import default_cache_dir, resolve_base_model
-    from kubetune.jobs.evaluate import chat_template, evaluate_gguf, gate_failure, merged_reference
+    from kubetune.jobs.evaluate import chat_template, gate_failure, gguf_reports
     from kubetune.jobs.lora_merge import merge_adapter
     from kubetune.llama.convert import convert
     from kubetune.store import open_store
@@ -61,8 +61,7 @@ def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
         template = chat_template(merged)
     else:
         ggufs, template = [target], gguf_template(target)  # the template it carries from training
-    reference = merged_reference(merged, spec)  # once for all GGUFs
-    reports = [evaluate_gguf(gguf, reference, spec, template) for gguf in ggufs]
+    reports = gguf_reports(ggufs, merged, spec, template)  # the merged model's reference once for all GGUFs
     failures = [f for r in reports
                 if (f := gate_failure(r, spec.evaluate.min_pass_rate, spec.evaluate.min_top1_agreement))]
     return CheckResult(reports, failures)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def load(
     gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_threads: int | None = None, verbose: bool = False
 ) -> Llama:
-    """Open a GGUF on the CPU with llama.cpp, quietly unless `verbose` (llama.cpp's log on stderr)."""
+    """Open a GGUF on the CPU with llama.cpp, quietly unless `verbose` (llama.cpp's log on stderr). `n_threads`, when
+    given, is for single tokens and batches alike (llama-cpp-python's defaults: half the cores, and all of them)."""
     from llama_cpp import Llama
 
     return Llama(
@@ -31,6 +32,7 @@ def load(
         n_ctx=n_ctx,
         logits_all=logits_all,
         n_threads=n_threads,
+        n_threads_batch=n_threads,
         n_gpu_layers=0,
         seed=0,
         verbose=verbose,
@@ -155,9 +157,14 @@ class HfReference:
         return len(self.greedy_ids)
 
 
-def hf_reference(hf_model_dir: Path, text: str, prompt: str, *, max_new_tokens: int) -> HfReference:
-    """Loads the HF model once: its logits over `text` and its greedy continuation of `prompt`."""
+def hf_reference(hf_model_dir: Path, text: str, prompt: str, *, max_new_tokens: int,
+                 threads: int | None = None) -> HfReference:
+    """Loads the HF model once: its logits over `text` and its greedy continuation of `prompt`. `threads`, when
+    given, sets torch's threads for the whole process."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     model, tokenizer = _hf_model_and_tokenizer(hf_model_dir)
     text_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -176,12 +183,14 @@ def hf_reference(hf_model_dir: Path, text: str, prompt: str, *, max_new_tokens: 
     return HfReference(text_ids, text_logits, prompt_ids, greedy, tokenizer)
 
 
-def compare_with_reference(gguf_path: Path, reference: HfReference) -> tuple[LogitsAgreement, GreedyAgreement]:
+def compare_with_reference(gguf_path: Path, reference: HfReference, *,
+                           n_threads: int | None = None) -> tuple[LogitsAgreement, GreedyAgreement]:
     """llama.cpp's logits over the reference text and greedy continuation of its prompt (token by token, no early
-    stop at EOS), from one load of the GGUF."""
+    stop at EOS), from one load of the GGUF; `n_threads` as for `load`."""
     ids, prompt = reference.text_ids, reference.prompt_ids
     # logits_all keeps a (n_ctx × vocab) array: size the context to the longer of the two passes.
-    llm = load(gguf_path, n_ctx=_context_for(max(len(ids), len(prompt) + reference.new_tokens)), logits_all=True)
+    llm = load(gguf_path, n_ctx=_context_for(max(len(ids), len(prompt) + reference.new_tokens)), logits_all=True,
+               n_threads=n_threads)
     gguf_new: list[int] = []
     try:
         llm.eval(ids)
