@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,8 @@ def convert(
     """Convert the Hugging Face folder `model_dir` to one GGUF per output type in `out_dir`.
 
     Files are named `<basename>-<outtype>.gguf` (basename: the folder's name). K-quants reuse one f16 GGUF: the
-    requested f16 output when there is one, else a temporary file in `out_dir`.
+    requested f16 output when there is one, else a temporary file in `out_dir`; it is written first and quantized in
+    a thread while the other outputs are written.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted = normalize_outtypes(outtypes)
@@ -110,7 +112,9 @@ def convert(
     stored = index_tensors(model_dir)
     direct = [t for t in wanted if t in DIRECT_OUTTYPES]
     quantized = [t for t in wanted if t in LLAMA_CPP_OUTTYPES]
-    to_write = direct + (["f16"] if quantized and "f16" not in direct else [])
+    # The f16 GGUF the k-quants are made from is written first, so that llama.cpp quantizes while the other outputs
+    # are written.
+    to_write = (["f16"] if quantized else []) + [t for t in direct if not (quantized and t == "f16")]
     plans = {outtype: plan_tensors(spec, stored, outtype) for outtype in to_write}
     vocab = load_vocab(model_dir, spec.vocab_size)
     if quantized:
@@ -123,27 +127,34 @@ def convert(
     created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     finished: dict[str, Path] = {}
-    digests: dict[str, str] = {}  # sha256 of the files we write, computed while writing
+    digests: dict[str, str] = {}  # sha256 of the outputs we write, computed while writing
     try:
         scratch = tempfile.TemporaryDirectory(prefix=".kubetune-convert-", dir=out_dir)
     except BaseException:
         _remove_if_empty(out_dir, created_out_dir)
         raise
     try:
-        for outtype in to_write:
-            target = out_dir / f"{stem}-{outtype}.gguf" if outtype in direct else Path(scratch.name) / "f16.gguf"
-            with _atomic_output(target) as partial:
-                digests[outtype] = write_gguf(
-                    partial, spec, vocab, outtype, plans[outtype], _tensor_progress(progress, outtype)
-                )
-            finished[outtype] = target
-        for outtype in quantized:
-            target = out_dir / f"{stem}-{outtype}.gguf"
-            _report(progress, ConvertProgress(outtype, "quantize", 0, 1, 0, _source_bytes(plans["f16"])))
-            with _atomic_output(target) as partial:
-                quantize_with_llama_cpp(finished["f16"], partial, outtype)
-            finished[outtype] = target
-            _report(progress, ConvertProgress(outtype, "quantize", 1, 1, *(2 * [_source_bytes(plans["f16"])])))
+        # Leaving this block waits for the quantizing thread, so that nothing below removes a file it still writes.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantize") as pool:
+            quantizing: Future[None] | None = None
+            for outtype in to_write:
+                is_output = outtype in direct
+                target = out_dir / f"{stem}-{outtype}.gguf" if is_output else Path(scratch.name) / "f16.gguf"
+                with _atomic_output(target) as partial:
+                    digest = write_gguf(partial, spec, vocab, outtype, plans[outtype],
+                                        _tensor_progress(progress, outtype), output=is_output)
+                if digest is not None:
+                    digests[outtype] = digest
+                finished[outtype] = target
+                if outtype == "f16" and quantized:
+                    for quantized_type in quantized:
+                        _report(progress, ConvertProgress(quantized_type, "quantize", 0, 1, 0,
+                                                          _source_bytes(plans["f16"])))
+                    quantizing = pool.submit(_quantize_all, target, out_dir, stem, quantized, finished)
+            if quantizing is not None:
+                quantizing.result()
+                for outtype in quantized:
+                    _report(progress, ConvertProgress(outtype, "quantize", 1, 1, *(2 * [_source_bytes(plans["f16"])])))
     except BaseException:
         for path in finished.values():
             path.unlink(missing_ok=True)
@@ -154,6 +165,15 @@ def convert(
         scratch.cleanup()
     return [ConvertedFile(finished[t], t, finished[t].stat().st_size, digests.get(t) or sha256_of(finished[t]))
             for t in wanted]
+
+
+def _quantize_all(source_f16: Path, out_dir: Path, stem: str, outtypes: list[str], finished: dict[str, Path]) -> None:
+    """The k-quant outputs from the f16 GGUF, one after another (llama.cpp's quantizer uses every core)."""
+    for outtype in outtypes:
+        target = out_dir / f"{stem}-{outtype}.gguf"
+        with _atomic_output(target) as partial:
+            quantize_with_llama_cpp(source_f16, partial, outtype)
+        finished[outtype] = target
 
 
 def _source_bytes(plans: list[TensorPlan]) -> int:

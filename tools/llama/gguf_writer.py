@@ -78,10 +78,13 @@ def write_gguf(
     outtype: str,
     plans: list[TensorPlan],
     progress: TensorProgress | None = None,
-) -> str:
+    *,
+    output: bool = True,
+) -> str | None:
     """Write the GGUF to `path` (the caller handles atomic renaming); returns the file's sha256, hashed as the data
     is written (hashlib releases the GIL, so this overlaps the encoding threads) instead of reading the file back.
-    Memory: a few chunks (parallel_encode)."""
+    An output is hashed and synced to disk before it is renamed into place; a scratch file (`output=False`: the f16
+    GGUF k-quants are made from) is neither, and None is returned. Memory: a few chunks (parallel_encode)."""
     writer = GGUFWriter(path=None, arch=spec.arch_name)
     add_model_metadata(writer, spec, vocab, outtype)
     for plan in plans:
@@ -95,13 +98,15 @@ def write_gguf(
         out = writer.fout[0]
         alignment = writer.data_alignment
         out.flush()
-        digest = hashlib.sha256()
-        with open(path, "rb") as header:  # header, metadata and tensor infos, as GGUFWriter wrote them
-            digest.update(header.read(out.tell()))
+        digest = hashlib.sha256() if output else None
+        if digest is not None:
+            with open(path, "rb") as header:  # header, metadata and tensor infos, as GGUFWriter wrote them
+                digest.update(header.read(out.tell()))
 
         def write(data: bytes | memoryview) -> None:
             out.write(data)
-            digest.update(data)
+            if digest is not None:
+                digest.update(data)
 
         done_bytes, current, written = 0, -1, 0
 
@@ -127,7 +132,8 @@ def write_gguf(
             finish(current)
         write(b"\0" * (-out.tell() % alignment))
         out.flush()
-        os.fsync(out.fileno())
+        if output:
+            os.fsync(out.fileno())
     finally:
         writer.close()
-    return digest.hexdigest()
+    return digest.hexdigest() if digest is not None else None
