@@ -1,5 +1,7 @@
 """The object store: stage inputs and outputs under ``s3://bucket/prefix`` or a local folder."""
 
+from typing import TYPE_CHECKING, Any
+
 from kubetune.store.base import Download, ObjectInfo, Store, Upload
 from kubetune.store.errors import (
     BucketNotFoundError,
@@ -29,7 +31,19 @@ from kubetune.store.manifest import (
     publish,
     read_manifest,
 )
-from kubetune.store.s3 import S3Settings, S3Store
+
+if TYPE_CHECKING:
+    from kubetune.store.s3 import S3Settings, S3Store
+
+
+def __getattr__(name: str) -> Any:
+    # The S3 backend is imported on first use: boto3 takes a tenth of a second, which every stage job would pay.
+    if name in ("S3Settings", "S3Store"):
+        from kubetune.store import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LINEAGE_NAME",

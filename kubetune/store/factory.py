@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from kubetune.store.base import Store
 from kubetune.store.errors import StoreConfigError
 from kubetune.store.local import LocalStore
-from kubetune.store.s3 import S3Settings, S3Store
+
+if TYPE_CHECKING:
+    from kubetune.store.s3 import S3Settings
 
 _SUPPORTED = "use s3://bucket/prefix, file:///absolute/dir or a local path"
 
@@ -38,6 +41,8 @@ def open_store(
     if parts.scheme == "s3":
         if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
             raise StoreConfigError(f"store URI {uri!r} needs a bucket name: s3://bucket/prefix")
+        from kubetune.store.s3 import S3Store  # boto3 takes a tenth of a second to import: only for an S3 store
+
         try:
             return S3Store(
                 parts.netloc,
