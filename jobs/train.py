@@ -283,6 +283,7 @@ def train(
         recompute_share=training.recompute_layers, attn_implementation=attention,
         compile_layers=training.compile and device.type == "cuda", fp8=training.fp8,
         four_bit_layers=device.type == "cuda",
+        activation_offload=training.activation_offload and device.type == "cuda",
     )
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)

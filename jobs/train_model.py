@@ -31,6 +31,7 @@ from kubetune.jobs.train_attention import training_attention
 from kubetune.jobs.train_compile import compile_decoder_layers
 from kubetune.jobs.train_data import template_variables
 from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
+from kubetune.jobs.train_offload import enable_activation_offload
 
 Method = Literal["qlora", "lora"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -118,6 +119,7 @@ class LoadedModel:
     new_token_ids: list[int]
     compiled: bool = False  # decoder layers run through torch.compile
     fp8_layers: int = 0  # 4-bit base layers whose training matmuls run in FP8
+    offloaded_layers: int = 0  # decoder layers whose checkpointed inputs wait in CPU memory (activation offload)
 
 
 def load_base_model(
@@ -262,6 +264,7 @@ def build_model(
     compile_layers: bool = False,
     fp8: bool = False,
     four_bit_layers: bool = True,
+    activation_offload: bool = False,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
     CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
@@ -269,7 +272,10 @@ def build_model(
     `compile_layers` fuses each decoder layer's element-wise work with torch.compile (the train stage asks for it on
     CUDA). `fp8` runs the 4-bit base weights' training matmuls in FP8 (qlora on a GPU with FP8 tensor cores;
     anywhere else it is an error). `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in
-    fp32 (the train stage's choice on CPUs)."""
+    fp32 (the train stage's choice on CPUs). `activation_offload` recomputes every layer and keeps each layer's
+    checkpointed input in CPU memory until backward (`train_offload`): the least GPU memory, same gradients."""
+    if activation_offload and not gradient_checkpointing:
+        raise ModelSetupError("training.activationOffload needs training.gradientCheckpointing")
     attention = attn_implementation or training_attention(device)
     base, autocast_dtype = load_base_model(model_dir, method, quantization, device, attention, four_bit_layers)
     new_token_ids = add_token_rows(base, vocab_size)
@@ -279,9 +285,10 @@ def build_model(
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads, so the frozen embeddings stay out of autograd.
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        keep_activations(base, recompute_share)
+        keep_activations(base, 1.0 if activation_offload else recompute_share)
     model = get_peft_model(base, lora_config(base, lora, new_token_ids))
     assert isinstance(model, PeftModel)
+    offloaded = enable_activation_offload(base, device) if activation_offload else 0
     fp8_layers = 0
     if fp8:
         reason = ("FP8 matmuls are for the 4-bit base of method qlora" if method != "qlora"
@@ -290,4 +297,4 @@ def build_model(
             raise ModelSetupError(f"training.fp8: {reason}")
         fp8_layers = enable_fp8_base_matmuls(model)
     compiled = compile_layers and compile_decoder_layers(model)
-    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers)
+    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers, offloaded_layers=offloaded)

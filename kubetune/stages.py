@@ -62,7 +62,7 @@ class StageRef:
 
 
 # Training fields that change how fast or where training runs, not what it learns: not part of the train key.
-HOW_TO_TRAIN = frozenset({"device", "recomputeLayers", "compile"})
+HOW_TO_TRAIN = frozenset({"device", "recomputeLayers", "activationOffload", "compile"})
 
 
 def stage_inputs(spec: FineTuneRunSpec, stage: str, sources: Sources) -> dict[str, Any]:

@@ -256,6 +256,12 @@ class TrainingSpec(ApiModel):
             ".fp8",
         ),
         CelRule(
+            "!has(self.activationOffload) || !self.activationOffload || !has(self.gradientCheckpointing)"
+            " || self.gradientCheckpointing",
+            "activationOffload needs gradientCheckpointing",
+            ".activationOffload",
+        ),
+        CelRule(
             "!has(self.maxSteps) || !has(self.extraEpochs) || self.extraEpochs == 0.0",
             "extraEpochs continues an epoch-based run; it cannot be combined with maxSteps",
             ".extraEpochs",
@@ -290,6 +296,14 @@ class TrainingSpec(ApiModel):
     recompute_layers: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """With gradientCheckpointing, the share of decoder layers that recompute (spread evenly): 1 uses the least
     memory; less is faster and keeps the other layers' activations in GPU memory."""
+    activation_offload: bool = False
+    """Memory-lean training on CUDA: every decoder layer recomputes in backward (recomputeLayers is then 1) and
+    each layer's checkpointed input waits in pinned CPU memory between forward and backward, copied out and back on
+    a side stream that overlaps the compute (the next layer's input is fetched while the current one recomputes).
+    GPU memory then holds the weights, the LoRA and optimizer state, one layer's activations and one loss chunk,
+    whatever the depth; training is somewhat slower and the gradients are exactly those without offload. Needs
+    gradientCheckpointing; host memory grows by layers x tokens x hidden size x 2 bytes per micro-batch. Ignored
+    on CPUs (nothing to save there)."""
     compile: bool = True
     """On CUDA, compile the decoder layers with torch.compile (fused element-wise kernels; the first step compiles)."""
     fp8: bool = False
