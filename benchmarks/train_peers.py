@@ -16,11 +16,14 @@ this reuses). Each path runs in its own process (Unsloth patches transformers on
 - `unsloth` / `unsloth-d0`: `FastLanguageModel.from_pretrained(load_in_4bit=True)` + `get_peft_model(...,
   use_gradient_checkpointing="unsloth")` + its patched `SFTTrainer` with `packing=True` (Unsloth's sample-isolated
   packing), LoRA dropout 0.05 (the same LoRA as everyone) and 0 (Unsloth's fastest kernels);
-- `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls.
+- `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls;
+- `kubetune-lean` / `kubetune-fp8-lean`: the same with `training.activationOffload` (every layer recomputed, layer
+  inputs in pinned CPU memory) and the step in `LEAN`'s micro-batches, to run at or under the peers' GPU memory.
 
-Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth offloads
-checkpointed activations to CPU memory, which this does not count — nor would a GPU budget), held-out loss; then
-ours against stock and against the faster peer, with the memory ratio.
+Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth and our
+lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
+held-out loss; then each of ours against stock and against the fastest peer, with the memory ratio, and against each
+peer the fastest of ours whose peak is at most that peer's (issue #22's comparison).
 
 Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
 liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,
@@ -42,16 +45,25 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PATHS = ("stock", "trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed", "kubetune", "kubetune-fp8")
+
+PATHS = ("stock", "trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed", "kubetune", "kubetune-fp8",
+         "kubetune-lean", "kubetune-fp8-lean")
+OURS = ("kubetune", "kubetune-fp8", "kubetune-lean", "kubetune-fp8-lean")
 PEERS = ("trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed")
 PAD_ID = 0  # the synthetic language never uses it (train_throughput.BIGRAM_VOCAB)
+# Our lean paths: activation offload with a step in this many micro-batches, loss chunks of this many logits (the
+# least memory at which they still run fast; `benchmarks/train_offload_check.py` measures the choices). Plain ints:
+# this module must not import torch or transformers before a worker imports Unsloth.
+LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**26),
+        ("llama3.1-8b", "chat"): (3, 2**24), ("llama3.1-8b", "long"): (2, 2**26)}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # ---------------------------------------------------------------- one path, in its own process
 
 
-def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: int | None, out: Path) -> None:
+def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: int | None, out: Path,
+               lean_micro_batches: int | None) -> None:
     if path.startswith("unsloth"):
         import unsloth  # noqa: F401 - before transformers, as Unsloth requires
     sys.path.insert(0, str(HERE))
@@ -66,11 +78,18 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
     if path == "stock":
         result = tt.run_baseline(folder, workload, train, held_out, flops, folder.parent)
     elif path.startswith("kubetune"):
-        fp8 = path == "kubetune-fp8"
-        recompute = (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
+        fp8 = path.startswith("kubetune-fp8")
+        lean = None
+        if path.endswith("-lean"):
+            micro_batches, chunk_logits = LEAN[shape, workload_name]
+            lean = tt.Lean(lean_micro_batches or micro_batches, chunk_logits)
+        recompute = 1.0 if lean else (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
         result, details = tt.run_ours(folder, config, workload, train, held_out, flops, recompute, fp8=fp8,
-                                      check_packing=False)
-        extras = {"recompute": recompute, "attention": details["attention"]}
+                                      check_packing=False, lean=lean)
+        extras = {"recompute": recompute, "attention": details["attention"],
+                  "offloaded_layers": details["offloaded_layers"]}
+        if lean:
+            extras.update(micro_batches=lean.micro_batches, chunk_logits=lean.chunk_logits)
     else:
         result, extras = run_peer(path, tt, folder, workload, train, held_out, flops)
     out.write_text(json.dumps({"result": asdict(result), "extras": extras}), encoding="utf-8")
@@ -179,6 +198,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["chat", "long"])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers: a quick check of the paths")
+    parser.add_argument("--lean-micro-batches", type=int, default=None,
+                        help="micro-batches per step of the lean paths (default: LEAN's per shape and workload)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
@@ -186,7 +207,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out)
+        run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out,
+                   args.lean_micro_batches)
         return
     sys.path.insert(0, str(HERE))
     import torch
@@ -206,6 +228,8 @@ def main() -> None:
                 command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--workloads", name,
                            "--folder", str(folder), "--out", str(out)] + (["--layers", str(args.layers)]
                                                                           if args.layers else [])
+                if args.lean_micro_batches:
+                    command += ["--lean-micro-batches", str(args.lean_micro_batches)]
                 started = time.monotonic()
                 done = subprocess.run(command, check=False)
                 if done.returncode != 0 or not out.is_file():
@@ -228,13 +252,22 @@ def summarise(entry: dict[str, Any]) -> None:
     peers = [results[p] for p in PEERS if p in results]
     fastest = max(peers, key=lambda r: r["tokens_per_second"]) if peers else None
     comparisons = {}
-    for ours in ("kubetune", "kubetune-fp8"):
+    for ours in OURS:
         if ours not in results:
             continue
         if "stock" in results:
             comparisons[f"{ours} vs stock"] = ratios(results[ours], results["stock"])
         if fastest:
             comparisons[f"{ours} vs {fastest['path']}"] = ratios(results[ours], fastest)
+    # The goal's comparison: against each peer, our fastest path that needs no more GPU memory than it.
+    for peer in peers:
+        within = [results[p] for p in OURS if p in results and results[p]["peak_gib"] <= peer["peak_gib"]]
+        if within:
+            best = max(within, key=lambda r: r["tokens_per_second"])
+            comparisons[f"fastest ours at <= {peer['path']} memory ({best['path']}) vs {peer['path']}"] = ratios(
+                best, peer)
+        else:
+            comparisons[f"none of ours at <= {peer['path']} memory"] = {}
     entry["comparisons"] = comparisons
 
 
@@ -252,7 +285,7 @@ def print_table(report: list[dict[str, Any]], device: str) -> None:
                   + ("" if math.isfinite(r["held_out_loss"]) else "  (no loss)"))
         for what, c in entry["comparisons"].items():
             print(f"    {what}: {c['speed']:.2f}x speed, {c['memory']:.2f}x memory, "
-                  f"held-out loss gap {100 * c['loss_gap']:.2f}%")
+                  f"held-out loss gap {100 * c['loss_gap']:.2f}%" if c else f"    {what}")
 
 
 if __name__ == "__main__":

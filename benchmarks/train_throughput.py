@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from train_gpu_smoke import QWEN25_15B, Lora  # also makes kubetune.jobs importa
 from kubetune.jobs.train_attention import VARLEN_ATTENTION
 from kubetune.jobs.train_data import IGNORE_INDEX, Batcher, PackedBatcher, Sample, make_batcher
 from kubetune.jobs.train_loop import LoopSettings, TrainerState, TrainLoop, make_optimizer
-from kubetune.jobs.train_loss import causal_lm_loss_sum
+from kubetune.jobs.train_loss import CHUNK_LOGITS, causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import DefaultQuantization, build_model
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -111,6 +112,15 @@ WORKLOADS = {
     "chat": Workload("chat", 300, 0.6, 1024, baseline_batch=8, steps=14, warmup_steps=2),
     "long": Workload("long", 1500, 0.5, 4096, baseline_batch=2, steps=6, warmup_steps=1, micro_batches=2),
 }
+
+
+@dataclass(frozen=True)
+class Lean:
+    """Our memory-lean mode's settings: activation offload, and a step in `micro_batches` micro-batches (activation
+    memory follows a micro-batch's tokens) with loss chunks of `chunk_logits` logits."""
+
+    micro_batches: int
+    chunk_logits: int = CHUNK_LOGITS
 
 
 @dataclass
@@ -319,11 +329,13 @@ class TrainerTiming:
 
 
 def load_ours(folder: Path, config: PretrainedConfig, recompute: float, attention: str | None,
-              device: torch.device | None = None, compile_layers: bool = True, fp8: bool = False) -> Any:
+              device: torch.device | None = None, compile_layers: bool = True, fp8: bool = False,
+              offload: bool = False) -> Any:
     return build_model(
         folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
-        device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0, recompute_share=recompute,
-        attn_implementation=attention, compile_layers=compile_layers, fp8=fp8,
+        device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0 or offload,
+        recompute_share=recompute, attn_implementation=attention, compile_layers=compile_layers, fp8=fp8,
+        activation_offload=offload,
     )
 
 
@@ -378,27 +390,31 @@ def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> di
 def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
              held_out: list[Sample], flops: float, recompute: float, attention: str | None = None,
              *, compile_layers: bool = True, check_packing: bool = True, profile: bool = False,
-             quality: bool = True, fp8: bool = False) -> tuple[Result, dict[str, Any]]:
-    loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers, fp8=fp8)
+             quality: bool = True, fp8: bool = False, lean: Lean | None = None) -> tuple[Result, dict[str, Any]]:
+    """Our path; with `lean`, the memory-lean mode (activation offload, every layer recomputed) in `lean`'s
+    micro-batches per step and loss chunks."""
+    loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers, fp8=fp8,
+                       offload=lean is not None)
     extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled,
-                              "fp8_layers": loaded.fp8_layers}
+                              "fp8_layers": loaded.fp8_layers, "offloaded_layers": loaded.offloaded_layers}
+    micro_batches = lean.micro_batches if lean else workload.micro_batches
     if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
         extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
         extras["initial_loss"] = held_out_loss(loaded.model, held_out)
     mean_length = sum(len(s.input_ids) for s in train) / len(train)
-    rows = workload.micro_batches * max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length
-                                                 / workload.micro_batches))
+    rows = micro_batches * max(1, round(SAMPLES_PER_STEP * mean_length / workload.max_length / micro_batches))
     extras["flat_rows"] = extras["attention"] == VARLEN_ATTENTION  # as the train stage packs for varlen attention
-    batcher = make_batcher(packing=True, batch_size=rows // workload.micro_batches, max_seq_length=workload.max_length,
+    batcher = make_batcher(packing=True, batch_size=rows // micro_batches, max_seq_length=workload.max_length,
                            pad_token_id=0, flat=extras["flat_rows"])
     batches = len(batcher.epoch_batches(train, 0, SEED))
-    steps = math.ceil(batches / workload.micro_batches)
+    steps = math.ceil(batches / micro_batches)
     settings = LoopSettings(learning_rate=LEARNING_RATE, lr_scheduler="linear", warmup_ratio=WARMUP_RATIO,
-                            gradient_accumulation=workload.micro_batches, seed=SEED, logging_steps=1,
+                            gradient_accumulation=micro_batches, seed=SEED, logging_steps=1,
                             checkpoint_every=10**9)
     optimizer, scheduler = make_optimizer(loaded.model, settings, steps)
+    loss_function = partial(chunked_causal_lm_loss_sum, chunk_logits=lean.chunk_logits if lean else CHUNK_LOGITS)
     loop = TrainLoop(loaded.model, optimizer, scheduler, train, batcher, settings, loaded.device,
-                     autocast_dtype=loaded.autocast_dtype)
+                     autocast_dtype=loaded.autocast_dtype, loss_function=loss_function)
     state = TrainerState(total_steps=steps, batches_per_epoch=batches)
     release_memory()
     torch.cuda.reset_peak_memory_stats()
@@ -419,7 +435,8 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
     del loop, optimizer, scheduler, loaded
     release_memory()
     rate = tokens / seconds
-    return Result("kubetune-fp8" if fp8 else "kubetune", rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss,
+    path = "kubetune-fp8" if fp8 else "kubetune"
+    return Result(path + ("-lean" if lean else ""), rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss,
                   tokens, seconds, state.step), extras
 
 

@@ -78,12 +78,13 @@ def plain_head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Ten
     return base.get_decoder(), head.weight
 
 
-def chunk_rows(vocab_size: int) -> int:
-    return max(1, CHUNK_LOGITS // vocab_size)
+def chunk_rows(vocab_size: int, chunk_logits: int = CHUNK_LOGITS) -> int:
+    return max(1, chunk_logits // vocab_size)
 
 
-def chunked_causal_lm_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """The same sum as `causal_lm_loss_sum`, computed without a batch × vocab logits tensor."""
+def chunked_causal_lm_loss_sum(model: torch.nn.Module, batch: Batch, chunk_logits: int = CHUNK_LOGITS) -> torch.Tensor:
+    """The same sum as `causal_lm_loss_sum`, computed without a batch × vocab logits tensor (`chunk_logits` logits
+    at a time: smaller chunks lower the peak a little, at some speed)."""
     parts = plain_head_parts(model)
     if parts is None:
         return causal_lm_loss_sum(model, batch)
@@ -91,6 +92,6 @@ def chunked_causal_lm_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Te
     hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state[:, :-1]
     targets = batch.labels[:, 1:]
     labelled = targets != IGNORE_INDEX
-    loss = ChunkedHeadCrossEntropy.apply(hidden[labelled], head, targets[labelled], chunk_rows(head.shape[0]))
+    loss = ChunkedHeadCrossEntropy.apply(hidden[labelled], head, targets[labelled], chunk_rows(head.shape[0], chunk_logits))
     assert isinstance(loss, torch.Tensor)
     return loss

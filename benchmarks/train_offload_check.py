@@ -1,0 +1,133 @@
+"""Activation offload on a GPU: the same loss and gradients as plain checkpointing, and how much GPU memory it saves.
+
+    python benchmarks/train_offload_check.py --shape qwen2.5-1.5b [--layers 2] [--json offload.json]
+
+Builds our QLoRA model (`train_throughput.load_ours`: 4-bit base, LoRA r=16 with dropout, compiled layers, varlen
+attention, every layer recomputed) on the random model of `train_throughput.py`, takes one optimizer step's packed
+rows of the chat workload and runs forward + backward over them:
+
+1. plain checkpointing twice (the second run gives the run-to-run noise of the GPU kernels), then with offload;
+   prints the loss and the largest relative LoRA-gradient difference of each against the first run;
+2. the peak GPU memory (torch allocator) of the step without and with offload, and with offload in 2 and 4
+   micro-batches and smaller loss chunks (the lean settings `train_peers.py` chooses from), with the step's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_throughput as tt
+
+from kubetune.jobs.train_data import Batch, make_batcher
+from kubetune.jobs.train_loss import CHUNK_LOGITS, chunked_causal_lm_loss_sum
+from kubetune.jobs.train_offload import enable_activation_offload
+
+
+def step_batches(workload: tt.Workload, micro_batches: int, flat: bool) -> list[Batch]:
+    """One optimizer step's packed rows (the first of the epoch), in `micro_batches` micro-batches."""
+    train = tt.synthetic_samples(workload, workload.steps * tt.SAMPLES_PER_STEP, seed=tt.SEED)
+    mean_length = sum(len(s.input_ids) for s in train) / len(train)
+    rows = max(1, round(tt.SAMPLES_PER_STEP * mean_length / workload.max_length / micro_batches))
+    batcher = make_batcher(packing=True, batch_size=rows, max_seq_length=workload.max_length, pad_token_id=0,
+                           flat=flat)
+    plan = batcher.epoch_batches(train, 0, tt.SEED)[:micro_batches]
+    return [batcher.collate([[train[i] for i in row] for row in rows_of_batch]) for rows_of_batch in plan]
+
+
+def run_step(model: torch.nn.Module, batches: list[Batch], chunk_logits: int) -> dict[str, Any]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)  # the same LoRA dropout masks every run
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    loss = torch.zeros((), device="cuda")
+    for batch in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            part = chunked_causal_lm_loss_sum(model, batch.to(torch.device("cuda")), chunk_logits=chunk_logits)
+        part.backward()
+        loss += part.detach()
+    torch.cuda.synchronize()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"loss": float(loss), "grads": grads, "seconds": time.perf_counter() - started,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def max_relative_difference(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
+    return max(float((grads[n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in reference.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen2.5-1.5b", choices=sorted(tt.SHAPES))
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--workload", default="chat", choices=sorted(tt.WORKLOADS))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    config = tt.shape_config(args.shape, args.layers)
+    workload = tt.WORKLOADS[args.workload]
+    folder = tt.random_model_folder(args.shape, config, (args.workdir or tt.default_workdir())
+                                    / f"{args.shape}-{config.num_hidden_layers}-layers")
+    loaded = tt.load_ours(folder, config, 1.0, None)
+    model, base = loaded.model, loaded.model.get_base_model()
+    model.train()  # checkpointing (and so offload) runs in training mode only
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():  # LoRA B starts at zero: give every LoRA tensor a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    layers = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
+    plain_functions = [layer._gradient_checkpointing_func for layer in layers]
+
+    def use_offload(on: bool) -> None:
+        if on:
+            enable_activation_offload(base, loaded.device)
+        else:
+            for layer, function in zip(layers, plain_functions, strict=True):
+                layer._gradient_checkpointing_func = function
+
+    flat = loaded.model.config._attn_implementation == tt.VARLEN_ATTENTION
+    one = step_batches(workload, 1, flat)
+    report: dict[str, Any] = {"shape": args.shape, "layers": config.num_hidden_layers, "workload": workload.name,
+                              "device": torch.cuda.get_device_name(), "tokens": sum(b.real_tokens for b in one)}
+    run_step(model, one, CHUNK_LOGITS)  # compiles
+    use_offload(True)
+    run_step(model, one, CHUNK_LOGITS)  # warm
+    use_offload(False)
+    reference = run_step(model, one, CHUNK_LOGITS)
+    runs: dict[str, tuple[bool, int, int]] = {
+        "plain again": (False, 1, CHUNK_LOGITS), "offload": (True, 1, CHUNK_LOGITS),
+        "offload, 1/4 chunks": (True, 1, CHUNK_LOGITS // 4), "offload, 2 micro-batches": (True, 2, CHUNK_LOGITS),
+        "offload, 2 micro-batches, 1/4 chunks": (True, 2, CHUNK_LOGITS // 4),
+        "offload, 4 micro-batches, 1/4 chunks": (True, 4, CHUNK_LOGITS // 4),
+    }
+    rows: dict[str, Any] = {"plain": {"loss": reference["loss"], "peak_gib": reference["peak_gib"],
+                                      "seconds": reference["seconds"]}}
+    for label, (offload, micro_batches, chunk_logits) in runs.items():
+        use_offload(offload)
+        result = run_step(model, one if micro_batches == 1 else step_batches(workload, micro_batches, flat),
+                          chunk_logits)
+        rows[label] = {"loss": result["loss"], "peak_gib": result["peak_gib"], "seconds": result["seconds"]}
+        if micro_batches == 1:  # the same rows as the reference: the gradients must match
+            rows[label]["max_grad_rel_diff"] = max_relative_difference(result["grads"], reference["grads"])
+    report["runs"] = rows
+    show: Callable[[str, dict[str, Any]], str] = lambda label, r: (
+        f"{label:40s} loss {r['loss']:.6f}  peak {r['peak_gib']:6.2f} GiB  {r['seconds']:6.3f}s"
+        + (f"  grad rel diff {r['max_grad_rel_diff']:.2e}" if "max_grad_rel_diff" in r else ""))
+    print(f"\n{report['device']}: {args.shape}, {config.num_hidden_layers} layers, {report['tokens']} tokens a step")
+    for label, row in rows.items():
+        print(show(label, row))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
