@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
 from kubetune.chat_templates import ChatTemplateError, ResolvedTemplate, resolve_template
@@ -49,7 +49,6 @@ from kubetune.jobs.tracking import track_training
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, training_attention
 from kubetune.jobs.train_data import (
     DataError,
-    attention_pair_cost,
     default_chat_template,
     load_conversations,
     make_batcher,
@@ -235,22 +234,6 @@ def restore_checkpoint(checkpoints: CheckpointStore, workdir: Path, ranks: Ranks
     return restored
 
 
-def join_pair_cost(model_dir: Path, device: torch.device) -> float | None:
-    """On a CPU, unpacked micro-batches become one unpadded row where that is cheaper: the matmuls are nearly all of
-    a CPU step, and padding was 15% of them on the main job's data. GPUs keep padded rows (None), as does a model
-    whose config does not give the sizes."""
-    if device.type != "cpu":
-        return None
-    config = AutoConfig.from_pretrained(str(model_dir))
-    hidden, heads, intermediate = (getattr(config, name, None)
-                                   for name in ("hidden_size", "num_attention_heads", "intermediate_size"))
-    if not (isinstance(hidden, int) and isinstance(heads, int) and isinstance(intermediate, int)):
-        return None
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    return attention_pair_cost(hidden, kv_heads * head_dim, intermediate)
-
-
 def train(
     inputs: TrainInputs,
     checkpoints: CheckpointStore,
@@ -270,7 +253,7 @@ def train(
     attention = training_attention(device)  # one choice for the model and for how its batches are packed
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),
-                           flat=attention == VARLEN_ATTENTION, join_pair_cost=join_pair_cost(inputs.model_dir, device))
+                           flat=attention == VARLEN_ATTENTION, join=device.type == "cpu")
     batches_per_epoch = len(batcher.epoch_batches(samples, 0, training.seed))
     eval_set = None if inputs.eval_data_path is None else load_eval_set(
         inputs.eval_data_path, tokenizer, batcher, max_seq_length=inputs.max_seq_length, seed=training.seed)
@@ -281,10 +264,12 @@ def train(
         inputs.model_dir, len(tokenizer), method=training.method, quantization=training.quantization,
         lora=training.lora, device=device, gradient_checkpointing=training.gradient_checkpointing,
         recompute_share=training.recompute_layers, attn_implementation=attention,
-        compile_layers=training.compile and device.type == "cuda", fp8=training.fp8,
+        compile_layers=training.compile and device.type == "cuda", fp8=training.fp8, int8=training.int8,
         four_bit_layers=device.type == "cuda",
         activation_offload=training.activation_offload and device.type == "cuda",
     )
+    if training.int8:
+        log.info("int8 base matmuls: %d layers%s", loaded.int8_layers, "" if device.type == "cpu" else " (CPU only)")
     settings = loop_settings(training)
     state = TrainerState(total_steps=total_steps, batches_per_epoch=batches_per_epoch)
     restored = restore_checkpoint(checkpoints, inputs.workdir / "resume", ranks)

@@ -8,14 +8,17 @@ turns that into a dense block-diagonal mask, which sends SDPA to its memory-effi
 (query, key) block of the row, the blocks across samples included. The varlen kernel gets the sample boundaries
 instead (cumulative lengths), so each sample attends only to itself and the work is Σ n²/2 rather than rows × width².
 
-Anything else keeps transformers' SDPA semantics: a padding mask, KV-cache decoding and chunked prefill go to its SDPA
-path unchanged; where the varlen kernel cannot run (CPU, fp32, dropout, odd head sizes) the block-diagonal mask is
-built here from the same boundaries, so a packed row never leaks across samples whatever runs it.
+On CPUs (no varlen kernel) a packed row is attended sample by sample with SDPA's causal kernel. Anything else keeps
+transformers' SDPA semantics: a padding mask, KV-cache decoding and chunked prefill go to its SDPA path unchanged;
+where the varlen kernel cannot run (fp32, dropout, odd head sizes, a sliding-window layer: the kernel takes no
+window) the block-diagonal mask is built here from the same boundaries, with the layer's window, so a packed row
+never leaks across samples whatever runs it.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -105,11 +108,10 @@ class _BoundaryCache:
 _BOUNDARIES = _BoundaryCache()
 
 
-def _block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+def _block_causal_mask(position_ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
     ids = sample_ids(position_ids)
-    width = position_ids.shape[-1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
-    return ((ids[:, :, None] == ids[:, None, :]) & causal)[:, None]
+    causal = _sliding_causal_mask(position_ids.shape[-1], window, position_ids.device)[0]
+    return (ids[:, :, None] == ids[:, None, :])[:, None] & causal
 
 
 def _can_run_varlen(query: torch.Tensor, dropout: float) -> bool:
@@ -140,13 +142,17 @@ def varlen_attention_forward(
     for unused in ("cu_seq_lens_k", "max_length_k"):  # self-attention: the same as the query's
         kwargs.pop(unused, None)
     batch, heads, length, head_dim = query.shape
-    if attention_mask is not None or position_ids is None or key.shape[2] != length or kwargs.get("sliding_window"):
+    if attention_mask is not None or position_ids is None or key.shape[2] != length:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     position_ids = position_ids.expand(batch, -1)
-    if not _can_run_varlen(query, dropout):
-        return sdpa_attention_forward(module, query, key, value, _block_causal_mask(position_ids), dropout=dropout,
-                                      scaling=scaling, **kwargs)
+    window: int | None = kwargs.pop("sliding_window", None)
+    # Compiled layers (CUDA's path; a CPU compiles only in tests) keep one graph through the mask path below.
+    if query.device.type == "cpu" and not torch.compiler.is_compiling():
+        return _per_sample_attention(module, query, key, value, position_ids, window, dropout, scaling, **kwargs)
+    if window or not _can_run_varlen(query, dropout):
+        return sdpa_attention_forward(module, query, key, value, _block_causal_mask(position_ids, window),
+                                      dropout=dropout, scaling=scaling, **kwargs)
     assert _VARLEN_KERNEL is not None
     if offsets is not None and longest_sample is not None:
         boundaries, longest = offsets, longest_sample
@@ -160,6 +166,34 @@ def varlen_attention_forward(
         boundaries, longest, scaling,
     )
     return output.view(batch, length, heads, head_dim), None
+
+
+def _per_sample_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          position_ids: torch.Tensor, window: int | None, dropout: float, scaling: float | None,
+                          **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Packed rows attended sample by sample with SDPA's causal kernel (CPUs): Σ n² work and no rows × width² mask
+    to build and read in every layer, forward and backward; a sliding window applies within each sample."""
+    starts = sample_starts(position_ids)
+    rows = []
+    for row in range(query.shape[0]):
+        bounds = [*torch.nonzero(starts[row]).flatten().tolist(), query.shape[2]]
+        pieces = []
+        for start, end in itertools.pairwise(bounds):
+            mask = _sliding_causal_mask(end - start, window, query.device) if window and end - start > window else None
+            pieces.append(sdpa_attention_forward(
+                module, query[row : row + 1, :, start:end], key[row : row + 1, :, start:end],
+                value[row : row + 1, :, start:end], mask, dropout=dropout, scaling=scaling, is_causal=True, **kwargs,
+            )[0])
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.cat(rows, dim=0), None
+
+
+def _sliding_causal_mask(length: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """Query i sees keys j ≤ i, and with a window only i - window < j (transformers' sliding-window convention)."""
+    offsets = torch.arange(length, device=device)
+    distance = offsets[:, None] - offsets[None, :]
+    visible = distance >= 0
+    return (visible if window is None else visible & (distance < window))[None, None]
 
 
 def varlen_mask(*, attention_mask: torch.Tensor | None = None, q_length: int, kv_length: int, q_offset: int = 0,
@@ -177,5 +211,6 @@ AttentionMaskInterface.register(VARLEN_ATTENTION, varlen_mask)
 
 
 def training_attention(device: torch.device) -> str:
-    """The attention implementation to train with: the varlen kernel where it runs, transformers' SDPA elsewhere."""
-    return VARLEN_ATTENTION if varlen_available(device) else "sdpa"
+    """The attention implementation to train with: ours (`VARLEN_ATTENTION`) on CUDA where the varlen kernel runs
+    and on CPUs (per-sample SDPA for packed rows), transformers' SDPA elsewhere."""
+    return VARLEN_ATTENTION if varlen_available(device) or device.type == "cpu" else "sdpa"

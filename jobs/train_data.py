@@ -286,46 +286,29 @@ def collate_packed(rows: Sequence[Sequence[Sample]], pad_token_id: int) -> Batch
 @dataclass(frozen=True)
 class JoinedBatcher:
     """The padded plan (the same `batch_size` samples in every micro-batch, so the same optimizer steps), each
-    micro-batch collated as one packed row where that costs less: no padding, each sample attending only to itself.
-    Joining trades the padded tokens' linear-layer work for attention over the longer row; `pair_cost` is one
-    attended (query, key) pair's cost relative to one token through the linear layers (`attention_pair_cost`)."""
+    micro-batch collated as one packed row: no padding, each sample attending only to itself (per-sample attention,
+    so the joined row costs no more attention than the padded rows did)."""
 
     batch_size: int
     pad_token_id: int
-    pair_cost: float
 
     def epoch_batches(self, samples: Sequence[Sample], epoch: int, seed: int) -> list[MicroBatch]:
         return PaddedBatcher(self.batch_size, self.pad_token_id).epoch_batches(samples, epoch, seed)
 
-    def joins(self, lengths: Sequence[int]) -> bool:
-        rows, width, total = len(lengths), max(lengths), sum(lengths)
-        padded = rows * width + self.pair_cost * rows * width * width
-        return total + self.pair_cost * total * total < padded
-
     def collate(self, rows: Sequence[Sequence[Sample]]) -> Batch:
-        samples = [sample for row in rows for sample in row]
-        if self.joins([len(sample.input_ids) for sample in samples]):
-            return collate_packed([samples], self.pad_token_id)
-        return PaddedBatcher(self.batch_size, self.pad_token_id).collate(rows)
-
-
-def attention_pair_cost(hidden_size: int, kv_size: int, intermediate_size: int) -> float:
-    """A decoder layer's work per attended (query, key) pair (scores and weighted values: 4 × hidden flops) over its
-    work per token in the linear layers (2 flops per weight: q, o of hidden², k, v of hidden × kv, and a gated MLP)."""
-    linear = 2 * (2 * hidden_size * hidden_size + 2 * hidden_size * kv_size + 3 * hidden_size * intermediate_size)
-    return 4 * hidden_size / linear
+        return collate_packed([[sample for row in rows for sample in row]], self.pad_token_id)
 
 
 def make_batcher(*, packing: bool, batch_size: int, max_seq_length: int, pad_token_id: int,
-                 flat: bool = False, join_pair_cost: float | None = None) -> Batcher:
+                 flat: bool = False, join: bool = False) -> Batcher:
     """`flat` (for varlen attention, where joining rows costs nothing): each packed micro-batch is one row of up to
     `batch_size × max_seq_length` tokens, so samples fill it end to end instead of leaving each row's tail empty.
     Masked attention (SDPA) wants rows of `max_seq_length`: its cost grows with the square of a row's length.
-    `join_pair_cost` (unpacked plans): micro-batches are joined into one unpadded row where that costs less."""
+    `join` (unpacked plans, for per-sample attention on CPUs): each micro-batch becomes one unpadded row."""
     if packing and flat:
         return PackedBatcher(1, batch_size * max_seq_length, pad_token_id)
     if packing:
         return PackedBatcher(batch_size, max_seq_length, pad_token_id)
-    if join_pair_cost is not None:
-        return JoinedBatcher(batch_size, pad_token_id, join_pair_cost)
+    if join:
+        return JoinedBatcher(batch_size, pad_token_id)
     return PaddedBatcher(batch_size, pad_token_id)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, cumulative_lengths, sample_ids, training_attention
 from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, PaddedBatcher, Sample
@@ -34,8 +34,8 @@ def test_sample_boundaries_follow_restarting_positions(
     assert boundaries.dtype == torch.int32 and boundaries.tolist() == offsets and found_longest == longest
 
 
-def test_cpu_training_uses_sdpa() -> None:
-    assert training_attention(torch.device("cpu")) == "sdpa"
+def test_cpu_training_attends_packed_rows_sample_by_sample() -> None:
+    assert training_attention(torch.device("cpu")) == VARLEN_ATTENTION
 
 
 def samples() -> list[Sample]:
@@ -43,8 +43,14 @@ def samples() -> list[Sample]:
     return [Sample(torch.randint(0, 300, (n,), generator=generator).tolist(), [IGNORE_INDEX] * n) for n in (9, 5, 12)]
 
 
-@pytest.mark.parametrize("config", [Qwen2Config(**SHAPE), LlamaConfig(**SHAPE)], ids=["qwen2", "llama"])
-def test_packed_rows_see_only_their_own_sample_and_padded_rows_match_sdpa(config: Qwen2Config | LlamaConfig) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [Qwen2Config(**SHAPE), LlamaConfig(**SHAPE), MistralConfig(**SHAPE, sliding_window=4)],
+    ids=["qwen2", "llama", "mistral-sliding-window-4"],  # the window applies within each sample, as alone
+)
+def test_packed_rows_see_only_their_own_sample_and_padded_rows_match_sdpa(
+    config: Qwen2Config | LlamaConfig | MistralConfig,
+) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
     reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
@@ -78,3 +84,38 @@ def test_the_packed_batcher_hands_attention_the_same_sample_offsets_it_would_der
     inputs = batch.model_inputs()
     assert inputs["cu_seq_lens_q"] is inputs["cu_seq_lens_k"] is batch.sample_offsets
     assert inputs["max_length_q"] == inputs["max_length_k"] == longest
+
+
+def test_every_row_of_a_multi_row_packed_batch_is_attended_sample_by_sample() -> None:
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPE)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    reference.load_state_dict(model.state_dict())
+    first, second, third = samples()
+    batch = PackedBatcher(batch_size=2, max_seq_length=16, pad_token_id=0).collate([[first, second], [third]])
+    with torch.no_grad():
+        packed = model(**batch.model_inputs(), use_cache=False).logits
+        for row, offset, sample in ((0, 0, first), (0, 9, second), (1, 0, third)):
+            alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
+            torch.testing.assert_close(packed[row, offset : offset + len(sample.input_ids)], alone, atol=1e-4,
+                                       rtol=1e-4)
+
+
+def test_the_mask_path_of_compiled_layers_keeps_samples_apart_and_applies_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    config = MistralConfig(**SHAPE, sliding_window=4)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    reference.load_state_dict(model.state_dict())
+    batch = PackedBatcher(batch_size=1, max_seq_length=32, pad_token_id=0).collate([samples()])
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what a compiled layer takes on any device
+    with torch.no_grad():
+        packed = model(**batch.model_inputs(), use_cache=False).logits[0]
+        offset = 0
+        for sample in samples():
+            alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
+            torch.testing.assert_close(packed[offset : offset + len(sample.input_ids)], alone, atol=1e-4, rtol=1e-4)
+            offset += len(sample.input_ids)

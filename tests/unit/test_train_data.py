@@ -16,7 +16,6 @@ from kubetune.jobs.train_data import (
     PackedBatcher,
     PaddedBatcher,
     Sample,
-    attention_pair_cost,
     default_chat_template,
     load_conversations,
     make_batcher,
@@ -169,19 +168,10 @@ def test_flat_packing_fills_one_row_per_micro_batch_with_the_same_token_budget()
                       PaddedBatcher)
 
 
-SMOLLM2_PAIR_COST = attention_pair_cost(hidden_size=576, kv_size=192, intermediate_size=1536)
-
-
-def test_an_attended_pair_costs_what_four_hidden_flops_weigh_against_a_tokens_linear_work() -> None:
-    # SmolLM2-135M: 2 × (2·576² + 2·576·192 + 3·576·1536) flops per token and layer against 4·576 per pair.
-    assert SMOLLM2_PAIR_COST == pytest.approx(1 / 3072)
-
-
 def test_joined_batches_train_the_padded_plan_as_one_unpadded_row_per_micro_batch() -> None:
     samples = fake_samples([90, 131, 65, 100, 86, 120, 70, 75])
     padded = PaddedBatcher(batch_size=4, pad_token_id=0)
-    joined = make_batcher(packing=False, batch_size=4, max_seq_length=256, pad_token_id=0,
-                          join_pair_cost=SMOLLM2_PAIR_COST)
+    joined = make_batcher(packing=False, batch_size=4, max_seq_length=256, pad_token_id=0, join=True)
     assert isinstance(joined, JoinedBatcher)
     plan = joined.epoch_batches(samples, epoch=2, seed=42)
     assert plan == padded.epoch_batches(samples, epoch=2, seed=42)  # the same samples in the same steps
@@ -194,15 +184,6 @@ def test_joined_batches_train_the_padded_plan_as_one_unpadded_row_per_micro_batc
         assert batch.sample_offsets is not None and torch.diff(batch.sample_offsets).tolist() == lengths
         assert batch.input_ids[0].tolist() == [token for row in rows for token in row[0].input_ids]
         assert batch.labels[0].tolist() == [label for row in rows for label in row[0].labels]
-
-
-def test_joined_batches_stay_padded_where_the_longer_rows_attention_would_cost_more() -> None:
-    batcher = JoinedBatcher(batch_size=4, pad_token_id=0, pair_cost=SMOLLM2_PAIR_COST)
-    assert batcher.joins([131, 100, 90, 80])  # the main job's data: a quarter of the tokens would be padding
-    assert not batcher.joins([256, 256, 256, 256])  # nothing to save, four times the attention
-    rows = [[sample] for sample in fake_samples([256, 250, 256, 256])]
-    batch = batcher.collate(rows)
-    assert batch.input_ids.shape == (4, 256) and batch.attention_mask is not None
 
 
 def test_padded_batches_mask_the_padding_and_count_real_tokens() -> None:
