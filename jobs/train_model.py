@@ -29,6 +29,7 @@ from transformers.tokenization_utils_base import AddedToken
 from kubetune.chat_templates import ChatTemplateError, marker_tokens
 from kubetune.jobs.train_attention import training_attention
 from kubetune.jobs.train_compile import compile_decoder_layers
+from kubetune.jobs.train_cpu_lora import fuse_cpu_lora_layers
 from kubetune.jobs.train_data import template_variables
 from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
 from kubetune.jobs.train_offload import enable_activation_offload
@@ -119,6 +120,7 @@ class LoadedModel:
     new_token_ids: list[int]
     compiled: bool = False  # decoder layers run through torch.compile
     fp8_layers: int = 0  # 4-bit base layers whose training matmuls run in FP8
+    int8_layers: int = 0  # base layers whose training matmuls run in int8 (CPU)
     offloaded_layers: int = 0  # decoder layers whose checkpointed inputs wait in CPU memory (activation offload)
 
 
@@ -263,6 +265,7 @@ def build_model(
     attn_implementation: str | None = None,
     compile_layers: bool = False,
     fp8: bool = False,
+    int8: bool = False,
     four_bit_layers: bool = True,
     activation_offload: bool = False,
 ) -> LoadedModel:
@@ -271,9 +274,11 @@ def build_model(
     recompute their activations in backward: 1 is the least memory, less trades memory for less recompute.
     `compile_layers` fuses each decoder layer's element-wise work with torch.compile (the train stage asks for it on
     CUDA). `fp8` runs the 4-bit base weights' training matmuls in FP8 (qlora on a GPU with FP8 tensor cores;
-    anywhere else it is an error). `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in
-    fp32 (the train stage's choice on CPUs). `activation_offload` recomputes every layer and keeps each layer's
-    checkpointed input in CPU memory until backward (`train_offload`): the least GPU memory, same gradients."""
+    anywhere else it is an error). On a CPU each LoRA linear layer of uncompiled layers runs as one fused op
+    (`train_cpu_lora`), and `int8` runs its base matmuls in int8 there (GPUs ignore it: `fp8` is theirs).
+    `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in fp32 (the train stage's choice on
+    CPUs). `activation_offload` recomputes every layer and keeps each layer's checkpointed input in CPU memory until
+    backward (`train_offload`): the least GPU memory, same gradients."""
     if activation_offload and not gradient_checkpointing:
         raise ModelSetupError("training.activationOffload needs training.gradientCheckpointing")
     attention = attn_implementation or training_attention(device)
@@ -296,5 +301,8 @@ def build_model(
         if reason:
             raise ModelSetupError(f"training.fp8: {reason}")
         fp8_layers = enable_fp8_base_matmuls(model)
+    # Compiled layers fuse the element-wise work themselves (and would break their graph at each op).
+    int8_layers = fuse_cpu_lora_layers(model, int8=int8)[1] if device.type == "cpu" and not compile_layers else 0
     compiled = compile_layers and compile_decoder_layers(model)
-    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers, offloaded_layers=offloaded)
+    return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers=fp8_layers,
+                       int8_layers=int8_layers, offloaded_layers=offloaded)
