@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config
 
 from kubetune.jobs.train_attention import VARLEN_ATTENTION, cumulative_lengths, sample_ids, training_attention
 from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, PaddedBatcher, Sample
@@ -43,6 +43,24 @@ def samples() -> list[Sample]:
     return [Sample(torch.randint(0, 300, (n,), generator=generator).tolist(), [IGNORE_INDEX] * n) for n in (9, 5, 12)]
 
 
+def models(config: PretrainedConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A model with our attention and the same weights under transformers' SDPA."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
+    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    reference.load_state_dict(model.state_dict())
+    return model, reference
+
+
+def assert_each_sample_as_alone(packed: torch.Tensor, reference: torch.nn.Module) -> None:
+    """`packed` (one row's logits over `samples()` end to end) equals each sample's logits run alone."""
+    offset = 0
+    for sample in samples():
+        alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
+        torch.testing.assert_close(packed[offset : offset + len(sample.input_ids)], alone, atol=1e-4, rtol=1e-4)
+        offset += len(sample.input_ids)
+
+
 @pytest.mark.parametrize(
     "config",
     [Qwen2Config(**SHAPE), LlamaConfig(**SHAPE), MistralConfig(**SHAPE, sliding_window=4)],
@@ -51,19 +69,12 @@ def samples() -> list[Sample]:
 def test_packed_rows_see_only_their_own_sample_and_padded_rows_match_sdpa(
     config: Qwen2Config | LlamaConfig | MistralConfig,
 ) -> None:
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    reference.load_state_dict(model.state_dict())
+    model, reference = models(config)
     packed_batch = PackedBatcher(batch_size=1, max_seq_length=32, pad_token_id=0).collate([samples()])
     padded_batch = PaddedBatcher(batch_size=3, pad_token_id=0).collate([[sample] for sample in samples()])
     with torch.no_grad():
         packed = model(**packed_batch.model_inputs(), use_cache=False).logits[0]
-        offset = 0
-        for sample in samples():
-            alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
-            torch.testing.assert_close(packed[offset : offset + len(sample.input_ids)], alone, atol=1e-4, rtol=1e-4)
-            offset += len(sample.input_ids)
+        assert_each_sample_as_alone(packed, reference)
         padded = model(**padded_batch.model_inputs(), use_cache=False).logits
         expected = reference(**padded_batch.model_inputs(), use_cache=False).logits
         mask = padded_batch.attention_mask.bool()
@@ -87,11 +98,7 @@ def test_the_packed_batcher_hands_attention_the_same_sample_offsets_it_would_der
 
 
 def test_every_row_of_a_multi_row_packed_batch_is_attended_sample_by_sample() -> None:
-    torch.manual_seed(0)
-    config = LlamaConfig(**SHAPE)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    reference.load_state_dict(model.state_dict())
+    model, reference = models(LlamaConfig(**SHAPE))
     first, second, third = samples()
     batch = PackedBatcher(batch_size=2, max_seq_length=16, pad_token_id=0).collate([[first, second], [third]])
     with torch.no_grad():
@@ -105,17 +112,9 @@ def test_every_row_of_a_multi_row_packed_batch_is_attended_sample_by_sample() ->
 def test_the_mask_path_of_compiled_layers_keeps_samples_apart_and_applies_the_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    torch.manual_seed(0)
-    config = MistralConfig(**SHAPE, sliding_window=4)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=VARLEN_ATTENTION).eval()
-    reference = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    reference.load_state_dict(model.state_dict())
+    model, reference = models(MistralConfig(**SHAPE, sliding_window=4))
     batch = PackedBatcher(batch_size=1, max_seq_length=32, pad_token_id=0).collate([samples()])
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what a compiled layer takes on any device
     with torch.no_grad():
         packed = model(**batch.model_inputs(), use_cache=False).logits[0]
-        offset = 0
-        for sample in samples():
-            alone = reference(input_ids=torch.tensor([sample.input_ids])).logits[0]
-            torch.testing.assert_close(packed[offset : offset + len(sample.input_ids)], alone, atol=1e-4, rtol=1e-4)
-            offset += len(sample.input_ids)
+        assert_each_sample_as_alone(packed, reference)
