@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,8 +18,8 @@ from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, Sample
 from kubetune.jobs.train_loss import chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import LoadedModel, ModelSetupError, build_model
 
-SHAPE = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-         "num_attention_heads": 4, "num_key_value_heads": 2}
+SHAPE: dict[str, Any] = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                         "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 class Lora:
