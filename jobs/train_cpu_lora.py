@@ -124,14 +124,17 @@ LAST_INPUT = QuantizedInput()
 
 
 class CpuLoraLinear(PeftLoraLinear):
-    """peft's LoRA linear layer whose plain forward (one active adapter, not merged, no dropout) is one `FusedLora`
-    op; peft's own path for everything else (adapters disabled, mixed batches, merged weights)."""
+    """peft's LoRA linear layer whose plain forward (one active adapter, not merged, no dropout, fp32 without autocast)
+    is one `FusedLora` op; peft's own path for everything else (adapters disabled, mixed batches, merged weights,
+    autocast)."""
 
     int8_weight: Int8Weight | None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapters = self.active_adapters
-        if args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1:
+        # Under autocast (bf16 on a CPU) peft's layers cast as autocast does; the fused op is fp32's path.
+        if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1 or x.dtype != torch.float32
+                or torch.is_autocast_enabled(x.device.type)):
             return super().forward(x, *args, **kwargs)
         name = adapters[0]
         base = cast(torch.nn.Linear, self.get_base_layer())

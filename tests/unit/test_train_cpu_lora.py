@@ -108,6 +108,13 @@ def test_passes_without_grad_keep_fp32_numerics_and_disabled_adapters_give_the_b
         torch.testing.assert_close(without, base(**inputs).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_autocast_takes_peft_path_with_its_casts(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fused, unfused = load(model_dir, int8=True), load(model_dir, fused=False, monkeypatch=monkeypatch)
+    inputs = batch().model_inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fused.model(**inputs).logits, unfused.model(**inputs).logits)
+
+
 def test_layers_with_dropout_keep_peft_path(model_dir: Path) -> None:
     loaded = load(model_dir, dropout=0.1)
     assert not any(type(m) is CpuLoraLinear for m in loaded.model.modules())
