@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.types import EvalPrompt, FineTuneRunSpec
+from kubetune.cpus import usable_cpus
 from kubetune.jobs.eval_loss_gate import eval_loss_gate
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.llama.checks import HfReference, compare_with_reference, generate_chat, hf_reference, load
@@ -133,7 +133,7 @@ def gguf_reports(ggufs: list[Path], merged: Path | None, spec: FineTuneRunSpec, 
     """Every GGUF's report. Independent work runs side by side, one thread each (llama.cpp and torch release the
     GIL): the merged model's reference (mostly importing transformers and loading the model) beside the prompts'
     answers, then the GGUFs' agreement checks beside each other once the reference is ready."""
-    with ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))),
+    with ThreadPoolExecutor(max_workers=usable_cpus(),
                             thread_name_prefix="evaluate") as pool:
         pending = pool.submit(merged_reference, merged, spec)
         answers = []

@@ -149,7 +149,8 @@ def varlen_attention_forward(
     window: int | None = kwargs.pop("sliding_window", None)
     # Compiled layers (CUDA's path; a CPU compiles only in tests) keep one graph through the mask path below.
     if query.device.type == "cpu" and not torch.compiler.is_compiling():
-        return _per_sample_attention(module, query, key, value, position_ids, window, dropout, scaling, **kwargs)
+        boundaries = offsets if offsets is not None else cumulative_lengths(position_ids)[0]
+        return _per_sample_attention(module, query, key, value, boundaries, window, dropout, scaling, **kwargs)
     if window or not _can_run_varlen(query, dropout):
         return sdpa_attention_forward(module, query, key, value, _block_causal_mask(position_ids, window),
                                       dropout=dropout, scaling=scaling, **kwargs)
@@ -169,23 +170,23 @@ def varlen_attention_forward(
 
 
 def _per_sample_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          position_ids: torch.Tensor, window: int | None, dropout: float, scaling: float | None,
+                          boundaries: torch.Tensor, window: int | None, dropout: float, scaling: float | None,
                           **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Packed rows attended sample by sample with SDPA's causal kernel (CPUs): Σ n² work and no rows × width² mask
-    to build and read in every layer, forward and backward; a sliding window applies within each sample."""
-    starts = sample_starts(position_ids)
-    rows = []
-    for row in range(query.shape[0]):
-        bounds = [*torch.nonzero(starts[row]).flatten().tolist(), query.shape[2]]
-        pieces = []
-        for start, end in itertools.pairwise(bounds):
-            mask = _sliding_causal_mask(end - start, window, query.device) if window and end - start > window else None
-            pieces.append(sdpa_attention_forward(
-                module, query[row : row + 1, :, start:end], key[row : row + 1, :, start:end],
-                value[row : row + 1, :, start:end], mask, dropout=dropout, scaling=scaling, is_causal=True, **kwargs,
-            )[0])
-        rows.append(torch.cat(pieces, dim=1))
-    return torch.cat(rows, dim=0), None
+    to build and read in every layer, forward and backward; a sliding window applies within each sample.
+    `boundaries` are the varlen kernel's: sample starts in the rows flattened to one stream, then the total (every
+    row starts a sample, so none spans two rows)."""
+    length = query.shape[2]
+    rows: list[list[torch.Tensor]] = [[] for _ in range(query.shape[0])]
+    for start, end in itertools.pairwise(boundaries.tolist()):
+        row, begin = divmod(start, length)
+        span = slice(begin, begin + end - start)
+        mask = _sliding_causal_mask(end - start, window, query.device) if window and end - start > window else None
+        rows[row].append(sdpa_attention_forward(
+            module, query[row : row + 1, :, span], key[row : row + 1, :, span], value[row : row + 1, :, span], mask,
+            dropout=dropout, scaling=scaling, is_causal=True, **kwargs,
+        )[0])
+    return torch.cat([torch.cat(pieces, dim=1) for pieces in rows], dim=0), None
 
 
 def _sliding_causal_mask(length: int, window: int | None, device: torch.device) -> torch.Tensor:

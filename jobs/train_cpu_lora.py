@@ -26,8 +26,9 @@ from typing import Any, cast
 import torch
 from peft.tuners.lora import Linear as PeftLoraLinear
 
+from kubetune.jobs.train_fp8 import MIN_AMAX, weight_scales
+
 INT8_MAX = 127.0
-MIN_AMAX = 1e-12  # an all-zero row (a masked gradient) stays zero instead of NaN
 INT8_ALIGNMENT = 8  # oneDNN's int8 GEMM wants both weight dimensions in multiples of 8
 
 
@@ -36,9 +37,7 @@ class Int8Weight:
     channel (input gradient), each laid out as `torch._int_mm`'s right operand wants it (row-major)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
-        magnitude = weight.detach().float().abs()
-        self.output_scale = magnitude.amax(dim=1).clamp(min=MIN_AMAX) / INT8_MAX
-        self.input_scale = magnitude.amax(dim=0).clamp(min=MIN_AMAX) / INT8_MAX
+        self.output_scale, self.input_scale = weight_scales(weight.detach(), INT8_MAX)
         self.forward_t = to_int8(weight.detach().float() / self.output_scale[:, None]).t().contiguous()
         self.backward = to_int8(weight.detach().float() / self.input_scale[None, :])
 
@@ -89,6 +88,14 @@ def base_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
 
 
+def fused_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
+                 lora_b: torch.Tensor, scaling: float, int8: Int8Weight | None = None,
+                 x_int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x·Wᵀ + b + h·Bᵀ, h) with h = s·x·Aᵀ."""
+    h = torch.mm(x, lora_a.t()).mul_(scaling)
+    return base_output(x, weight, bias, int8, x_int8).addmm_(h, lora_b.t()), h
+
+
 class FusedLora(torch.autograd.Function):
     """x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ for 2-D `x`, W frozen; gradients for x, A and B."""
 
@@ -96,10 +103,10 @@ class FusedLora(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, scaling: float, int8: Int8Weight | None,
                 x_int8: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        h = torch.mm(x, lora_a.t()).mul_(scaling)
+        out, h = fused_output(x, weight, bias, lora_a, lora_b, scaling, int8, x_int8)
         ctx.save_for_backward(x, h, weight, lora_a, lora_b)
         ctx.scaling, ctx.int8 = scaling, int8
-        return base_output(x, weight, bias, int8, x_int8).addmm_(h, lora_b.t())
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -143,8 +150,7 @@ class CpuLoraLinear(PeftLoraLinear):
         scaling = float(self.scaling[name])
         rows = x.reshape(-1, x.shape[-1])
         if not torch.is_grad_enabled():  # eval and generation: the same products, without autograd's bookkeeping
-            h = torch.mm(rows, lora_a.t()).mul_(scaling)
-            out = base_output(rows, base.weight, base.bias, None, None).addmm_(h, lora_b.t())
+            out = fused_output(rows, base.weight, base.bias, lora_a, lora_b, scaling)[0]
         else:
             int8 = self.int8_weight if self.training else None
             x_int8 = None if int8 is None else LAST_INPUT.get(x, rows.detach())

@@ -174,12 +174,12 @@ class Fp8TrainingLinear4bit(Linear4bit):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-def weight_scales(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed e4m3 scales of a weight (out × in): per output channel (forward) and per input channel
-    (backward)."""
+def weight_scales(weight: torch.Tensor, largest: float = FP8_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed scales of a weight (out × in) for a format whose largest value is `largest` (e4m3's by default):
+    per output channel (forward) and per input channel (backward)."""
     magnitude = weight.float().abs()
-    per_output = magnitude.amax(dim=1).clamp(min=MIN_AMAX) / FP8_MAX
-    per_input = magnitude.amax(dim=0).clamp(min=MIN_AMAX) / FP8_MAX
+    per_output = magnitude.amax(dim=1).clamp(min=MIN_AMAX) / largest
+    per_input = magnitude.amax(dim=0).clamp(min=MIN_AMAX) / largest
     return per_output, per_input
 
 
