@@ -1,15 +1,17 @@
 """Activation offload on a GPU: the same loss and gradients as plain checkpointing, and how much GPU memory it saves.
 
-    python benchmarks/train_offload_check.py --shape qwen2.5-1.5b [--layers 2] [--json offload.json]
+    python benchmarks/train_offload_check.py --shape qwen2.5-1.5b [--layers 2] [--lora-dropout 0] [--json x.json]
 
-Builds our QLoRA model (`train_throughput.load_ours`: 4-bit base, LoRA r=16 with dropout, compiled layers, varlen
-attention, every layer recomputed) on the random model of `train_throughput.py`, takes one optimizer step's packed
-rows of the chat workload and runs forward + backward over them:
+Builds our QLoRA model (`train_throughput.load_ours`: 4-bit base, LoRA r=16 with dropout 0.05 or `--lora-dropout`,
+compiled layers, varlen attention, every layer recomputed) on the random model of `train_throughput.py`, takes one
+optimizer step's packed rows of the chat workload and runs forward + backward over them:
 
 1. plain checkpointing twice (the second run gives the run-to-run noise of the GPU kernels), then with offload;
    prints the loss and the largest relative LoRA-gradient difference of each against the first run;
 2. the peak GPU memory (torch allocator) of the step without and with offload, and with offload in 2 and 4
-   micro-batches and smaller loss chunks (the lean settings `train_peers.py` chooses from), with the step's time.
+   micro-batches and smaller loss chunks (the lean settings `train_peers.py` chooses from), with the step's time;
+   without LoRA dropout also with the MLPs in token chunks of 2^22 to 2^24 intermediate values.
+Every setting runs twice (the first compiles what it needs); the second is reported.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import train_throughput as tt
 
 from kubetune.jobs.train_data import Batch, make_batcher
 from kubetune.jobs.train_loss import CHUNK_LOGITS, chunked_causal_lm_loss_sum
-from kubetune.jobs.train_offload import enable_activation_offload
+from kubetune.jobs.train_offload import MLPChunks, enable_activation_offload
 
 
 def step_batches(workload: tt.Workload, micro_batches: int, flat: bool) -> list[Batch]:
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--shape", default="qwen2.5-1.5b", choices=sorted(tt.SHAPES))
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--workload", default="chat", choices=sorted(tt.WORKLOADS))
+    parser.add_argument("--lora-dropout", type=float, default=tt.Lora.dropout)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -77,7 +80,7 @@ def main() -> None:
     workload = tt.WORKLOADS[args.workload]
     folder = tt.random_model_folder(args.shape, config, (args.workdir or tt.default_workdir())
                                     / f"{args.shape}-{config.num_hidden_layers}-layers")
-    loaded = tt.load_ours(folder, config, 1.0, None)
+    loaded = tt.load_ours(folder, config, 1.0, None, lora_dropout=args.lora_dropout)
     model, base = loaded.model, loaded.model.get_base_model()
     model.train()  # checkpointing (and so offload) runs in training mode only
     torch.manual_seed(0)
@@ -87,9 +90,12 @@ def main() -> None:
     layers = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
     plain_functions = [layer._gradient_checkpointing_func for layer in layers]
 
-    def use_offload(on: bool) -> None:
+    def use_offload(on: bool, mlp_chunk_elements: int | None = None) -> None:
+        for module in base.modules():  # MLPs back to their own forward
+            if isinstance(module.__dict__.get("forward"), MLPChunks):
+                del module.forward
         if on:
-            enable_activation_offload(base, loaded.device)
+            enable_activation_offload(base, loaded.device, mlp_chunk_elements=mlp_chunk_elements, compile_mlp=True)
         else:
             for layer, function in zip(layers, plain_functions, strict=True):
                 layer._gradient_checkpointing_func = function
@@ -103,24 +109,33 @@ def main() -> None:
     run_step(model, one, CHUNK_LOGITS)  # warm
     use_offload(False)
     reference = run_step(model, one, CHUNK_LOGITS)
-    runs: dict[str, tuple[bool, int, int]] = {
-        "plain again": (False, 1, CHUNK_LOGITS), "offload": (True, 1, CHUNK_LOGITS),
-        "offload, 1/4 chunks": (True, 1, CHUNK_LOGITS // 4), "offload, 2 micro-batches": (True, 2, CHUNK_LOGITS),
-        "offload, 2 micro-batches, 1/4 chunks": (True, 2, CHUNK_LOGITS // 4),
-        "offload, 4 micro-batches, 1/4 chunks": (True, 4, CHUNK_LOGITS // 4),
+    # label: (offload, micro-batches, loss-chunk logits, MLP-chunk elements)
+    runs: dict[str, tuple[bool, int, int, int | None]] = {
+        "plain again": (False, 1, CHUNK_LOGITS, None), "offload": (True, 1, CHUNK_LOGITS, None),
+        "offload, 1/4 chunks": (True, 1, CHUNK_LOGITS // 4, None),
+        "offload, 2 micro-batches": (True, 2, CHUNK_LOGITS, None),
+        "offload, 2 micro-batches, 1/4 chunks": (True, 2, CHUNK_LOGITS // 4, None),
+        "offload, 3 micro-batches, 1/4 chunks": (True, 3, CHUNK_LOGITS // 4, None),
+        "offload, 4 micro-batches, 1/4 chunks": (True, 4, CHUNK_LOGITS // 4, None),
     }
+    if args.lora_dropout == 0:  # MLP chunks (offload chunks MLPs without dropout only)
+        runs.update({f"offload, MLP 2^{e}, 1/{q} chunks": (True, 1, CHUNK_LOGITS // q, 2**e)
+                     for e in (24, 23, 22) for q in (1, 4, 16)})
+        runs.update({f"offload, 2 micro-batches, MLP 2^{e}, 1/4 chunks": (True, 2, CHUNK_LOGITS // 4, 2**e)
+                     for e in (24, 23)})
     rows: dict[str, Any] = {"plain": {"loss": reference["loss"], "peak_gib": reference["peak_gib"],
                                       "seconds": reference["seconds"]}}
-    for label, (offload, micro_batches, chunk_logits) in runs.items():
-        use_offload(offload)
-        result = run_step(model, one if micro_batches == 1 else step_batches(workload, micro_batches, flat),
-                          chunk_logits)
+    batches = {m: step_batches(workload, m, flat) for m in (2, 3, 4)} | {1: one}
+    for label, (offload, micro_batches, chunk_logits, mlp_chunk_elements) in runs.items():
+        use_offload(offload, mlp_chunk_elements)
+        run_step(model, batches[micro_batches], chunk_logits)  # compiles new shapes
+        result = run_step(model, batches[micro_batches], chunk_logits)
         rows[label] = {"loss": result["loss"], "peak_gib": result["peak_gib"], "seconds": result["seconds"]}
         if micro_batches == 1:  # the same rows as the reference: the gradients must match
             rows[label]["max_grad_rel_diff"] = max_relative_difference(result["grads"], reference["grads"])
     report["runs"] = rows
     show: Callable[[str, dict[str, Any]], str] = lambda label, r: (
-        f"{label:40s} loss {r['loss']:.6f}  peak {r['peak_gib']:6.2f} GiB  {r['seconds']:6.3f}s"
+        f"{label:48s} loss {r['loss']:.6f}  peak {r['peak_gib']:6.2f} GiB  {r['seconds']:6.3f}s"
         + (f"  grad rel diff {r['max_grad_rel_diff']:.2e}" if "max_grad_rel_diff" in r else ""))
     print(f"\n{report['device']}: {args.shape}, {config.num_hidden_layers} layers, {report['tokens']} tokens a step")
     for label, row in rows.items():

@@ -18,12 +18,16 @@ this reuses). Each path runs in its own process (Unsloth patches transformers on
   packing), LoRA dropout 0.05 (the same LoRA as everyone) and 0 (Unsloth's fastest kernels);
 - `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls;
 - `kubetune-lean` / `kubetune-fp8-lean`: the same with `training.activationOffload` (every layer recomputed, layer
-  inputs in pinned CPU memory) and the step in `LEAN`'s micro-batches, to run at or under the peers' GPU memory.
+  inputs in pinned CPU memory) and the step in `LEAN`'s micro-batches, to run at or under the peers' GPU memory;
+- `kubetune-d0`, `kubetune-d0-lean`, `kubetune-fp8-d0-lean`: the same with LoRA dropout 0, the LoRA of Unsloth's
+  `-d0` paths (like with like); the lean ones in `LEAN_D0`'s micro-batches, their MLPs in token chunks (offload
+  chunks an MLP only without dropout).
 
 Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth and our
 lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
-held-out loss; then each of ours against stock and against the fastest peer, with the memory ratio, and against each
-peer the fastest of ours whose peak is at most that peer's (issue #22's comparison).
+held-out loss; then each of ours against stock, against the fastest peer and against the fastest peer with the same
+LoRA dropout, with the memory ratio, and against each peer the fastest of ours whose peak is at most that peer's
+(issue #22's comparison).
 
 Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
 liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,
@@ -46,16 +50,21 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-PATHS = ("stock", "trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed", "kubetune", "kubetune-fp8",
-         "kubetune-lean", "kubetune-fp8-lean")
-OURS = ("kubetune", "kubetune-fp8", "kubetune-lean", "kubetune-fp8-lean")
+OURS = ("kubetune", "kubetune-fp8", "kubetune-lean", "kubetune-fp8-lean", "kubetune-d0", "kubetune-d0-lean",
+        "kubetune-fp8-d0-lean")
 PEERS = ("trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed")
+PATHS = ("stock", *PEERS, *OURS)
 PAD_ID = 0  # the synthetic language never uses it (train_throughput.BIGRAM_VOCAB)
 # Our lean paths: activation offload with a step in this many micro-batches, loss chunks of this many logits (the
 # least memory at which they still run fast; `benchmarks/train_offload_check.py` measures the choices). Plain ints:
 # this module must not import torch or transformers before a worker imports Unsloth.
 LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**26),
         ("llama3.1-8b", "chat"): (3, 2**24), ("llama3.1-8b", "long"): (2, 2**26)}
+# The lean paths without LoRA dropout: micro-batches, loss-chunk logits, MLP-chunk intermediate values.
+LEAN_D0 = {("qwen2.5-1.5b", "chat"): (1, 2**24, 2**23), ("qwen2.5-1.5b", "long"): (2, 2**26, 2**24),
+           ("llama3.1-8b", "chat"): (1, 2**24, 2**23), ("llama3.1-8b", "long"): (2, 2**26, 2**24)}
+OVERRIDE_FLAGS = {"micro_batches": "--lean-micro-batches", "chunk_logits": "--lean-chunk-logits",
+                  "mlp_chunk_elements": "--mlp-chunk-elements"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -63,7 +72,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: int | None, out: Path,
-               lean_micro_batches: int | None) -> None:
+               overrides: dict[str, int | None]) -> None:
     if path.startswith("unsloth"):
         import unsloth  # noqa: F401 - before transformers, as Unsloth requires
     sys.path.insert(0, str(HERE))
@@ -79,17 +88,21 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
         result = tt.run_baseline(folder, workload, train, held_out, flops, folder.parent)
     elif path.startswith("kubetune"):
         fp8 = path.startswith("kubetune-fp8")
+        d0 = "-d0" in path
         lean = None
         if path.endswith("-lean"):
-            micro_batches, chunk_logits = LEAN[shape, workload_name]
-            lean = tt.Lean(lean_micro_batches or micro_batches, chunk_logits)
+            micro_batches, chunk_logits, mlp_chunk = (LEAN_D0[shape, workload_name] if d0
+                                                      else (*LEAN[shape, workload_name], None))
+            lean = tt.Lean(overrides["micro_batches"] or micro_batches, overrides["chunk_logits"] or chunk_logits,
+                           overrides["mlp_chunk_elements"] or mlp_chunk)
         recompute = 1.0 if lean else (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
         result, details = tt.run_ours(folder, config, workload, train, held_out, flops, recompute, fp8=fp8,
-                                      check_packing=False, lean=lean)
-        extras = {"recompute": recompute, "attention": details["attention"],
-                  "offloaded_layers": details["offloaded_layers"]}
+                                      check_packing=False, lean=lean, lora_dropout=0.0 if d0 else tt.Lora.dropout)
+        extras = {"recompute": recompute, "attention": details["attention"], "lora_dropout": 0.0 if d0 else 0.05,
+                  "offloaded_layers": details["offloaded_layers"], "chunked_mlp_layers": details["chunked_mlp_layers"]}
         if lean:
-            extras.update(micro_batches=lean.micro_batches, chunk_logits=lean.chunk_logits)
+            extras.update(micro_batches=lean.micro_batches, chunk_logits=lean.chunk_logits,
+                          mlp_chunk_elements=lean.mlp_chunk_elements)
     else:
         result, extras = run_peer(path, tt, folder, workload, train, held_out, flops)
     out.write_text(json.dumps({"result": asdict(result), "extras": extras}), encoding="utf-8")
@@ -200,15 +213,20 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers: a quick check of the paths")
     parser.add_argument("--lean-micro-batches", type=int, default=None,
                         help="micro-batches per step of the lean paths (default: LEAN's per shape and workload)")
+    parser.add_argument("--lean-chunk-logits", type=int, default=None,
+                        help="loss-chunk logits of the lean paths (default: LEAN's / LEAN_D0's)")
+    parser.add_argument("--mlp-chunk-elements", type=int, default=None,
+                        help="MLP-chunk intermediate values of the lean -d0 paths (default: LEAN_D0's)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    overrides = {"micro_batches": args.lean_micro_batches, "chunk_logits": args.lean_chunk_logits,
+                 "mlp_chunk_elements": args.mlp_chunk_elements}
     if args.worker:
-        run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out,
-                   args.lean_micro_batches)
+        run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out, overrides)
         return
     sys.path.insert(0, str(HERE))
     import torch
@@ -228,8 +246,9 @@ def main() -> None:
                 command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--workloads", name,
                            "--folder", str(folder), "--out", str(out)] + (["--layers", str(args.layers)]
                                                                           if args.layers else [])
-                if args.lean_micro_batches:
-                    command += ["--lean-micro-batches", str(args.lean_micro_batches)]
+                for key, value in overrides.items():
+                    if value:
+                        command += [OVERRIDE_FLAGS[key], str(value)]
                 started = time.monotonic()
                 done = subprocess.run(command, check=False)
                 if done.returncode != 0 or not out.is_file():
@@ -259,6 +278,11 @@ def summarise(entry: dict[str, Any]) -> None:
             comparisons[f"{ours} vs stock"] = ratios(results[ours], results["stock"])
         if fastest:
             comparisons[f"{ours} vs {fastest['path']}"] = ratios(results[ours], fastest)
+        # Like with like: the fastest peer with the same LoRA dropout.
+        same = [results[p] for p in PEERS if p in results and p.startswith("unsloth-d0") == ("-d0" in ours)]
+        same_fastest = max(same, key=lambda r: r["tokens_per_second"]) if same else None
+        if same_fastest and same_fastest is not fastest:
+            comparisons[f"{ours} vs {same_fastest['path']} (same dropout)"] = ratios(results[ours], same_fastest)
     # The goal's comparison: against each peer, our fastest path that needs no more GPU memory than it.
     for peer in peers:
         within = [results[p] for p in OURS if p in results and results[p]["peak_gib"] <= peer["peak_gib"]]

@@ -55,6 +55,7 @@ from kubetune.jobs.train_data import IGNORE_INDEX, Batcher, PackedBatcher, Sampl
 from kubetune.jobs.train_loop import LoopSettings, TrainerState, TrainLoop, make_optimizer
 from kubetune.jobs.train_loss import CHUNK_LOGITS, causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import DefaultQuantization, build_model
+from kubetune.jobs.train_offload import MLP_CHUNK_ELEMENTS, chunked_mlp_layers
 
 H100_BF16_DENSE_FLOPS = 989e12
 SEED = 1234
@@ -121,6 +122,7 @@ class Lean:
 
     micro_batches: int
     chunk_logits: int = CHUNK_LOGITS
+    mlp_chunk_elements: int | None = MLP_CHUNK_ELEMENTS  # MLPs in token chunks (without LoRA dropout; None: whole)
 
 
 @dataclass
@@ -330,12 +332,13 @@ class TrainerTiming:
 
 def load_ours(folder: Path, config: PretrainedConfig, recompute: float, attention: str | None,
               device: torch.device | None = None, compile_layers: bool = True, fp8: bool = False,
-              offload: bool = False) -> Any:
+              offload: bool = False, lora_dropout: float = Lora.dropout,
+              mlp_chunk_elements: int | None = MLP_CHUNK_ELEMENTS) -> Any:
     return build_model(
-        folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(),
+        folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(dropout=lora_dropout),
         device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0 or offload,
         recompute_share=recompute, attn_implementation=attention, compile_layers=compile_layers, fp8=fp8,
-        activation_offload=offload,
+        activation_offload=offload, mlp_chunk_elements=mlp_chunk_elements,
     )
 
 
@@ -390,13 +393,16 @@ def packing_check(loaded: Any, samples: Sequence[Sample], max_length: int) -> di
 def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: list[Sample],
              held_out: list[Sample], flops: float, recompute: float, attention: str | None = None,
              *, compile_layers: bool = True, check_packing: bool = True, profile: bool = False,
-             quality: bool = True, fp8: bool = False, lean: Lean | None = None) -> tuple[Result, dict[str, Any]]:
+             quality: bool = True, fp8: bool = False, lean: Lean | None = None,
+             lora_dropout: float = Lora.dropout) -> tuple[Result, dict[str, Any]]:
     """Our path; with `lean`, the memory-lean mode (activation offload, every layer recomputed) in `lean`'s
-    micro-batches per step and loss chunks."""
+    micro-batches per step and loss chunks. `lora_dropout` 0: the path's name gets `-d0`."""
     loaded = load_ours(folder, config, recompute, attention, compile_layers=compile_layers, fp8=fp8,
-                       offload=lean is not None)
+                       offload=lean is not None, lora_dropout=lora_dropout,
+                       mlp_chunk_elements=lean.mlp_chunk_elements if lean else None)
     extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled,
-                              "fp8_layers": loaded.fp8_layers, "offloaded_layers": loaded.offloaded_layers}
+                              "fp8_layers": loaded.fp8_layers, "offloaded_layers": loaded.offloaded_layers,
+                              "chunked_mlp_layers": chunked_mlp_layers(loaded.model)}
     micro_batches = lean.micro_batches if lean else workload.micro_batches
     if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
         extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
@@ -435,7 +441,7 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
     del loop, optimizer, scheduler, loaded
     release_memory()
     rate = tokens / seconds
-    path = "kubetune-fp8" if fp8 else "kubetune"
+    path = ("kubetune-fp8" if fp8 else "kubetune") + ("-d0" if lora_dropout == 0 else "")
     return Result(path + ("-lean" if lean else ""), rate, rate * flops / H100_BF16_DENSE_FLOPS, peak, loss,
                   tokens, seconds, state.step), extras
 

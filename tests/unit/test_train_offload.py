@@ -17,6 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from kubetune.jobs.train_data import IGNORE_INDEX, PackedBatcher, Sample
 from kubetune.jobs.train_loss import chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import LoadedModel, ModelSetupError, build_model
+from kubetune.jobs.train_offload import MLPChunks, chunked_mlp_layers
 
 SHAPE: dict[str, Any] = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
                          "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -124,3 +125,85 @@ def test_between_forward_and_backward_only_the_offloaded_copies_hold_the_layer_i
     folder = tiny_model(tmp_path, LlamaConfig(**SHAPE))
     assert inputs_alive_after_forward(load(folder, offload=False)) == (3, 3)
     assert inputs_alive_after_forward(load(folder, offload=True)) == (0, 3)
+
+
+class LoraWithoutDropout(Lora):
+    dropout = 0.0
+
+
+def load_without_dropout(folder: Path, *, offload: bool, mlp_chunk_elements: int | None = None,
+                         compile_layers: bool = False) -> LoadedModel:
+    torch.manual_seed(0)
+    loaded = build_model(folder, 256, method="lora", quantization=None, lora=LoraWithoutDropout(),
+                         device=torch.device("cpu"), gradient_checkpointing=True, compile_layers=compile_layers,
+                         activation_offload=offload, mlp_chunk_elements=mlp_chunk_elements)
+    for name, parameter in loaded.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    return loaded
+
+
+def chunk_calls(loaded: LoadedModel) -> list[int]:
+    """Counts the MLP chunks each layer runs (forward and backward) from here on."""
+    calls: list[int] = []
+    for module in loaded.model.modules():
+        forward = getattr(module, "forward", None)
+        if isinstance(forward, MLPChunks):
+            run = forward.run
+
+            def counted(x: torch.Tensor, run: Any = run) -> torch.Tensor:
+                calls.append(x.shape[:-1].numel())
+                return run(x)
+
+            forward.run = counted
+    return calls
+
+
+@pytest.mark.parametrize("config", [LlamaConfig(**SHAPE), Qwen2Config(**SHAPE)], ids=["llama", "qwen2"])
+def test_chunked_mlps_give_the_checkpointed_loss_and_gradients(tmp_path: Path, config: LlamaConfig) -> None:
+    """Without LoRA dropout the offloaded layers run their MLPs in token chunks (here 5 tokens: 128 intermediate
+    values per token); each token's maths is unchanged, the LoRA gradients are sums over the chunks. One chunk is
+    plain checkpointing bit for bit."""
+    folder = tiny_model(tmp_path, config)
+    plain_losses, plain_grads = two_steps(load_without_dropout(folder, offload=False))
+    whole_losses, whole_grads = two_steps(load_without_dropout(folder, offload=True, mlp_chunk_elements=None))
+    chunked = load_without_dropout(folder, offload=True, mlp_chunk_elements=5 * 128)
+    assert chunked_mlp_layers(chunked.model) == 3 and chunked_mlp_layers(load(folder, offload=True).model) == 0
+    calls = chunk_calls(chunked)
+    losses, grads = two_steps(chunked)
+    # Two micro-batches (2 rows of 18 tokens, then one of 15): 8 and 3 chunks per layer in forward and again in
+    # backward; the layers' recomputes skip the MLP.
+    assert calls == ([5] * 7 + [1]) * 3 * 2 + [5] * 3 * 3 * 2
+    assert whole_losses == plain_losses  # one chunk: bit for bit
+    assert losses == pytest.approx(plain_losses, rel=1e-6)  # a CPU matmul over 5 rows rounds a little differently
+    assert grads.keys() == plain_grads.keys() and len(grads) == 3 * 7 * 2
+    for name, grad in plain_grads.items():
+        assert torch.equal(whole_grads[name], grad), name
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_chunked_mlps_with_compiled_layers(tmp_path: Path) -> None:
+    folder = tiny_model(tmp_path, LlamaConfig(**SHAPE))
+    plain_losses, plain_grads = two_steps(load_without_dropout(folder, offload=False, compile_layers=True))
+    loaded = load_without_dropout(folder, offload=True, mlp_chunk_elements=5 * 128, compile_layers=True)
+    assert loaded.compiled and chunked_mlp_layers(loaded.model) == 3
+    losses, grads = two_steps(loaded)
+    assert losses == pytest.approx(plain_losses, rel=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_chunked_mlps_outside_a_checkpoint_run_whole(tmp_path: Path) -> None:
+    """Eval forwards, with or without grad, see the plain MLP (no chunks, no skipped recompute)."""
+    folder = tiny_model(tmp_path, LlamaConfig(**SHAPE))
+    plain = load_without_dropout(folder, offload=False)
+    chunked = load_without_dropout(folder, offload=True, mlp_chunk_elements=5 * 128)
+    calls = chunk_calls(chunked)
+    ids = torch.tensor([list(range(3, 23))])
+    for model in (plain.model, chunked.model):
+        model.eval()
+    with torch.no_grad():
+        expected = plain.model(input_ids=ids).logits
+        assert torch.equal(chunked.model(input_ids=ids).logits, expected)
+    assert torch.equal(chunked.model(input_ids=ids).logits.detach(), expected)  # grad on, eval mode
+    assert calls == [20] * 3 * 2
