@@ -20,8 +20,8 @@ this reuses). Each path runs in its own process (Unsloth patches transformers on
 - `kubetune-lean` / `kubetune-fp8-lean`: the same with `training.activationOffload` (every layer recomputed, layer
   inputs in pinned CPU memory) and the step in `LEAN`'s micro-batches, to run at or under the peers' GPU memory;
 - `kubetune-d0`, `kubetune-d0-lean`, `kubetune-fp8-d0-lean`: the same with LoRA dropout 0, the LoRA of Unsloth's
-  `-d0` paths (like with like); the lean ones in `LEAN_D0`'s micro-batches, their MLPs in token chunks (offload
-  chunks an MLP only without dropout).
+  `-d0` paths (like with like); the lean ones in `LEAN_D0`'s micro-batches (`--mlp-chunk-elements`: their MLPs in
+  token chunks, which offload does only without dropout).
 
 Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth and our
 lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
@@ -60,9 +60,11 @@ PAD_ID = 0  # the synthetic language never uses it (train_throughput.BIGRAM_VOCA
 # this module must not import torch or transformers before a worker imports Unsloth.
 LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**26),
         ("llama3.1-8b", "chat"): (3, 2**24), ("llama3.1-8b", "long"): (2, 2**26)}
-# The lean paths without LoRA dropout: micro-batches, loss-chunk logits, MLP-chunk intermediate values.
-LEAN_D0 = {("qwen2.5-1.5b", "chat"): (1, 2**24, 2**23), ("qwen2.5-1.5b", "long"): (2, 2**26, 2**24),
-           ("llama3.1-8b", "chat"): (1, 2**24, 2**23), ("llama3.1-8b", "long"): (2, 2**26, 2**24)}
+# The lean paths without LoRA dropout: micro-batches, loss-chunk logits, MLP-chunk intermediate values (None: whole
+# MLPs; chunks cut the peak but cost more time than a micro-batch more, `train_offload_check.py`).
+LEAN_D0: dict[tuple[str, str], tuple[int, int, int | None]] = {
+    ("qwen2.5-1.5b", "chat"): (2, 2**24, None), ("qwen2.5-1.5b", "long"): (2, 2**26, None),
+    ("llama3.1-8b", "chat"): (2, 2**24, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
 OVERRIDE_FLAGS = {"micro_batches": "--lean-micro-batches", "chunk_logits": "--lean-chunk-logits",
                   "mlp_chunk_elements": "--mlp-chunk-elements"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -55,7 +55,7 @@ from kubetune.jobs.train_data import IGNORE_INDEX, Batcher, PackedBatcher, Sampl
 from kubetune.jobs.train_loop import LoopSettings, TrainerState, TrainLoop, make_optimizer
 from kubetune.jobs.train_loss import CHUNK_LOGITS, causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from kubetune.jobs.train_model import DefaultQuantization, build_model
-from kubetune.jobs.train_offload import MLP_CHUNK_ELEMENTS, chunked_mlp_layers
+from kubetune.jobs.train_offload import chunked_mlp_layers
 
 H100_BF16_DENSE_FLOPS = 989e12
 SEED = 1234
@@ -122,7 +122,7 @@ class Lean:
 
     micro_batches: int
     chunk_logits: int = CHUNK_LOGITS
-    mlp_chunk_elements: int | None = MLP_CHUNK_ELEMENTS  # MLPs in token chunks (without LoRA dropout; None: whole)
+    mlp_chunk_elements: int | None = None  # MLPs in token chunks of this many intermediate values (no LoRA dropout)
 
 
 @dataclass
@@ -333,7 +333,7 @@ class TrainerTiming:
 def load_ours(folder: Path, config: PretrainedConfig, recompute: float, attention: str | None,
               device: torch.device | None = None, compile_layers: bool = True, fp8: bool = False,
               offload: bool = False, lora_dropout: float = Lora.dropout,
-              mlp_chunk_elements: int | None = MLP_CHUNK_ELEMENTS) -> Any:
+              mlp_chunk_elements: int | None = None) -> Any:
     return build_model(
         folder, config.vocab_size, method="qlora", quantization=DefaultQuantization(), lora=Lora(dropout=lora_dropout),
         device=device or torch.device("cuda"), gradient_checkpointing=recompute > 0 or offload,

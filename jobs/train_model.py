@@ -32,7 +32,7 @@ from kubetune.jobs.train_compile import compile_decoder_layers
 from kubetune.jobs.train_cpu_lora import fuse_cpu_lora_layers
 from kubetune.jobs.train_data import template_variables
 from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
-from kubetune.jobs.train_offload import MLP_CHUNK_ELEMENTS, enable_activation_offload
+from kubetune.jobs.train_offload import enable_activation_offload
 
 Method = Literal["qlora", "lora"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -268,7 +268,7 @@ def build_model(
     int8: bool = False,
     four_bit_layers: bool = True,
     activation_offload: bool = False,
-    mlp_chunk_elements: int | None = MLP_CHUNK_ELEMENTS,
+    mlp_chunk_elements: int | None = None,
 ) -> LoadedModel:
     """The model to train. Attention defaults to `training_attention(device)` (sample-isolated varlen kernel on
     CUDA, SDPA elsewhere). With gradient checkpointing, `recompute_share` of the decoder layers (spread evenly)
@@ -279,8 +279,8 @@ def build_model(
     (`train_cpu_lora`), and `int8` runs its base matmuls in int8 there (GPUs ignore it: `fp8` is theirs).
     `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in fp32 (the train stage's choice on
     CPUs). `activation_offload` recomputes every layer and keeps each layer's checkpointed input in CPU memory until
-    backward (`train_offload`): the least GPU memory, same gradients; there MLPs without LoRA dropout run in chunks
-    of `mlp_chunk_elements` intermediate values (None: whole)."""
+    backward (`train_offload`): the least GPU memory, same gradients; with `mlp_chunk_elements` (opt-in) its MLPs
+    without LoRA dropout run in token chunks of that many intermediate values."""
     if activation_offload and not gradient_checkpointing:
         raise ModelSetupError("training.activationOffload needs training.gradientCheckpointing")
     attention = attn_implementation or training_attention(device)
