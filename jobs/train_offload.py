@@ -27,8 +27,13 @@ thus runs twice per step, as under plain checkpointing, and its transient shrink
 rounding). Only where the MLP's LoRA dropout is off (p = 0): a dropout mask drawn per chunk would differ from the one
 drawn over the whole micro-batch, and those layers keep the plain MLP. Measured on an H100 (Llama-3.1-8B, one
 5,044-token micro-batch, `benchmarks/train_offload_check.py`): the peak drops 7.41 → 6.77 GiB, but the step takes
-twice as long (0.52 → 1.03 s in 5 chunks; 3.2 s in 18), slower than splitting the step into more micro-batches for
-the same memory, hence not on by default.
+twice as long (0.52 → 1.03 s in 5 chunks; 3.2 s in 18: every chunk dequantizes each 4-bit weight again and pays a
+compiled call and an autograd pass), slower than splitting the step into more micro-batches for the same memory,
+hence not on by default. There the LoRA gradients differed from plain checkpointing by up to 11.5% (relative norm)
+where two plain runs differ by 1.7%, the same for every chunk size: most likely the graph break at the MLP, which
+rounds its output and its input's gradient to bf16 where the compiled layer kept them in fp32 inside fused kernels
+(on a CPU in bf16 autocast one chunk is plain checkpointing bit for bit, `tests/unit/test_train_offload.py`); not
+verified on a GPU.
 """
 
 from __future__ import annotations
@@ -192,9 +197,11 @@ class ChunkedMLP(torch.autograd.Function):
         enabled, dtype = ctx.autocast
         with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
             for start, stop in runner.spans(flat.shape[0]):
-                chunk = flat[start:stop].detach().requires_grad_(needs_input)
-                output = runner.run(chunk)
-                inputs = ([chunk] if needs_input else []) + wanted
+                leaf = flat[start:stop].detach().requires_grad_(needs_input)
+                # The MLP reads a view, as it read a layer's intermediate: autocast caches its casts of leaves that
+                # require grad (meant for weights), which would sum the input's gradients in bf16 (not in fp32).
+                output = runner.run(leaf.view_as(leaf))
+                inputs = ([leaf] if needs_input else []) + wanted
                 grads = torch.autograd.grad(output, inputs, flat_grad[start:stop])
                 del output
                 if needs_input:

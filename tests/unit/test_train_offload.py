@@ -207,3 +207,30 @@ def test_chunked_mlps_outside_a_checkpoint_run_whole(tmp_path: Path) -> None:
         assert torch.equal(chunked.model(input_ids=ids).logits, expected)
     assert torch.equal(chunked.model(input_ids=ids).logits.detach(), expected)  # grad on, eval mode
     assert calls == [20] * 3 * 2
+
+
+def autocast_step(loaded: LoadedModel) -> tuple[float, dict[str, torch.Tensor]]:
+    """One packed micro-batch, forward in bf16 autocast (as the train loop runs a GPU step), backward after."""
+    data = [Sample(list(range(3, 3 + n)), [IGNORE_INDEX] * 2 + list(range(5, 3 + n))) for n in (17, 13, 19)]
+    loaded.model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_causal_lm_loss_sum(loaded.model, PackedBatcher(batch_size=1, max_seq_length=60,
+                                                                      pad_token_id=0).collate([data]))
+    loss.backward()
+    return float(loss.detach()), {name: p.grad.clone() for name, p in loaded.model.named_parameters()
+                                  if p.grad is not None}
+
+
+def test_chunked_mlps_under_autocast(tmp_path: Path) -> None:
+    """In bf16 the MLP's maths stays that of plain checkpointing: one chunk bit for bit (its input's gradients are
+    summed in fp32, as for a layer's intermediate), several chunks to bf16 rounding (LoRA weight gradients come
+    per chunk from bf16 matmuls)."""
+    folder = tiny_model(tmp_path, LlamaConfig(**SHAPE))
+    plain_loss, plain_grads = autocast_step(load_without_dropout(folder, offload=False))
+    one_loss, one_grads = autocast_step(load_without_dropout(folder, offload=True, mlp_chunk_elements=2**30))
+    chunked_loss, chunked_grads = autocast_step(load_without_dropout(folder, offload=True,
+                                                                     mlp_chunk_elements=7 * 128))
+    assert one_loss == plain_loss and chunked_loss == pytest.approx(plain_loss, rel=1e-3)
+    for name, grad in plain_grads.items():
+        assert torch.equal(one_grads[name], grad), name
+        assert float((chunked_grads[name] - grad).norm() / grad.norm()) < 1e-2, name
