@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,18 +131,21 @@ def gguf_reports(ggufs: list[Path], merged: Path | None, spec: FineTuneRunSpec, 
                  stop: threading.Event | None = None,
                  on_gguf: Callable[[int, Path], None] | None = None) -> list[dict[str, Any]]:
     """Every GGUF's report. Independent work runs side by side, one thread each (llama.cpp and torch release the
-    GIL): the merged model's reference (mostly importing transformers and loading the model) beside the prompts'
-    answers, then the GGUFs' agreement checks beside each other once the reference is ready."""
-    with ThreadPoolExecutor(max_workers=usable_cpus(),
-                            thread_name_prefix="evaluate") as pool:
+    GIL): the merged model's reference and every GGUF's answers first, in that order, then each GGUF's agreement
+    check, queued behind them so that it only waits for work already running."""
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="evaluate") as pool:
         pending = pool.submit(merged_reference, merged, spec)
-        answers = []
-        for index, gguf in enumerate(ggufs):
+        answers = [pool.submit(answer_prompts, gguf, spec, template, stop) for gguf in ggufs]
+
+        def report(gguf: Path, results: Future[list[PromptResult]]) -> dict[str, Any]:
+            return gguf_report(gguf, results.result(), pending.result())
+
+        reports = [pool.submit(report, gguf, results) for gguf, results in zip(ggufs, answers, strict=True)]
+        for index, (gguf, results) in enumerate(zip(ggufs, answers, strict=True)):
             if on_gguf is not None:
                 on_gguf(index, gguf)
-            answers.append(answer_prompts(gguf, spec, template, stop))
-        reference = pending.result()
-        return list(pool.map(lambda gguf, results: gguf_report(gguf, results, reference), ggufs, answers))
+            results.result()
+        return [future.result() for future in reports]
 
 
 def summarize(report: dict[str, Any]) -> str:

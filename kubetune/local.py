@@ -44,10 +44,12 @@ from kubetune.planner import (
 from kubetune.progress_view import ProgressView, format_size
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import SourceError, Sources, resolve_sources
+from kubetune.stage_launcher import StageLauncher, StageProcess
 from kubetune.stages import StageRef
 from kubetune.store import Manifest, Store, content_digest, open_store, read_manifest
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 143
+PROGRESS_SECONDS = 0.5  # how often the progress view is redrawn while a stage runs
 STATE_DIR = Path(".kubetune")
 DIGEST_CACHE = "digests.json"  # big local files' sha256 by stat, under STATE_DIR
 
@@ -60,6 +62,7 @@ class LocalRun:
     store_config: StoreConfig
     store: Store
     state_dir: Path
+    launcher: StageLauncher
     outputs: dict[str, Output] = field(default_factory=dict)
     looked_up: set[str] = field(default_factory=set)
     jobs: list[JobState] = field(default_factory=list)
@@ -84,20 +87,24 @@ def run_locally(path: Path, *, store: str | None = None, from_stage: str | None 
     except NotifyConfigError as error:
         print(f"kubetune: {path}: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    for run, notice in zip(runs, notices, strict=True):
-        local = _prepare(run, store)
-        local.notices = notice
-        try:
-            code = _execute(local, from_stage, to_stage)
-        finally:
-            if notice is not None:
-                notice.close()  # waits a bounded time for what is still being sent
-        if code != 0:
-            return code
-    return 0
+    launcher = StageLauncher(STATE_DIR.resolve())
+    try:
+        for run, notice in zip(runs, notices, strict=True):
+            local = _prepare(run, store, launcher)
+            local.notices = notice
+            try:
+                code = _execute(local, from_stage, to_stage)
+            finally:
+                if notice is not None:
+                    notice.close()  # waits a bounded time for what is still being sent
+            if code != 0:
+                return code
+        return 0
+    finally:
+        launcher.close()
 
 
-def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
+def _prepare(run: FineTuneRun, store: str | None, launcher: StageLauncher) -> LocalRun:
     default_store = (STATE_DIR / "store").resolve()
     uri = store or run.spec.storage.uri or str(default_store)
     if "://" not in uri:
@@ -107,7 +114,7 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
     opened = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
-    return LocalRun(run, config, opened, state_dir)
+    return LocalRun(run, config, opened, state_dir, launcher)
 
 
 def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = None) -> int:
@@ -143,6 +150,8 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
                 forced.discard(action.stage)
             if local.notices is not None:
                 local.notices.stage_starting(action.stage, local.status, utc_now())
+            # The imports of the stages to come start beside this one.
+            local.launcher.warm_up(STAGES[STAGES.index(action.stage): last + 1], _stage_env(local))
             code = _run_stage(local, action, view, step)
             if code == EXIT_STOPPED:
                 print("kubetune: stopped; run the same command again to resume.", file=sys.stderr)
@@ -243,19 +252,13 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     run_json.write_text(config.dumps(), encoding="utf-8")
     log_path = local.state_dir / f"{stage}.log"
     workdir = local.state_dir / "work"
-    env = dict(os.environ, KUBETUNE_WORKDIR=str(workdir), PYTHONUNBUFFERED="1")
-    env.pop("KUBETUNE_TERMINATION_LOG", None)  # a pod's file: a local stage must never write the host's
-    # -P: started from a checkout's root, the job must not import its operator/ folder as the stdlib's operator.
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
     with log_path.open("wb") as log, _sigterm_raises():
-        process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "kubetune.jobs", stage, "--run", str(run_json)], stdout=log, stderr=log, env=env
-        )
+        process = local.launcher.start(stage, run_json, _stage_env(local), log, log_path)
         try:
-            while process.poll() is None:
+            while not _ended(process, PROGRESS_SECONDS):
                 view.update(stage, local.store, action.ref.prefix)
-                time.sleep(0.5)
         except (KeyboardInterrupt, _Terminated) as stop:
             # Ctrl-C reached the job too (one process group); a SIGTERM (`kill`, `timeout`, a CI cancel) reached only
             # us: pass it on, or the stage would go on running, orphaned. Either way it saves its state and exits.
@@ -284,6 +287,21 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     elif code != EXIT_STOPPED:
         print(f"kubetune: {stage} exited with {code}: {reason} (log: {log_path})", file=sys.stderr)
     return code
+
+
+def _stage_env(local: LocalRun) -> dict[str, str]:
+    env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
+    env.pop("KUBETUNE_TERMINATION_LOG", None)  # a pod's file: a local stage must never write the host's
+    return env
+
+
+def _ended(process: StageProcess, timeout: float) -> bool:
+    """Waits up to `timeout` for the stage to end (returning as soon as it does)."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _last_reason(log_path: Path) -> str:

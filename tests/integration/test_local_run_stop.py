@@ -46,12 +46,13 @@ def train_progress(workdir: Path) -> dict[str, Any]:
     return {}
 
 
-def stage_processes(run_json: Path) -> list[int]:
+def processes_in(folder: Path) -> list[str]:
+    """Processes working in `folder`: the stage's (started afresh or forked from the stage server) and the server."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and str(run_json).encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
+            if proc.name.isdigit() and (proc / "cwd").resolve() == folder.resolve():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
         except OSError:
             pass
     return found
@@ -79,6 +80,6 @@ def test_sigterm_to_kubetune_run_stops_the_stage_with_a_checkpoint_and_leaves_no
         if cli.poll() is None:
             cli.kill()
     assert cli.returncode == EXIT_STOPPED, stderr[-2000:]
-    assert stage_processes(workdir / ".kubetune" / "runs" / "default" / "stop" / "train.run.json") == []
+    assert processes_in(workdir) == []
     progress = train_progress(workdir)
     assert progress["phase"] == "Stopped" and progress["lastCheckpoint"], progress
