@@ -5,6 +5,7 @@ Each goes on once the missing piece exists."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -94,9 +95,13 @@ def test_a_pod_no_node_fits_stays_pending_and_unschedulable_until_one_does(kube:
     job_uid = kube.get("jobs", "gpu")["metadata"]["uid"]
     assert pod["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] == job_uid
     assert kube.get("jobs", "gpu")["status"]["active"] == 1 and not kube.get("jobs", "gpu")["status"]["ready"]
-    [scheduling] = [e for e in kube.events("default", involved_name=pod["metadata"]["name"])
-                    if e["reason"] == "FailedScheduling"]
-    assert (scheduling["type"], scheduling["message"]) == ("Warning", message)
+    # The scheduler posts its Event apart from the pod's condition (as kube-scheduler does): wait for it.
+    deadline = time.monotonic() + 10
+    while not (scheduling := [e for e in kube.events("default", involved_name=pod["metadata"]["name"])
+                              if e["reason"] == "FailedScheduling"]):
+        assert time.monotonic() < deadline, "no FailedScheduling Event"
+        time.sleep(0.05)
+    assert [(e["type"], e["message"]) for e in scheduling] == [("Warning", message)]
 
     job_executor.nodes["gpu-1"] = {"kubernetes.io/hostname": "gpu-1", "pool": "gpu"}
     kube.wait_for("jobs", "gpu", completed, timeout=20)
