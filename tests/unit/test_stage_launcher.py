@@ -33,6 +33,11 @@ EXAMPLE = repo_root() / "examples" / "local-identity.yaml"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stage server forks on Linux only")
 
 
+def stage_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment `kubetune run` gives a stage: its scratch folder in the test's (a stopped stage leaves it)."""
+    return dict(os.environ, KUBETUNE_WORKDIR=str(tmp_path / "work"), PYTHONUNBUFFERED="1", **extra)
+
+
 def fresh(stage: str, run_json: Path, log_path: Path, env: dict[str, str]) -> int:
     with log_path.open("wb") as log:
         return subprocess.run(stage_command(stage, run_json), stdout=log, stderr=log, env=env, check=False).returncode
@@ -47,7 +52,7 @@ def forked(server: StageServer, stage: str, run_json: Path, log_path: Path, env:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[StageServer]:
-    started = StageServer(["kubetune.jobs.convert"], dict(os.environ), tmp_path / "server.log")
+    started = StageServer(["kubetune.jobs.convert"], stage_env(tmp_path), tmp_path / "server.log")
     yield started
     started.close()
 
@@ -55,7 +60,7 @@ def server(tmp_path: Path) -> Iterator[StageServer]:
 def test_a_forked_stage_ends_and_logs_as_a_fresh_process_would(tmp_path: Path, server: StageServer) -> None:
     (tmp_path / "unusable.json").write_text("{}", encoding="utf-8")
     for run_json in (tmp_path / "missing.json", tmp_path / "unusable.json"):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = stage_env(tmp_path)
         expected = fresh("convert", run_json, tmp_path / "fresh.log", env)
         code = forked(server, "convert", run_json, tmp_path / "forked.log", env)
         assert (code, (tmp_path / "forked.log").read_text()) == (expected, (tmp_path / "fresh.log").read_text())
@@ -65,7 +70,7 @@ def test_a_forked_stage_ends_and_logs_as_a_fresh_process_would(tmp_path: Path, s
 def test_one_server_forks_stage_after_stage_each_with_its_own_environment(tmp_path: Path, server: StageServer) -> None:
     # The config error names the file it read: each forked stage ran with its own argv and log.
     for name in ("first", "second"):
-        code = forked(server, "convert", tmp_path / f"{name}.json", tmp_path / f"{name}.log", dict(os.environ))
+        code = forked(server, "convert", tmp_path / f"{name}.json", tmp_path / f"{name}.log", stage_env(tmp_path))
         assert code == 2
         assert f"{name}.json" in (tmp_path / f"{name}.log").read_text()
 
@@ -92,7 +97,7 @@ def blocking_run_config(tmp_path: Path, endpoint: str) -> Path:
 def test_a_signal_to_a_forked_stage_ends_it_as_it_ends_a_fresh_one(tmp_path: Path, server: StageServer,
                                                                    stalled_store: str) -> None:
     run_json = blocking_run_config(tmp_path, stalled_store)
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+    env = stage_env(tmp_path, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
     codes = []
     for start in ("fresh", "forked"):
         log_path = tmp_path / f"{start}.log"
@@ -115,7 +120,7 @@ def test_a_signal_to_a_forked_stage_ends_it_as_it_ends_a_fresh_one(tmp_path: Pat
 def test_a_server_whose_imports_start_a_thread_refuses_and_stages_start_afresh(tmp_path: Path) -> None:
     (tmp_path / "starts_a_thread.py").write_text(
         "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = stage_env(tmp_path, PYTHONPATH=str(tmp_path))
     launcher = StageLauncher(tmp_path, preload=True)
     launcher.warm_up(["train"], env)
     assert launcher.server is not None
@@ -134,10 +139,11 @@ def test_a_server_whose_imports_start_a_thread_refuses_and_stages_start_afresh(t
 
 def test_without_preloading_every_stage_starts_afresh(tmp_path: Path) -> None:
     launcher = StageLauncher(tmp_path, preload=False)
-    launcher.warm_up(["dataset", "train", "merge"], dict(os.environ))
+    launcher.warm_up(["dataset", "train", "merge"], stage_env(tmp_path))
     assert launcher.server is None
     with (tmp_path / "stage.log").open("wb") as log:
-        process = launcher.start("merge", tmp_path / "missing.json", dict(os.environ), log, tmp_path / "stage.log")
+        process = launcher.start("merge", tmp_path / "missing.json", stage_env(tmp_path), log,
+                                 tmp_path / "stage.log")
         assert isinstance(process, subprocess.Popen) and process.wait(timeout=120) == 2
 
 
@@ -145,7 +151,7 @@ def test_the_server_preloads_only_torch_stages_and_only_on_hosts_without_gpus(mo
                                                                            tmp_path: Path) -> None:
     assert set(STAGE_MODULES) == {"train", "merge", "convert", "evaluate"}  # dataset and publish start light
     launcher = StageLauncher(tmp_path, preload=True)
-    launcher.warm_up(["dataset"], dict(os.environ))
+    launcher.warm_up(["dataset"], stage_env(tmp_path))
     assert launcher.server is None  # nothing heavy to come
     monkeypatch.setattr("kubetune.stage_launcher.glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
     assert not fork_safe_host()
