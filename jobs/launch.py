@@ -114,10 +114,15 @@ def launch_plan(spec: FineTuneRunSpec, env: Mapping[str, str] = os.environ) -> L
 
 def run_ranks(plan: LaunchPlan, stage: str, run_json: Path) -> None:
     """Run `python -m kubetune.jobs <stage> --run <run_json>` as this node's ranks and wait for them. Raises
-    ConfigError / Stopped / RuntimeError with the failing rank's reason, as the stage itself would."""
+    ConfigError / Stopped / RuntimeError with the failing rank's reason, as the stage itself would.
+
+    `run_json` lies in the stage's scratch folder: the launcher's per-rank error files and logs go beside it, in
+    `torchelastic/`, and are removed with the scratch (left to itself, torch makes a `torchelastic_*` folder in the
+    temp dir that nothing ever removes)."""
     log.info("launching %d rank(s) on node %d of %d (world size %d)", plan.nproc_per_node, plan.node_rank,
              plan.nnodes, plan.world_size)
-    args = torchrun.parse_args([*plan.torchrun_args(), "--module", "kubetune.jobs"])
+    log_dir = run_json.parent / "torchelastic"
+    args = torchrun.parse_args([*plan.torchrun_args(), f"--log-dir={log_dir}", "--module", "kubetune.jobs"])
     # Set after parsing: torchrun's parser would take `--run` for an abbreviation of its own `--run-path`.
     args.training_script_args = [stage, "--run", str(run_json)]
     try:

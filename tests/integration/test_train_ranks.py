@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,7 @@ def test_the_job_launches_two_ranks_stops_on_sigterm_with_a_checkpoint_and_one_r
 @pytest.mark.slow
 def test_a_ranks_configuration_error_ends_the_launched_job_with_exit_2_and_the_ranks_reason(tmp_path: Path) -> None:
     run_json, store = write_run(tmp_path, steps=2, with_dataset_file=False)
+    elastic_dirs_before = torchelastic_dirs()
     job_process = start_job(tmp_path, run_json, NPROC_PER_NODE="2")
     output = job_process.communicate(timeout=300)[0]
     assert job_process.returncode == 2, output
@@ -222,3 +224,11 @@ def test_a_ranks_configuration_error_ends_the_launched_job_with_exit_2_and_the_r
     assert last_line.startswith("kubetune-job: failed: rank "), last_line
     assert "exited with code 2: the dataset output has no train_data.jsonl" in last_line
     assert progress(store)["exitCode"] == 2
+    # The ranks' error files, which carried that reason, are in the stage's scratch; none is left in the temp dir.
+    assert list((tmp_path / "work" / "train" / "torchelastic").glob("*/attempt_0/*/error.json"))
+    assert torchelastic_dirs() - elastic_dirs_before == set()
+
+
+def torchelastic_dirs() -> set[Path]:
+    """The folders torch's elastic launcher makes in the real temp dir when it is given no log dir."""
+    return set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
