@@ -61,7 +61,7 @@ class LocalRun:
     run: FineTuneRun
     store_config: StoreConfig
     store: Store
-    state_dir: Path
+    state_dir: Path  # the stage logs, run configs, status and scratch of this run
     launcher: StageLauncher
     outputs: dict[str, Output] = field(default_factory=dict)
     looked_up: set[str] = field(default_factory=set)
@@ -87,24 +87,21 @@ def run_locally(path: Path, *, store: str | None = None, from_stage: str | None 
     except NotifyConfigError as error:
         print(f"kubetune: {path}: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    launcher = StageLauncher(STATE_DIR.resolve())
-    try:
-        for run, notice in zip(runs, notices, strict=True):
-            local = _prepare(run, store, launcher)
-            local.notices = notice
-            try:
-                code = _execute(local, from_stage, to_stage)
-            finally:
-                if notice is not None:
-                    notice.close()  # waits a bounded time for what is still being sent
-            if code != 0:
-                return code
-        return 0
-    finally:
-        launcher.close()
+    for run, notice in zip(runs, notices, strict=True):
+        local = _prepare(run, store)
+        local.notices = notice
+        try:
+            code = _execute(local, from_stage, to_stage)
+        finally:
+            local.launcher.close()
+            if notice is not None:
+                notice.close()  # waits a bounded time for what is still being sent
+        if code != 0:
+            return code
+    return 0
 
 
-def _prepare(run: FineTuneRun, store: str | None, launcher: StageLauncher) -> LocalRun:
+def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
     default_store = (STATE_DIR / "store").resolve()
     uri = store or run.spec.storage.uri or str(default_store)
     if "://" not in uri:
@@ -114,7 +111,7 @@ def _prepare(run: FineTuneRun, store: str | None, launcher: StageLauncher) -> Lo
     opened = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
-    return LocalRun(run, config, opened, state_dir, launcher)
+    return LocalRun(run, config, opened, state_dir, StageLauncher(state_dir))
 
 
 def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = None) -> int:

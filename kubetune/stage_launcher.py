@@ -93,10 +93,10 @@ class ForkedStage:
 
 
 class StageServer:
-    """The stage server process, for one `kubetune run`."""
+    """The stage server process, for one FineTuneRun under `kubetune run`."""
 
     def __init__(self, modules: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
-        with log_path.open("ab") as log:
+        with log_path.open("wb") as log:  # what this server said, not every earlier one's too
             self.process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "kubetune.jobs.stage_server", *modules],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=dict(env),
@@ -155,7 +155,9 @@ class StageServer:
 
 
 class StageLauncher:
-    """Starts each stage of one `kubetune run`: forked from a stage server where that is sound, else afresh."""
+    """Starts each stage of one FineTuneRun under `kubetune run`: forked from a stage server where that is sound, else
+    afresh. The server's own output (its imports' warnings) goes to `stage-server.log` in the run's state folder,
+    beside the stage logs."""
 
     def __init__(self, state_dir: Path, *, preload: bool | None = None) -> None:
         self.state_dir = state_dir
@@ -167,7 +169,7 @@ class StageLauncher:
         modules = next((STAGE_MODULES[stage] for stage in stages if stage in STAGE_MODULES), ())
         if self.preload and self.server is None and modules:
             self.server = StageServer(modules, env, self.state_dir / "stage-server.log")
-            self.preload = False  # one server per run of the command: one that refused is not started again
+            self.preload = False  # one server per run: one that refused is not started again
 
     def start(self, stage: str, run_json: Path, env: Mapping[str, str], log: IO[bytes], log_path: Path
               ) -> StageProcess:

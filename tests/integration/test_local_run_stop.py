@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.stage_launcher import fork_safe_host
 from tests.fixtures.tiny_models import build_tiny_model, repo_root, small_bpe_tokenizer_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -83,3 +84,7 @@ def test_sigterm_to_kubetune_run_stops_the_stage_with_a_checkpoint_and_leaves_no
     assert processes_in(workdir) == []
     progress = train_progress(workdir)
     assert progress["phase"] == "Stopped" and progress["lastCheckpoint"], progress
+    # The run's logs are together in its own folder: each stage's and, where stages fork from it, the stage server's.
+    run_folder = workdir / ".kubetune" / "runs" / "default" / "stop"
+    server_log = {"stage-server.log"} if fork_safe_host() else set()
+    assert {path.name for path in run_folder.glob("*.log")} == {"dataset.log", "train.log", *server_log}

@@ -137,6 +137,21 @@ def test_a_server_whose_imports_start_a_thread_refuses_and_stages_start_afresh(t
         launcher.close()
 
 
+def test_the_servers_log_is_the_runs_own_and_each_server_writes_it_afresh(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    run_folder = tmp_path / ".kubetune" / "runs" / "default" / "demo"  # beside the run's stage logs
+    run_folder.mkdir(parents=True)
+    server_log = run_folder / "stage-server.log"
+    server_log.write_text("a warning of the run before\n", encoding="utf-8")
+    (tmp_path / "warns_on_import.py").write_text("import sys\nprint('a warning of this import', file=sys.stderr)\n")
+    monkeypatch.setitem(STAGE_MODULES, "train", ("warns_on_import",))
+    launcher = StageLauncher(run_folder, preload=True)
+    launcher.warm_up(["train"], stage_env(tmp_path, PYTHONPATH=str(tmp_path)))
+    assert launcher.server is not None
+    launcher.close()
+    assert server_log.read_text(encoding="utf-8") == "a warning of this import\n"
+
+
 def test_without_preloading_every_stage_starts_afresh(tmp_path: Path) -> None:
     launcher = StageLauncher(tmp_path, preload=False)
     launcher.warm_up(["dataset", "train", "merge"], stage_env(tmp_path))
