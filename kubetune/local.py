@@ -78,6 +78,11 @@ class LocalRun:
     def observed(self) -> Observed:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources)
 
+    @property
+    def workdir(self) -> Path:
+        """The stages' scratch (KUBETUNE_WORKDIR): each stage works in a folder of its own under it."""
+        return self.state_dir / "work"
+
 
 def run_locally(path: Path, *, store: str | None = None, from_stage: str | None = None,
                 to_stage: str | None = None) -> int:
@@ -248,11 +253,10 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     run_json = local.state_dir / f"{stage}.run.json"
     run_json.write_text(config.dumps(), encoding="utf-8")
     log_path = local.state_dir / f"{stage}.log"
-    workdir = local.state_dir / "work"
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
-    with log_path.open("wb") as log, _sigterm_raises():
-        process = local.launcher.start(stage, run_json, _stage_env(local), log, log_path)
+    with _sigterm_raises():
+        process = local.launcher.start(stage, run_json, _stage_env(local), log_path)
         try:
             while not _ended(process, PROGRESS_SECONDS):
                 view.update(stage, local.store, action.ref.prefix)
@@ -280,14 +284,14 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
         _look_up(local, action.ref)
         local.looked_up.add(action.ref.key)
         # Its outputs are in the store now; a failed or stopped stage's scratch stays for a look.
-        shutil.rmtree(workdir / stage, ignore_errors=True)
+        shutil.rmtree(local.workdir / stage, ignore_errors=True)
     elif code != EXIT_STOPPED:
         print(f"kubetune: {stage} exited with {code}: {reason} (log: {log_path})", file=sys.stderr)
     return code
 
 
 def _stage_env(local: LocalRun) -> dict[str, str]:
-    env = dict(os.environ, KUBETUNE_WORKDIR=str(local.state_dir / "work"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, KUBETUNE_WORKDIR=str(local.workdir), PYTHONUNBUFFERED="1")
     env.pop("KUBETUNE_TERMINATION_LOG", None)  # a pod's file: a local stage must never write the host's
     return env
 

@@ -171,14 +171,15 @@ class StageLauncher:
             self.server = StageServer(modules, env, self.state_dir / "stage-server.log")
             self.preload = False  # one server per run: one that refused is not started again
 
-    def start(self, stage: str, run_json: Path, env: Mapping[str, str], log: IO[bytes], log_path: Path
-              ) -> StageProcess:
-        if stage in STAGE_MODULES and self.server is not None:
-            forked = self.server.start([stage, "--run", str(run_json)], STAGE_MODULES[stage], env, log_path)
-            if forked is not None:
-                return forked
-            self.server = None
-        return subprocess.Popen(stage_command(stage, run_json), stdout=log, stderr=log, env=dict(env))
+    def start(self, stage: str, run_json: Path, env: Mapping[str, str], log_path: Path) -> StageProcess:
+        """The stage's process, its stdout and stderr written to `log_path` afresh."""
+        with log_path.open("wb") as log:  # emptied for either start: a forked stage appends to it
+            if stage in STAGE_MODULES and self.server is not None:
+                forked = self.server.start([stage, "--run", str(run_json)], STAGE_MODULES[stage], env, log_path)
+                if forked is not None:
+                    return forked
+                self.server = None
+            return subprocess.Popen(stage_command(stage, run_json), stdout=log, stderr=log, env=dict(env))
 
     def close(self) -> None:
         if self.server is not None:

@@ -19,6 +19,7 @@ from kubetune.api.validate import load_runs
 from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.stage_launcher import (
     STAGE_MODULES,
+    ForkedStage,
     StageLauncher,
     StageProcess,
     StageServer,
@@ -127,10 +128,9 @@ def test_a_server_whose_imports_start_a_thread_refuses_and_stages_start_afresh(t
     launcher.server.close()  # replaced by one importing the thread-starting module
     launcher.server = StageServer(["starts_a_thread"], env, tmp_path / "stage-server.log")
     try:
-        with (tmp_path / "stage.log").open("wb") as log:
-            process = launcher.start("convert", tmp_path / "missing.json", env, log, tmp_path / "stage.log")
-            assert isinstance(process, subprocess.Popen)  # started afresh
-            assert process.wait(timeout=120) == 2
+        process = launcher.start("convert", tmp_path / "missing.json", env, tmp_path / "stage.log")
+        assert isinstance(process, subprocess.Popen)  # started afresh
+        assert process.wait(timeout=120) == 2
         assert launcher.server is None
         assert "started threads" in (tmp_path / "stage-server.log").read_text()
     finally:
@@ -156,10 +156,23 @@ def test_without_preloading_every_stage_starts_afresh(tmp_path: Path) -> None:
     launcher = StageLauncher(tmp_path, preload=False)
     launcher.warm_up(["dataset", "train", "merge"], stage_env(tmp_path))
     assert launcher.server is None
-    with (tmp_path / "stage.log").open("wb") as log:
-        process = launcher.start("merge", tmp_path / "missing.json", stage_env(tmp_path), log,
-                                 tmp_path / "stage.log")
-        assert isinstance(process, subprocess.Popen) and process.wait(timeout=120) == 2
+    process = launcher.start("merge", tmp_path / "missing.json", stage_env(tmp_path), tmp_path / "stage.log")
+    assert isinstance(process, subprocess.Popen) and process.wait(timeout=120) == 2
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_a_stage_writes_its_log_afresh_whether_forked_or_started_afresh(tmp_path: Path, preload: bool) -> None:
+    log_path = tmp_path / "convert.log"
+    log_path.write_text("the attempt before\n", encoding="utf-8")
+    launcher = StageLauncher(tmp_path, preload=preload)
+    launcher.warm_up(["convert"], stage_env(tmp_path))
+    try:
+        process = launcher.start("convert", tmp_path / "missing.json", stage_env(tmp_path), log_path)
+        assert isinstance(process, ForkedStage if preload else subprocess.Popen)
+        assert process.wait(timeout=120) == 2
+    finally:
+        launcher.close()
+    assert log_path.read_text(encoding="utf-8").startswith("kubetune-job: failed: ")
 
 
 def test_the_server_preloads_only_torch_stages_and_only_on_hosts_without_gpus(monkeypatch: pytest.MonkeyPatch,
