@@ -62,13 +62,13 @@ LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**2
         ("llama3.1-8b", "chat"): (3, 2**24), ("llama3.1-8b", "long"): (2, 2**26)}
 # The lean paths without LoRA dropout: micro-batches, loss-chunk logits, MLP-chunk intermediate values (None: whole
 # MLPs; chunks cut the peak but cost more time than a micro-batch more, `train_offload_check.py`). Measured in
-# training: 1.5B long (3.35 GiB against Unsloth d0 packed's 3.38). The chat rows' 2 micro-batches come from the 8B
-# check (6.86 GiB against 6.93), not yet from a training run; 1.5B chat may need 3 there.
+# training: 1.5B long (3.35 GiB against Unsloth d0 packed's 3.38). 8B chat in one micro-batch: the untied 8B input
+# embedding waits in host memory in lean mode (0.98 GiB off the 8B check's 7.41 GiB at full width).
 LEAN_D0: dict[tuple[str, str], tuple[int, int, int | None]] = {
     ("qwen2.5-1.5b", "chat"): (2, 2**24, None), ("qwen2.5-1.5b", "long"): (2, 2**26, None),
-    ("llama3.1-8b", "chat"): (2, 2**24, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
+    ("llama3.1-8b", "chat"): (1, 2**24, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
 OVERRIDE_FLAGS = {"micro_batches": "--lean-micro-batches", "chunk_logits": "--lean-chunk-logits",
-                  "mlp_chunk_elements": "--mlp-chunk-elements"}
+                  "mlp_chunk_elements": "--mlp-chunk-elements", "host_moments": "--host-moments"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -76,7 +76,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: int | None, out: Path,
-               overrides: dict[str, int | None]) -> None:
+               overrides: dict[str, int | bool | None]) -> None:
     if path.startswith("unsloth"):
         import unsloth  # noqa: F401 - before transformers, as Unsloth requires
     sys.path.insert(0, str(HERE))
@@ -98,15 +98,16 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
             micro_batches, chunk_logits, mlp_chunk = (LEAN_D0[shape, workload_name] if d0
                                                       else (*LEAN[shape, workload_name], None))
             lean = tt.Lean(overrides["micro_batches"] or micro_batches, overrides["chunk_logits"] or chunk_logits,
-                           overrides["mlp_chunk_elements"] or mlp_chunk)
+                           overrides["mlp_chunk_elements"] or mlp_chunk, host_moments=bool(overrides["host_moments"]))
         recompute = 1.0 if lean else (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
         result, details = tt.run_ours(folder, config, workload, train, held_out, flops, recompute, fp8=fp8,
                                       check_packing=False, lean=lean, lora_dropout=0.0 if d0 else tt.Lora.dropout)
         extras = {"recompute": recompute, "attention": details["attention"], "lora_dropout": 0.0 if d0 else 0.05,
-                  "offloaded_layers": details["offloaded_layers"], "chunked_mlp_layers": details["chunked_mlp_layers"]}
+                  "offloaded_layers": details["offloaded_layers"], "chunked_mlp_layers": details["chunked_mlp_layers"],
+                  "host_embedding": details["host_embedding"]}
         if lean:
             extras.update(micro_batches=lean.micro_batches, chunk_logits=lean.chunk_logits,
-                          mlp_chunk_elements=lean.mlp_chunk_elements)
+                          mlp_chunk_elements=lean.mlp_chunk_elements, host_moments=lean.host_moments)
     else:
         result, extras = run_peer(path, tt, folder, workload, train, held_out, flops)
     out.write_text(json.dumps({"result": asdict(result), "extras": extras}), encoding="utf-8")
@@ -221,6 +222,8 @@ def main() -> None:
                         help="loss-chunk logits of the lean paths (default: LEAN's / LEAN_D0's)")
     parser.add_argument("--mlp-chunk-elements", type=int, default=None,
                         help="MLP-chunk intermediate values of the lean -d0 paths (default: LEAN_D0's)")
+    parser.add_argument("--host-moments", action="store_true",
+                        help="the lean paths keep AdamW's moments in host memory and update there")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
@@ -228,7 +231,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = {"micro_batches": args.lean_micro_batches, "chunk_logits": args.lean_chunk_logits,
-                 "mlp_chunk_elements": args.mlp_chunk_elements}
+                 "mlp_chunk_elements": args.mlp_chunk_elements, "host_moments": args.host_moments}
     if args.worker:
         run_worker(args.worker, args.shapes[0], args.workloads[0], args.folder, args.layers, args.out, overrides)
         return
@@ -252,7 +255,7 @@ def main() -> None:
                                                                           if args.layers else [])
                 for key, value in overrides.items():
                     if value:
-                        command += [OVERRIDE_FLAGS[key], str(value)]
+                        command += [OVERRIDE_FLAGS[key]] + ([] if value is True else [str(value)])
                 started = time.monotonic()
                 done = subprocess.run(command, check=False)
                 if done.returncode != 0 or not out.is_file():

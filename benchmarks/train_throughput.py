@@ -123,6 +123,7 @@ class Lean:
     micro_batches: int
     chunk_logits: int = CHUNK_LOGITS
     mlp_chunk_elements: int | None = None  # MLPs in token chunks of this many intermediate values (no LoRA dropout)
+    host_moments: bool = False  # AdamW's moments in host memory, the update there (`train_host_state.HostAdamW`)
 
 
 @dataclass
@@ -402,7 +403,8 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
                        mlp_chunk_elements=lean.mlp_chunk_elements if lean else None)
     extras: dict[str, Any] = {"attention": loaded.model.config._attn_implementation, "compiled": loaded.compiled,
                               "fp8_layers": loaded.fp8_layers, "offloaded_layers": loaded.offloaded_layers,
-                              "chunked_mlp_layers": chunked_mlp_layers(loaded.model)}
+                              "chunked_mlp_layers": chunked_mlp_layers(loaded.model),
+                              "host_embedding": loaded.host_embedding}
     micro_batches = lean.micro_batches if lean else workload.micro_batches
     if check_packing:  # before training, LoRA B is zero: this is also the base model's held-out loss
         extras["packing_check"] = packing_check(loaded, held_out[:3], workload.max_length)
@@ -417,7 +419,7 @@ def run_ours(folder: Path, config: PretrainedConfig, workload: Workload, train: 
     settings = LoopSettings(learning_rate=LEARNING_RATE, lr_scheduler="linear", warmup_ratio=WARMUP_RATIO,
                             gradient_accumulation=micro_batches, seed=SEED, logging_steps=1,
                             checkpoint_every=10**9)
-    optimizer, scheduler = make_optimizer(loaded.model, settings, steps)
+    optimizer, scheduler = make_optimizer(loaded.model, settings, steps, host_moments=bool(lean and lean.host_moments))
     loss_function = partial(chunked_causal_lm_loss_sum, chunk_logits=lean.chunk_logits if lean else CHUNK_LOGITS)
     loop = TrainLoop(loaded.model, optimizer, scheduler, train, batcher, settings, loaded.device,
                      autocast_dtype=loaded.autocast_dtype, loss_function=loss_function)

@@ -26,6 +26,7 @@ from transformers import get_scheduler
 
 from kubetune.jobs.distributed import SINGLE, Ranks
 from kubetune.jobs.train_data import IGNORE_INDEX, Batch, Batcher, MicroBatch, Sample
+from kubetune.jobs.train_host_state import HostAdamW
 from kubetune.jobs.train_loss import LossFunction, chunked_causal_lm_loss_sum
 
 STATE_FILE = "trainer_state.json"
@@ -95,13 +96,18 @@ class LoopSettings:
     weight_decay: float = 0.0
 
 
-def make_optimizer(model: torch.nn.Module, settings: LoopSettings, total_steps: int) -> tuple[Optimizer, LRScheduler]:
+def make_optimizer(model: torch.nn.Module, settings: LoopSettings, total_steps: int,
+                   host_moments: bool = False) -> tuple[Optimizer, LRScheduler]:
+    """AdamW and the schedule; with `host_moments` its moments stay in host memory and it updates there
+    (`train_host_state.HostAdamW`: the memory-lean mode's)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise RuntimeError("the model has no trainable parameters")
     # One fused kernel for all LoRA tensors on CUDA rather than a few launches per tensor group.
     fused = all(p.is_cuda for p in trainable)
-    optimizer = AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=fused or None)
+    optimizer: Optimizer = (
+        HostAdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay) if host_moments
+        else AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=fused or None))
     scheduler = get_scheduler(
         settings.lr_scheduler, optimizer,
         num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps), num_training_steps=total_steps,

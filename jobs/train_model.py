@@ -32,6 +32,7 @@ from kubetune.jobs.train_compile import compile_decoder_layers
 from kubetune.jobs.train_cpu_lora import fuse_cpu_lora_layers
 from kubetune.jobs.train_data import template_variables
 from kubetune.jobs.train_fp8 import enable_fp8_base_matmuls, fp8_unsupported_reason
+from kubetune.jobs.train_host_state import keep_input_embedding_on_host
 from kubetune.jobs.train_offload import enable_activation_offload
 
 Method = Literal["qlora", "lora"]
@@ -122,6 +123,7 @@ class LoadedModel:
     fp8_layers: int = 0  # 4-bit base layers whose training matmuls run in FP8
     int8_layers: int = 0  # base layers whose training matmuls run in int8 (CPU)
     offloaded_layers: int = 0  # decoder layers whose checkpointed inputs wait in CPU memory (activation offload)
+    host_embedding: bool = False  # the frozen, untied input embedding table waits in host memory (activation offload)
 
 
 def load_base_model(
@@ -279,7 +281,8 @@ def build_model(
     (`train_cpu_lora`), and `int8` runs its base matmuls in int8 there (GPUs ignore it: `fp8` is theirs).
     `four_bit_layers` off: qlora's base is rounded to 4-bit once and multiplied in fp32 (the train stage's choice on
     CPUs). `activation_offload` recomputes every layer and keeps each layer's checkpointed input in CPU memory until
-    backward (`train_offload`): the least GPU memory, same gradients; with `mlp_chunk_elements` (opt-in) its MLPs
+    backward (`train_offload`), and a frozen input embedding not tied to the head looks its rows up in host memory
+    (`train_host_state`): the least GPU memory, same gradients; with `mlp_chunk_elements` (opt-in) its MLPs
     without LoRA dropout run in token chunks of that many intermediate values."""
     if activation_offload and not gradient_checkpointing:
         raise ModelSetupError("training.activationOffload needs training.gradientCheckpointing")
@@ -297,6 +300,7 @@ def build_model(
     assert isinstance(model, PeftModel)
     offloaded = enable_activation_offload(base, device, mlp_chunk_elements=mlp_chunk_elements,
                                           compile_mlp=compile_layers) if activation_offload else 0
+    host_embedding = activation_offload and keep_input_embedding_on_host(base, device)
     fp8_layers = 0
     if fp8:
         reason = ("FP8 matmuls are for the 4-bit base of method qlora" if method != "qlora"
@@ -308,4 +312,4 @@ def build_model(
     int8_layers = fuse_cpu_lora_layers(model, int8=int8)[1] if device.type == "cpu" and not compile_layers else 0
     compiled = compile_layers and compile_decoder_layers(model)
     return LoadedModel(model, device, autocast_dtype, new_token_ids, compiled, fp8_layers=fp8_layers,
-                       int8_layers=int8_layers, offloaded_layers=offloaded)
+                       int8_layers=int8_layers, offloaded_layers=offloaded, host_embedding=host_embedding)
