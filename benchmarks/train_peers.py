@@ -66,7 +66,7 @@ LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**2
 # embedding waits in host memory in lean mode (0.98 GiB off the 8B check's 7.41 GiB at full width).
 LEAN_D0: dict[tuple[str, str], tuple[int, int, int | None]] = {
     ("qwen2.5-1.5b", "chat"): (2, 2**24, None), ("qwen2.5-1.5b", "long"): (2, 2**26, None),
-    ("llama3.1-8b", "chat"): (1, 2**24, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
+    ("llama3.1-8b", "chat"): (1, 2**26, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
 OVERRIDE_FLAGS = {"micro_batches": "--lean-micro-batches", "chunk_logits": "--lean-chunk-logits",
                   "mlp_chunk_elements": "--mlp-chunk-elements", "host_moments": "--host-moments"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
