@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kubetune.jobs.lora_merge import MergeError, MergeStopped, merge_adapter
+from kubetune.jobs.lora_merge import MergeStopped, merge_adapter
+from kubetune.jobs.lora_plan import MergeError
 from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.sources import base_model_folder
 from kubetune.store import fetch, join_key, read_manifest

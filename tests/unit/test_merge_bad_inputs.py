@@ -12,7 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kubetune.jobs.lora_merge import MergeError, merge_adapter
+from kubetune.jobs.lora_merge import merge_adapter
+from kubetune.jobs.lora_plan import MergeError
 from tests.fixtures.lora_adapters import make_lora_adapter
 from tests.unit.test_merge_lora import VOCAB, merged_tensors, tiny_llama
 
