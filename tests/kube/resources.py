@@ -28,6 +28,7 @@ class ResourceType:
     is_custom: bool = False  # served from a CRD (strategic merge patch is not supported, like the real server)
     storage: bool = True  # the CRD's storage version: objects are stored with this apiVersion
     schema: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    printer_columns: tuple[dict[str, Any], ...] = field(default=(), compare=False, hash=False)  # CRD version's
 
     @property
     def api_version(self) -> str:
@@ -104,6 +105,7 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
             is_custom=True,
             storage=bool(version.get("storage")),
             schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+            printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
         )
         for version in versions
         if version.get("served", True)

@@ -135,10 +135,26 @@ def _default(schema: Schema | None, value: Any) -> None:
             _default(items, value[position])
 
 
-def _prune(schema: Schema | None, value: Any, resource_root: bool = False, skip: bool = False) -> None:
+def unknown_fields(root: Schema, obj: dict[str, Any]) -> list[str]:
+    """The paths pruning drops from `obj` (`spec.foo`, `spec.items[0].bar`), sorted: what the server names as
+    `unknown field "spec.foo"` under `fieldValidation=Strict`. `obj` is left as it is."""
+    pruned: list[str] = []
+    _prune(root, copy.deepcopy(obj), resource_root=True, pruned=pruned)
+    return sorted(pruned)
+
+
+def _prune(
+    schema: Schema | None,
+    value: Any,
+    resource_root: bool = False,
+    skip: bool = False,
+    pruned: list[str] | None = None,
+    path: str = "",
+) -> None:
     """Structural pruning (pruning/algorithm.go): fields the schema does not declare are dropped, an object without
     properties keeps none; under `x-kubernetes-preserve-unknown-fields` (`skip`, which carries on into list items)
-    unknown fields stay and known ones are still pruned. apiVersion, kind and metadata of a resource stay."""
+    unknown fields stay and known ones are still pruned. apiVersion, kind and metadata of a resource stay.
+    `pruned` collects the dropped fields' paths."""
     if schema is not None:
         skip = skip or bool(schema.get("x-kubernetes-preserve-unknown-fields"))
         resource_root = resource_root or bool(schema.get("x-kubernetes-embedded-resource"))
@@ -150,16 +166,19 @@ def _prune(schema: Schema | None, value: Any, resource_root: bool = False, skip:
         for key in list(value):
             if resource_root and key in ("apiVersion", "kind", "metadata"):
                 continue
+            child = f"{path}.{key}" if path else key
             if key in properties:
-                _prune(properties[key], value[key])
+                _prune(properties[key], value[key], pruned=pruned, path=child)
             elif additional is not None:
-                _prune(additional if isinstance(additional, dict) else None, value[key])
+                _prune(additional if isinstance(additional, dict) else None, value[key], pruned=pruned, path=child)
             elif not skip:
                 del value[key]
+                if pruned is not None:
+                    pruned.append(child)
     elif isinstance(value, list):
         items = (schema or {}).get("items")
-        for item in value:
-            _prune(items if isinstance(items, dict) else None, item, skip=skip)
+        for index, item in enumerate(value):
+            _prune(items if isinstance(items, dict) else None, item, skip=skip, pruned=pruned, path=f"{path}[{index}]")
 
 
 # ------------------------------------------------------------------------------------------- OpenAPI validation

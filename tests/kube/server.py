@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kube import errors, selectors
+from tests.kube import errors, managed, openapi, patching, selectors, tables
 from tests.kube.faults import Fault, FaultKind, FaultPlan
 from tests.kube.resources import ALL_VERBS, ResourceType
 from tests.kube.store import ObjectStore, WatchEvent
@@ -77,6 +77,9 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [part for part in request.path.split("/") if part]
+        if request.method == "GET" and parts[:1] == ["openapi"]:
+            self.faults.on_request("get", "discovery")
+            return self._openapi(request, parts[1:])
         if request.method == "GET":
             discovery = self._discovery(parts)
             if discovery is not None:
@@ -97,7 +100,7 @@ class ApiServer:
         registry = self.store.registry
         with self.store.lock:
             if not parts:
-                paths = ["/api", "/api/v1", "/apis", "/version"]
+                paths = ["/api", "/api/v1", "/apis", "/openapi/v2", "/openapi/v3", "/version"]
                 for group, versions in registry.groups().items():
                     paths += [f"/apis/{group}"] + [f"/apis/{group}/{version}" for version in versions]
                 return {"paths": sorted(paths)}
@@ -132,6 +135,32 @@ class ApiServer:
                     "resources": self._resource_list(types),
                 }
         return None
+
+    def _openapi(self, request: web.Request, parts: list[str]) -> web.Response:
+        """`/openapi/v2`, the `/openapi/v3` index and its per-group-version documents (tests/kube/openapi.py)."""
+        if parts == ["v2"]:
+            if openapi.OPENAPI_V2_PROTOBUF in request.headers.get("Accept", ""):
+                return web.Response(body=openapi.v2_document_protobuf(), content_type=openapi.OPENAPI_V2_PROTOBUF)
+            return _json(openapi.v2_document_json())
+        registry = self.store.registry
+        with self.store.lock:
+            by_gv: dict[str, list[ResourceType]] = {}
+            for rtype in registry:
+                by_gv.setdefault(openapi.v3_path(rtype.group, rtype.version), []).append(rtype)
+        if parts == ["v3"]:
+            index = {
+                path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={openapi.document_hash(self._gv_doc(types))}"}
+                for path, types in sorted(by_gv.items())
+            }
+            return _json({"paths": index})
+        types = by_gv.get("/".join(parts[1:])) if parts[:1] == ["v3"] else None
+        if not types:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        return _json(self._gv_doc(types))
+
+    @staticmethod
+    def _gv_doc(types: list[ResourceType]) -> dict[str, Any]:
+        return openapi.group_version_document(types)
 
     @staticmethod
     def _group(group: str, versions: list[str]) -> dict[str, Any]:
@@ -206,18 +235,37 @@ class ApiServer:
 
     async def _serve(self, request: web.Request, verb: str, target: Target) -> web.Response:
         store, rtype, namespace, name = self.store, target.rtype, target.namespace, target.name or ""
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
         if verb == "get":
-            return _json(store.get(rtype, namespace, name))
+            obj = store.get(rtype, namespace, name)
+            return _json(tables.table(rtype, [obj], obj["metadata"]["resourceVersion"]) if as_table else obj)
         if verb == "list":
-            return _json(self._list(request, target))
+            listed = self._list(request, target)
+            if as_table:
+                return _json(tables.table(rtype, listed["items"], listed["metadata"]["resourceVersion"],
+                                          listed["metadata"].get("continue")))
+            return _json(listed)
+        query = request.query
+        manager = managed.manager_name(query.get("fieldManager"), request.headers.get("User-Agent", ""))
+        strict = query.get("fieldValidation", "") == "Strict"
         if verb == "create":
-            return _json(store.create(rtype, namespace, await self._body(request)), 201)
+            return _json(store.create(rtype, namespace, await self._body(request), manager=manager, strict=strict), 201)
         if verb == "update":
-            return _json(store.update(rtype, namespace, name, await self._body(request), target.subresource))
+            body = await self._body(request)
+            return _json(store.update(rtype, namespace, name, body, target.subresource, manager=manager, strict=strict))
         if verb == "patch":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-            body = await self._body(request)
-            return _json(store.patch(rtype, namespace, name, body, content_type, target.subresource))
+            if content_type == patching.APPLY_PATCH:
+                body = managed.parse_apply_body(await request.read())
+                manager = query.get("fieldManager", "")  # apply never falls back to the user agent
+            else:
+                body = await self._body(request)
+            force = query.get("force", "").lower() in _TRUE
+            patched = store.patch(
+                rtype, namespace, name, body, content_type, target.subresource,
+                manager=manager, strict=strict, force=force,
+            )
+            return _json(patched)
         options = await self._delete_options(request)
         if verb == "delete":
             return _json(store.delete(rtype, namespace, name, options))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import json
 import secrets
 import threading
 import uuid
@@ -18,7 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tests.kube import admission, crd_validation, errors, patching, schema, validation
+from tests.kube import admission, crd_validation, errors, managed, patching, schema, validation
+from tests.kube.decoding import refuse_unknown_on_decode, strict_decoding_error, unknown_fields
 from tests.kube.resources import ResourceRegistry, ResourceType, types_from_crd
 
 Obj = dict[str, Any]
@@ -157,9 +159,15 @@ class ObjectStore:
         self.changed.notify_all()
         return new
 
-    def create(self, rtype: ResourceType, namespace: str | None, body: Any) -> Obj:
+    def create(
+        self, rtype: ResourceType, namespace: str | None, body: Any, *, manager: str | None = None, strict: bool = False
+    ) -> Obj:
+        """POST. `manager` (HTTP requests: fieldManager or the user agent) gets the object's fields in managedFields;
+        `strict` is fieldValidation=Strict."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of a create must be a JSON object")
+        if strict:
+            refuse_unknown_on_decode(rtype, body)
         obj = copy.deepcopy(body)
         for key, expected in (("apiVersion", rtype.api_version), ("kind", rtype.kind)):
             if obj.setdefault(key, expected) != expected:
@@ -201,6 +209,8 @@ class ObjectStore:
             causes += self._admit(rtype, obj, None)
             if causes:
                 raise validation.invalid_status(rtype.kind, rtype.group, name, causes)
+            if manager:
+                managed.track_update(None, obj, manager, rtype.api_version, rtype.has_status)
             if rtype.namespaced:  # validating admission runs after validation: 422 comes before PSA's 403
                 ns_labels = self._objects[NAMESPACES_GR][""][namespace or ""]["metadata"].get("labels") or {}
                 admission.enforce_pod_security(rtype.group_resource, obj, ns_labels)
@@ -250,10 +260,22 @@ class ObjectStore:
             ],
         }
 
-    def update(self, rtype: ResourceType, namespace: str | None, name: str, body: Any, subresource: str = "") -> Obj:
+    def update(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        subresource: str = "",
+        *,
+        manager: str | None = None,
+        strict: bool = False,
+    ) -> Obj:
         """PUT: replaces the object (or only its status through the status subresource)."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of an update must be a JSON object")
+        if strict:
+            refuse_unknown_on_decode(rtype, body)
         with self.lock:
             old = self._existing(rtype, namespace, name, subresource)
             body_meta = body.get("metadata") or {}
@@ -262,7 +284,7 @@ class ObjectStore:
             expected_rv = body_meta.get("resourceVersion")
             if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
                 raise errors.conflict(rtype.qualified, name)
-            return self._write(rtype, old, copy.deepcopy(body), subresource)
+            return self._write(rtype, old, copy.deepcopy(body), subresource, manager)
 
     def patch(
         self,
@@ -272,8 +294,16 @@ class ObjectStore:
         body: Any,
         content_type: str,
         subresource: str = "",
+        *,
+        manager: str | None = None,
+        strict: bool = False,
+        force: bool = False,
     ) -> Obj:
+        """PATCH: merge, JSON, strategic merge (built-in kinds) or server-side apply (`body` is then the parsed
+        apply configuration; a missing object is created)."""
         with self.lock:
+            if content_type == patching.APPLY_PATCH:
+                return self._apply(rtype, namespace, name, body, subresource, manager, force)
             stored = self._existing(rtype, namespace, name, subresource)
             old = self.present(rtype, stored)
             if content_type == patching.MERGE_PATCH:
@@ -289,7 +319,54 @@ class ObjectStore:
             expected_rv = ((body.get("metadata") or {}) if isinstance(body, dict) else {}).get("resourceVersion")
             if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
                 raise errors.conflict(rtype.qualified, name)
-            return self._write(rtype, stored, new, subresource)
+            unknown = unknown_fields(rtype, new) if strict else []
+            if unknown:  # the patched object does not decode strictly: 422 on the `patch` field (patch.go)
+                shown = copy.deepcopy(new)  # the server encodes the object without managedFields (patch.go)
+                if "managedFields" not in json.dumps(body):
+                    (shown.get("metadata") or {}).pop("managedFields", None)
+                patched = json.dumps(shown, separators=(",", ":"), sort_keys=True)
+                raise validation.invalid_status(
+                    "", "", "", [f"patch: Invalid value: {json.dumps(patched)}: {strict_decoding_error(unknown)}"]
+                )
+            return self._write(rtype, stored, new, subresource, manager)
+
+    def _apply(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        config: Any,
+        subresource: str,
+        manager: str | None,
+        force: bool,
+    ) -> Obj:
+        """Server-side apply (fieldmanager.Apply): merge the configuration by field ownership, create if missing."""
+        if not manager:
+            raise errors.bad_request("PATCH requests with apply patch type require fieldManager")
+        if not isinstance(config, dict):
+            raise errors.bad_request("error decoding YAML: the apply configuration is not an object")
+        for key, expected in (("apiVersion", rtype.api_version), ("kind", rtype.kind)):
+            if config.get(key) != expected:
+                raise errors.bad_request(f"{key} {config.get(key)!r} does not match the endpoint's {expected!r}")
+        meta = config.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
+        if meta.get("name", name) != name:
+            raise errors.bad_request("the name of the object does not match the name in the URL")
+        unknown = unknown_fields(rtype, config)
+        if unknown:  # structured-merge-diff cannot type the configuration: a plain error, answered as a 500
+            where = f"{namespace or ''}/{name}; {rtype.group}/{rtype.version}, Kind={rtype.kind}"
+            fields = ", ".join(f".{path}: field not declared in schema" for path in unknown)
+            raise errors.ApiError(500, "", f"failed to create typed patch object ({where}): {fields}")
+        stored = self.find(rtype, namespace, name)
+        if stored is None:
+            if subresource:
+                raise errors.not_found(rtype.qualified, name)
+            created = managed.apply(None, config, manager, force, rtype.has_status)
+            created["metadata"] = {**created.get("metadata", {}), "name": name}
+            return self.create(rtype, namespace, created)
+        merged = managed.apply(self.present(rtype, stored), config, manager, force, rtype.has_status, subresource)
+        return self._write(rtype, stored, merged, subresource)
 
     def _existing(self, rtype: ResourceType, namespace: str | None, name: str, subresource: str) -> Obj:
         if subresource and not (subresource == "status" and rtype.has_status):
@@ -299,7 +376,7 @@ class ObjectStore:
             raise errors.not_found(rtype.qualified, name)
         return old
 
-    def _write(self, rtype: ResourceType, old: Obj, new: Obj, subresource: str) -> Obj:
+    def _write(self, rtype: ResourceType, old: Obj, new: Obj, subresource: str, manager: str | None = None) -> Obj:
         """Apply the update rules to a candidate object and commit it (or nothing, for a no-op).
         `old` is the stored object; `new` may share parts with it, so it is copied before any change."""
         new = copy.deepcopy(new)
@@ -328,6 +405,8 @@ class ObjectStore:
             if key in old_meta:
                 meta[key] = old_meta[key]
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        if "managedFields" not in meta and "managedFields" in old_meta:  # a body without them keeps them
+            meta["managedFields"] = copy.deepcopy(old_meta["managedFields"])
         causes = _validate_metadata(meta)
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
@@ -341,6 +420,8 @@ class ObjectStore:
             raise validation.invalid_status(rtype.kind, rtype.group, old_meta["name"], causes)
         if rtype.has_generation and _spec_part(new, rtype.has_status) != _spec_part(old, rtype.has_status):
             meta["generation"] = old_meta.get("generation", 1) + 1
+        if manager:
+            managed.track_update(old, new, manager, rtype.api_version, rtype.has_status, subresource)
         if new == old:
             return self.present(rtype, old)  # a no-op write changes nothing, not even the resourceVersion
         gr = rtype.group_resource
