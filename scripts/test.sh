@@ -24,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null) \
     || echo "warning: could not install ${missing[*]}" >&2
 fi
+# The real kubectl of tests/integration/test_kubectl_*.py: the package `kubectl` comes from Google Cloud SDK's apt
+# repository where a machine has it (Debian's own kubernetes-client is 1.20, too old), so it is tried on its own.
+if ! command -v kubectl >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq kubectl >/dev/null 2>&1) \
+    || echo "warning: could not install kubectl (its tests skip)" >&2
+fi
 # Models, checkpoints and GGUFs of the tests go under the temp dir (a few GB at a time, removed as tests pass): say how
 # much room there is, so that a full disk reads as what it is.
 df -h "${TMPDIR:-/tmp}" | awk 'NR == 2 {print "test temp dir: " $4 " free of " $2}'
