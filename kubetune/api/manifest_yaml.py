@@ -3,7 +3,9 @@
 kubectl turns YAML into JSON with sigs.k8s.io/yaml (go-yaml v2 scalars) before the server sees it, and the server
 decodes that JSON strictly. So a manifest reads here as there: `1e-4` and `4.0` are numbers (`4.0` an integer, as
 JSON writes it), `y`/`n` are booleans, `2024-01-01` and `1:30` stay strings, map keys become strings, and
-duplicate keys, NaN/Infinity, lone surrogates in YAML escapes and runaway nesting or aliasing are refused.
+NaN/Infinity, lone surrogates in YAML escapes and runaway nesting or aliasing are refused. Duplicate keys are refused
+too, although kubectl accepts them: it keeps the last value without a word (the server never sees the first), so a
+repeated key is almost always a mistake that would be lost silently.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class _KubectlYamlLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if key in first_line:
                 raise ManifestSyntaxError(
-                    f"duplicate key {key!r} (first at line {first_line[key]}): kubectl and the API server refuse "
-                    "a mapping that repeats a key", line)
+                    f"duplicate key {key!r} (first at line {first_line[key]}): kubectl would silently send only the "
+                    "last value; write the key once", line)
             first_line[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -165,7 +167,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ManifestSyntaxError(f"duplicate key {key!r}: the API server refuses an object that repeats a key")
+            raise ManifestSyntaxError(f"duplicate key {key!r}: kubectl would silently send only the last value; "
+                                      "write the key once")
         out[key] = value
     return out
 

@@ -33,7 +33,7 @@ def test_a_duplicate_key_is_refused_with_the_file_and_line_of_the_repeat(tmp_pat
     error = refused(tmp_path, HEADER + "spec:\n  training:\n    epochs: 1\n    epochs: 2\n")
     assert error.source == f"{tmp_path / 'run.yaml'}:7"
     assert [str(e) for e in error.errors] == [
-        "duplicate key 'epochs' (first at line 6): kubectl and the API server refuse a mapping that repeats a key"]
+        "duplicate key 'epochs' (first at line 6): kubectl would silently send only the last value; write the key once"]
 
 
 def test_a_duplicate_key_in_a_json_manifest_is_refused(tmp_path: Path) -> None:
