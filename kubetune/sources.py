@@ -159,8 +159,9 @@ def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: D
 def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None = None) -> str:
     """Digest of what the dataset builder reads under `root`: the structure file and every file under topics/."""
     structure_file = root / structure
-    if not structure_file.is_file():
-        raise SourceError(f"spec.dataset.structure: {structure_file} does not exist")
+    if not structure_file.is_file():  # a FIFO or device would block or read forever
+        problem = "is not a regular file" if os.path.lexists(structure_file) else "does not exist"
+        raise SourceError(f"spec.dataset.structure: {structure_file} {problem}")
     files = [(structure, structure_file)]
     topics = root / TOPICS_FOLDER
     try:
@@ -175,12 +176,12 @@ def topic_files(topics: Path) -> list[tuple[str, Path]]:
     """The files under `topics/` the way the dataset builder walks it: names starting with '.' skipped, symlinks
     followed while they stay inside `topics/` (a loop is walked once), anything else refused. A FIFO or device is
     refused before it is opened: hashing one would block or read forever."""
-    real_root = topics.resolve()
+    real_root = _real(topics)
     found: list[tuple[str, Path]] = []
     seen: set[Path] = set()
 
     def walk(folder: Path, relative: str) -> None:
-        real = folder.resolve()
+        real = _real(folder)
         if real in seen:
             return
         seen.add(real)
@@ -188,17 +189,24 @@ def topic_files(topics: Path) -> list[tuple[str, Path]]:
             entries = sorted((entry for entry in listing if not entry.name.startswith(".")), key=lambda e: e.name)
         for entry in entries:
             path, name = Path(entry.path), f"{relative}/{entry.name}"
-            if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
-                raise ValueError(f"{path} is a symlink to {path.resolve()}, outside {topics}")
+            if entry.is_symlink() and not _real(path).is_relative_to(real_root):
+                raise ValueError(f"{path} is a symlink to {_real(path)}, outside {topics}")
             if entry.is_dir():
                 walk(path, name)
             elif entry.is_file():
                 found.append((name, path))
             else:
-                raise ValueError(f"{path} is not a regular file or folder (a FIFO, socket, device or broken link)")
+                raise ValueError(f"{path} is not a regular file or folder (a FIFO, socket, device, broken link or "
+                                 "symlink loop)")
 
     walk(topics, TOPICS_FOLDER)
     return found
+
+
+def _real(path: Path) -> Path:
+    """Where `path` leads, symlinks followed; a symlink loop stays itself (Path.resolve raises RuntimeError on one,
+    which no caller would take for bad input)."""
+    return Path(os.path.realpath(path))
 
 
 def local_data_files(uri: str) -> tuple[Path, list[tuple[str, Path]]]:
@@ -382,7 +390,10 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
         folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
     if not folder.is_dir():
         raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
-    return ResolvedSource(uri, folder_digest(folder, cache))
+    try:
+        return ResolvedSource(uri, folder_digest(folder, cache))
+    except (ValueError, OSError) as error:  # a FIFO, loop or symlinked folder in it: the field, not a bare path
+        raise SourceError(f"spec.baseModel.uri: {printable(str(error))}") from None
 
 
 def is_local_model(uri: str) -> bool:

@@ -1,0 +1,80 @@
+"""`kubetune run` on hostile local sources: dataset trees, data folders, model folders and template files holding
+symlink loops, links out of the tree, FIFOs, sockets, dangling links or folders where files belong. Whatever
+hypothesis puts where, the run ends before its first stage with one line naming the field, exit 2 — never a traceback
+(a symlink loop was a RuntimeError), never a hang on a FIFO — and writes nothing to its store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.property.cli_inputs import kubetune, manifest, snapshot, the_error_line, write_sources
+from tests.property.test_dataset_hostile import dangling, fifo, folder, loop, scratch, unix_socket
+
+
+def link_out(path: Path) -> bool:
+    path.symlink_to(Path(__file__).resolve())  # a readable file outside every example's folder
+    return True
+
+
+def link_folder_out(path: Path) -> bool:
+    path.symlink_to("/proc/self")
+    return True
+
+
+def two_link_loop(path: Path) -> bool:
+    path.symlink_to(path.with_name("other"))
+    path.with_name("other").symlink_to(path.name)
+    return True
+
+
+# What a source may hold that the run must refuse, by where it is: every one of them fails source resolution.
+BAD_ENTRY: dict[str, Callable[[Path], bool]] = {
+    "self-loop": loop, "two-link loop": two_link_loop, "FIFO": fifo, "socket": unix_socket, "dangling": dangling,
+    "link to a file outside": link_out, "link to /proc/self": link_folder_out,
+}
+# A model folder may hold links out (a Hugging Face snapshot is made of them) but no linked folder or special file.
+MODEL_ENTRY = {name: change for name, change in BAD_ENTRY.items() if name != "link to a file outside"}
+BAD_FILE: dict[str, Callable[[Path], bool]] = {"self-loop": loop, "FIFO": fifo, "folder": folder, "dangling": dangling}
+PLACES = {
+    "topic entry": lambda root: root / "ds" / "topics" / "identity" / "who" / "extra.json",
+    "structure": lambda root: root / "ds" / "structure.enriched.json",
+    "data entry": lambda root: root / "data" / "more.jsonl",
+    "model entry": lambda root: root / "model" / "weights.safetensors",
+    "template": lambda root: root / "template.jinja",
+}
+
+
+@st.composite
+def hostile_sources(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, str]]]:
+    """(dataset format, [(place, what is there, the field that must be named)]): one to three bad things."""
+    kind = draw(st.sampled_from(["tree", "messages"]))
+    places: dict[str, tuple[str, dict[str, Callable[[Path], bool]]]] = {
+        "model entry": ("spec.baseModel.uri", MODEL_ENTRY), "template": ("spec.training.chatTemplate.file", BAD_FILE),
+        **({"topic entry": ("spec.dataset.uri", BAD_ENTRY), "structure": ("spec.dataset.structure", BAD_FILE)}
+           if kind == "tree" else {"data entry": ("spec.dataset.uri", BAD_ENTRY)}),
+    }
+    chosen = draw(st.lists(st.sampled_from(sorted(places)), min_size=1, max_size=3, unique=True))
+    return kind, [(place, draw(st.sampled_from(sorted(places[place][1]))), places[place][0]) for place in chosen]
+
+
+@given(hostile_sources())
+def test_any_hostile_source_is_one_line_naming_its_field_and_nothing_is_written(
+        drawn: tuple[str, list[tuple[str, str, str]]]) -> None:
+    kind, bad = drawn
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        for place, what, _ in bad:
+            target = PLACES[place](root)
+            target.unlink(missing_ok=True)
+            (BAD_ENTRY | BAD_FILE)[what](target)
+        (root / "run.yaml").write_text(manifest(kind), encoding="utf-8")
+        before = snapshot(root)
+        line = the_error_line(*kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset"))
+        assert any(field in line for _, _, field in bad), line
+        assert not [path for path in (root / "store").rglob("*") if path.is_file()], "a refused run wrote its store"
+        assert {name for name in snapshot(root) - before if not name.startswith((".kubetune", "store"))} == set()
