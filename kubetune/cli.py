@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a FineTuneRun on this machine, stage by stage")
     run.add_argument("file", type=Path)
-    run.add_argument("--store", help="store folder or URI (default: .kubetune/store)")
+    run.add_argument("--store", type=_store, help="store folder or URI (default: .kubetune/store)")
     run.add_argument("--from-stage", choices=("dataset", "train", "merge", "convert", "evaluate", "publish"),
                      help="re-run this stage and the ones after it even if cached")
     run.add_argument("--to-stage", choices=("dataset", "train", "merge", "convert", "evaluate", "publish"),
@@ -161,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="a read-only web view of the local runs: stages, loss curve, artifacts, answers")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=8420, help="port to listen on (default: 8420; 0 picks a free one)")
-    ui.add_argument("--store", help="the store the runs used, if `kubetune run --store` named one")
+    ui.add_argument("--store", type=_store, help="the store the runs used, if `kubetune run --store` named one")
     ui.set_defaults(func=cmd_ui)
 
     ask = sub.add_parser("ask", help="ask a run's fine-tuned GGUF (or its bundled base model, or a GGUF) in llama.cpp")
     ask.add_argument("target", type=Path, help="a FineTuneRun manifest that ran locally, or a .gguf file")
     ask.add_argument("prompt")
     ask.add_argument("--base", action="store_true", help="ask the run's base model instead (bundled models)")
-    ask.add_argument("--store", help="the store the run used, if not the default")
+    ask.add_argument("--store", type=_store, help="the store the run used, if not the default")
     ask.add_argument("--max-tokens", type=_max_tokens, default=96, help=f"1 to {MAX_ANSWER_TOKENS} (default 96)")
     ask.set_defaults(func=cmd_ask)
 
@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataset_commands(sub)  # kubetune dataset convert
     return parser
+
+
+def _store(text: str) -> str:
+    """A store folder or URI as given; `file:/x` (one slash) is a URI kubetune does not read, not a folder named
+    `file:` to create in the current one."""
+    if text.startswith("file:") and not text.startswith("file://"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file URI kubetune reads: write file:///absolute/dir")
+    return text
 
 
 def _max_tokens(text: str) -> int:

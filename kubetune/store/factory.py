@@ -32,10 +32,18 @@ def open_store(
     """
     if not uri:
         raise StoreConfigError(f"empty store URI: {_SUPPORTED}")
+    if any(ord(char) < 0x20 or char == "\x7f" for char in uri):
+        # urlsplit drops tabs and newlines without a word (`s3://a\tb/x` opens bucket `ab`): refused, not guessed.
+        raise StoreConfigError(f"store URI {uri!r} holds a control character")
     if "://" not in uri:
+        if uri.startswith("file:"):  # a URI, not a folder named "file:" in the current one
+            raise StoreConfigError(f"store URI {uri!r} must name an absolute path: file:///absolute/dir")
         _refuse_endpoint_for_local(uri, endpoint)
-        return LocalStore(Path(uri).expanduser().resolve())
-    parts = urlsplit(uri)
+        return LocalStore(_local_root(uri, Path(uri).expanduser()).resolve())
+    try:
+        parts = urlsplit(uri)
+    except ValueError as error:  # "Invalid IPv6 URL" for a '[' in the host part
+        raise StoreConfigError(f"store URI {uri!r}: {error}") from None
     if parts.query or parts.fragment:
         raise StoreConfigError(f"store URI {uri!r} must not have a query or fragment")
     if parts.scheme == "s3":
@@ -60,10 +68,21 @@ def open_store(
         if parts.netloc not in ("", "localhost"):
             raise StoreConfigError(f"store URI {uri!r} must name an absolute path: file:///absolute/dir")
         _refuse_endpoint_for_local(uri, endpoint)
-        return LocalStore(Path(unquote(parts.path)))
+        return LocalStore(_local_root(uri, Path(unquote(parts.path))))
     raise StoreConfigError(f"unsupported store URI scheme {parts.scheme!r} in {uri!r}: {_SUPPORTED}")
 
 
 def _refuse_endpoint_for_local(uri: str, endpoint: str | None) -> None:
     if endpoint is not None:
         raise StoreConfigError(f"an S3 endpoint ({endpoint}) was given for the local store {uri!r}")
+
+
+def _local_root(uri: str, path: Path) -> Path:
+    """The folder a local store URI names. A file:// URI is checked after percent-decoding, as the API checks
+    `spec.storage.uri`: `file:///data/%2e%2e/etc` must not reach /etc past a check of the URI as written. A plain
+    path is the shell's (`--store ../store`): its '..' is resolved, as cd would."""
+    if "\x00" in str(path):  # a percent-encoded one: no path holds it
+        raise StoreConfigError(f"store URI {uri!r} holds a NUL character")
+    if uri.startswith("file://") and (".." in path.parts or not path.is_absolute()):
+        raise StoreConfigError(f"store URI {uri!r} must name an absolute path without '..': file:///absolute/dir")
+    return path
