@@ -4,14 +4,13 @@ The loop is the local executor's (kubetune/local.py) with Kubernetes Jobs: it ru
 asks to wait, doing lookups, creating at most one Job per stage and suspending or resuming Jobs on the way, then
 writes the status once, and only if it changed. Reconciles of one run never overlap; requests that arrive while
 one runs are folded into one more pass. The run and its Jobs come from the watch-fed cache (cache.py) where it can
-be trusted, else from the API server.
+be trusted, else from the API server. Beside it: what a pass reads from the store (store_reads.py), how it writes
+its outcome (status_write.py), and which watch events ask for a pass (watch_events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 import zlib
@@ -28,14 +27,16 @@ from kubetune.operator.events import EventRecorder
 from kubetune.operator.gate import PriorityGate
 from kubetune.operator.jobspec import JobSpecError, build, config_map_name, effective_resources
 from kubetune.operator.kube import ApiError, KubeApi, Obj
-from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.metrics import Metrics
 from kubetune.operator.notify import Notifier
-from kubetune.operator.observe import ObservedJob, has_condition, latest_attempts, observe_job, observe_jobs
+from kubetune.operator.observe import ObservedJob, observe_jobs
 from kubetune.operator.problems import REPLACE_SUPERSEDED, Problem, pod_problem, store_problem, superseded_problem
 from kubetune.operator.runstore import NoStoreConfigured, resolve_store
 from kubetune.operator.settings import OperatorSettings
-from kubetune.operator.status import StatusInputs, Transition, compute_status, failed_plan, store_problem_status
+from kubetune.operator.status import StatusInputs, Transition, failed_plan
+from kubetune.operator.status_write import StatusWriter
+from kubetune.operator.store_reads import STORE_ERRORS, StoreReads
+from kubetune.operator.watch_events import WatchEvents
 from kubetune.planner import (
     CreateJob,
     Fail,
@@ -51,17 +52,13 @@ from kubetune.planner import (
     plan,
 )
 from kubetune.runconfig import StoreConfig
-from kubetune.sources import SOURCES, SOURCES_FILE, Sources
+from kubetune.sources import SOURCES, Sources
 from kubetune.stages import REFRESH_ANNOTATION, StageRef, resolution_ref
 from kubetune.store import (
     Manifest,
-    ManifestError,
-    ObjectNotFoundError,
     Store,
     StoreError,
     content_digest,
-    open_store,
-    read_manifest,
 )
 
 log = logging.getLogger("kubetune.operator")
@@ -89,19 +86,6 @@ RECONCILES_IN_FLIGHT = 16
 POD_START_GRACE_S = 5.0
 # Replacing Jobs of a previous spec in one pass, at most (each spec edit while a stage ran left one).
 MAX_REPLACEMENTS = 4
-
-
-def _store_errors() -> tuple[type[BaseException], ...]:
-    """What reading the store raises when it cannot be read: the store's typed errors, file system errors, and
-    botocore's own where one slips through."""
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # an operator without S3 support
-        return (StoreError, OSError)
-    return (StoreError, OSError, BotoCoreError, ClientError)
-
-
-STORE_ERRORS = _store_errors()
 
 
 @dataclass
@@ -160,16 +144,13 @@ class Reconciler:
         self.events = EventRecorder(kube)
         self.notifier = Notifier(kube, metrics, settings, clock)
         self.cache = ObjectCache()
+        self.watch_events = WatchEvents(self.cache)
+        self.status_writer = StatusWriter(kube, self.cache, metrics, self.events, self.notifier, clock)
         self._gate = PriorityGate(RECONCILES_IN_FLIGHT)
-        self._stores: dict[StoreConfig, Store] = {}
-        self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (uri, prefix, key): published, immutable
-        self._sources: dict[tuple[str, str, str], Sources] = {}  # the same, for the sources Jobs' sources.json
+        self.store_reads = StoreReads()
         self._serial: dict[tuple[str, str], _Serial] = {}
         self._reconciled_at: dict[tuple[str, str], float] = {}  # monotonic time of each run's last reconcile
         self._read_at: dict[tuple[str, str], float] = {}  # ... and of its last read from the API server
-        self._job_views: dict[str, tuple[Any, ...] | None] = {}  # Job uid -> what the last event showed of it
-        # run -> (uid, generation, replace annotation) events asked for
-        self._generations: dict[tuple[str, str], tuple[str, int, str | None, str | None]] = {}
         self._quiet: dict[tuple[str, str], _QuietPass] = {}  # run -> its last reconcile, if that changed nothing
         # Monotonic times: reconcile the run by then at the latest (a pod check, a grace period ending) ...
         self._due_at: dict[tuple[str, str], float] = {}
@@ -177,7 +158,6 @@ class Reconciler:
         self._retry_at: dict[tuple[str, str], float] = {}
         self._store_trouble: dict[tuple[str, str], tuple[str, int]] = {}  # run -> (reason, failed reconciles)
         self._pod_checks: dict[tuple[str, str], int] = {}  # run -> pod checks of its starting stage Job so far
-        self._awaiting_pods: set[str] = set()  # uids of Jobs checked for missing pods: their pods starting is news
         self._background: set[asyncio.Task[None]] = set()  # request_soon's (asyncio keeps only weak references)
         # Each run's parsed spec (or why it is invalid) for its uid and generation: the spec of a generation never
         # changes, and validating it (types and CEL rules) cost half the operator's time under load.
@@ -221,7 +201,7 @@ class Reconciler:
             self._reconciled_at.pop(key, None)
             self._read_at.pop(key, None)
             self._parsed.pop(key, None)
-            self._generations.pop(key, None)
+            self.watch_events.forget_run(key)
             self._quiet.pop(key, None)
             self._due_at.pop(key, None)
             self._retry_at.pop(key, None)
@@ -291,52 +271,19 @@ class Reconciler:
         if quiet is None or cached is None or _versions(*cached) != quiet.versions:
             return False
         try:
-            return await self._read_json(quiet.store, quiet.progress_key) == quiet.progress
+            return await self.store_reads.json(quiet.store, quiet.progress_key) == quiet.progress
         except (StoreError, OSError):
             return False  # the reconcile will meet it and say so
 
     def run_event_matters(self, event_type: str | None, run: Mapping[str, Any]) -> bool:
-        """Whether a run's watch event asks for a reconcile: the run is new to this process (created, or listed when
-        the operator starts) or has a new generation (its spec changed). Its status writes and label edits do not:
-        the reconcile compares the run with what exists, whatever the event, and the timer covers the rest. A run
-        created while the operator watches goes into the cache as it is (cache.py: `adopt`), so that its first
-        reconcile reads nothing from the API server."""
-        meta = run.get("metadata") or {}
-        key = run_key(run)
-        if event_type == "DELETED":
-            self._generations.pop(key, None)
-            return False
-        # The annotations that replace a Job of the previous spec at once, or resolve the sources again, are the
-        # metadata changes that matter.
-        annotations = meta.get("annotations") or {}
-        seen = (str(meta.get("uid", "")), int(meta.get("generation") or 0),
-                annotations.get(REPLACE_SUPERSEDED), annotations.get(REFRESH_ANNOTATION))
-        if self._generations.get(key) == seen:
-            return False
-        self._generations[key] = seen
-        if event_type == "ADDED" and self.cache.adopt(key, dict(run)):
-            self._read_at[key] = time.monotonic()  # as good as a read: the timer's resync counts from here
-        return True
+        """watch_events.py: `WatchEvents.run_event_matters`; a run adopted into the cache counts as read."""
+        matters, adopted = self.watch_events.run_event_matters(event_type, run)
+        if adopted:
+            self._read_at[run_key(run)] = time.monotonic()  # as good as a read: the timer's resync counts from here
+        return matters
 
     def job_event_matters(self, event_type: str | None, job: Mapping[str, Any]) -> bool:
-        """Whether a Job event can move its run on: a Job writes its status many times (pods starting, counters),
-        and only a change of its phase (or completion time) can. Its start time alone waits for the next reconcile
-        (a running train stage's timer, or the Job's end). Deletions always matter."""
-        uid = str((job.get("metadata") or {}).get("uid", ""))
-        if event_type == "DELETED" or not uid:
-            self._job_views.pop(uid, None)
-            self._awaiting_pods.discard(uid)
-            return True
-        observed = observe_job(job)
-        view = None if observed is None else (observed.state.phase, observed.completion_time)
-        # While a Job's missing pods are looked into, their coming up is news too.
-        pods_came_up = uid in self._awaiting_pods and (observed is None or not observed.starting)
-        if pods_came_up:
-            self._awaiting_pods.discard(uid)
-        if uid in self._job_views and self._job_views[uid] == view and not pods_came_up:
-            return False
-        self._job_views[uid] = view
-        return True
+        return self.watch_events.job_event_matters(event_type, job)
 
     def known_runs(self) -> int:
         return len(self._serial)
@@ -368,13 +315,13 @@ class Reconciler:
         self._due_at.pop(key, None)
         self._retry_at.pop(key, None)
         try:
-            store = self._store(store_config)
-            observed_jobs = observe_jobs(jobs, await self._failure_reports(store, jobs))
+            store = self.store_reads.clients.get(store_config)
+            observed_jobs = observe_jobs(jobs, await self.store_reads.failure_reports(store, jobs))
             state = _Pass([job.state for job in observed_jobs], resolve=self._resolution(run, body))
             step = await self._advance(run, store, state)
             step, problem = await self._unblock(run, body, jobs, observed_jobs, store, state, step)
             progress_key = _progress_key(step, previous)
-            training = None if progress_key is None else await self._read_json(store, progress_key)
+            training = None if progress_key is None else await self.store_reads.json(store, progress_key)
         except STORE_ERRORS as error:
             return await self._store_unavailable(body, store_config, previous, error)
         self._store_answers(key, store_config.uri)
@@ -417,7 +364,7 @@ class Reconciler:
         """The finalizer's work for runs with storage.keepOnDelete: false."""
         run = parse_run({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun",
                          "metadata": {"name": name, "namespace": namespace}, "spec": spec})
-        store = self._store(resolve_store(run.spec.storage, self.settings))
+        store = self.store_reads.clients.get(resolve_store(run.spec.storage, self.settings))
         await asyncio.to_thread(store.delete_prefix, f"{namespace}/{name}")
 
     # --- observe → plan → act ---------------------------------------------------------------------------------
@@ -427,10 +374,10 @@ class Reconciler:
             step = plan(run.namespace, run.name, run.spec, state.observed())
             action = step.action
             if isinstance(action, Lookup) and action.stage == SOURCES:
-                state.sources = await self._lookup_sources(store, action.ref)
+                state.sources = await self.store_reads.sources(store, action.ref)
                 state.looked_up.add(action.ref.key)
             elif isinstance(action, Lookup):
-                manifest = await self._lookup(store, action.ref)
+                manifest = await self.store_reads.manifest(store, action.ref)
                 if manifest is not None:
                     state.outputs[action.ref.key] = Output(action.ref.key, content_digest(manifest))
                     state.manifests[action.stage] = manifest
@@ -489,71 +436,9 @@ class Reconciler:
             state.notes.append(Transition("Normal", "JobCreated", f"{action.stage}: created Job {action.name}{retry}",
                                           action.stage))
 
-    # --- the store --------------------------------------------------------------------------------------------
-
-    def _store(self, config: StoreConfig) -> Store:
-        if config not in self._stores:
-            self._stores[config] = open_store(config.uri, endpoint=config.endpoint, region=config.region,
-                                              path_style=config.path_style)
-        return self._stores[config]
-
-    async def _lookup(self, store: Store, ref: StageRef) -> Manifest | None:
-        cache_key = (store.uri_for(ref.prefix), ref.prefix, ref.key)
-        if cache_key in self._manifests:
-            return self._manifests[cache_key]
-        try:
-            manifest = await asyncio.to_thread(read_manifest, store, ref.prefix)
-        except ManifestError as error:
-            log.warning("ignoring %s: the stage will run again and publish a valid one", error)
-            return None
-        if manifest is None or manifest.input_key != ref.key:
-            return None
-        self._manifests[cache_key] = manifest
-        return manifest
-
-    async def _lookup_sources(self, store: Store, ref: StageRef) -> Sources | None:
-        """What the sources Job published at `ref` (its sources.json, checked against its manifest), if anything."""
-        cache_key = (store.uri_for(ref.prefix), ref.prefix, ref.key)
-        if cache_key in self._sources:
-            return self._sources[cache_key]
-        manifest = await self._lookup(store, ref)
-        entry = next((f for f in manifest.files if f.path == SOURCES_FILE), None) if manifest is not None else None
-        if entry is None:
-            return None
-        try:
-            raw = await asyncio.to_thread(store.get_bytes, f"{ref.prefix}/{SOURCES_FILE}")
-            if hashlib.sha256(raw).hexdigest() != entry.sha256:
-                raise ValueError("it does not match its manifest")
-            sources = Sources.from_json(json.loads(raw))
-        except (ObjectNotFoundError, ValueError, TypeError, KeyError) as error:
-            log.warning("ignoring the sources at %s: %s", store.uri_for(ref.prefix), error)
-            return None
-        self._sources[cache_key] = sources
-        return sources
-
     def _resolution(self, run: FineTuneRun, body: Obj) -> StageRef:
         image = effective_resources(run.spec.resources, SOURCES).image or self.settings.job_image
         return resolution_ref(run.namespace, run.name, run.spec, uid=run.uid, image=image, refresh=_refresh(body))
-
-    async def _read_json(self, store: Store, key: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads(await asyncio.to_thread(store.get_bytes, key))
-        except ObjectNotFoundError:
-            return None
-        except ValueError:
-            return None  # caught mid-rewrite on a store without atomic writes: next pass reads it
-        return data if isinstance(data, dict) else None
-
-    async def _failure_reports(self, store: Store, jobs: list[Obj]) -> dict[str, dict[str, Any]]:
-        """progress.json of each stage's last Job that failed: the job's own one-line reason and exit code."""
-        reports = {}
-        for job in latest_attempts(jobs):
-            prefix = (job["metadata"].get("annotations") or {}).get(labels.PREFIX)
-            if prefix and has_condition(job, "Failed"):
-                report = await self._read_json(store, f"{prefix}/progress.json")
-                if report is not None:
-                    reports[job["metadata"]["name"]] = report
-        return reports
 
     # --- status and events ------------------------------------------------------------------------------------
 
@@ -562,30 +447,14 @@ class Reconciler:
         previous: dict[str, Any], *, training: dict[str, Any] | None = None, times: dict[str, Any] | None = None,
         problem: Problem | None = None,
     ) -> str:
-        meta = body["metadata"]
-        now = self.clock()
         spec = run.spec if run is not None else FineTuneRunSpec()
-        update = compute_status(StatusInputs(
-            spec=spec, generation=int(meta.get("generation") or 0), plan=step, now=now, store_uri=store_uri,
-            jobs=times or {}, manifests=state.manifests, training=training, previous=previous, problem=problem,
-            sources=state.sources, refresh=_refresh(body),
-        ))
-        self.notifier.record(body, spec.notify if run is not None else None, previous, update, now)
-        if update.changed(previous):
-            state.wrote = True
-            written = await self.kube.patch_run_status(meta["namespace"], meta["name"],
-                                                       merge_patch(previous, update.status))
-            self.cache.observe_run("MODIFIED", written)
-            self.notifier.take_up(written)
-        self.events.record(body, [*state.notes, *update.transitions], now)
-        self.metrics.transitions(update.transitions, update.status.get("stages") or {})
-        phase = str(update.status["phase"])
-        self.metrics.run_phase(meta["namespace"], meta["name"], phase)
-        self.metrics.run_progress(meta["namespace"], meta["name"], update.status.get("progress"))
-        stalled: dict[str, Any] = next(
-            (c for c in update.status.get("conditions") or [] if c.get("type") == "Stalled"), {})
-        self.metrics.run_stalled(meta["namespace"], meta["name"],
-                                 stalled.get("reason") if stalled.get("status") == "True" else None)
+        inputs = StatusInputs(
+            spec=spec, generation=int(body["metadata"].get("generation") or 0), plan=step, now=self.clock(),
+            store_uri=store_uri, jobs=times or {}, manifests=state.manifests, training=training, previous=previous,
+            problem=problem, sources=state.sources, refresh=_refresh(body),
+        )
+        phase, patched = await self.status_writer.write(body, inputs, spec.notify if run is not None else None, state.notes)
+        state.wrote = state.wrote or patched
         return phase
 
     # --- what holds a run up ------------------------------------------------------------------------------------
@@ -597,7 +466,7 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         problem = store_problem(error, config.uri)
-        self._stores.pop(config, None)  # a fresh client next time: it reads credentials (mounted, rotated) again
+        self.store_reads.clients.drop(config)  # a fresh client next time: it reads credentials (mounted, rotated) again
         reason, failures = self._store_trouble.get(key, ("", 0))
         cap = RESYNC_FACTOR * self.settings.reconcile_interval
         if reason != problem.reason:
@@ -605,17 +474,7 @@ class Reconciler:
         self._store_trouble[key] = (problem.reason, failures + 1)
         self._retry_at[key] = time.monotonic() + min(cap, self.settings.reconcile_interval * 2 ** failures)
         self.metrics.store_errors.labels(problem.reason).inc()
-        now = self.clock()
-        update = store_problem_status(previous, int(meta.get("generation") or 0), now, problem)
-        if update.changed(previous):
-            self.cache.observe_run("MODIFIED", await self.kube.patch_run_status(
-                meta["namespace"], meta["name"], merge_patch(previous, update.status)))
-        self.events.record(body, update.transitions, now)
-        self.metrics.transitions(update.transitions, {})
-        self.metrics.run_stalled(*key, problem.reason)
-        phase = str(update.status["phase"])
-        self.metrics.run_phase(*key, phase)
-        return phase
+        return await self.status_writer.write_store_problem(body, previous, problem)
 
     def _store_answers(self, key: tuple[str, str], store_uri: str) -> None:
         trouble = self._store_trouble.pop(key, None)
@@ -696,7 +555,7 @@ class Reconciler:
         if age is None or age < POD_START_GRACE_S:
             self._due_at[key] = time.monotonic() + POD_START_GRACE_S - (age or 0.0)
             return None
-        self._awaiting_pods.add(job.uid)
+        self.watch_events.awaiting_pods.add(job.uid)
         pods = await self.kube.list_job_pods(run.namespace, job.uid) if job.pods_active else []
         events = await self.kube.list_events(run.namespace, job.uid) if job.pods_active < job.pods_wanted else []
         checks = self._pod_checks[key] = self._pod_checks.get(key, 0) + 1

@@ -1,10 +1,14 @@
-"""Which store a run uses and which Secret holds its credentials: the run's spec, else the operator's defaults."""
+"""Which store a run uses and which Secret holds its credentials (the run's spec, else the operator's defaults), and
+the clients that read those stores."""
 
 from __future__ import annotations
+
+import threading
 
 from kubetune.api.types import StorageSpec
 from kubetune.operator.settings import OperatorSettings
 from kubetune.runconfig import StoreConfig
+from kubetune.store import Store, open_store
 
 
 class NoStoreConfigured(ValueError):
@@ -30,3 +34,23 @@ def credentials_secret(storage: StorageSpec, settings: OperatorSettings) -> str 
     if not resolve_store(storage, settings).uri.startswith("s3://"):
         return None
     return storage.credentials_secret or settings.credentials_secret
+
+
+class StoreClients:
+    """One store client per store configuration, shared by the threads that read runs' stores. A client is dropped
+    when its store fails, so that the next one reads its credentials (mounted, rotated) again."""
+
+    def __init__(self) -> None:
+        self._clients: dict[StoreConfig, Store] = {}
+        self._lock = threading.Lock()
+
+    def get(self, config: StoreConfig) -> Store:
+        with self._lock:
+            if config not in self._clients:
+                self._clients[config] = open_store(config.uri, endpoint=config.endpoint, region=config.region,
+                                                   path_style=config.path_style)
+            return self._clients[config]
+
+    def drop(self, config: StoreConfig) -> None:
+        with self._lock:
+            self._clients.pop(config, None)

@@ -17,10 +17,9 @@ import kubernetes
 
 from kubetune.api import types as t
 from kubetune.operator.kube import ApiError, KubeApi, Obj
-from kubetune.operator.runstore import NoStoreConfigured, resolve_store
+from kubetune.operator.runstore import NoStoreConfigured, StoreClients, resolve_store
 from kubetune.operator.settings import OperatorSettings
-from kubetune.runconfig import StoreConfig
-from kubetune.store import Store, StoreError, open_store
+from kubetune.store import StoreError
 from kubetune.webview.collect import RunReader, summary
 from kubetune.webview.model import FetchedFile, NotFound, RunPage, RunSummary
 from kubetune.webview.server import WebView
@@ -38,8 +37,7 @@ class ClusterRuns:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="kubetune-web-api", daemon=True)
         self._thread.start()
-        self._stores: dict[StoreConfig, Store] = {}
-        self._stores_lock = threading.Lock()
+        self._stores = StoreClients()
 
     def close(self) -> None:
         self._call(self.kube.close())
@@ -82,16 +80,9 @@ class ClusterRuns:
         try:
             storage = t.StorageSpec.model_validate((run.get("spec") or {}).get("storage") or {})
             config = resolve_store(storage, self.settings)
-            return RunReader(run, self._store(config))
+            return RunReader(run, self._stores.get(config))
         except (NoStoreConfigured, StoreError, ValueError) as error:
             return RunReader(run, None, [f"the run's store: {error}"])
-
-    def _store(self, config: StoreConfig) -> Store:
-        with self._stores_lock:
-            if config not in self._stores:
-                self._stores[config] = open_store(config.uri, endpoint=config.endpoint, region=config.region,
-                                                  path_style=config.path_style)
-            return self._stores[config]
 
 
 def serve_web(settings: OperatorSettings, configuration: kubernetes.client.Configuration,

@@ -52,7 +52,7 @@ def test_the_added_event_of_a_job_the_operator_created_is_no_news() -> None:
 def test_the_pods_of_a_job_whose_missing_pods_are_looked_into_coming_up_is_news_once() -> None:
     watcher = reconciler()
     assert watcher.job_event_matters("ADDED", stage_job())
-    watcher._awaiting_pods.add("uid-1")  # a reconcile found its pods missing (what _pods_problem records)
+    watcher.watch_events.awaiting_pods.add("uid-1")  # a reconcile found its pods missing (what _pods_problem records)
     assert not watcher.job_event_matters("MODIFIED", stage_job(active=1, ready=0))  # a pod, not up: no news
     assert watcher.job_event_matters("MODIFIED", stage_job(active=1, ready=1))  # up: the run is not stalled now
     assert not watcher.job_event_matters("MODIFIED", stage_job(active=1, ready=1, startTime="2026-01-01T00:00:00Z"))
