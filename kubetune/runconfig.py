@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import types as t
-from kubetune.sources import Sources
+from kubetune.sources import SOURCES, Sources
 from kubetune.stages import StageRef
+from kubetune.store.keys import validate_prefix
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,58 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunConfig:
-        meta, store = data["metadata"], data["store"]
+        """Raises ValueError (TypeError for a wrong type) naming the field when `data` is not a run config: a job must
+        refuse a stage prefix that leaves the run's folder (or is no text) before it writes anything under it, not
+        fail on it mid-stage."""
+        _object(data, "run config")
+        meta, store, stages = (_object(data.get(name), name) for name in ("metadata", "store", "stages"))
         return cls(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta.get("uid", ""),
+            name=_text(meta.get("name"), "metadata.name"),
+            namespace=_text(meta.get("namespace"), "metadata.namespace"),
+            uid=_text(meta.get("uid", ""), "metadata.uid", empty=True),
             spec=t.FineTuneRunSpec.model_validate(data["spec"]),
-            store=StoreConfig(uri=store["uri"], endpoint=store.get("endpoint"), region=store.get("region"),
-                              path_style=bool(store.get("pathStyle", False))),
-            stages={stage: StageRef(key=ref["key"], prefix=ref["prefix"]) for stage, ref in data["stages"].items()},
+            store=StoreConfig(uri=_text(store.get("uri"), "store.uri"),
+                              endpoint=_optional_text(store.get("endpoint"), "store.endpoint"),
+                              region=_optional_text(store.get("region"), "store.region"),
+                              path_style=_flag(store.get("pathStyle", False), "store.pathStyle")),
+            stages={stage: _stage_ref(stage, ref) for stage, ref in stages.items()},
             sources=Sources.from_json(data["sources"]) if "sources" in data else None,
         )
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field} must be a JSON object")
+    return value
+
+
+def _text(value: Any, field: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or not (value or empty):
+        raise ValueError(f"{field} must be a{'' if empty else ' non-empty'} string, not {value!r:.80}")
+    return value
+
+
+def _optional_text(value: Any, field: str) -> str | None:
+    return None if value is None else _text(value, field)
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be true or false, not {value!r:.80}")
+    return value
+
+
+def _stage_ref(stage: str, ref: Any) -> StageRef:
+    if stage not in (SOURCES, *t.STAGES):
+        raise ValueError(f"stages: unknown stage {stage!r:.80}")
+    ref = _object(ref, f"stages.{stage}")
+    prefix = _text(ref.get("prefix"), f"stages.{stage}.prefix")
+    try:
+        prefix = validate_prefix(prefix)  # the stage writes under it: no '..', no absolute path, no empty segment
+    except ValueError as error:
+        raise ValueError(f"stages.{stage}.prefix: {error}") from None
+    return StageRef(key=_text(ref.get("key"), f"stages.{stage}.key"), prefix=prefix)
