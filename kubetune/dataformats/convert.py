@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kubetune.api.dataset_formats import DatasetFields
 from kubetune.dataformats.build import DataFile, build_conversations
 from kubetune.dataformats.formats import Message
-from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError, DatasetIssue
+from kubetune.datasets_new.errors import EXIT_BAD_INPUT, DatasetError, DatasetIssue, OutputError
 from kubetune.datasets_new.outputs import write_files_atomically
 
 STRUCTURE_FILE = "structure.enriched.json"
@@ -56,6 +56,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                   fields=field_mapping(args.field))
     except DatasetError as error:
         print(error.report(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OutputError as error:  # --out under a file or FIFO, a dangling link, a read-only place: nothing written
+        print(error.issue.format(), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {written} sample(s) to {args.out} (build it with build_train_jsonl.py or spec.dataset.uri)")
     return 0
