@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="a read-only web view of the local runs: stages, loss curve, artifacts, answers")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    ui.add_argument("--port", type=int, default=8420, help="port to listen on (default: 8420; 0 picks a free one)")
+    ui.add_argument("--port", type=_port, default=8420, help="port to listen on (default: 8420; 0 picks a free one)")
     ui.add_argument("--store", type=_store, help="the store the runs used, if `kubetune run --store` named one")
     ui.set_defaults(func=cmd_ui)
 
@@ -189,6 +189,16 @@ def _store(text: str) -> str:
     if text.startswith("file:") and not text.startswith("file://"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a file URI kubetune reads: write file:///absolute/dir")
     return text
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:  # the socket's bind would raise OverflowError, which is no bad-input error
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
+    return value
 
 
 def _max_tokens(text: str) -> int:

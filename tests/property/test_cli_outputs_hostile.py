@@ -1,6 +1,7 @@
-"""`kubetune dataset convert --out` where no tree can be written (below a FIFO or a file, a dangling link or a link
-loop, a folder that holds files, /proc) ends in one located error with a hint and exit 2 and writes nothing — an
-unwritable place used to end in OutputError's traceback."""
+"""Where a command writes or listens: `kubetune dataset convert --out` where no tree can be written (below a FIFO or a
+file, a dangling link or a link loop, a folder that holds files, /proc) ends in one located error with a hint and
+exit 2 and writes nothing — an unwritable place used to end in OutputError's traceback; `kubetune ui --port` that is
+no port is argparse's error, exit 2."""
 
 from __future__ import annotations
 
@@ -63,3 +64,9 @@ def test_convert_to_an_output_it_cannot_write_is_one_located_error_and_writes_no
         assert snapshot(root) == before
     assert code == 2 and "Traceback" not in "\n".join(err), err
     assert err[0].startswith(out.as_posix()) and err[1].startswith("    hint: "), err
+
+
+@given(st.one_of(st.integers(max_value=-1), st.integers(min_value=65536), st.sampled_from(["", "x", "80.5", "1e3"])))
+def test_ui_refuses_a_port_that_is_no_port_before_it_listens(port: int | str) -> None:
+    code, err = kubetune("ui", "--port", str(port))
+    assert code == 2 and err[-1].startswith("kubetune ui: error: argument --port: "), err  # bind raised OverflowError
