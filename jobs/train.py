@@ -283,7 +283,9 @@ def train(
             state, training, total_steps, micro_batches_per_step,
             same_ranks=saved_world_size(restored[1]) == ranks.world_size)
     # The schedule is made for the steps this run will reach; a restored one continues from its position.
-    optimizer, scheduler = make_optimizer(loaded.model, settings, total_steps)
+    # The memory-lean mode keeps AdamW's moments in host memory too (train_host_state.HostAdamW).
+    optimizer, scheduler = make_optimizer(loaded.model, settings, total_steps,
+                                          host_moments=loaded.offloaded_layers > 0)
     if restored is not None:
         name, folder = restored
         load_adapter_weights(loaded.model, folder)

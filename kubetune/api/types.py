@@ -301,11 +301,12 @@ class TrainingSpec(ApiModel):
     each layer's checkpointed input waits in pinned CPU memory between forward and backward, copied out and back on
     a side stream that overlaps the compute (the next layer's input is fetched while the current one recomputes).
     A frozen input embedding table that is not tied to the output head (no added tokens) also waits in pinned CPU
-    memory: its rows are looked up there and copied to the GPU per micro-batch. GPU memory then holds the weights,
-    the LoRA and optimizer state, one layer's activations and one loss chunk, whatever the depth; training is
-    somewhat slower and the gradients are exactly those without offload. Needs gradientCheckpointing; host memory
-    grows by the embedding table and by layers x tokens x hidden size x 2 bytes per micro-batch (pinned memory
-    counts against the pod's memory limit). Ignored on CPUs (nothing to save there)."""
+    memory: its rows are looked up there and copied to the GPU per micro-batch; and AdamW's moments stay in CPU
+    memory, the update runs there. GPU memory then holds the weights, the LoRA parameters and gradients, one layer's
+    activations and one loss chunk, whatever the depth; training is somewhat slower and the gradients are exactly
+    those without offload. Needs gradientCheckpointing; host memory grows by the embedding table, the moments and
+    layers x tokens x hidden size x 2 bytes per micro-batch (pinned memory counts against the pod's memory limit).
+    Ignored on CPUs (nothing to save there)."""
     compile: bool = True
     """On CUDA, compile the decoder layers with torch.compile (fused element-wise kernels; the first step compiles)."""
     fp8: bool = False

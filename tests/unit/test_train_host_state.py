@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, Qwen2Config
 
 from kubetune.jobs.train_host_state import HostAdamW, embedding_on_host, keep_input_embedding_on_host
+from kubetune.jobs.train_loop import LoopSettings, make_optimizer
 from kubetune.jobs.train_model import LoadedModel, build_model
 from tests.unit.test_train_offload import SHAPE, Lora, load, tiny_model, two_steps
 
@@ -165,3 +166,28 @@ def test_host_adamw_checkpoints_resume_with_either_optimizer() -> None:
         train(after, params, range(3, 6))
         for param, reference in zip(params, straight, strict=True):
             assert torch.equal(param, reference), f"{first.__name__} -> {second.__name__}"
+
+
+def test_the_lean_modes_optimizer_follows_the_schedule_as_adamw_does() -> None:
+    """`make_optimizer(host_moments=True)` (the train stage's choice under activation offload) gives HostAdamW,
+    driven by the same schedule to the same parameters as the plain optimizer."""
+    settings = LoopSettings(learning_rate=0.05, lr_scheduler="linear", warmup_ratio=0.25, gradient_accumulation=1,
+                            seed=0, logging_steps=1, checkpoint_every=10)
+    results = []
+    for host_moments in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        optimizer, scheduler = make_optimizer(model, settings, 8, host_moments=host_moments)
+        assert isinstance(optimizer, HostAdamW) == host_moments
+        rates = []
+        for step in range(8):
+            model(torch.full((2, 4), float(step))).square().sum().backward()
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        results.append((rates, [p.detach().clone() for p in model.parameters()]))
+    (rates, params), (host_rates, host_params) = results
+    assert host_rates == rates and rates[0] == 0.0 and max(rates) == 0.05
+    for param, host_param in zip(params, host_params, strict=True):
+        torch.testing.assert_close(host_param, param)  # CPU AdamW unfused there, fused here: rounding apart
