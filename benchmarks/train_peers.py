@@ -23,6 +23,10 @@ this reuses). Each path runs in its own process (Unsloth patches transformers on
   `-d0` paths (like with like); the lean ones in `LEAN_D0`'s micro-batches (`--mlp-chunk-elements`: their MLPs in
   token chunks, which offload does only without dropout).
 
+The lean paths keep an untied input embedding table in host memory, as the train stage's lean mode does; its
+AdamW moments in host memory too only with `--host-moments` (the train stage's lean mode always does: the flag
+keeps the earlier measurements' setting reproducible).
+
 Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth and our
 lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
 held-out loss; then each of ours against stock, against the fastest peer and against the fastest peer with the same
@@ -62,8 +66,9 @@ LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**2
         ("llama3.1-8b", "chat"): (3, 2**24), ("llama3.1-8b", "long"): (2, 2**26)}
 # The lean paths without LoRA dropout: micro-batches, loss-chunk logits, MLP-chunk intermediate values (None: whole
 # MLPs; chunks cut the peak but cost more time than a micro-batch more, `train_offload_check.py`). Measured in
-# training: 1.5B long (3.35 GiB against Unsloth d0 packed's 3.38). 8B chat in one micro-batch: the untied 8B input
-# embedding waits in host memory in lean mode (0.98 GiB off the 8B check's 7.41 GiB at full width).
+# training: 1.5B long (3.35 GiB against Unsloth d0 packed's 3.38); 8B chat in one micro-batch, the untied input
+# embedding in host memory (6.45 GiB against 6.93); 1.5B chat in 2 with `--host-moments` (1.76 GiB against 1.80;
+# 1.90 with the moments on the GPU).
 LEAN_D0: dict[tuple[str, str], tuple[int, int, int | None]] = {
     ("qwen2.5-1.5b", "chat"): (2, 2**24, None), ("qwen2.5-1.5b", "long"): (2, 2**26, None),
     ("llama3.1-8b", "chat"): (1, 2**26, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
