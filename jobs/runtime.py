@@ -115,7 +115,11 @@ def _scratch_dir(stage: str) -> Path:
     root = os.environ.get("KUBETUNE_WORKDIR")
     if root:
         path = Path(root) / stage
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as error:  # a retry would not change these
+            raise ConfigError(f"KUBETUNE_WORKDIR={root}: cannot make the stage's scratch folder {path}: "
+                              f"{error.strerror or error}") from None
         return path
     return Path(tempfile.mkdtemp(prefix=f"kubetune-{stage}-"))
 
@@ -135,6 +139,8 @@ def run_job(stage: str, run_path: Path, body: Callable[[JobContext], None]) -> i
         ctx = JobContext(config, stage)
     except (ConfigError, ValueError) as exc:  # no entry for the stage, a store URI or endpoint that cannot work
         return _fail(None, EXIT_CONFIG, "Failed", str(exc))
+    except OSError as exc:  # a full disk under the scratch folder, say: a retry may find room
+        return _fail(None, EXIT_FAILED, "Failed", f"cannot start the {stage} stage: {exc}")
     try:
         ctx.install_signal_handlers()
         ctx.progress("Running", force=True, startedAt=utc_now())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kubetune.store.base import ObjectInfo, Store
-from kubetune.store.errors import IntegrityError, ObjectNotFoundError
+from kubetune.store.errors import IntegrityError, ObjectNotFoundError, StoreConfigError
 from kubetune.store.hashing import CHUNK_SIZE
 from kubetune.store.keys import TEMP_MARKER, validate_key, validate_prefix
 from kubetune.store.localfiles import atomic_destination
@@ -24,7 +24,11 @@ class LocalStore(Store):
         if not root_path.is_absolute():
             raise ValueError(f"local store root must be an absolute path, got {str(root)!r}")
         self.root = root_path
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as error:  # a file in the way: the URI's fault, not the disk's
+            raise StoreConfigError(f"local store root {root_path} is not a folder ({error.strerror} at "
+                                   f"{error.filename}): name a folder") from None
 
     def __repr__(self) -> str:
         return f"LocalStore({self.root.as_uri()})"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -95,3 +96,18 @@ def test_a_stage_prefix_out_of_the_store_fails_the_entrypoint_with_exit_2_and_wr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("kubetune-job: failed: run config ") and "stages.dataset.prefix" in line
     assert not (tmp_path / "store").exists() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("where", ["store", "KUBETUNE_WORKDIR"])
+def test_a_store_or_scratch_folder_that_is_a_file_is_one_line_and_exit_2(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("in the way", encoding="utf-8")
+    doc = valid_run_config(tmp_path / ("file" if where == "store" else "store"))
+    (tmp_path / "run.json").write_text(json.dumps(doc), encoding="utf-8")
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / ("file" if where == "KUBETUNE_WORKDIR" else "work")))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = run_job("dataset", tmp_path / "run.json", never_runs)
+    [line] = err.getvalue().splitlines()
+    assert code == 2 and line.startswith("kubetune-job: failed: ") and str(tmp_path / "file") in line, line
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "in the way"

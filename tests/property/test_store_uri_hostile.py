@@ -46,8 +46,8 @@ def store_uris(draw: st.DrawFn, base: str) -> str:
     scheme = draw(st.sampled_from(["file", "plain", "s3", "other"]))
     if scheme == "file":
         return draw(st.sampled_from(["file://", "file://localhost", "file:", "file://host"])) + f"{base}/{tail}"
-    if scheme == "plain":
-        return draw(st.sampled_from([f"{base}/", "sub/", "./", ""])) + tail
+    if scheme == "plain":  # run.yaml is a file: a store there or below it cannot be
+        return draw(st.sampled_from([f"{base}/", "sub/", "./", "", "run.yaml/", f"{base}/run.yaml/"])) + tail
     if scheme == "s3":
         return f"s3://{draw(odd_buckets)}/{tail}"
     return draw(st.sampled_from(["ftp://", "bundled://", "hf://", "pvc://", "S3://", "://"])) + tail
