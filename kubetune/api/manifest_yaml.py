@@ -34,7 +34,12 @@ class ManifestSyntaxError(ValueError):
         self.line = line
 
 
-class _KubectlYamlLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML was built with it: go-yaml v2 is a port of libyaml, and the pure-Python parser takes
+# seconds per hundred thousand values (a hostile manifest is bounded by MAX_VALUES, not by a size).
+_SafeLoader: type[yaml.SafeLoader] = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader  # type: ignore[assignment]
+
+
+class _KubectlYamlLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """go-yaml v2's scalars on PyYAML's safe parser, refusing duplicate keys."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubetune.api.validate import FineTuneRun, InvalidManifest, load_runs
 
@@ -71,7 +72,9 @@ def test_null_fields_are_unset_as_the_server_prunes_them(tmp_path: Path) -> None
 @pytest.mark.parametrize(("text", "says"), [
     (HEADER + "spec: {training: {epochs: .nan}}\n", "spec.training.epochs: nan is not a JSON number"),
     (HEADER + "spec: {training: {epochs: .inf}}\n", "spec.training.epochs: inf is not a JSON number"),
-    (HEADER + 'spec: {dataset: {placeholders: {NAME: "\\ud800"}}}\n', "lone surrogate"),
+    # libyaml refuses the escape itself, with its line, as go-yaml (a port of libyaml) does.
+    (HEADER + 'spec: {dataset: {placeholders: {NAME: "\\ud800"}}}\n',
+     "invalid Unicode character escape code" if yaml.__with_libyaml__ else "lone surrogate"),
     (HEADER + "spec: " + "[" * 300 + "]" * 300 + "\n", "nested deeper than"),
     (HEADER + "spec: {training: {seed: " + "9" * 5000 + "}}\n", "not valid YAML"),
     (HEADER + "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
