@@ -7,7 +7,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from kubetune.api.types import RunPhase
+from kubetune.api.run_status import RunPhase
 from kubetune.operator.problems import STALL_REASONS
 from kubetune.operator.status import Transition
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from kubetune.api import run_status as rs
 from kubetune.api import types as t
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.problems import Problem
@@ -75,14 +76,14 @@ def compute_status(inputs: StatusInputs) -> StatusUpdate:
         message = problem.message
     stages = {name: _stage_status(inputs, name, problem) for name in t.STAGES}
     training = _training(inputs.training, previous.get("progress"))
-    status = t.FineTuneRunStatus(
+    status = rs.FineTuneRunStatus(
         phase=phase,
         observed_generation=inputs.generation,
         current_stage=stage,
         progress_text=_progress_text(phase, stage, stages, training),
         conditions=_conditions(phase, stage, message, inputs, problem),
         sources=_sources_status(inputs),
-        stages=t.StagesStatus(**stages),
+        stages=rs.StagesStatus(**stages),
         progress=training,
         artifacts=_artifacts(inputs),
         message=message,
@@ -93,7 +94,7 @@ def compute_status(inputs: StatusInputs) -> StatusUpdate:
 def store_problem_status(previous: Mapping[str, Any], generation: int, now: str, problem: Problem) -> StatusUpdate:
     """The status while the store cannot be read: nothing can be known about the stages, so their blocks stay as
     they were; the phase too, unless the spec changed since (then the run is Pending its first look at the store)."""
-    phase: t.RunPhase = previous.get("phase") or "Pending"
+    phase: rs.RunPhase = previous.get("phase") or "Pending"
     if previous.get("observedGeneration") != generation:
         phase = "Pending"
     stage = previous.get("currentStage")
@@ -121,7 +122,7 @@ def failed_plan(plan: Plan, stage: str, reason: str) -> Plan:
 # --- run -------------------------------------------------------------------------------------------------------
 
 
-def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage | None, str | None]:
+def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[rs.RunPhase, t.Stage | None, str | None]:
     action = plan.action
     enabled = enabled_stages(spec)
     if isinstance(action, Done):
@@ -150,7 +151,7 @@ def _run_phase(plan: Plan, spec: t.FineTuneRunSpec) -> tuple[t.RunPhase, t.Stage
     return ("Running" if started else "Pending"), stage, None
 
 
-def _resolution_phase(plan: Plan) -> tuple[t.RunPhase, None, str]:
+def _resolution_phase(plan: Plan) -> tuple[rs.RunPhase, None, str]:
     """While the sources are resolved no stage is current: the stages' keys are not known yet."""
     action, job = plan.action, plan.sources.job
     if isinstance(action, Fail):
@@ -162,16 +163,16 @@ def _resolution_phase(plan: Plan) -> tuple[t.RunPhase, None, str]:
     return "Pending", None, "resolving the sources"
 
 
-def _sources_status(inputs: StatusInputs) -> t.SourcesStatus | None:
+def _sources_status(inputs: StatusInputs) -> rs.SourcesStatus | None:
     view, resolved = inputs.plan.sources, inputs.sources
     if view.ref is None and resolved is None:
         return None
 
-    def block(source: ResolvedSource | None) -> t.ResolvedSourceStatus | None:
-        return None if source is None else t.ResolvedSourceStatus(uri=source.uri, digest=source.digest,
+    def block(source: ResolvedSource | None) -> rs.ResolvedSourceStatus | None:
+        return None if source is None else rs.ResolvedSourceStatus(uri=source.uri, digest=source.digest,
                                                                   revision=source.revision)
 
-    return t.SourcesStatus(
+    return rs.SourcesStatus(
         phase=view.phase,
         job_name=view.job.name if view.job is not None else None,
         input_key=view.ref.key if view.ref is not None else None,
@@ -184,8 +185,8 @@ def _sources_status(inputs: StatusInputs) -> t.SourcesStatus | None:
     )
 
 
-def _progress_text(phase: str, stage: str | None, stages: Mapping[str, t.StageStatus],
-                   training: t.TrainingProgress | None) -> str:
+def _progress_text(phase: str, stage: str | None, stages: Mapping[str, rs.StageStatus],
+                   training: rs.TrainingProgress | None) -> str:
     if phase == "Succeeded":
         done = sum(1 for s in stages.values() if s.phase in ("Succeeded", "Cached"))
         return f"done ({done} stages)"
@@ -196,8 +197,8 @@ def _progress_text(phase: str, stage: str | None, stages: Mapping[str, t.StageSt
     return f"{stage} {phase.lower()}"
 
 
-def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, inputs: StatusInputs,
-                problem: Problem | None) -> list[t.Condition]:
+def _conditions(phase: rs.RunPhase, stage: str | None, message: str | None, inputs: StatusInputs,
+                problem: Problem | None) -> list[rs.Condition]:
     doing = f"stage {stage} is {phase.lower()}" if stage else f"the run is {phase.lower()}"
     values = {
         "Ready": ("True", "Succeeded", "every stage has its output") if phase == "Succeeded"
@@ -216,7 +217,7 @@ def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, input
     for kind, (value, reason, text) in values.items():
         before = previous.get(kind) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else None
-        conditions.append(t.Condition(type=kind, status=value, reason=reason, message=text,
+        conditions.append(rs.Condition(type=kind, status=value, reason=reason, message=text,
                                       last_transition_time=since or inputs.now,
                                       observed_generation=inputs.generation))
     return conditions
@@ -225,14 +226,14 @@ def _conditions(phase: t.RunPhase, stage: str | None, message: str | None, input
 # --- stages ----------------------------------------------------------------------------------------------------
 
 
-def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> t.StageStatus:
+def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> rs.StageStatus:
     if stage == "evaluate" and not inputs.spec.evaluate.enabled:
-        return t.StageStatus(phase="Skipped", message="evaluate.enabled is false")
+        return rs.StageStatus(phase="Skipped", message="evaluate.enabled is false")
     if stage == "publish" and not inputs.spec.publish.requested:
-        return t.StageStatus(phase="Skipped", message="spec.publish asks for nothing")
+        return rs.StageStatus(phase="Skipped", message="spec.publish asks for nothing")
     view = inputs.plan.stages[stage]
     if view.ref is None:
-        return t.StageStatus(phase=view.phase)
+        return rs.StageStatus(phase=view.phase)
     before = (inputs.previous.get("stages") or {}).get(stage) or {}
     same_key = before.get("inputKey") == view.ref.key
     kept = before if same_key else {}
@@ -244,7 +245,7 @@ def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> 
     finished = job.completion_time if job is not None else None
     if finished is None and manifest is not None:
         finished = kept.get("completionTime") or manifest.created_at
-    return t.StageStatus(
+    return rs.StageStatus(
         phase=phase,
         job_name=view.job.name if view.job is not None else kept.get("jobName"),
         attempts=max(view.attempts, int(kept.get("attempts") or 0)),
@@ -258,7 +259,7 @@ def _stage_status(inputs: StatusInputs, stage: str, problem: Problem | None) -> 
     )
 
 
-def _outputs(store_uri: str, prefix: str, manifest: Manifest) -> list[t.Artifact]:
+def _outputs(store_uri: str, prefix: str, manifest: Manifest) -> list[rs.Artifact]:
     def rank(entry: ManifestFile) -> tuple[int, int, str]:
         suffix = next((i for i, s in enumerate(MAIN_SUFFIXES) if entry.path.endswith(s)), len(MAIN_SUFFIXES))
         return (entry.path.count("/"), suffix, entry.path)
@@ -267,16 +268,16 @@ def _outputs(store_uri: str, prefix: str, manifest: Manifest) -> list[t.Artifact
     return [_artifact(store_uri, prefix, entry) for entry in sorted(chosen, key=lambda e: e.path)]
 
 
-def _artifact(store_uri: str, prefix: str, entry: ManifestFile) -> t.Artifact:
+def _artifact(store_uri: str, prefix: str, entry: ManifestFile) -> rs.Artifact:
     root = store_uri.rstrip("/")
     if "://" not in root:
         root = f"file://{root}"
-    return t.Artifact(name=entry.path, uri=f"{root}/{prefix}/{entry.path}", size=entry.size, sha256=entry.sha256)
+    return rs.Artifact(name=entry.path, uri=f"{root}/{prefix}/{entry.path}", size=entry.size, sha256=entry.sha256)
 
 
-def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
+def _artifacts(inputs: StatusInputs) -> list[rs.Artifact]:
     """The run's deliverables: the GGUF files, and the gate's report once it passed (not lineage.json: provenance)."""
-    found: list[t.Artifact] = []
+    found: list[rs.Artifact] = []
     for stage, wanted in (("convert", (".gguf",)), ("evaluate", (".json", ".md", ".txt")),
                           ("publish", ("Modelfile", "oci-artifact.json"))):
         manifest, view = inputs.manifests.get(stage), inputs.plan.stages[stage]
@@ -288,16 +289,16 @@ def _artifacts(inputs: StatusInputs) -> list[t.Artifact]:
     return found
 
 
-def _training(progress: Mapping[str, Any] | None, previous: Any) -> t.TrainingProgress | None:
+def _training(progress: Mapping[str, Any] | None, previous: Any) -> rs.TrainingProgress | None:
     if not progress:
-        return t.TrainingProgress.model_validate(previous) if isinstance(previous, dict) else None
+        return rs.TrainingProgress.model_validate(previous) if isinstance(previous, dict) else None
     fields = {attr: progress[name] for name, attr in TRAINING_FIELDS.items() if progress.get(name) is not None}
     step, total = fields.get("step"), fields.get("total_steps")
     if isinstance(step, int) and isinstance(total, int) and total > 0:
         fields["percent"] = min(100, 100 * step // total)
     if isinstance(fields.get("eta_seconds"), float):
         fields["eta_seconds"] = round(fields["eta_seconds"])
-    return t.TrainingProgress(**fields) if fields else None
+    return rs.TrainingProgress(**fields) if fields else None
 
 
 # --- transitions -----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.api import run_status as rs
 from kubetune.api import types as t
 from kubetune.api.schema import model_schema
 
@@ -25,7 +26,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 def openapi_schema() -> dict[str, Any]:
     spec = model_schema(t.FineTuneRunSpec)
     spec["default"] = {}
-    status = model_schema(t.FineTuneRunStatus)
+    status = model_schema(rs.FineTuneRunStatus)
     return {
         "type": "object",
         "description": t.FineTuneRunSpec.__doc__,

@@ -17,6 +17,7 @@ from typing import Any
 import celpy
 from pydantic import ValidationError
 
+from kubetune.api import run_status as rs
 from kubetune.api import types as t
 from kubetune.api.base import ApiModel, KeyRule
 from kubetune.api.crd import openapi_schema
@@ -175,7 +176,7 @@ def _status_errors(status: Any) -> Iterator[FieldError]:
     if not isinstance(status, dict):
         return
     try:
-        t.FineTuneRunStatus.model_validate(_without_nulls(status))
+        rs.FineTuneRunStatus.model_validate(_without_nulls(status))
     except ValidationError as exc:
         for error in exc.errors():
             if error["type"] == "extra_forbidden":

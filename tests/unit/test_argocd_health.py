@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api import run_status as rs
 from kubetune.api import types as t
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,12 +71,12 @@ def run_health_check(obj: dict[str, Any], script: Path = HEALTH_LUA) -> tuple[st
     return status, message
 
 
-def condition(kind: str, value: str, reason: str, message: str = "", generation: int = 1) -> t.Condition:
-    return t.Condition(type=kind, status=value, reason=reason, message=message,
+def condition(kind: str, value: str, reason: str, message: str = "", generation: int = 1) -> rs.Condition:
+    return rs.Condition(type=kind, status=value, reason=reason, message=message,
                        last_transition_time=NOW, observed_generation=generation)
 
 
-def conditions(phase: t.RunPhase, message: str = "", generation: int = 1) -> list[t.Condition]:
+def conditions(phase: rs.RunPhase, message: str = "", generation: int = 1) -> list[rs.Condition]:
     """The three conditions as the operator writes them for `phase`."""
     active = phase in ("Pending", "Queued", "Running")
     return [
@@ -87,7 +88,7 @@ def conditions(phase: t.RunPhase, message: str = "", generation: int = 1) -> lis
     ]
 
 
-def run_object(status: t.FineTuneRunStatus | None, *, generation: int = 1, suspend: bool = False) -> dict[str, Any]:
+def run_object(status: rs.FineTuneRunStatus | None, *, generation: int = 1, suspend: bool = False) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": t.API_VERSION,
         "kind": t.KIND,
@@ -99,14 +100,14 @@ def run_object(status: t.FineTuneRunStatus | None, *, generation: int = 1, suspe
     return obj
 
 
-def status(phase: t.RunPhase, *, stage: t.Stage | None = "train", message: str | None = None,
-           progress_text: str | None = None, generation: int = 1) -> t.FineTuneRunStatus:
-    return t.FineTuneRunStatus(phase=phase, observed_generation=generation, current_stage=stage,
+def status(phase: rs.RunPhase, *, stage: t.Stage | None = "train", message: str | None = None,
+           progress_text: str | None = None, generation: int = 1) -> rs.FineTuneRunStatus:
+    return rs.FineTuneRunStatus(phase=phase, observed_generation=generation, current_stage=stage,
                                progress_text=progress_text, message=message,
                                conditions=conditions(phase, message or "", generation))
 
 
-GGUF = t.Artifact(name="model-q4_k_m.gguf", uri="s3://kubetune-artifacts/runs/ml-team/nova/convert/0123/model.gguf",
+GGUF = rs.Artifact(name="model-q4_k_m.gguf", uri="s3://kubetune-artifacts/runs/ml-team/nova/convert/0123/model.gguf",
                   size=105_000_000, sha256="ab" * 32)
 
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -121,26 +122,26 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      run_object(status("Running", message="spec changed: applied after stage train", progress_text="train running")),
      "Progressing", "spec changed: applied after stage train"),
     ("Succeeded",
-     run_object(t.FineTuneRunStatus(phase="Succeeded", observed_generation=1, current_stage="evaluate",
+     run_object(rs.FineTuneRunStatus(phase="Succeeded", observed_generation=1, current_stage="evaluate",
                                     progress_text="done (5 stages)", conditions=conditions("Succeeded"),
                                     artifacts=[GGUF])),
      "Healthy", "done (5 stages)"),
     ("Failed", run_object(status("Failed", stage="convert", message="stage convert failed: out of disk")),
      "Degraded", "stage convert failed: out of disk"),
     ("Failed condition True outranks the phase",
-     run_object(t.FineTuneRunStatus(phase="Running", observed_generation=1,
+     run_object(rs.FineTuneRunStatus(phase="Running", observed_generation=1,
                                     conditions=[condition("Failed", "True", "StageFailed", "train: CUDA error")])),
      "Degraded", "train: CUDA error"),
     ("Suspended", run_object(status("Suspended", message="suspended (spec.suspend: true)"), suspend=True),
      "Suspended", "suspended (spec.suspend: true)"),
     ("Stalled: pods cannot be created",
-     run_object(t.FineTuneRunStatus(
+     run_object(rs.FineTuneRunStatus(
          phase="Running", observed_generation=1, current_stage="train", message="stage train: Job x cannot create "
          "its pods", conditions=[*conditions("Running", "stage train: Job x cannot create its pods"),
                                  condition("Stalled", "True", "PodsNotCreated", "stage train: Job x cannot create its "
                                            "pods")])),
      "Degraded", "Stalled (PodsNotCreated): stage train: Job x cannot create its pods"),
-    ("not stalled", run_object(t.FineTuneRunStatus(
+    ("not stalled", run_object(rs.FineTuneRunStatus(
         phase="Running", observed_generation=1, progress_text="train running",
         conditions=[*conditions("Running"), condition("Stalled", "False", "NotStalled", "")])),
      "Progressing", "train running"),
@@ -163,7 +164,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("obj", "health", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_health_of_each_phase(obj: dict[str, Any], health: str, message: str) -> None:
     if "status" in obj and obj["status"].get("conditions"):
-        t.FineTuneRunStatus.model_validate(obj["status"])  # samples are real statuses, not free-form dicts
+        rs.FineTuneRunStatus.model_validate(obj["status"])  # samples are real statuses, not free-form dicts
     got_health, got_message = run_health_check(obj)
     assert (got_health, message in got_message) == (health, True), got_message
 
@@ -174,7 +175,7 @@ def test_every_argo_cd_health_status_is_reachable() -> None:
 
 def test_every_run_phase_has_a_case() -> None:
     phases = {c[1].get("status", {}).get("phase") for c in CASES}
-    assert set(t.RunPhase.__args__) <= phases  # type: ignore[attr-defined]
+    assert set(rs.RunPhase.__args__) <= phases  # type: ignore[attr-defined]
 
 
 def test_lua_literal_round_trips_through_the_interpreter(tmp_path: Path) -> None:

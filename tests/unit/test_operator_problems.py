@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from kubetune.api.types import FineTuneRunStatus
+from kubetune.api.run_status import FineTuneRunStatus
 from kubetune.operator.problems import (
     MAX_MESSAGE,
     Problem,

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.types import STAGES, FineTuneRunSpec, FineTuneRunStatus
+from kubetune.api.run_status import FineTuneRunStatus
+from kubetune.api.types import STAGES, FineTuneRunSpec
 from kubetune.operator.mergepatch import merge_patch
 from kubetune.operator.observe import ObservedJob
 from kubetune.operator.problems import Problem
