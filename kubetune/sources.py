@@ -159,6 +159,10 @@ def dataset_source(dataset: t.DatasetSpec, store_factory: StoreFactory, cache: D
 def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None = None) -> str:
     """Digest of what the dataset builder reads under `root`: the structure file and every file under topics/."""
     structure_file = root / structure
+    for relative, field in ((structure, "spec.dataset.structure"), (TOPICS_FOLDER, "spec.dataset.uri")):
+        # As the dataset stage refuses it, before any stage starts (and before the files beyond are hashed).
+        if not _real(root / relative).is_relative_to(_real(root)):
+            raise SourceError(f"{field}: {relative} leads outside the dataset folder {root}; copy it into the tree")
     if not structure_file.is_file():  # a FIFO or device would block or read forever
         problem = "is not a regular file" if os.path.lexists(structure_file) else "does not exist"
         raise SourceError(f"spec.dataset.structure: {structure_file} {problem}")

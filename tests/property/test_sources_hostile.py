@@ -1,5 +1,6 @@
 """`kubetune run` on hostile local sources: dataset trees, data folders, model folders and template files holding
-symlink loops, links out of the tree, FIFOs, sockets, dangling links or folders where files belong. Whatever
+symlink loops, links out of the tree (a topics folder or structure file included), FIFOs, sockets, dangling links or
+folders where files belong. Whatever
 hypothesis puts where, the run ends before its first stage with one line naming the field, exit 2 — never a traceback
 (a symlink loop was a RuntimeError), never a hang on a FIFO — and writes nothing to its store."""
 
@@ -26,6 +27,14 @@ def link_folder_out(path: Path) -> bool:
     return True
 
 
+def linked_copy(path: Path) -> bool:
+    """The folder moved beside the dataset folder and linked back: the files are the same, but outside the tree."""
+    outside = path.parent.parent / f"outside-{path.name}"
+    path.rename(outside)
+    path.symlink_to(outside)
+    return True
+
+
 def two_link_loop(path: Path) -> bool:
     path.symlink_to(path.with_name("other"))
     path.with_name("other").symlink_to(path.name)
@@ -40,7 +49,9 @@ BAD_ENTRY: dict[str, Callable[[Path], bool]] = {
 # A model folder may hold links out (a Hugging Face snapshot is made of them) but no linked folder or special file.
 MODEL_ENTRY = {name: change for name, change in BAD_ENTRY.items() if name != "link to a file outside"}
 BAD_FILE: dict[str, Callable[[Path], bool]] = {"self-loop": loop, "FIFO": fifo, "folder": folder, "dangling": dangling}
+BAD_STRUCTURE = BAD_FILE | {"link to a file outside": link_out}
 PLACES = {
+    "topics folder": lambda root: root / "ds" / "topics",
     "topic entry": lambda root: root / "ds" / "topics" / "identity" / "who" / "extra.json",
     "structure": lambda root: root / "ds" / "structure.enriched.json",
     "data entry": lambda root: root / "data" / "more.jsonl",
@@ -55,7 +66,8 @@ def hostile_sources(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, str]]]:
     kind = draw(st.sampled_from(["tree", "messages"]))
     places: dict[str, tuple[str, dict[str, Callable[[Path], bool]]]] = {
         "model entry": ("spec.baseModel.uri", MODEL_ENTRY), "template": ("spec.training.chatTemplate.file", BAD_FILE),
-        **({"topic entry": ("spec.dataset.uri", BAD_ENTRY), "structure": ("spec.dataset.structure", BAD_FILE)}
+        **({"topic entry": ("spec.dataset.uri", BAD_ENTRY), "structure": ("spec.dataset.structure", BAD_STRUCTURE),
+            "topics folder": ("spec.dataset.uri", {"linked to a copy outside": linked_copy})}
            if kind == "tree" else {"data entry": ("spec.dataset.uri", BAD_ENTRY)}),
     }
     chosen = draw(st.lists(st.sampled_from(sorted(places)), min_size=1, max_size=3, unique=True))
@@ -70,8 +82,9 @@ def test_any_hostile_source_is_one_line_naming_its_field_and_nothing_is_written(
         write_sources(root)
         for place, what, _ in bad:
             target = PLACES[place](root)
-            target.unlink(missing_ok=True)
-            (BAD_ENTRY | BAD_FILE)[what](target)
+            if not target.is_dir():
+                target.unlink(missing_ok=True)
+            (BAD_ENTRY | BAD_STRUCTURE | {"linked to a copy outside": linked_copy})[what](target)
         (root / "run.yaml").write_text(manifest(kind), encoding="utf-8")
         before = snapshot(root)
         line = the_error_line(*kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset"))
