@@ -361,7 +361,11 @@ def read_template_file(uri: str, store_factory: StoreFactory) -> bytes:
     path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
         raise ChatTemplateError(f"{field}: {uri} must be an absolute path without '..'")
-    if not path.is_file():  # a FIFO or device would block or read forever
+    try:
+        regular = path.is_file()  # a FIFO or device would block or read forever
+    except OSError as error:  # a name too long for the file system: is_file raises rather than answering
+        raise ChatTemplateError(f"{field}: cannot read {path}: {error.strerror}") from None
+    if not regular:
         raise ChatTemplateError(f"{field}: {path} is not a regular file")
     try:
         with path.open("rb") as handle:

@@ -132,11 +132,11 @@ def dataset_tree(uri: str) -> Path | None:
         return None
     if uri.startswith(PVC_SCHEME):
         path = pvc_folder(uri, "spec.dataset.uri")
-        if not path.is_dir():
+        if not _looks(path.is_dir, "spec.dataset.uri"):
             raise SourceError(f"spec.dataset.uri: {path} (from {uri}) is not a folder")
         return path
     path = _local_dataset_path(uri, "folder")
-    if not path.is_dir():
+    if not _looks(path.is_dir, "spec.dataset.uri"):
         raise SourceError(f"spec.dataset.uri: {path} is not a folder")
     return path
 
@@ -163,7 +163,7 @@ def local_dataset_digest(root: Path, structure: str, cache: DigestCache | None =
         # As the dataset stage refuses it, before any stage starts (and before the files beyond are hashed).
         if not _real(root / relative).is_relative_to(_real(root)):
             raise SourceError(f"{field}: {relative} leads outside the dataset folder {root}; copy it into the tree")
-    if not structure_file.is_file():  # a FIFO or device would block or read forever
+    if not _looks(structure_file.is_file, "spec.dataset.structure"):  # a FIFO or device would block or read forever
         problem = "is not a regular file" if os.path.lexists(structure_file) else "does not exist"
         raise SourceError(f"spec.dataset.structure: {structure_file} {problem}")
     files = [(structure, structure_file)]
@@ -205,6 +205,15 @@ def topic_files(topics: Path) -> list[tuple[str, Path]]:
 
     walk(topics, TOPICS_FOLDER)
     return found
+
+
+def _looks(test: Callable[[], bool], field: str) -> bool:
+    """`path.is_dir` or `path.is_file`, whose stat raises for a name too long for the file system (or a folder on
+    the way it may not search) rather than answering False: the field's path cannot be used, said as such."""
+    try:
+        return test()
+    except OSError as error:
+        raise SourceError(f"{field}: {printable(str(error))}") from None
 
 
 def _real(path: Path) -> Path:
@@ -320,7 +329,7 @@ def _local_dataset_path(uri: str, kind: str, path: Path | None = None) -> Path:
 def _local_path(uri: str) -> Path:
     mounted = pvc_folder(uri, "spec.dataset.uri") if uri.startswith(PVC_SCHEME) else None
     path = _local_dataset_path(uri, "path", mounted)
-    if not path.is_file():
+    if not _looks(path.is_file, "spec.dataset.uri"):
         raise SourceError(f"spec.dataset.uri: {path} is not a file")
     return path
 
@@ -392,7 +401,7 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
         folder = pvc_folder(uri)
     else:
         folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
-    if not folder.is_dir():
+    if not _looks(folder.is_dir, "spec.baseModel.uri"):
         raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
     try:
         return ResolvedSource(uri, folder_digest(folder, cache))

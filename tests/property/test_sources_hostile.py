@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,3 +92,26 @@ def test_any_hostile_source_is_one_line_naming_its_field_and_nothing_is_written(
         assert any(field in line for _, _, field in bad), line
         assert not [path for path in (root / "store").rglob("*") if path.is_file()], "a refused run wrote its store"
         assert {name for name in snapshot(root) - before if not name.startswith((".kubetune", "store"))} == set()
+
+
+def overlong(field: str, name: str) -> dict[str, Any]:
+    """The spec section of `field` naming a path with a component longer than any file system allows (255 bytes)."""
+    return {
+        "spec.dataset.uri": {"dataset": {"uri": f"./{name}", "tokenStats": False}},
+        "spec.dataset.uri (a data file)": {"dataset": {"uri": f"./{name}.jsonl", "format": "messages"}},
+        "spec.dataset.structure": {"dataset": {"uri": "./ds", "structure": f"{name}.json", "tokenStats": False}},
+        "spec.baseModel.uri": {"baseModel": {"uri": f"./{name}"}},
+        "spec.training.chatTemplate.file": {"training": {"chatTemplate": {"source": "file", "file": f"./{name}"}}},
+    }[field]
+
+
+@given(field=st.sampled_from(["spec.dataset.uri", "spec.dataset.uri (a data file)", "spec.dataset.structure",
+                              "spec.baseModel.uri", "spec.training.chatTemplate.file"]),
+       name=st.text(st.characters(codec="ascii", categories=["Ll", "Nd"]), min_size=256, max_size=700))
+def test_a_path_no_file_system_can_hold_is_one_line_naming_its_field(field: str, name: str) -> None:
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        (root / "run.yaml").write_text(manifest("tree", **overlong(field, name)), encoding="utf-8")
+        line = the_error_line(*kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset"))
+    # Refused by the manifest's validation (a bound) or by resolving the sources: either way at its field.
+    assert line.startswith(tuple(f"kubetune: {where}: {field.split()[0]}: " for where in ("run.yaml", "default/hostile"))), line
