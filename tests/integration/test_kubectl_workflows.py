@@ -180,6 +180,25 @@ def test_get_shows_the_crds_printer_columns_and_wide_adds_the_priority_ones(clus
     assert cluster.kubectl("get", "ftr", "shown", "-n", ns, "-o", "jsonpath={.status.phase}") == "Running"
 
 
+def test_get_watch_prints_a_row_with_the_printer_columns_for_every_change(cluster: Cluster) -> None:
+    """docs/cluster-quickstart.md: `kubectl get ftr -w` shows the phase as it changes."""
+    ns = namespace(cluster, "watching")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest("watched"))
+    watch = subprocess.Popen([KUBECTL, "get", "ftr", "-n", ns, "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=cluster.kubectl.env)
+    try:
+        assert watch.stdout is not None
+        header, first = watch.stdout.readline(), watch.stdout.readline()
+        cluster.kube.patch_status("ftr", "watched", {"phase": "Running", "currentStage": "dataset"}, ns)
+        changed = watch.stdout.readline()
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
+    assert header.split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "LOSS", "AGE"]
+    assert re.fullmatch(r"watched +\d+s\n", first)  # each event's row is aligned on its own, empty cells blank
+    assert re.fullmatch(r"watched +Running +dataset +\d+s\n", changed)
+
+
 def test_kubectl_wait_on_a_jsonpath_sees_the_phase_the_operator_writes(cluster: Cluster) -> None:
     ns = namespace(cluster, "waiting")
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest("waited"))

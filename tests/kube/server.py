@@ -343,7 +343,8 @@ class ApiServer:
             return await self._send_error(request, response, error)
         try:
             await response.prepare(request)
-            stream = _WatchFilter(self.store, target, query.get("labelSelector"), query.get("fieldSelector"))
+            stream = _WatchFilter(self.store, target, query.get("labelSelector"), query.get("fieldSelector"),
+                                  tables.wants_table(request.headers.get("Accept", "")))
             for event in initial:
                 await stream.send(response, event)
             if query.get("sendInitialEvents", "").lower() in _TRUE and since in (None, "", "0"):
@@ -410,11 +411,16 @@ class ApiServer:
 
 class _WatchFilter:
     """Namespace/label/field filtering of one watch, with the real server's membership transitions:
-    an object that starts matching arrives as ADDED, one that stops matching as DELETED."""
+    an object that starts matching arrives as ADDED, one that stops matching as DELETED. Asked for Tables (`kubectl
+    get -w`), each event carries a one-row Table, the column definitions only in the stream's first, as the server
+    sends them."""
 
-    def __init__(self, store: ObjectStore, target: Target, labels: str | None, fields: str | None) -> None:
+    def __init__(
+        self, store: ObjectStore, target: Target, labels: str | None, fields: str | None, as_table: bool = False
+    ) -> None:
         self.store, self.target = store, target
         self._labels, self._fields = selectors.label_selector(labels), selectors.field_selector(fields)
+        self._as_table, self._headers_sent = as_table, False
 
     def _matches(self, obj: dict[str, Any] | None) -> bool:
         if obj is None:
@@ -430,5 +436,12 @@ class _WatchFilter:
         event_type = event.type
         if event.type == "MODIFIED" and now != before:
             event_type = "ADDED" if now else "DELETED"
-        if now or before:
-            await response.write(_line(event_type, self.store.present(self.target.rtype, event.obj)))
+        if not (now or before):
+            return
+        obj = self.store.present(self.target.rtype, event.obj)
+        if self._as_table:
+            obj = tables.table(self.target.rtype, [obj], obj["metadata"]["resourceVersion"])
+            if self._headers_sent:
+                obj["columnDefinitions"] = None
+            self._headers_sent = True
+        await response.write(_line(event_type, obj))
