@@ -96,13 +96,14 @@ def test_any_hostile_source_is_one_line_naming_its_field_and_nothing_is_written(
 
 def overlong(field: str, name: str) -> dict[str, Any]:
     """The spec section of `field` naming a path with a component longer than any file system allows (255 bytes)."""
-    return {
+    sections: dict[str, dict[str, Any]] = {
         "spec.dataset.uri": {"dataset": {"uri": f"./{name}", "tokenStats": False}},
         "spec.dataset.uri (a data file)": {"dataset": {"uri": f"./{name}.jsonl", "format": "messages"}},
         "spec.dataset.structure": {"dataset": {"uri": "./ds", "structure": f"{name}.json", "tokenStats": False}},
         "spec.baseModel.uri": {"baseModel": {"uri": f"./{name}"}},
         "spec.training.chatTemplate.file": {"training": {"chatTemplate": {"source": "file", "file": f"./{name}"}}},
-    }[field]
+    }
+    return sections[field]
 
 
 @given(field=st.sampled_from(["spec.dataset.uri", "spec.dataset.uri (a data file)", "spec.dataset.structure",
