@@ -366,3 +366,12 @@ def test_delete_removes_the_runs_of_a_file_and_waits_until_they_are_gone(cluster
     assert gone.code == 1
     assert gone.err == f'Error from server (NotFound): finetuneruns.kubetune.dev "{name}" not found\n'
     assert cluster.kubectl("get", "ftr", "-n", ns) == ""
+
+
+def test_a_server_side_dry_run_is_refused_rather_than_written(cluster: Cluster) -> None:
+    """The emulator does not model dryRun (tests/kube/README.md): it must never persist what kubectl asked only to try."""
+    ns = namespace(cluster, "dry-run")
+    tried = cluster.kubectl.run("apply", "--dry-run=server", "-n", ns, "-f", "-", stdin=manifest("tried"))
+    assert tried.code == 1
+    assert "the emulator does not model dryRun" in tried.err
+    assert cluster.kube.find("ftr", "tried", ns) is None

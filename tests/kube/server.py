@@ -246,6 +246,8 @@ class ApiServer:
                                           listed["metadata"].get("continue")))
             return _json(listed)
         query = request.query
+        if query.get("dryRun"):  # refused loudly rather than persisted: a test must not believe nothing was written
+            raise errors.bad_request("the emulator does not model dryRun (tests/kube/README.md)")
         manager = managed.manager_name(query.get("fieldManager"), request.headers.get("User-Agent", ""))
         strict = query.get("fieldValidation", "") == "Strict"
         if verb == "create":
@@ -267,6 +269,8 @@ class ApiServer:
             )
             return _json(patched)
         options = await self._delete_options(request)
+        if options.get("dryRun"):
+            raise errors.bad_request("the emulator does not model dryRun (tests/kube/README.md)")
         if verb == "delete":
             return _json(store.delete(rtype, namespace, name, options))
         deleted = [
