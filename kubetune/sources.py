@@ -76,12 +76,15 @@ class ResolvedSource:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ResolvedSource:
-        digest = data["digest"]
+    def from_json(cls, data: Any, name: str = "source") -> ResolvedSource:
+        """Raises ValueError (TypeError for a wrong type) naming `name` (`sources.dataset`, say)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("uri"), str):
+            raise TypeError(f"{name} must be a JSON object with a string uri")
+        digest = data.get("digest")
         if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise ValueError(f"source digest must be 64 lowercase hex characters, got {digest!r}")
+            raise ValueError(f"{name}.digest must be 64 lowercase hex characters, got {digest!r:.80}")
         revision = data.get("revision")
-        return cls(uri=str(data["uri"]), digest=digest, revision=None if revision is None else str(revision))
+        return cls(uri=data["uri"], digest=digest, revision=None if revision is None else str(revision))
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,9 @@ class Sources:
     def from_json(cls, data: Any) -> Sources:
         if not isinstance(data, Mapping):
             raise TypeError("sources must be a JSON object")
-        return cls(dataset=ResolvedSource.from_json(data["dataset"]),
-                   template=ResolvedSource.from_json(data["template"]),
-                   base_model=ResolvedSource.from_json(data["baseModel"]))
+        return cls(dataset=ResolvedSource.from_json(data.get("dataset"), "sources.dataset"),
+                   template=ResolvedSource.from_json(data.get("template"), "sources.template"),
+                   base_model=ResolvedSource.from_json(data.get("baseModel"), "sources.baseModel"))
 
 
 def resolve_sources(spec: t.FineTuneRunSpec, *, store_factory: StoreFactory, cache: DigestCache,

@@ -1,7 +1,8 @@
 """`python -m kubetune.jobs STAGE --run FILE` on hostile run configs: stage prefixes that leave the store (`..`, an
-absolute path, no text), stores and metadata of the wrong type, unknown stages. Each is refused in one line with
-exit 2 (never retried) before the stage starts or its store is opened — a bad prefix used to fail the stage with a
-traceback and exit 1 (retried), after writing a progress object under whatever it named."""
+absolute path, no text), stores, metadata and resolved sources of the wrong type, unknown stages. Each is refused in
+one line naming the field with exit 2 (never retried) before the stage starts or its store is opened — a bad prefix
+used to fail the stage with a traceback and exit 1 (retried), after writing a progress object under whatever it
+named."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from kubetune.api.validate import validate_spec
 from kubetune.jobs.runtime import JobContext, run_job
 from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.sources import ResolvedSource, Sources
 from kubetune.stages import StageRef
 from kubetune.store.keys import TEMP_MARKER
 from tests.property.test_dataset_hostile import hang_guard, scratch
@@ -46,13 +48,19 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "metadata.name": st.one_of(non_strings, st.just("")),
     "metadata.namespace": st.one_of(non_strings, st.just("")),
     "metadata": non_objects,
+    "sources": non_objects,
+    "sources.dataset": st.one_of(non_objects, st.just({"uri": 5, "digest": "f" * 64})),
+    "sources.baseModel.digest": st.one_of(non_strings, st.sampled_from(["", "F" * 64, "f" * 63, "../" + "f" * 61])),
 }
+
+NAMED_AS = {"store.uri": ("store.uri", "store URI"), "store.endpoint": ("store.endpoint", "S3 endpoint")}
 
 
 def valid_run_config(store: Path) -> dict[str, Any]:
     spec = validate_spec({"dataset": {"uri": str(store.parent / "ds"), "tokenStats": False}})
     ref = StageRef("f" * 64, "default/hostile/dataset/" + "f" * 16)
-    return RunConfig("hostile", "default", spec, StoreConfig(str(store)), {"dataset": ref}).to_json()
+    sources = Sources(*(ResolvedSource(uri, "f" * 64) for uri in (str(store.parent / "ds"), "base", "bundled://m")))
+    return RunConfig("hostile", "default", spec, StoreConfig(str(store)), {"dataset": ref}, sources=sources).to_json()
 
 
 def put(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -81,7 +89,9 @@ def test_any_hostile_run_config_is_refused_in_one_line_with_exit_2_before_the_st
             code = run_job("dataset", root / "run.json", never_runs)
         lines = err.getvalue().splitlines()
         assert code == 2 and len(lines) == 1, lines
-        assert lines[0].startswith("kubetune-job: failed: ") and ("run config" in lines[0] or "store" in lines[0])
+        assert lines[0].startswith("kubetune-job: failed: ")
+        # The line names a field it was given wrong (the store's own words for a URI or endpoint it cannot use).
+        assert any(word in lines[0] for name, _ in changes for word in NAMED_AS.get(name, (name,))), (changes, lines)
         assert not (root / "store").exists(), "a refused run config opened its store"
 
 
