@@ -312,6 +312,23 @@ def test_server_side_apply_takes_over_fields_client_side_apply_set_with_the_same
     assert ("kubectl", "Apply") in {(e["manager"], e["operation"]) for e in served["metadata"]["managedFields"]}
 
 
+def test_server_side_apply_after_client_side_apply_conflicts_on_a_list_whose_items_the_server_defaulted(
+    cluster: Cluster,
+) -> None:
+    """Lists are atomic and conflicts are found before defaulting: the example's evaluate prompts come back with
+    `expectNotContains: []` added, so the last-applied annotation no longer matches them and kubectl's server-side
+    apply of the very same file may not take them over (every other field moves without a conflict)."""
+    ns = namespace(cluster, "defaulted-list")
+    path = str(REPO / "examples/local-identity.yaml")
+    cluster.kubectl("apply", "-n", ns, "-f", path)
+    moved = cluster.kubectl.run("apply", "--server-side", "-n", ns, "-f", path)
+    assert moved.code == 1
+    assert re.match(r'error: Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using '
+                    r"kubetune.dev/v1alpha1 at [-0-9T:]+Z: .spec.evaluate.prompts\n", moved.err)
+    forced = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-n", ns, "-f", path)
+    assert forced == "finetunerun.kubetune.dev/identity serverside-applied\n"
+
+
 # -------------------------------------------------------------------------------------------- unknown fields
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from tests.kube import errors
+from tests.kube.resources import ResourceType
 
 Path = tuple[str, ...]
 Entry = dict[str, Any]
@@ -203,6 +204,32 @@ def parse_apply_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise errors.bad_request("error decoding YAML: the apply configuration is not an object")
     return body
+
+
+def check_configuration(config: Any, rtype: ResourceType, namespace: str | None, name: str, unknown: list[str]
+                        ) -> None:
+    """What fieldmanager refuses before merging: another version, managedFields, another name, and (`unknown`, the
+    custom resource's undeclared fields) a configuration structured-merge-diff cannot type, a plain error (500)."""
+    if not isinstance(config, dict):
+        raise errors.bad_request("error decoding YAML: the apply configuration is not an object")
+    if config.get("apiVersion") != rtype.api_version:
+        raise errors.bad_request(
+            "Incorrect version specified in apply patch. "
+            f"Specified patch version: {config.get('apiVersion')}, expected: {rtype.api_version}"
+        )
+    if config.get("kind") != rtype.kind:
+        raise errors.bad_request(f"kind {config.get('kind')!r} does not match the endpoint's {rtype.kind!r}")
+    meta = config.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    if meta.get("managedFields") is not None:
+        raise errors.bad_request("metadata.managedFields must be nil")
+    if meta.get("name", name) != name:
+        raise errors.bad_request("the name of the object does not match the name in the URL")
+    if unknown:
+        where = f"{namespace or ''}/{name}; {rtype.group}/{rtype.version}, Kind={rtype.kind}"
+        fields = ", ".join(f".{path}: field not declared in schema" for path in unknown)
+        raise errors.ApiError(500, "", f"failed to create typed patch object ({where}): {fields}")
 
 
 def apply(live: dict[str, Any] | None, config: dict[str, Any], manager: str, force: bool, has_status: bool,

@@ -343,21 +343,7 @@ class ObjectStore:
         """Server-side apply (fieldmanager.Apply): merge the configuration by field ownership, create if missing."""
         if not manager:
             raise errors.bad_request("PATCH requests with apply patch type require fieldManager")
-        if not isinstance(config, dict):
-            raise errors.bad_request("error decoding YAML: the apply configuration is not an object")
-        for key, expected in (("apiVersion", rtype.api_version), ("kind", rtype.kind)):
-            if config.get(key) != expected:
-                raise errors.bad_request(f"{key} {config.get(key)!r} does not match the endpoint's {expected!r}")
-        meta = config.get("metadata")
-        if not isinstance(meta, dict):
-            meta = {}
-        if meta.get("name", name) != name:
-            raise errors.bad_request("the name of the object does not match the name in the URL")
-        unknown = unknown_fields(rtype, config)
-        if unknown:  # structured-merge-diff cannot type the configuration: a plain error, answered as a 500
-            where = f"{namespace or ''}/{name}; {rtype.group}/{rtype.version}, Kind={rtype.kind}"
-            fields = ", ".join(f".{path}: field not declared in schema" for path in unknown)
-            raise errors.ApiError(500, "", f"failed to create typed patch object ({where}): {fields}")
+        managed.check_configuration(config, rtype, namespace, name, unknown_fields(rtype, config))
         stored = self.find(rtype, namespace, name)
         if stored is None:
             if subresource:
