@@ -45,7 +45,14 @@ StoreFactory = Callable[[str], Store]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
+    """KUBETUNE_CACHE, else ~/.cache/kubetune; BaseModelError when a file (or a link, FIFO...) is where it or a
+    folder above it must be: every later write into it would fail as a bare OS error, far from the variable."""
+    path = Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
+    existing = next((folder for folder in (path, *path.parents) if os.path.lexists(folder)), None)
+    if existing is not None and not existing.is_dir():
+        raise BaseModelError(f"KUBETUNE_CACHE: {existing} is not a folder, so {path} cannot be kubetune's cache; name a "
+                             "folder (unset, it is ~/.cache/kubetune)")
+    return path
 
 
 def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, cache_dir: Path) -> Path:

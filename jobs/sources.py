@@ -73,14 +73,14 @@ def check_dataset(ctx: JobContext) -> None:
 def base_model_folder(ctx: JobContext) -> Path:
     """The base model's local folder, holding the content the stage key was computed from: an hf:// model from its
     snapshot in the run's store (stored by the sources step, or here by the first stage that finds none)."""
-    check_base_model(ctx)
-    snapshot = hub_snapshot_folder(ctx)
-    if snapshot is not None:
-        return snapshot
     try:
+        check_base_model(ctx)
+        snapshot = hub_snapshot_folder(ctx)
+        if snapshot is not None:
+            return snapshot
         folder = resolve_base_model(pinned_base_model(ctx), store_factory=store_factory(ctx.run),
                                     cache_dir=default_cache_dir())
-    except BaseModelError as error:
+    except BaseModelError as error:  # KUBETUNE_CACHE no folder, a model that cannot be taken: retrying cannot help
         raise ConfigError(str(error)) from error
     store_hub_snapshot(ctx, folder)
     return folder

@@ -7,9 +7,11 @@ hypothesis puts where, the run ends before its first stage with one line naming 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -116,3 +118,24 @@ def test_a_path_no_file_system_can_hold_is_one_line_naming_its_field(field: str,
         line = the_error_line(*kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset"))
     # Refused by the manifest's validation (a bound) or by resolving the sources: either way at its field.
     assert line.startswith(tuple(f"kubetune: {where}: {field.split()[0]}: " for where in ("run.yaml", "default/hostile"))), line
+
+
+def blocked_cache(blocker: str, root: Path) -> Path:
+    """A KUBETUNE_CACHE that no folder can be made at: `blocker` is what is in the way."""
+    if blocker in ("a FIFO", "a dangling link", "a link loop"):
+        {"a FIFO": fifo, "a dangling link": dangling, "a link loop": loop}[blocker](root / "blocker")
+        return root / "blocker" / "cache" if blocker == "a link loop" else root / "blocker"
+    return root / "run.yaml" if blocker == "a file" else root / "run.yaml" / "cache"
+
+
+CACHE_BLOCKERS = ["a file", "below a file", "a FIFO", "a dangling link", "a link loop"]
+
+
+@given(st.sampled_from(CACHE_BLOCKERS))
+def test_a_kubetune_cache_that_cannot_be_a_folder_is_one_line_naming_the_variable(blocker: str) -> None:
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        (root / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
+        with mock.patch.dict(os.environ, {"KUBETUNE_CACHE": str(blocked_cache(blocker, root))}):
+            line = the_error_line(*kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset"))
+    assert line.startswith("kubetune: KUBETUNE_CACHE: ") and "is not a folder" in line, line
