@@ -125,8 +125,10 @@ def test_the_crd_applies_and_kubectl_waits_until_it_is_established(cluster: Clus
 def test_the_charts_crd_folder_applies_over_it_client_side_and_server_side(cluster: Cluster) -> None:
     """charts/kubetune/README: after a chart upgrade, `kubectl apply -f charts/kubetune/crds/` (or --server-side)."""
     name = "customresourcedefinition.apiextensions.k8s.io/finetuneruns.kubetune.dev"
-    assert cluster.kubectl("apply", "-f", str(CHART_CRDS)) == f"{name} unchanged\n"
-    assert cluster.kubectl("apply", "--server-side", "-f", str(CHART_CRDS)) == f"{name} serverside-applied\n"
+    client_side = cluster.kubectl.run("apply", "-f", str(CHART_CRDS))
+    assert (client_side.code, client_side.out) == (0, f"{name} unchanged\n"), client_side.err
+    server_side = cluster.kubectl.run("apply", "--server-side", "-f", str(CHART_CRDS))
+    assert (server_side.code, server_side.out) == (0, f"{name} serverside-applied\n"), server_side.err
     served = cluster.kubectl.json("get", "crd", "finetuneruns.kubetune.dev")
     assert served["spec"]["versions"] == crd()["spec"]["versions"]
 
