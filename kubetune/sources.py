@@ -60,6 +60,10 @@ StoreFactory = Callable[[str], Store]
 class SourceError(ValueError):
     """A source cannot be resolved as configured (the message names the spec field)."""
 
+    def __init__(self, message: str) -> None:
+        # One line whatever the paths in it hold: a U+0085 or newline in a folder name must not split the message.
+        super().__init__(printable(message))
+
 
 @dataclass(frozen=True)
 class ResolvedSource:
