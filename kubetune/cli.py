@@ -45,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_crd(args: argparse.Namespace) -> int:
     text = render_crd()
     for output in args.output or []:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
     if not args.output:
         sys.stdout.write(text)
     return 0
@@ -217,7 +217,21 @@ OS_ERROR_HINTS = {
     errno.EISDIR: "pass a file",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.ENOSPC: "free some disk space",
+    errno.ENXIO: "a named pipe that no process reads: start its reader first",
 }
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write `text` to the file a flag names. Opened without blocking: a named pipe no process reads is ENXIO at once
+    instead of a wait forever, while one with a reader (`-o >(kubectl apply -f -)`) is written as usual. An error
+    while writing (a full disk) names the file, as one while opening does."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def require_file(path: Path) -> Path:

@@ -1,7 +1,8 @@
 """Where a command writes or listens: `kubetune dataset convert --out` where no tree can be written (below a FIFO or a
 file, a dangling link or a link loop, a folder that holds files, /proc) ends in one located error with a hint and
-exit 2 and writes nothing — an unwritable place used to end in OutputError's traceback; `kubetune ui --port` that is
-no port is argparse's error, exit 2."""
+exit 2 and writes nothing — an unwritable place used to end in OutputError's traceback; `kubetune crd -o` to a named
+pipe nobody reads, a full disk or no file is one line naming it (the pipe used to block the command forever);
+`kubetune ui --port` that is no port is argparse's error, exit 2."""
 
 from __future__ import annotations
 
@@ -70,3 +71,20 @@ def test_convert_to_an_output_it_cannot_write_is_one_located_error_and_writes_no
 def test_ui_refuses_a_port_that_is_no_port_before_it_listens(port: int | str) -> None:
     code, err = kubetune("ui", "--port", str(port))
     assert code == 2 and err[-1].startswith("kubetune ui: error: argument --port: "), err  # bind raised OverflowError
+
+
+def crd_output(place: str, root: Path) -> Path:
+    if place == "a FIFO nobody reads":
+        os.mkfifo(root / "pipe")
+        return root / "pipe"
+    if place == "below a file":
+        return under_file(root)
+    return {"a folder": root, "a full disk": Path("/dev/full"), "a missing folder": root / "none" / "crd.yaml"}[place]
+
+
+@given(st.sampled_from(["a FIFO nobody reads", "below a file", "a folder", "a full disk", "a missing folder"]))
+def test_crd_to_an_output_it_cannot_write_is_one_line_naming_it_and_never_a_wait(place: str) -> None:
+    with scratch() as root:
+        out = crd_output(place, root)
+        code, err = kubetune("crd", "-o", str(out))  # a FIFO without a reader blocked the write forever
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"kubetune: {out}: "), err
