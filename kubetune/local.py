@@ -165,6 +165,9 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
             return 0
         elif isinstance(action, Fail):
             record_status(local, step)
+            if _bad_input(local, action.stage):
+                # The stage's one line, printed as it ended, names the file or field: bad input, nothing to retry.
+                return EXIT_CONFIG
             view.final(step, local.durations)
             print(f"kubetune: stage {action.stage} failed: {action.reason}", file=sys.stderr)
             print(f"kubetune: earlier stages' outputs are kept in {local.store_config.uri}; logs: {local.state_dir}",
@@ -176,6 +179,12 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
             return 0
         else:  # Wait / SuspendJob / ResumeJob need a cluster; local jobs run to completion one at a time.
             raise TypeError(f"unexpected action for the local executor: {action}")
+
+
+def _bad_input(local: LocalRun, stage: str) -> bool:
+    """Whether the stage's last job ended with the jobs' exit code for bad input (a config error)."""
+    last = next((job for job in reversed(local.jobs) if job.stage == stage), None)
+    return last is not None and last.config_error
 
 
 def _resolve(local: LocalRun) -> Sources:

@@ -146,7 +146,7 @@ def test_a_bad_record_fails_the_stage_with_exit_2_naming_file_and_line(tmp_path:
     data.write_text(json.dumps({"messages": MULTI_TURN}) + "\n"
                     + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n", encoding="utf-8")
     done = kubetune_run(tmp_path, {"uri": str(data), "format": "messages", "tokenStats": False})
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "dataset exited with 2" in done.stderr
     assert f"{data}:2: the conversation must end with an assistant turn" in done.stderr
     log = (tmp_path / ".kubetune" / "runs" / "default" / "formats" / "dataset.log").read_text(encoding="utf-8")

@@ -31,9 +31,12 @@ def test_a_placeholder_the_schema_accepts_but_the_builder_refuses_fails_the_run_
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run([sys.executable, "-P", "-m", "kubetune.cli", "run", "run.yaml", "--store", "store"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 1, done.stderr
-    assert "dataset exited with 2" in done.stderr
-    assert "spec.dataset.placeholders: placeholder NAME has an empty value" in done.stderr
+    assert done.returncode == 2, done.stderr
+    error = [line for line in done.stderr.splitlines() if "exited" in line or "failed" in line]
+    log_path = tmp_path / ".kubetune/runs/default/blank/dataset.log"
+    reason = "1 dataset error(s): spec.dataset.placeholders: placeholder NAME has an empty value"
+    assert error == [f"kubetune: dataset exited with 2: {reason} (log: {log_path})"], done.stderr
+    assert "Traceback" not in done.stderr
     state = tmp_path / ".kubetune" / "runs" / "default" / "blank"
     stage = json.loads((state / "status.json").read_text(encoding="utf-8"))["status"]["stages"]["dataset"]
     assert (stage["phase"], stage["attempts"]) == ("Failed", 1)

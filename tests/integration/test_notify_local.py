@@ -57,7 +57,7 @@ def test_a_failing_stage_is_told_as_a_slack_message_with_the_reason_from_a_secre
         run_file = _write_run(tmp_path, "slack", categories=["no_such_category"])
         done = _kubetune_run(tmp_path, run_file, KUBETUNE_SECRETS_DIR=str(tmp_path / "secrets"))
 
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input (no such category): the stage's exit code
     assert receiver.events() == ["RunStarted", "StageFailed", "RunFailed"]
     failed = receiver.bodies("StageFailed")[0]
     assert failed["text"].startswith(":x: FineTuneRun default/told stage dataset failed:")
