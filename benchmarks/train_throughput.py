@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -490,6 +490,9 @@ def main() -> None:
     parser.add_argument("--recompute", type=float, default=None,
                         help="share of decoder layers that recompute in backward on our path (0: none, 1: all); "
                         "default per shape and workload")
+    parser.add_argument("--micro-batches", type=int, default=None,
+                        help="our path's step in this many micro-batches (default per workload: chat 1, long 2); "
+                        "more of them hold fewer activations each, e.g. room for --recompute 0 on a large card")
     parser.add_argument("--ablations", action="store_true",
                         help="also time our path with SDPA masks, and with other checkpointing, on the first shape")
     parser.add_argument("--profile", action="store_true", help="print our path's top GPU kernels")
@@ -518,6 +521,8 @@ def main() -> None:
         folder = random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
         for name in args.workloads:
             workload = WORKLOADS[name]
+            if args.micro_batches is not None:
+                workload = replace(workload, micro_batches=args.micro_batches)
             train = synthetic_samples(workload, workload.steps * SAMPLES_PER_STEP, seed=SEED)
             held_out = synthetic_samples(workload, HELD_OUT, seed=SEED + 1)
             flops = flops_per_token(config, train)
