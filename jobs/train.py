@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -24,7 +23,6 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
 from kubetune.chat_templates import ChatTemplateError, ResolvedTemplate, resolve_template
-from kubetune.cpus import usable_cpus
 from kubetune.jobs.basemodel import folder_digest
 from kubetune.jobs.checkpoints import (
     BaseModelRef,
@@ -252,8 +250,6 @@ def train(
     tokenizer, added_tokens = load_tokenizer(inputs.model_dir, inputs.chat_template, training.added_special_tokens)
     samples = tokenize_dataset(tokenizer, load_conversations(inputs.data_path), inputs.max_seq_length)
     device = ranks.place(resolve_device(training.device))
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it for several ranks
-        torch.set_num_threads(usable_cpus())  # a pod's CPU limit, not the node's core count
     attention = training_attention(device)  # one choice for the model and for how its batches are packed
     batcher = make_batcher(packing=training.packing, batch_size=training.batch_size,
                            max_seq_length=inputs.max_seq_length, pad_token_id=pad_token_id(tokenizer),

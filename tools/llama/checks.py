@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubetune import chat_templates
+from kubetune.cpus import usable_cpus
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -24,15 +25,18 @@ def load(
     gguf_path: Path, n_ctx: int = 2048, *, logits_all: bool = False, n_threads: int | None = None, verbose: bool = False
 ) -> Llama:
     """Open a GGUF on the CPU with llama.cpp, quietly unless `verbose` (llama.cpp's log on stderr). `n_threads`, when
-    given, is for single tokens and batches alike (llama-cpp-python's defaults: half the cores, and all of them)."""
+    given, is for single tokens and batches alike; by default llama-cpp-python's split (half the CPUs for single
+    tokens, all for batches) of the CPUs this process may use, a pod's CPU limit included (its own counts the node's
+    cores)."""
     from llama_cpp import Llama
 
+    cpus = usable_cpus()
     return Llama(
         model_path=str(gguf_path),
         n_ctx=n_ctx,
         logits_all=logits_all,
-        n_threads=n_threads,
-        n_threads_batch=n_threads,
+        n_threads=n_threads if n_threads is not None else max(1, cpus // 2),
+        n_threads_batch=n_threads if n_threads is not None else cpus,
         n_gpu_layers=0,
         seed=0,
         verbose=verbose,

@@ -10,13 +10,14 @@ pool, one task each; weights of the other output types (f32, bf16) are streamed 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from gguf import GGMLQuantizationType
+
+from kubetune.cpus import usable_cpus
 
 from .errors import ConversionError
 from .tensors import CHUNK_ELEMENTS, TensorPlan, encoded_chunks
@@ -30,7 +31,7 @@ Task = Callable[[], list[Piece]]
 
 def encoded_pieces(plans: list[TensorPlan], threads: int | None = None) -> Iterator[tuple[int, list[Piece]]]:
     """(plan index, data pieces) in file order: each plan's pieces, in order, add up to its GGUF data."""
-    workers = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
+    workers = max(1, threads if threads is not None else min(4, usable_cpus()))
     pending: deque[tuple[int, Future[list[Piece]]]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gguf-encode") as pool:
         try:

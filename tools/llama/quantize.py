@@ -7,6 +7,8 @@ import ctypes
 import io
 from pathlib import Path
 
+from kubetune.cpus import usable_cpus
+
 from .errors import ConversionError
 
 # Output type → llama.cpp ftype constant name in llama_cpp.
@@ -27,15 +29,17 @@ LLAMA_CPP_FTYPES: dict[str, str] = {
 }
 
 
-def quantize_with_llama_cpp(source_f16: Path, destination: Path, outtype: str, n_threads: int = 0) -> None:
-    """Quantize an f16 GGUF with llama.cpp; its log is kept and shown only when quantization fails."""
+def quantize_with_llama_cpp(source_f16: Path, destination: Path, outtype: str, n_threads: int | None = None) -> None:
+    """Quantize an f16 GGUF with llama.cpp on `n_threads` (default: the CPUs this process may use; llama.cpp's own
+    default is every core of the node, whatever a pod's CPU limit); its log is kept and shown only when quantization
+    fails."""
     try:
         import llama_cpp
     except ImportError as exc:
         raise ConversionError(f"{outtype} needs llama-cpp-python (pip install llama-cpp-python)") from exc
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_FTYPES[outtype])
-    params.nthread = n_threads
+    params.nthread = n_threads if n_threads is not None else usable_cpus()
     log = io.StringIO()
     # llama-cpp-python routes llama.cpp's log through a Python callback that prints to sys.stderr.
     with contextlib.redirect_stderr(log):
