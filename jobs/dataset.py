@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from kubetune.datasets_new.builder import BuildOptions
+from kubetune.api.types import DatasetSpec
+from kubetune.datasets_new.builder import BuildOptions, BuiltRecord
 from kubetune.datasets_new.files import is_inside
 from kubetune.datasets_new.pipeline import OutputPaths, build_and_write
 from kubetune.jobs.dataset_files import dataset_errors_as_config_errors, run_data_files
@@ -50,6 +51,9 @@ def run(ctx: JobContext) -> None:
     ctx.progress(message="validating and building samples")
     with dataset_errors_as_config_errors():
         outcome = build_and_write(options, OutputPaths.in_folder(outputs_dir), tokenizer_dir, with_stats=True)
+    if not outcome.result.train:
+        shutil.rmtree(outputs_dir, ignore_errors=True)  # nothing of a refused dataset stays behind
+        raise ConfigError(_nothing_to_train(outcome.result.eval, spec))
     if ctx.stop.is_set():
         raise Stopped("stopped before publishing the dataset")
     result = outcome.result
@@ -61,6 +65,16 @@ def run(ctx: JobContext) -> None:
         "duplicatesDropped": result.report.duplicates_dropped,
         "categories": sorted({category for category, _ in result.report.per_subcategory}),
     })
+
+
+def _nothing_to_train(held_out: list[BuiltRecord], spec: DatasetSpec) -> str:
+    """Why a tree that built gives the train stage no record (it would fail there, on a file the user never wrote)."""
+    if held_out:
+        return (f"spec.dataset.evalSplit: every one of the {len(held_out)} sample(s) went to the eval split "
+                f"({spec.eval_split:g}); lower it or add samples")
+    selected = f" in spec.dataset.categories ({', '.join(spec.categories)})" if spec.categories else ""
+    return (f"spec.dataset.uri: {spec.uri} holds no samples{selected}: every topic file is missing or empty ([]); "
+            "add samples to a topic file")
 
 
 def _tree_root(ctx: JobContext, uri: str) -> Path:

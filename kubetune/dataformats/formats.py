@@ -3,6 +3,7 @@ problems that stop it, named by file:line (parquet: row and column) with a hint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from kubetune.datasets_new.errors import DatasetIssue
 
 Message = dict[str, str]
 MAX_TURNS = 1024
+# Only a \uD800-\uDFFF escape makes one: such a string cannot be written as UTF-8 (train_data.jsonl, the id's hash).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 ROLES = ("system", "user", "assistant")
 # ShareGPT speakers as the common exports write them.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -147,6 +150,11 @@ def _checked(row: Row, messages: list[Message], field: str) -> list[Message] | l
         if not message["content"].strip():
             return [row.issue(f"turn {index + 1} ({message['role']}) is blank", "drop the record or fill the turn",
                               field=field)]
+    for index, message in enumerate(messages):
+        if _LONE_SURROGATE.search(message["content"]):
+            return [row.issue(f"the {message['role']} turn {index + 1} holds a lone UTF-16 surrogate escape "
+                              "(\\uD800-\\uDFFF), which is not a character",
+                              "write the character itself, or both halves of a surrogate pair", field=field)]
     if len(body) < 2 or body[-1]["role"] != "assistant":
         return [row.issue("the conversation must end with an assistant turn (nothing to learn otherwise)",
                           "add the answer, or drop the trailing user turn", field=field)]

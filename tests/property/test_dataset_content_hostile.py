@@ -1,0 +1,154 @@
+"""Hostile text inside data files and trees, through the commands users run: `kubetune dataset convert` and the
+dataset stage of `kubetune run`.
+
+- A `\\uD800`-`\\uDFFF` escape with no other half, in any text a record holds (a turn, a system prompt, an Alpaca
+  instruction), is a located error with a hint and exit 2 in every format and file type: it used to reach the id's
+  hash and train_data.jsonl as a string no UTF-8 encoder writes, a UnicodeEncodeError traceback (exit 1, retried).
+- A file that converts is a tree that builds back into exactly its conversations, whatever the text holds (controls,
+  NUL, line separators, `${`, `$${`, `</think>` in the question).
+- A tree that leaves nothing to train on (every topic file `[]`, `categories` selecting empty ones, every sample in
+  the eval split) ends the dataset stage with one line naming the field and exit 2, and publishes nothing: it used
+  to publish an empty train_data.jsonl, and the train stage failed on it later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubetune.api.dataset_formats import DatasetFields
+from kubetune.dataformats.build import DataFile, build_conversations
+from kubetune.datasets_new.builder import BuildOptions, build_dataset, eval_fraction
+from kubetune.datasets_new.errors import DatasetError
+from kubetune.datasets_new.outputs import jsonl_blocks
+from tests.fixtures.dataformats import SHAREGPT_ROLE, write_records
+from tests.property.cli_inputs import SAMPLE, kubetune, manifest, write_sources
+from tests.property.test_dataset_hostile import scratch
+
+FORMATS = ("messages", "sharegpt", "alpaca")
+SUFFIXES = (".jsonl", ".json")  # parquet strings are UTF-8 by the format: no escape reaches them
+LONE = st.sampled_from(["\\ud800", "\\udfff", "x\\udc80y", "\\ude00\\ud83d", "\\uDBFF", "a\\ud834"])
+# Any character a JSON string can carry, surrogates aside (a pair of them is one character, written as such).
+any_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(str.strip)
+
+
+def records(format_name: str, texts: list[str], system: str | None) -> list[dict[str, Any]]:
+    """One record of `format_name` whose user/assistant texts are `texts` (pairs), with an optional system prompt."""
+    if format_name == "alpaca":
+        record: dict[str, Any] = {"instruction": texts[0], "input": "", "output": texts[1]}
+        return [record | ({"system": system} if system is not None else {})]
+    turns = [{"role": role, "content": text} for role, text in zip(("user", "assistant") * len(texts), texts)]
+    if format_name == "messages":
+        return [{"messages": ([{"role": "system", "content": system}] if system is not None else []) + turns}]
+    sharegpt = [{"from": SHAREGPT_ROLE[turn["role"]], "value": turn["content"]} for turn in turns]
+    return [{"conversations": sharegpt} | ({"system": system} if system is not None else {})]
+
+
+@st.composite
+def record_with_a_lone_surrogate(draw: st.DrawFn) -> tuple[str, str]:
+    """(format, the JSON text of its file) where one text of one record is spliced with a lone surrogate escape."""
+    format_name = draw(st.sampled_from(FORMATS))
+    texts = draw(st.lists(any_text, min_size=2, max_size=4).filter(lambda found: len(found) % 2 == 0))
+    system = draw(st.none() | any_text)
+    marker = "\x01MARK\x01"
+    slots = len(texts) + (system is not None)
+    slot = draw(st.integers(0, slots - 1))
+    if slot == len(texts):
+        system = f"{system}{marker}"
+    else:
+        texts[slot] = f"{texts[slot]}{marker}"
+    text = json.dumps(records(format_name, texts, system))
+    return format_name, text.replace(json.dumps(marker)[1:-1], draw(LONE))
+
+
+@given(record_with_a_lone_surrogate(), st.sampled_from(SUFFIXES))
+def test_a_lone_surrogate_escape_in_any_text_is_a_located_error(drawn: tuple[str, str], suffix: str) -> None:
+    format_name, text = drawn
+    with scratch() as root:
+        path = root / f"chats{suffix}"
+        rows = json.loads(text)
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows) if suffix == ".jsonl" else text,
+                        encoding="utf-8")
+        try:
+            build_conversations(format_name, [DataFile(path, path.name)], DatasetFields(), eval_split=0.0)
+        except DatasetError as error:
+            [issue] = error.issues
+            assert (issue.path, issue.line) == (path.name, 1) and "lone UTF-16 surrogate" in issue.message, issue
+            assert issue.hint.strip()
+        else:
+            raise AssertionError("a lone surrogate escape was taken as text")
+        code, err = kubetune("dataset", "convert", "--from", format_name, str(path), "--out", str(root / "tree"))
+        assert code == 2 and err[0].startswith(f"{path.as_posix()}:1: ") and err[1].startswith("    hint: "), err
+        assert not (root / "tree").exists()
+
+
+reasoning_text = any_text.filter(lambda text: "</think>" not in text and "</output>" not in text and text.strip())
+
+
+@given(st.sampled_from(FORMATS), st.lists(st.tuples(any_text, reasoning_text, reasoning_text), min_size=1,
+                                          max_size=4, unique_by=lambda triple: triple))
+def test_a_converted_file_builds_back_into_exactly_its_conversations(
+        format_name: str, triples: list[tuple[str, str, str]]) -> None:
+    conversations = [[question, f"<think>{think}</think>\n<output>{output}</output>"]
+                     for question, think, output in triples]
+    with scratch() as root:
+        path = write_records([row for texts in conversations for row in records(format_name, texts, None)],
+                             root / "chats.jsonl")
+        code, err = kubetune("dataset", "convert", "--from", format_name, str(path), "--out", str(root / "tree"))
+        blank_answer = any(not think.strip() or not output.strip() for _, think, output in triples)
+        if code != 0:
+            assert code == 2 and blank_answer, err
+            return
+        result = build_dataset(BuildOptions(structure_path=root / "tree" / "structure.enriched.json",
+                                            topics_dir=root / "tree" / "topics"))
+    lines = b"".join(jsonl_blocks(result.train)).decode().split("\n")[:-1]  # JSONL lines end at "\n" only
+    assert [[message["content"] for message in json.loads(line)["messages"]] for line in lines] == conversations
+
+
+# ---- the dataset stage of `kubetune run` -----------------------------------------------------------------------
+
+TOPIC = Path("ds/topics/identity/who/identity.who.reasoning.json")
+
+
+def held_out_samples(count: int) -> list[dict[str, Any]]:
+    """Samples whose ids an eval split of 0.5 holds out (the stage's seed is 0)."""
+    ids = (f"who_{number:02d}" for number in range(1000))
+    held_out = [sample_id for sample_id in ids if eval_fraction(f"identity.who.reasoning.{sample_id}", 0) < 0.5]
+    return [SAMPLE | {"id": sample_id, "question": f"Who are you, {sample_id}?"} for sample_id in held_out[:count]]
+
+
+NOTHING_TO_TRAIN: dict[str, tuple[dict[str, Any], str]] = {  # how a tree leaves no training record, and the field the line must name
+    "every topic file empty": ({"topic": []}, "spec.dataset.uri"),
+    "no topic files at all": ({"topic": None}, "spec.dataset.uri"),
+    "every sample in the eval split": ({"topic": held_out_samples(3), "evalSplit": 0.5}, "spec.dataset.evalSplit"),
+}
+
+
+@settings(max_examples=len(NOTHING_TO_TRAIN) * 2)
+@given(st.sampled_from(sorted(NOTHING_TO_TRAIN)), st.booleans())
+def test_a_tree_with_nothing_to_train_on_is_one_line_and_publishes_nothing(case: str, via_categories: bool) -> None:
+    change, field = NOTHING_TO_TRAIN[case]
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        if change["topic"] is None:
+            (root / TOPIC).unlink()
+        else:
+            (root / TOPIC).write_text(json.dumps(change["topic"]), encoding="utf-8")
+        doc = json.loads(manifest("tree"))
+        if "evalSplit" in change:
+            doc["spec"]["dataset"]["evalSplit"] = change["evalSplit"]
+        if via_categories:  # the same through a category selection: the one selected holds nothing
+            doc["spec"]["dataset"]["categories"] = ["identity"]
+        (root / "run.yaml").write_text(json.dumps(doc), encoding="utf-8")
+        code, err = kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
+        published = sorted(path.name for path in (root / "store").rglob("*") if path.is_file())
+        leftovers = sorted(path.name for path in (root / ".kubetune").rglob("work/**/*") if path.is_file())
+    assert code == 2 and "Traceback" not in "\n".join(err), err
+    assert err[-1].startswith(f"kubetune: dataset exited with 2: {field}: "), err
+    assert published == ["progress.json"], published  # the stage's Failed record, no output
+    assert leftovers == [], leftovers
