@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_bench as bench
 import train_throughput as tt
 
 from kubetune.jobs.train_data import Batch, make_batcher
@@ -34,14 +35,14 @@ from kubetune.jobs.train_loss import CHUNK_LOGITS, chunked_causal_lm_loss_sum
 from kubetune.jobs.train_offload import MLPChunks, enable_activation_offload
 
 
-def step_batches(workload: tt.Workload, micro_batches: int, flat: bool) -> list[Batch]:
+def step_batches(workload: bench.Workload, micro_batches: int, flat: bool) -> list[Batch]:
     """One optimizer step's packed rows (the first of the epoch), in `micro_batches` micro-batches."""
-    train = tt.synthetic_samples(workload, workload.steps * tt.SAMPLES_PER_STEP, seed=tt.SEED)
+    train = bench.synthetic_samples(workload, workload.steps * bench.SAMPLES_PER_STEP, seed=bench.SEED)
     mean_length = sum(len(s.input_ids) for s in train) / len(train)
-    rows = max(1, round(tt.SAMPLES_PER_STEP * mean_length / workload.max_length / micro_batches))
+    rows = max(1, round(bench.SAMPLES_PER_STEP * mean_length / workload.max_length / micro_batches))
     batcher = make_batcher(packing=True, batch_size=rows, max_seq_length=workload.max_length, pad_token_id=0,
                            flat=flat)
-    plan = batcher.epoch_batches(train, 0, tt.SEED)[:micro_batches]
+    plan = batcher.epoch_batches(train, 0, bench.SEED)[:micro_batches]
     return [batcher.collate([[train[i] for i in row] for row in rows_of_batch]) for rows_of_batch in plan]
 
 
@@ -69,16 +70,16 @@ def max_relative_difference(grads: dict[str, torch.Tensor], reference: dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="qwen2.5-1.5b", choices=sorted(tt.SHAPES))
+    parser.add_argument("--shape", default="qwen2.5-1.5b", choices=sorted(bench.SHAPES))
     parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--workload", default="chat", choices=sorted(tt.WORKLOADS))
+    parser.add_argument("--workload", default="chat", choices=sorted(bench.WORKLOADS))
     parser.add_argument("--lora-dropout", type=float, default=tt.Lora.dropout)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    config = tt.shape_config(args.shape, args.layers)
-    workload = tt.WORKLOADS[args.workload]
-    folder = tt.random_model_folder(args.shape, config, (args.workdir or tt.default_workdir())
+    config = bench.shape_config(args.shape, args.layers)
+    workload = bench.WORKLOADS[args.workload]
+    folder = bench.random_model_folder(args.shape, config, (args.workdir or bench.default_workdir())
                                     / f"{args.shape}-{config.num_hidden_layers}-layers")
     loaded = tt.load_ours(folder, config, 1.0, None, lora_dropout=args.lora_dropout)
     model, base = loaded.model, loaded.model.get_base_model()

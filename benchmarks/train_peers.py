@@ -85,13 +85,14 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
     if path.startswith("unsloth"):
         import unsloth  # noqa: F401 - before transformers, as Unsloth requires
     sys.path.insert(0, str(HERE))
+    import train_bench as bench
     import train_throughput as tt
 
-    config = tt.shape_config(shape, layers)
-    workload = tt.WORKLOADS[workload_name]
-    train = tt.synthetic_samples(workload, workload.steps * tt.SAMPLES_PER_STEP, seed=tt.SEED)
-    held_out = tt.synthetic_samples(workload, tt.HELD_OUT, seed=tt.SEED + 1)
-    flops = tt.flops_per_token(config, train)
+    config = bench.shape_config(shape, layers)
+    workload = bench.WORKLOADS[workload_name]
+    train = bench.synthetic_samples(workload, workload.steps * bench.SAMPLES_PER_STEP, seed=bench.SEED)
+    held_out = bench.synthetic_samples(workload, bench.HELD_OUT, seed=bench.SEED + 1)
+    flops = bench.flops_per_token(config, train)
     extras: dict[str, Any] = {}
     if path == "stock":
         result = tt.run_baseline(folder, workload, train, held_out, flops, folder.parent)
@@ -121,6 +122,7 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
 def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], held_out: list[Any],
              flops: float) -> tuple[Any, dict[str, Any]]:
     import torch
+    import train_bench as bench
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -145,11 +147,11 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
         model, _ = FastLanguageModel.from_pretrained(model_name=str(folder), max_seq_length=workload.max_length,
                                                      dtype=torch.bfloat16, load_in_4bit=True)
         model = FastLanguageModel.get_peft_model(model, **lora, target_modules=list(LORA_TARGETS), bias="none",
-                                                 use_gradient_checkpointing="unsloth", random_state=tt.SEED)
+                                                 use_gradient_checkpointing="unsloth", random_state=bench.SEED)
         peft_config = None
         if path == "unsloth-d0-packed":  # rows of max_length: as many per step as hold ~16 samples, like ours
             mean_length = sum(len(s.input_ids) for s in train) / len(train)
-            batch = max(1, round(tt.SAMPLES_PER_STEP * mean_length / workload.max_length))
+            batch = max(1, round(bench.SAMPLES_PER_STEP * mean_length / workload.max_length))
             extra_args = {"packing": True, "max_length": workload.max_length}
         else:  # Unsloth's default: padding-free batches when the model allows it (decided by Unsloth)
             batch, extra_args = workload.baseline_batch, {"max_length": workload.max_length}
@@ -157,10 +159,10 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
 
     args = SFTConfig(
         output_dir=str(folder.parent / f"{path}-trainer"), per_device_train_batch_size=batch,
-        gradient_accumulation_steps=max(1, tt.SAMPLES_PER_STEP // batch) if path != "unsloth-d0-packed" else 1, num_train_epochs=1, learning_rate=tt.LEARNING_RATE,
-        lr_scheduler_type="linear", warmup_steps=tt.WARMUP_RATIO, max_grad_norm=1.0, bf16=True,
+        gradient_accumulation_steps=max(1, bench.SAMPLES_PER_STEP // batch) if path != "unsloth-d0-packed" else 1, num_train_epochs=1, learning_rate=bench.LEARNING_RATE,
+        lr_scheduler_type="linear", warmup_steps=bench.WARMUP_RATIO, max_grad_norm=1.0, bf16=True,
         gradient_checkpointing=path == "trl-liger", logging_steps=10**6, save_strategy="no", eval_strategy="no",
-        report_to="none", seed=tt.SEED, data_seed=tt.SEED, disable_tqdm=True, dataset_num_proc=1, **extra_args,
+        report_to="none", seed=bench.SEED, data_seed=bench.SEED, disable_tqdm=True, dataset_num_proc=1, **extra_args,
     )
     real_tokens = torch.zeros((), dtype=torch.long, device="cuda")
 
@@ -172,18 +174,18 @@ def run_peer(path: str, tt: Any, folder: Path, workload: Any, train: list[Any], 
     dataset = Dataset.from_list([{"input_ids": s.input_ids, "labels": s.labels} for s in train])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[timing.callback()])
-    tt.release_memory()
+    bench.release_memory()
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30
     counter.remove()
     os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth skips logits in training forwards; the check needs them
-    loss = tt.held_out_loss(trainer.model, held_out)
+    loss = bench.held_out_loss(trainer.model, held_out)
     rate = timing.tokens / timing.seconds
     extras = {"attention": trainer.model.config._attn_implementation, "steps": timing.steps, "micro_batch": batch,
               "padding_free": bool(getattr(trainer.args, "padding_free", False)),
               "packing": bool(getattr(trainer.args, "packing", False)), "lora_dropout": lora["lora_dropout"]}
-    return tt.Result(path, rate, rate * flops / tt.H100_BF16_DENSE_FLOPS, peak, loss, timing.tokens, timing.seconds,
+    return bench.Result(path, rate, rate * flops / bench.H100_BF16_DENSE_FLOPS, peak, loss, timing.tokens, timing.seconds,
                      timing.steps), extras
 
 
@@ -242,15 +244,15 @@ def main() -> None:
         return
     sys.path.insert(0, str(HERE))
     import torch
-    import train_throughput as tt
+    import train_bench as bench
 
-    workdir = args.workdir or tt.default_workdir()
+    workdir = args.workdir or bench.default_workdir()
     report: list[dict[str, Any]] = []
     for shape in args.shapes:
-        config = tt.shape_config(shape, args.layers)
-        folder = tt.random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
+        config = bench.shape_config(shape, args.layers)
+        folder = bench.random_model_folder(shape, config, workdir / f"{shape}-{config.num_hidden_layers}-layers")
         save_tokenizer(folder, config.vocab_size)
-        tt.release_memory()
+        bench.release_memory()
         for name in args.workloads:
             entry: dict[str, Any] = {"shape": shape, "workload": name, "paths": {}}
             for path in args.paths:
@@ -269,7 +271,7 @@ def main() -> None:
                     continue
                 row = json.loads(out.read_text(encoding="utf-8"))
                 entry["paths"][path] = row
-                print(f"[{shape} / {name}] {tt.describe(tt.Result(**row['result']))} {row['extras']} "
+                print(f"[{shape} / {name}] {bench.describe(bench.Result(**row['result']))} {row['extras']} "
                       f"({time.monotonic() - started:.0f}s with loading)", flush=True)
             summarise(entry)
             report.append(entry)
