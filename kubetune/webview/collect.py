@@ -44,8 +44,19 @@ CHECKPOINTS = "checkpoints"  # the train stage's checkpoint folder under its pre
 Obj = Mapping[str, Any]
 
 
+def mapping(value: Any) -> Obj:
+    """`value` where it is an object, else an empty one: a status edited by hand (or cut short) shows what it still
+    holds instead of failing the page."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        else 0
+
+
 def summary(document: Obj) -> RunSummary:
-    meta, status = document.get("metadata") or {}, document.get("status") or {}
+    meta, status = mapping(document.get("metadata")), mapping(document.get("status"))
     return RunSummary(
         namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
         phase=str(status.get("phase") or ""), current_stage=str(status.get("currentStage") or ""),
@@ -54,7 +65,7 @@ def summary(document: Obj) -> RunSummary:
 
 
 def stage_rows(status: Obj) -> tuple[StageRow, ...]:
-    blocks = status.get("stages") or {}
+    blocks = mapping(status.get("stages"))
     rows = []
     for stage in STAGES:
         block = blocks.get(stage)
@@ -62,7 +73,7 @@ def stage_rows(status: Obj) -> tuple[StageRow, ...]:
             continue
         rows.append(StageRow(
             name=stage, phase=str(block.get("phase") or ""), job=str(block.get("jobName") or ""),
-            attempts=int(block.get("attempts") or 0), started=str(block.get("startTime") or ""),
+            attempts=_count(block.get("attempts")), started=str(block.get("startTime") or ""),
             finished=str(block.get("completionTime") or ""), message=str(block.get("message") or ""),
         ))
     return tuple(rows)
@@ -71,7 +82,8 @@ def stage_rows(status: Obj) -> tuple[StageRow, ...]:
 def output_folder(namespace: str, name: str, stage: str, block: Obj) -> str | None:
     """The store folder of a stage that published: from its outputs' URIs (`…/<ns>/<run>/<stage>/<folder>/<file>`)."""
     head = f"/{namespace}/{name}/{stage}/"
-    for output in block.get("outputs") or []:
+    outputs = block.get("outputs")
+    for output in outputs if isinstance(outputs, list) else []:
         uri = str(output.get("uri") or "") if isinstance(output, dict) else ""
         at = uri.rfind(head)
         if at >= 0:
@@ -93,14 +105,14 @@ class RunReader:
 
     def __init__(self, document: Obj, store: Store | None, problems: list[str] | None = None) -> None:
         self.summary = summary(document)
-        self.status: Obj = document.get("status") or {}
+        self.status = mapping(document.get("status"))
         self.store = store
         self.problems = list(problems or [])
         self._prefixes: dict[str, str | None] = {}
 
     def prefix(self, stage: str) -> str | None:
         if stage not in self._prefixes:
-            block = (self.status.get("stages") or {}).get(stage)
+            block = mapping(self.status.get("stages")).get(stage)
             found = None
             if isinstance(block, dict):
                 found = (output_folder(self.summary.namespace, self.summary.name, stage, block)

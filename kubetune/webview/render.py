@@ -6,6 +6,7 @@ Everything shown comes from users or models (run names, messages, generated answ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 from urllib.parse import quote
@@ -136,8 +137,9 @@ def _training_section(data: RunPage) -> str:
     for key, label in (("epoch", "Epoch"), ("loss", "Loss"), ("tokensPerSecond", "Tokens/s")):
         if isinstance(progress.get(key), (int, float)):
             facts.append((label, f"{progress[key]:.4g}"))
-    if isinstance(progress.get("etaSeconds"), (int, float)) and data.active:
-        facts.append(("ETA", format_duration(progress["etaSeconds"])))
+    eta = progress.get("etaSeconds")
+    if isinstance(eta, (int, float)) and math.isfinite(eta) and data.active:
+        facts.append(("ETA", format_duration(eta)))
     listing = "<dl>" + "".join(f"<dt>{k}</dt><dd>{escape(v)}</dd>" for k, v in facts) + "</dl>" if facts else ""
     return (f"<section aria-labelledby=\"training\"><h2 id=\"training\">Training</h2>{listing}"
             f"{loss_chart(data.loss)}</section>")

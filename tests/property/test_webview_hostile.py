@@ -1,0 +1,136 @@
+"""`kubetune ui` against hostile requests and hand-edited run files: the view of a run whose dataset stage really ran
+(its status.json, events.jsonl and store as `kubetune run` wrote them).
+
+- Any request path (percent-escapes, `..`, NUL, odd query strings) is a page, a 404 or a 405: never a 500, and a
+  download only ever sends a file the stage's manifest lists, byte for byte.
+- A status.json or events.jsonl edited by hand (any value anywhere: a list where an object belongs, a text count,
+  an infinite ETA) still shows the index and the run's page: `metadata: "x"`, `attempts: "x"` and `etaSeconds:
+  Infinity` were 500 pages (AttributeError, ValueError, OverflowError), though the view promises a problem line,
+  never an error page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kubetune.webview.localsource import LocalRuns
+from kubetune.webview.server import WebView
+from tests.property.cli_inputs import kubetune, manifest, write_sources
+
+RUN = "/runs/default/hostile"
+
+
+@dataclass(frozen=True)
+class View:
+    root: Path
+    server: WebView
+    status: dict[str, Any]  # status.json as kubetune run wrote it
+    published: dict[str, bytes]  # the dataset stage's files by name
+
+    def get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        host, port = str(self.server.server_address[0]), int(self.server.server_address[1])
+        connection = http.client.HTTPConnection(host, port, timeout=20)
+        try:
+            connection.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def view() -> Iterator[View]:
+    with tempfile.TemporaryDirectory(prefix="kubetune-hostile-") as folder, contextlib.chdir(folder):
+        root = Path(folder)
+        write_sources(root)
+        (root / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
+        code, err = kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
+        assert code == 0, err
+        state = root / ".kubetune"
+        status = json.loads((state / "runs" / "default" / "hostile" / "status.json").read_text(encoding="utf-8"))
+        [output] = (root / "store" / "default" / "hostile" / "dataset").iterdir()
+        published = {path.name: path.read_bytes() for path in output.iterdir()}
+        server = WebView(LocalRuns(state.resolve(), str((root / "store").resolve())), "127.0.0.1", 0).start()
+        try:
+            yield View(root, server, status, published)
+        finally:
+            server.stop()
+
+
+def test_the_view_shows_the_run_and_serves_its_files(view: View) -> None:
+    assert view.get("/")[0] == 200 and view.get(RUN)[0] == 200
+    assert view.get(f"{RUN}/files/dataset/train_data.jsonl") == (200, view.published["train_data.jsonl"])
+
+
+path_part = st.one_of(
+    st.sampled_from(["runs", "default", "hostile", "files", "dataset", "train", "train_data.jsonl", "stats.json",
+                     "manifest.json", "progress.json", "lineage.json", "..", ".", "", "%2e%2e", "%2F", "%00", "%ff",
+                     "%", "%%", "%u002e", "..%2f..%2fetc%2fpasswd", "~", "healthz", "run.yaml", ".kubetune"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="#?"), max_size=12),
+)
+query = st.one_of(st.just(""), st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=20)
+                  .map(lambda text: "?" + text))
+
+
+@given(parts=st.lists(path_part, max_size=8), tail=query, method=st.sampled_from(["GET", "HEAD", "POST"]))
+def test_any_request_path_is_a_page_or_a_404_and_never_serves_an_unlisted_file(
+        view: View, parts: list[str], tail: str, method: str) -> None:
+    path = "/" + "/".join(parts) + tail
+    status, body = view.get(path, method)
+    assert status in (200, 404, 405), (path, status, body[:300])
+    if status == 200 and method == "GET" and len(parts) >= 5 and parts[3] == "files":
+        assert body in view.published.values(), path
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8)
+HOT_FIELDS = [("metadata",), ("status",), ("status", "stages"), ("status", "stages", "dataset"),
+              ("status", "stages", "dataset", "attempts"), ("status", "stages", "dataset", "outputs"),
+              ("status", "stages", "train"), ("status", "stages", "train", "inputKey"), ("status", "progress"),
+              ("status", "progress", "etaSeconds"), ("status", "phase"), ("metadata", "name")]
+
+
+@st.composite
+def edited_status(draw: st.DrawFn, original: dict[str, Any]) -> Any:
+    """The status with a field kubetune reads (or any field on the way down) replaced by any JSON value."""
+    document: Any = copy.deepcopy(original)
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values)
+    path = draw(st.sampled_from(HOT_FIELDS))
+    node = document
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = draw(json_values | st.sampled_from([float("inf"), float("nan"), -1e308, 10**30, "x", [], ""]))
+    return document
+
+
+@given(data=st.data(), events=st.lists(json_values, max_size=3))
+def test_a_hand_edited_status_or_events_file_still_shows_the_pages(view: View, data: st.DataObject,
+                                                                   events: list[Any]) -> None:
+    folder = view.root / ".kubetune" / "runs" / "default" / "hostile"
+    document = data.draw(edited_status(view.status))
+    try:
+        (folder / "status.json").write_text(json.dumps(document), encoding="utf-8")
+        (folder / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events), encoding="utf-8")
+        index, run = view.get("/"), view.get(RUN)
+    finally:
+        (folder / "status.json").write_text(json.dumps(view.status), encoding="utf-8")
+    assert index[0] == 200, index[1][:300]
+    assert run[0] in (200, 404), run[1][:300]  # 404: a document that is no object names no run
