@@ -47,6 +47,7 @@ from kubetune.sources import SourceError, Sources, resolve_sources
 from kubetune.stage_launcher import StageLauncher, StageProcess
 from kubetune.stages import StageRef
 from kubetune.store import Manifest, Store, content_digest, open_store, read_manifest
+from kubetune.store.local import LocalStore
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 143
 PROGRESS_SECONDS = 0.5  # how often the progress view is redrawn while a stage runs
@@ -114,6 +115,8 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
     config = StoreConfig.from_spec(run.spec.storage, uri)
     config = StoreConfig(uri=uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
     opened = open_store(uri, endpoint=config.endpoint, region=config.region, path_style=config.path_style)
+    if isinstance(opened, LocalStore):
+        opened.check_writable()
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
     return LocalRun(run, config, opened, state_dir, StageLauncher(state_dir))

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +33,15 @@ class LocalStore(Store):
 
     def __repr__(self) -> str:
         return f"LocalStore({self.root.as_uri()})"
+
+    def check_writable(self) -> None:
+        """Refuse, as a configuration mistake, a root nothing can be written under (a read-only mount, a folder of
+        another user, /proc): found before a run starts instead of by each stage's first write, retried."""
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=f"{TEMP_MARKER}probe-", dir=self.root))
+        except OSError as error:
+            raise StoreConfigError(f"local store root {self.root} cannot be written ({error.strerror or error}): "
+                                   "name a folder you can write") from None
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         with Path(path).open("rb") as source:

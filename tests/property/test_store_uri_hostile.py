@@ -95,3 +95,17 @@ def test_a_file_uri_whose_decoded_path_leaves_its_folder_is_refused(tmp_path: Pa
         (work / "run.yaml").write_text(manifest("tree", suspend=True), encoding="utf-8")
         line = the_error_line(*kubetune("run", "run.yaml", "--store", f"file://{work}/%2e%2e/escaped"))
     assert "without '..'" in line and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("folder", ["/proc/self", "file:///proc/self/fd", "/sys/kernel"])
+def test_a_store_folder_nothing_can_be_written_under_is_refused_before_any_stage(tmp_path: Path, folder: str) -> None:
+    """A pseudo-filesystem folder (or a read-only mount) exists, so opening it succeeds: the run probes a write there
+    first, instead of letting each stage fail at its first write and be retried."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with contextlib.chdir(work):
+        write_sources(work)
+        (work / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
+        line = the_error_line(*kubetune("run", "run.yaml", "--store", folder))
+    assert "cannot be written" in line and "name a folder you can write" in line
+    assert not (work / ".kubetune").exists()  # refused before the run's own state folder
