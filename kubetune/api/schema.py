@@ -2,10 +2,15 @@
 
 Walks pydantic fields directly (not pydantic's JSON schema) so the output is structural by construction: no $ref,
 no anyOf for optionals, `default: {}` on nested objects so the API server applies their defaults too.
+
+Nothing inside a list's items has a `default`: lists are atomic, so a list the server defaulted would differ from the
+one the user applied, and server-side apply could not take it over from client-side apply (a conflict on the very
+same file). Item fields say their default in their description instead; the models still apply it when they parse.
 """
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -23,17 +28,23 @@ _SCALARS: dict[type, dict[str, Any]] = {
 }
 
 
-def model_schema(model: type[ApiModel], description: str | None = None) -> dict[str, Any]:
-    """The schema of one model: properties, required, descriptions, bounds, defaults and CEL rules."""
+def model_schema(model: type[ApiModel], description: str | None = None, *, in_list: bool = False) -> dict[str, Any]:
+    """The schema of one model: properties, required, descriptions, bounds, defaults and CEL rules.
+
+    `in_list`: the model is (inside) a list's item, so its defaults go into descriptions only (module docstring).
+    """
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in model.model_fields.items():
         alias = field.alias or name
-        prop = _type_schema(field.annotation, field.metadata)
-        if field.description:
-            prop["description"] = _clean(field.description)
+        prop = _type_schema(field.annotation, field.metadata, in_list=in_list)
+        field_description = _clean(field.description) if field.description else ""
         default = _default_of(field)
-        if default is not None:
+        if default is not None and in_list:
+            field_description = _with_default_named(field_description, default)
+        if field_description:
+            prop["description"] = field_description
+        if default is not None and not in_list:
             prop["default"] = default
         if field.is_required():
             required.append(alias)
@@ -50,22 +61,22 @@ def model_schema(model: type[ApiModel], description: str | None = None) -> dict[
     return schema
 
 
-def _type_schema(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
+def _type_schema(annotation: Any, metadata: list[Any], *, in_list: bool) -> dict[str, Any]:
     annotation, metadata = unwrap(annotation, list(metadata))
     origin = get_origin(annotation)
     schema: dict[str, Any]
     if isinstance(annotation, type) and issubclass(annotation, ApiModel):
-        schema = model_schema(annotation)
+        schema = model_schema(annotation, in_list=in_list)
     elif origin is Literal:
         values = list(get_args(annotation))
         schema = dict(_SCALARS[type(values[0])])
         schema["enum"] = values
     elif origin is list:
         (item,) = get_args(annotation)
-        schema = {"type": "array", "items": _type_schema(item, [])}
+        schema = {"type": "array", "items": _type_schema(item, [], in_list=True)}
     elif origin is dict:
         _, value = get_args(annotation)
-        schema = {"type": "object", "additionalProperties": _type_schema(value, [])}
+        schema = {"type": "object", "additionalProperties": _type_schema(value, [], in_list=in_list)}
         key_rules = [item.to_schema() for item in metadata if isinstance(item, KeyRule)]
         if key_rules:
             schema["x-kubernetes-validations"] = key_rules
@@ -140,6 +151,14 @@ def _default_of(field: FieldInfo) -> Any:
     if field.default is PydanticUndefined or field.default is None:
         return None
     return field.default
+
+
+def _with_default_named(description: str, default: Any) -> str:
+    """`description` ending with what an absent field means, unless it says so already or the default is empty."""
+    if default in ({}, [], "") or "Default:" in description:
+        return description
+    shown = default if isinstance(default, str) else json.dumps(default)
+    return f"{description} Default: {shown}.".lstrip()
 
 
 def _clean(doc: str) -> str:

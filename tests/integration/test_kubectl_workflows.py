@@ -314,21 +314,111 @@ def test_server_side_apply_takes_over_fields_client_side_apply_set_with_the_same
     assert ("kubectl", "Apply") in {(e["manager"], e["operation"]) for e in served["metadata"]["managedFields"]}
 
 
-def test_server_side_apply_after_client_side_apply_conflicts_on_a_list_whose_items_the_server_defaulted(
-    cluster: Cluster,
+def lists_of_objects(value: Any, path: str = "") -> dict[str, list[Any]]:
+    """Every list of objects in a manifest, by its path (`.spec.evaluate.prompts`)."""
+    found: dict[str, list[Any]] = {}
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found |= lists_of_objects(child, f"{path}.{key}")
+    elif isinstance(value, list):
+        if any(isinstance(item, dict) for item in value):
+            found[path] = value
+        for index, item in enumerate(value):
+            found |= lists_of_objects(item, f"{path}[{index}]")
+    return found
+
+
+def served_at(obj: Any, path: str) -> Any:
+    for step in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+        obj = obj[step[0]] if step[0] else obj[int(step[1])]
+    return obj
+
+
+WITH_LISTS_OF_OBJECTS = [path for path in EXAMPLES if path.name not in LOCAL_ONLY
+                         and any(lists_of_objects(doc) for doc in yaml.safe_load_all(path.read_text()) if doc)]
+
+
+def in_namespace(text: str, ns: str) -> str:
+    """The manifest as written, moved to the test's namespace (examples/full.yaml names its own)."""
+    doc = yaml.safe_load(text)
+    doc["metadata"]["namespace"] = ns
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_the_upgrade_covers_every_example_that_has_lists_of_objects() -> None:
+    names = {path.name for path in WITH_LISTS_OF_OBJECTS}
+    assert {"local-identity.yaml", "full.yaml", "cluster-s3-gpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("example", WITH_LISTS_OF_OBJECTS, ids=lambda path: path.name)
+def test_server_side_apply_of_the_file_client_side_apply_applied_takes_it_over_without_a_conflict(
+    cluster: Cluster, example: Path
 ) -> None:
-    """Lists are atomic and conflicts are found before defaulting: the example's evaluate prompts come back with
-    `expectNotContains: []` added, so the last-applied annotation no longer matches them and kubectl's server-side
-    apply of the very same file may not take them over (every other field moves without a conflict)."""
-    ns = namespace(cluster, "defaulted-list")
-    path = str(REPO / "examples/local-identity.yaml")
-    cluster.kubectl("apply", "-n", ns, "-f", path)
-    moved = cluster.kubectl.run("apply", "--server-side", "-n", ns, "-f", path)
-    assert moved.code == 1
+    """The upgrade users make (`kubectl apply`, later `kubectl apply --server-side`, Argo CD or Flux): no conflict
+    and no --force-conflicts. The CRD defaults nothing inside a list's items (lists are atomic), so the server stores
+    each list exactly as applied and it still matches the last-applied annotation."""
+    ns = namespace(cluster, f"upgrade-{example.stem}")
+    text = in_namespace(example.read_text(), ns)
+    written = yaml.safe_load(text)
+    cluster.kubectl("apply", "-f", "-", stdin=text)
+    served = cluster.kube.get("ftr", written["metadata"]["name"], ns)
+    lists = lists_of_objects(written)
+    assert lists and all(served_at(served, path) == items for path, items in lists.items())
+
+    moved = cluster.kubectl.run("apply", "--server-side", "-f", "-", stdin=text)
+    assert (moved.code, moved.err) == (0, "")
+    assert moved.out == f"finetunerun.kubetune.dev/{written['metadata']['name']} serverside-applied\n"
+    served = cluster.kube.get("ftr", written["metadata"]["name"], ns)
+    assert all(served_at(served, path) == items for path, items in lists.items())
+    [applied] = [e for e in served["metadata"]["managedFields"] if (e["manager"], e["operation"]) == ("kubectl", "Apply")]
+    for path in lists:
+        owned = applied["fieldsV1"]
+        for step in path.removeprefix(".").split("."):
+            owned = owned[f"f:{step}"]  # kubectl's server-side apply now owns the whole list
+
+
+def test_server_side_apply_takes_over_lists_whose_items_leave_every_default_out(cluster: Cluster) -> None:
+    """Tolerations without an operator, prompts without expectNotContains, webhooks with only their Secret: the
+    models fill in those defaults when they read the spec, the server does not, so the upgrade finds nothing changed."""
+    ns = namespace(cluster, "upgrade-item-defaults")
+    spec: dict[str, Any] = {
+        "resources": {"train": {"tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}},
+        "evaluate": {"prompts": [{"prompt": "Who are you?", "expectContains": ["Nova"]}]},
+        "notify": {"webhooks": [{"urlSecret": {"name": "hooks", "key": "url"}}]},
+    }
+    text = manifest("bare-items", **spec)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=text)
+    served = cluster.kube.get("ftr", "bare-items", ns)
+    assert lists_of_objects(served["spec"]) == lists_of_objects(spec)  # stored as written: nothing added to items
+    assert len(lists_of_objects(spec)) == 3
+    out = cluster.kubectl("apply", "--server-side", "-n", ns, "-f", "-", stdin=text)
+    assert out == "finetunerun.kubetune.dev/bare-items serverside-applied\n"
+
+
+def test_a_list_another_manager_changes_after_client_side_apply_still_conflicts(cluster: Cluster) -> None:
+    """Only the upgrade of what client-side apply wrote is free: another field manager's different list, or
+    kubectl's own apply after someone patched the list, conflicts as before."""
+    ns = namespace(cluster, "list-conflict")
+    path = REPO / "examples/local-identity.yaml"
+    cluster.kubectl("apply", "-n", ns, "-f", str(path))
+    edited = yaml.safe_load(path.read_text())
+    edited["spec"]["evaluate"]["prompts"][0]["expectContains"] = ["someone else"]
+    refused = cluster.kubectl.run("apply", "--server-side", "--field-manager=tuner", "-n", ns, "-f", "-",
+                                  stdin=yaml.safe_dump(edited))
+    assert refused.code == 1
     assert re.match(r'error: Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using '
-                    r"kubetune.dev/v1alpha1 at [-0-9T:]+Z: .spec.evaluate.prompts\n", moved.err)
-    forced = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-n", ns, "-f", path)
+                    r"kubetune.dev/v1alpha1 at [-0-9T:]+Z: .spec.evaluate.prompts\n", refused.err)
+
+    patch = json.dumps({"spec": {"evaluate": {"prompts": edited["spec"]["evaluate"]["prompts"]}}})
+    cluster.kubectl("patch", "ftr", "identity", "-n", ns, "--type=merge", "-p", patch)
+    reverted = cluster.kubectl.run("apply", "--server-side", "-n", ns, "-f", str(path))
+    assert reverted.code == 1
+    assert re.match(r'error: Apply failed with 1 conflict: conflict with "kubectl-patch" using '
+                    r"kubetune.dev/v1alpha1 at [-0-9T:]+Z: .spec.evaluate.prompts\n", reverted.err)
+    forced = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-n", ns, "-f", str(path))
     assert forced == "finetunerun.kubetune.dev/identity serverside-applied\n"
+    assert cluster.kube.get("ftr", "identity", ns)["spec"]["evaluate"]["prompts"] == (
+        yaml.safe_load(path.read_text())["spec"]["evaluate"]["prompts"])
 
 
 # -------------------------------------------------------------------------------------------- unknown fields

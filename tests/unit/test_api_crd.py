@@ -10,8 +10,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import Field
 
+from kubetune.api.base import ApiModel
 from kubetune.api.crd import crd, render
+from kubetune.api.notify import DEFAULT_EVENTS
+from kubetune.api.schema import model_schema
+from kubetune.api.types import FineTuneRunSpec
 from kubetune.api.validate import crd_cel_rules, load_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +75,101 @@ def test_spec_defaults_enums_and_bounds_are_in_the_schema() -> None:
     assert training["lora"]["default"] == {} and training["lora"]["properties"]["r"]["minimum"] == 1
     assert spec["export"]["properties"]["types"]["default"] == ["q8_0"]
     assert "q4_k_m" in spec["export"]["properties"]["types"]["items"]["enum"]
+
+
+def inside_list_items(node: dict[str, Any], path: str = "", in_items: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Every node inside a list's items (at any depth: nested objects, maps and lists of an item too)."""
+    found = [(path, node)] if in_items else []
+    for key, child in node.get("properties", {}).items():
+        found += inside_list_items(child, f"{path}.{key}", in_items)
+    if isinstance(node.get("items"), dict):
+        found += inside_list_items(node["items"], f"{path}[]", True)
+    if isinstance(node.get("additionalProperties"), dict):
+        found += inside_list_items(node["additionalProperties"], f"{path}{{}}", in_items)
+    return found
+
+
+def test_nothing_inside_a_lists_items_has_a_default_so_the_server_stores_each_list_as_applied() -> None:
+    # Lists are atomic: a list whose items the server defaulted differs from the last-applied annotation, and
+    # `kubectl apply --server-side` after `kubectl apply` of the same file conflicts on it (issue: SSA upgrade).
+    items = inside_list_items(schema())
+    assert {path for path, _ in items} >= {".spec.resources.train.tolerations[].operator",
+                                           ".spec.evaluate.prompts[].expectNotContains",
+                                           ".spec.notify.webhooks[].timeoutSeconds",
+                                           ".status.conditions[].observedGeneration"}
+    assert [path for path, node in items if "default" in node] == []
+
+
+def test_a_list_items_fields_name_their_default_in_their_description_for_kubectl_explain() -> None:
+    fields = dict(inside_list_items(schema()))
+    assert fields[".spec.resources.train.tolerations[].operator"]["description"].endswith(" Default: Equal.")
+    assert fields[".spec.notify.webhooks[].format"]["description"].endswith(" Default: json.")
+    assert fields[".spec.notify.webhooks[].timeoutSeconds"]["description"].endswith(" Default: 10.")
+    assert fields[".spec.notify.webhooks[].events"]["description"].endswith(" Default: all but StageSucceeded.")
+
+
+class Nested(ApiModel):
+    """An object inside a list item."""
+
+    level: int = 3
+    """How deep."""
+
+
+class Item(ApiModel):
+    """A list item whose fields have defaults at every depth."""
+
+    name: str
+    """Its name."""
+    nested: Nested = Field(default_factory=Nested)
+    """An object."""
+    by_key: dict[str, Nested] = Field(default_factory=dict)
+    """A map of objects."""
+    inner: list[Nested] = Field(default_factory=list)
+    """A list of objects."""
+
+
+class Holder(ApiModel):
+    """Holds a list and a plain object."""
+
+    items: list[Item] = Field(default_factory=list)
+    """The list."""
+    nested: Nested = Field(default_factory=Nested)
+    """An object outside any list keeps its defaults."""
+
+
+def test_the_generator_drops_defaults_at_every_depth_of_an_item_and_keeps_them_outside_lists() -> None:
+    generated = model_schema(Holder)
+    assert [path for path, node in inside_list_items(generated) if "default" in node] == []
+    item = generated["properties"]["items"]["items"]["properties"]
+    assert item["nested"]["properties"]["level"]["description"] == "How deep. Default: 3."
+    assert generated["properties"]["items"]["default"] == []  # the list itself may default: it is not an item
+    assert generated["properties"]["nested"]["default"] == {}
+    assert generated["properties"]["nested"]["properties"]["level"]["default"] == 3
+
+
+def test_the_models_still_fill_in_a_list_items_defaults_when_they_parse_a_spec() -> None:
+    spec = FineTuneRunSpec.model_validate({
+        "resources": {"train": {"tolerations": [{"key": "gpu"}]}},
+        "evaluate": {"prompts": [{"prompt": "Who are you?", "expectContains": ["Ada"]}]},
+        "notify": {"webhooks": [{"urlSecret": {"name": "hooks", "key": "url"}}]},
+    }).to_manifest()
+    assert spec["resources"]["train"]["tolerations"] == [{"key": "gpu", "operator": "Equal"}]
+    assert spec["evaluate"]["prompts"] == [{"prompt": "Who are you?", "expectContains": ["Ada"], "expectNotContains": []}]
+    assert spec["notify"]["webhooks"] == [{"urlSecret": {"name": "hooks", "key": "url"}, "format": "json",
+                                           "events": list(DEFAULT_EVENTS), "timeoutSeconds": 10}]
+
+
+@pytest.mark.parametrize("toleration", [{}, {"key": ""}, {"key": "gpu"}, {"key": "gpu", "value": "a100"},
+                                        {"value": "x"}, {"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 5}])
+def test_a_tolerations_rules_judge_an_absent_operator_as_its_default_equal(toleration: dict[str, Any]) -> None:
+    # The server no longer writes `operator: Equal` into the item before its rules run: absent must mean Equal.
+    node = schema()["properties"]["spec"]["properties"]["resources"]["properties"]["train"]["properties"]
+    env = celpy.Environment()
+    for rule in node["tolerations"]["items"]["x-kubernetes-validations"]:
+        program = env.program(env.compile(rule["rule"]))
+        verdicts = [bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+                    for value in (toleration, {**toleration, "operator": "Equal"})]
+        assert verdicts[0] == verdicts[1], rule["rule"]
 
 
 @pytest.mark.parametrize(("path", "rule"), crd_cel_rules(), ids=lambda v: v if isinstance(v, str) else v["rule"][:40])
