@@ -134,3 +134,16 @@ def test_a_hand_edited_status_or_events_file_still_shows_the_pages(view: View, d
         (folder / "status.json").write_text(json.dumps(view.status), encoding="utf-8")
     assert index[0] == 200, index[1][:300]
     assert run[0] in (200, 404), run[1][:300]  # 404: a document that is no object names no run
+
+
+@given(data=st.data())
+def test_kubetune_status_on_a_hand_edited_status_shows_it_or_says_so_in_one_line(view: View,
+                                                                                  data: st.DataObject) -> None:
+    status_file = view.root / ".kubetune" / "runs" / "default" / "hostile" / "status.json"
+    try:
+        status_file.write_text(json.dumps(data.draw(edited_status(view.status))), encoding="utf-8")
+        with contextlib.chdir(view.root):
+            code, err = kubetune("status", "hostile")
+    finally:
+        status_file.write_text(json.dumps(view.status), encoding="utf-8")
+    assert code == 0 and err == [] or code == 2 and len(err) == 1 and "not a status kubetune run wrote" in err[0], err
