@@ -10,17 +10,21 @@ a corrupt file), is one error line here instead of a dead interpreter.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.llama.answer import REPLY_PREFIX
 from kubetune.local import STATE_DIR
+from kubetune.stages import KEY_PREFIX_LENGTH
 from kubetune.store import open_store, read_manifest
 
+_KEY_PREFIX = re.compile(f"[0-9a-f]{{{KEY_PREFIX_LENGTH}}}")  # a stage output's folder (stages.py)
 PREFERRED_TYPES = ("q8_0", "f16", "bf16", "f32", "q6_k", "q5_k_m", "q4_k_m")
 
 
@@ -64,16 +68,18 @@ def base_target(run: FineTuneRun) -> Target:
 
 def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
     """The GGUF this run's convert stage published in the local store (q8_0 first)."""
-    from kubetune.status_view import load_status
+    from kubetune.status_view import load_status, status_path
 
-    status = load_status(run.name, run.namespace, STATE_DIR).get("status") or {}
-    convert = (status.get("stages") or {}).get("convert") or {}
-    outputs = [a for a in convert.get("outputs") or [] if a["name"].endswith(".gguf")]
-    if not outputs:
+    try:
+        prefix = _convert_folder(load_status(run.name, run.namespace, STATE_DIR), run)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+        # status.json is kubetune run's own file: one edited or cut short by hand says so, not a traceback.
+        raise ValueError(f"{status_path(run.name, run.namespace, STATE_DIR)}: not a status kubetune run wrote "
+                         f"({type(exc).__name__}); run `kubetune run` again to rewrite it") from None
+    if prefix is None:
         raise ValueError(f"{run.namespace}/{run.name} has no GGUF yet: run `kubetune run` first")
     uri = store_uri or run.spec.storage.uri or str((STATE_DIR / "store").resolve())
     store = open_store(uri)
-    prefix = outputs[0]["uri"].split(f"/{run.namespace}/{run.name}/", 1)[1].rsplit("/", 1)[0]
     manifest = read_manifest(store, f"{run.namespace}/{run.name}/{prefix}")
     if manifest is None:
         raise ValueError(f"the convert output of {run.name} is missing from {uri}")
@@ -83,6 +89,21 @@ def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
     if not local.is_file():
         raise ValueError(f"{chosen} is in an s3:// store; download it first or pass a local GGUF file")
     return Target(local, f"fine-tuned {chosen}", tuple(run.spec.training.stop_sequences))
+
+
+def _convert_folder(document: Any, run: FineTuneRun) -> str | None:
+    """`convert/<key prefix>`, the store folder of the run's published GGUFs, from its status (None: not converted
+    yet); KeyError, TypeError or ValueError for a status kubetune run did not write."""
+    status = document.get("status") or {}
+    convert = (status.get("stages") or {}).get("convert") or {}
+    outputs = [a for a in convert.get("outputs") or [] if a["name"].endswith(".gguf")]
+    if not outputs:
+        return None
+    folder = outputs[0]["uri"].split(f"/{run.namespace}/{run.name}/", 1)[1].rsplit("/", 1)[0]
+    stage, _, key = folder.partition("/")
+    if stage != "convert" or not _KEY_PREFIX.fullmatch(key):  # never a folder elsewhere in (or out of) the store
+        raise ValueError(folder)
+    return folder
 
 
 def check_model_gguf(path: Path) -> None:
@@ -142,7 +163,7 @@ def resolve_target(path: Path, *, base: bool, store: str | None) -> Target:
     if path.suffix == ".gguf":
         check_model_gguf(path)
         return Target(path, path.name, ("</output>",))
-    run = load_runs(path)[0]
+    run = load_runs(path, relative_paths=True)[0]  # as `kubetune run` read it: ./ paths from its folder
     target = base_target(run) if base else run_target(run, store)
     check_model_gguf(target.gguf)
     return target

@@ -1,12 +1,16 @@
-"""`kubetune ui` against hostile requests and hand-edited run files: the view of a run whose dataset stage really ran
-(its status.json, events.jsonl and store as `kubetune run` wrote them).
+"""`kubetune ui`, `kubetune status` and `kubetune ask` against hostile requests and hand-edited run files, on a run
+whose dataset stage really ran (its status.json, events.jsonl and store as `kubetune run` wrote them).
 
 - Any request path (percent-escapes, `..`, NUL, odd query strings) is a page, a 404 or a 405: never a 500, and a
   download only ever sends a file the stage's manifest lists, byte for byte.
 - A status.json or events.jsonl edited by hand (any value anywhere: a list where an object belongs, a text count,
   an infinite ETA) still shows the index and the run's page: `metadata: "x"`, `attempts: "x"` and `etaSeconds:
   Infinity` were 500 pages (AttributeError, ValueError, OverflowError), though the view promises a problem line,
-  never an error page.
+  never an error page. `kubetune status` prints it or says in one line that kubetune did not write it; so does
+  `kubetune ask` (a KeyError, TypeError or AttributeError traceback before), which never follows a GGUF's folder
+  out of the run's convert outputs.
+- `kubetune ask MANIFEST` reads the manifest as `kubetune run` did, `./` paths relative to its folder (it refused
+  them as a server would, so `kubetune ask examples/local-messages.yaml …` could not work).
 """
 
 from __future__ import annotations
@@ -147,3 +151,37 @@ def test_kubetune_status_on_a_hand_edited_status_shows_it_or_says_so_in_one_line
     finally:
         status_file.write_text(json.dumps(view.status), encoding="utf-8")
     assert code == 0 and err == [] or code == 2 and len(err) == 1 and "not a status kubetune run wrote" in err[0], err
+
+
+CONVERTED = "default/hostile/convert/0123456789abcdef/hostile.q8_0.gguf"
+convert_outputs = st.lists(st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["hostile.q8_0.gguf", "a.gguf", "", 1, None]),
+    "uri": st.sampled_from([f"/store/{CONVERTED}", f"s3://b/{CONVERTED}", "/store/default/hostile/../../../etc/a.gguf",
+                            "/store/default/hostile/convert/../../x/a.gguf", "/store/default/hostile/", "", 7]),
+})), max_size=3)
+
+
+@given(outputs=convert_outputs, data=st.data())
+def test_kubetune_ask_on_a_hand_edited_status_is_one_line_and_reads_nothing_outside_the_run(
+        view: View, outputs: list[Any], data: st.DataObject) -> None:
+    status_file = view.root / ".kubetune" / "runs" / "default" / "hostile" / "status.json"
+    document = data.draw(edited_status(view.status))
+    if isinstance(document, dict) and isinstance(document.get("status"), dict) and data.draw(st.booleans()):
+        stages = document["status"].setdefault("stages", {})
+        if isinstance(stages, dict):
+            stages["convert"] = {"outputs": outputs}
+    try:
+        status_file.write_text(json.dumps(document), encoding="utf-8")
+        with contextlib.chdir(view.root):
+            code, err = kubetune("ask", "run.yaml", "Who are you?", "--store", "store")
+    finally:
+        status_file.write_text(json.dumps(view.status), encoding="utf-8")
+    assert code == 2 and len(err) == 1 and err[0].startswith("kubetune: "), err
+    assert "/etc/" not in err[0], err
+
+
+def test_kubetune_ask_reads_the_manifest_as_kubetune_run_did(view: View) -> None:
+    # Its ./ paths are relative to its folder, as for `kubetune run` (ask refused them as a server would).
+    with contextlib.chdir(view.root):
+        code, err = kubetune("ask", "run.yaml", "Who are you?", "--store", "store")
+    assert (code, err) == (2, ["kubetune: default/hostile has no GGUF yet: run `kubetune run` first"])
