@@ -15,6 +15,7 @@ tokenizer_config.json's `chat_template`), ChatML when it has none. The sources s
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the store (boto3) only where a template is read from S3: tr
 
 TEMPLATE_PACKAGE, CHATML_FILE = "kubetune.templates", "chat_template.jinja"
 MODEL_TEMPLATE_FILE = "chat_template.jinja"  # beside a model's tokenizer files (transformers >= 4.47 writes it)
+MAX_MODEL_TEMPLATE_BYTES = 1 << 20  # a model's own template: 16x the spec's bound, far above any real one
 RENDER_SECONDS = 2.0  # CPU seconds; a real template renders a conversation in well under a millisecond
 MAX_RENDER_CHARS = 1 << 20  # on top of the messages' own text
 _MAX_FORMAT_WIDTH = re.compile(r"[0-9]{5,}|\*")  # widths/precisions of 10,000+ (or from an argument) in a format
@@ -378,6 +380,9 @@ def read_template_file(uri: str, store_factory: StoreFactory) -> bytes:
 
 
 def _decode(data: bytes, field: str) -> str:
+    if data.startswith(codecs.BOM_UTF8):  # it would open every prompt the run trains on and the GGUF is asked with
+        raise ChatTemplateError(f"{field}: the template starts with a UTF-8 byte order mark (BOM); save it as UTF-8 "
+                                "without BOM")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -389,7 +394,17 @@ def model_template(model_dir: Path) -> str | None:
     or the entry named `default` of a list of named templates)."""
     jinja = model_dir / MODEL_TEMPLATE_FILE
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            with jinja.open("rb") as handle:
+                data = handle.read(MAX_MODEL_TEMPLATE_BYTES + 1)
+        except OSError as error:
+            raise ChatTemplateError(f"{jinja}: cannot read: {error.strerror}") from None
+        if len(data) > MAX_MODEL_TEMPLATE_BYTES:
+            raise ChatTemplateError(f"{jinja}: larger than {MAX_MODEL_TEMPLATE_BYTES} bytes, which no chat template is")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ChatTemplateError(f"{jinja}: not UTF-8 (byte {error.start})") from None
     config_file = model_dir / "tokenizer_config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
