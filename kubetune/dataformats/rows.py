@@ -4,6 +4,7 @@ file fails with a message instead of filling memory."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from collections.abc import Iterator
@@ -66,6 +67,8 @@ def _jsonl_rows(path: Path, shown: str) -> Iterator[Row]:
             if not raw:
                 return
             number += 1
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raise RowsError(_bom(shown))
             if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
                 raise RowsError(DatasetIssue(shown, f"line longer than {MAX_RECORD_BYTES >> 20} MiB",
                                              "one record per line; split huge samples", line=number))
@@ -110,6 +113,8 @@ def _json_array_rows(path: Path, shown: str) -> Iterator[Row]:
     except UnicodeDecodeError as error:
         raise RowsError(DatasetIssue(shown, f"not UTF-8 text ({error.reason} at byte {error.start})",
                                      "save the file as UTF-8")) from None
+    if text.startswith("\ufeff"):
+        raise RowsError(_bom(shown))
     decoder = json.JSONDecoder()
     position = _skip_space(text, 0)
     if not text.startswith("[", position):
@@ -140,6 +145,12 @@ def _json_array_rows(path: Path, shown: str) -> Iterator[Row]:
         else:
             raise RowsError(DatasetIssue(shown, "expected ',' or the closing ']' of the array",
                                          "fix the JSON syntax there", line=_line_of(text, position)))
+
+
+def _bom(shown: str) -> DatasetIssue:
+    # As the tree builder says it: json's own "Unexpected UTF-8 BOM (decode using utf-8-sig)" speaks Python.
+    return DatasetIssue(shown, "file starts with a UTF-8 byte order mark (BOM)", "save the file as UTF-8 without BOM",
+                        line=1, column=1)
 
 
 def _unreadable(error: RecursionError | ValueError) -> str:

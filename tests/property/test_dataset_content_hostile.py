@@ -9,10 +9,13 @@ dataset stage of `kubetune run`.
 - A tree that leaves nothing to train on (every topic file `[]`, `categories` selecting empty ones, every sample in
   the eval split) ends the dataset stage with one line naming the field and exit 2, and publishes nothing: it used
   to publish an empty train_data.jsonl, and the train stage failed on it later.
+- A JSONL or JSON data file saved with a UTF-8 byte order mark says so at line 1, as the tree builder does (it was
+  json's "Unexpected UTF-8 BOM (decode using utf-8-sig)", or "not a JSON array").
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 from pathlib import Path
@@ -85,6 +88,27 @@ def test_a_lone_surrogate_escape_in_any_text_is_a_located_error(drawn: tuple[str
         code, err = kubetune("dataset", "convert", "--from", format_name, str(path), "--out", str(root / "tree"))
         assert code == 2 and err[0].startswith(f"{path.as_posix()}:1: ") and err[1].startswith("    hint: "), err
         assert not (root / "tree").exists()
+
+
+@given(st.sampled_from(FORMATS), st.sampled_from(SUFFIXES), st.lists(any_text, min_size=2, max_size=2),
+       st.booleans())
+def test_a_data_file_saved_with_a_byte_order_mark_says_so_at_line_1(format_name: str, suffix: str, texts: list[str],
+                                                                   crlf: bool) -> None:
+    rows = records(format_name, texts, None)
+    text = "".join(json.dumps(row) + "\n" for row in rows) if suffix == ".jsonl" else json.dumps(rows, indent=1)
+    with scratch() as root:
+        path = root / f"chats{suffix}"
+        path.write_bytes(codecs.BOM_UTF8 + (text.replace("\n", "\r\n") if crlf else text).encode())
+        try:
+            build_conversations(format_name, [DataFile(path, path.name)], DatasetFields(), eval_split=0.0)
+        except DatasetError as error:
+            [issue] = error.issues
+            assert (issue.line, issue.message, issue.hint) == (
+                1, "file starts with a UTF-8 byte order mark (BOM)", "save the file as UTF-8 without BOM"), issue
+        else:
+            raise AssertionError("a file with a byte order mark was read")
+        path.write_bytes(path.read_bytes()[len(codecs.BOM_UTF8):])  # without it, the same file reads
+        assert build_conversations(format_name, [DataFile(path, path.name)], DatasetFields(), eval_split=0.0).train
 
 
 reasoning_text = any_text.filter(lambda text: "</think>" not in text and "</output>" not in text and text.strip())
