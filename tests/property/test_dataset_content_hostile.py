@@ -2,8 +2,9 @@
 dataset stage of `kubetune run`.
 
 - A `\\uD800`-`\\uDFFF` escape with no other half, in any text a record holds (a turn, a system prompt, an Alpaca
-  instruction), is a located error with a hint and exit 2 in every format and file type: it used to reach the id's
-  hash and train_data.jsonl as a string no UTF-8 encoder writes, a UnicodeEncodeError traceback (exit 1, retried).
+  instruction), is a located error with a hint and exit 2 in every format and file type, for `kubetune dataset
+  convert` and the dataset stage alike: it used to reach the id's hash and train_data.jsonl as a string no UTF-8
+  encoder writes, a UnicodeEncodeError traceback (the stage: exit 1, retried).
 - A file that converts is a tree that builds back into exactly its conversations, whatever the text holds (controls,
   NUL, line separators, `${`, `$${`, `</think>` in the question).
 - A tree that leaves nothing to train on (every topic file `[]`, `categories` selecting empty ones, every sample in
@@ -176,3 +177,28 @@ def test_a_tree_with_nothing_to_train_on_is_one_line_and_publishes_nothing(case:
     assert err[-1].startswith(f"kubetune: dataset exited with 2: {field}: "), err
     assert published == ["progress.json"], published  # the stage's Failed record, no output
     assert leftovers == [], leftovers
+
+
+hostile_lines = st.one_of(
+    record_with_a_lone_surrogate().map(lambda drawn: (drawn[0], "".join(  # escapes stay escapes: ASCII JSON
+        json.dumps(row) + "\n" for row in json.loads(drawn[1])))),
+    st.tuples(st.sampled_from(FORMATS), st.sampled_from(["\ufeff{}\n", "{\n", "[]\n", "null\n", '{"messages": 1}\n',
+                                                         "\x00\n", '{"instruction": "\\ud800", "output": "x"}\n'])),
+)
+
+
+@settings(max_examples=8)
+@given(hostile_lines)
+def test_the_dataset_stage_ends_a_hostile_data_file_with_exit_2_naming_it(drawn: tuple[str, str]) -> None:
+    format_name, text = drawn
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        (root / "data" / "chats.jsonl").write_text(text, encoding="utf-8")
+        doc = json.loads(manifest("messages"))
+        doc["spec"]["dataset"] |= {"format": format_name, "tokenStats": False}
+        (root / "run.yaml").write_text(json.dumps(doc), encoding="utf-8")
+        code, err = kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
+        published = sorted(path.name for path in (root / "store").rglob("*") if path.is_file())
+    assert code == 2 and "Traceback" not in "\n".join(err), err
+    assert err[-1].startswith("kubetune: dataset exited with 2: 1 dataset error(s): ") and "chats.jsonl:" in err[-1], err
+    assert published == ["progress.json"], published
