@@ -19,9 +19,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,3 +205,23 @@ def test_the_dataset_stage_ends_a_hostile_data_file_with_exit_2_naming_it(drawn:
     assert code == 2 and "Traceback" not in "\n".join(err), err
     assert err[-1].startswith("kubetune: dataset exited with 2: 1 dataset error(s): ") and "chats.jsonl:" in err[-1], err
     assert published == ["progress.json"], published
+
+
+SUBPROCESS_RECORDS = {  # as users run it: the exit code and stderr of the real command
+    "a lone surrogate in a turn": '{"messages": [{"role": "user", "content": "\\ud800"}, '
+                                  '{"role": "assistant", "content": "<think>t</think>\\n<output>o</output>"}]}\n',
+    "a byte order mark": '\ufeff{"messages": []}\n',
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBPROCESS_RECORDS))
+def test_as_a_command_convert_ends_a_hostile_file_with_one_located_error_and_exit_2(case: str, tmp_path: Path) -> None:
+    source = tmp_path / "chats.jsonl"
+    source.write_text(SUBPROCESS_RECORDS[case], encoding="utf-8")
+    done = subprocess.run([sys.executable, "-P", "-m", "kubetune.cli", "dataset", "convert", "--from", "messages",
+                           str(source), "--out", str(tmp_path / "tree")], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"{source}:1") and lines[1].startswith("    hint: "), lines
+    assert not (tmp_path / "tree").exists()
