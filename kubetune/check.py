@@ -46,6 +46,7 @@ def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
     from kubetune.jobs.evaluate import chat_template, gate_failure, gguf_reports
     from kubetune.jobs.lora_merge import merge_adapter
     from kubetune.llama.convert import convert
+    from kubetune.llama.errors import ConversionError
     from kubetune.store import open_store
 
     spec = run.spec
@@ -57,7 +58,10 @@ def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
     elif kind == "merged":
         merged = target
     if merged is not None:
-        ggufs = [f.path for f in convert(merged, scratch / "gguf", list(spec.export.types))]
+        try:
+            ggufs = [f.path for f in convert(merged, scratch / "gguf", list(spec.export.types))]
+        except ConversionError as error:
+            raise ConversionError(_naming(merged, str(error))) from None
         template = chat_template(merged)
     else:
         ggufs, template = [target], gguf_template(target)  # the template it carries from training
@@ -65,3 +69,9 @@ def _check_in(target: Path, run: FineTuneRun, scratch: Path) -> CheckResult:
     failures = [f for r in reports
                 if (f := gate_failure(r, spec.evaluate.min_pass_rate, spec.evaluate.min_top1_agreement))]
     return CheckResult(reports, failures)
+
+
+def _naming(model_dir: Path, message: str) -> str:
+    """The converter's message with the model folder it is about: "unsupported architecture None" or "config.json
+    lacks 'num_attention_heads'" alone do not say which of the folders on the command line is meant."""
+    return message if str(model_dir) in message else f"{model_dir}: {message}"
