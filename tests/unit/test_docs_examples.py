@@ -1,0 +1,523 @@
+"""The docs are judged by the real thing: every command, manifest, path and setting that README.md, docs/*.md,
+datasets_new/README.md and the chart's README show is one the code accepts, so what a user copies works.
+
+Each case is named by the file and line that shows it."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import glob
+import importlib
+import io
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune import cli
+from kubetune.api.crd import render as render_crd
+from kubetune.api.manifest_yaml import load_documents
+from kubetune.api.validate import InvalidManifest, load_runs, parse_run
+from tests.unit.docs_markdown import (
+    DOCS,
+    ROOT,
+    Snippet,
+    code_spans,
+    command_lines,
+    fenced_blocks,
+    heading_anchors,
+    links,
+    prose,
+    split_commands,
+)
+
+KUBETUNE = {"kubetune", ".venv/bin/kubetune"}
+PYTHON = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
+# What a placeholder in a command stands for, so that the real parser judges the rest (by the flag before it, else
+# by itself). A placeholder the docs start using must be added here with a value the command really takes.
+PLACEHOLDERS_AFTER_FLAG = {
+    ("--shapes", "S"): "qwen2.5-1.5b", ("--workloads", "W"): "chat",
+    ("--subcategory", "S"): "billing", ("--category", "C"): "support",
+}
+PLACEHOLDERS = {
+    "DIR_OR_URI": "store", "STAGE": "train", "MANIFEST": "run.yaml", "FILE": "chats.jsonl", "FORMAT": "sharegpt",
+    "DIR": "tree", "N": "3", "PART=KEY": "messages=dialog", "MODEL_DIR": "model", "OUT_DIR": "out",
+    "FILE.gguf": "model.gguf", "<stage>": "train",
+}
+# Commands that read files and print, nothing else: run for real, as the docs show them.
+RUN_FOR_REAL = {"validate", "crd"}
+
+
+# --- what the docs show ---------------------------------------------------------------------------------------------
+
+def block_commands() -> Iterator[tuple[Snippet, list[str]]]:
+    """Every simple command of every command line in a fenced block, with where it is shown."""
+    for doc in DOCS:
+        for block in fenced_blocks(doc):
+            for line in command_lines(block):
+                try:
+                    commands = split_commands(line.text)
+                except ValueError as error:  # an unbalanced quote: the shell cannot read the line either
+                    commands = [["<unreadable>", str(error)]]
+                for argv in commands:
+                    yield line, argv
+
+
+def our_invocation(argv: list[str]) -> tuple[str, list[str]] | None:
+    """('kubetune', args) or ('python', args) where the command runs ours: its first word, past variable
+    assignments and a `flock [-x] FILE` wrapper."""
+    words = list(argv)
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words.pop(0)
+    if words[:1] == ["flock"]:
+        words = words[1:]
+        while words and words[0].startswith("-"):
+            words.pop(0)
+        words = words[1:]  # the lock file
+    if words[:1] and words[0] in KUBETUNE:
+        return "kubetune", words[1:]
+    if words[:1] and words[0] in PYTHON:
+        return "python", [arg for arg in words[1:] if arg not in ("-P", "-u", "-O")]
+    return None
+
+
+def substituted(args: list[str]) -> list[list[str]]:
+    """The arguments with placeholders filled in, brackets of optional parts and a closing '…' dropped; `<a|b|c>`
+    gives one command per alternative."""
+    variants: list[list[str]] = [[]]
+    for index, raw in enumerate(args):
+        word = raw.strip("[]")
+        previous = args[index - 1].strip("[]") if index else ""
+        if not word or word in ("…", "...") and index == len(args) - 1 and not previous.startswith("-"):
+            continue  # "and so on", not a value such as --spec "…"
+        value = PLACEHOLDERS_AFTER_FLAG.get((previous, word)) or PLACEHOLDERS.get(word)
+        if value is None and re.fullmatch(r"<[\w-]+(\|[\w-]+)+>", word):
+            variants = [[*variant, choice] for variant in variants for choice in word[1:-1].split("|")]
+            continue
+        variants = [[*variant, value or word] for variant in variants]
+    return variants
+
+
+def kubetune_commands() -> list[tuple[str, list[str]]]:
+    return [(line.where, args) for line, argv in block_commands()
+            if (found := our_invocation(argv)) and found[0] == "kubetune" for args in substituted(found[1])]
+
+
+def kubetune_spans() -> list[tuple[str, list[str]]]:
+    """Inline mentions such as `kubetune run MANIFEST --to-stage dataset`: shown in prose, often without the
+    arguments a full command needs."""
+    return [(span.where, args) for doc in DOCS for span in code_spans(doc)
+            if span.text.split(" ")[0] in KUBETUNE and " " in span.text
+            for args in substituted(span.text.split()[1:])]
+
+
+def python_commands() -> list[tuple[str, list[str], bool]]:
+    """(where, arguments after `python`, whether it is a mention in prose rather than a whole command line)."""
+    found = [(line.where, invocation[1], False) for line, argv in block_commands()
+             if (invocation := our_invocation(argv)) and invocation[0] == "python"]
+    for doc in DOCS:
+        for span in code_spans(doc):
+            words = span.text.split()
+            invocation = our_invocation(words)
+            if invocation and invocation[0] == "python":
+                found.append((span.where, invocation[1], True))
+            elif re.match(r"benchmarks/\w+\.py --", span.text):  # `benchmarks/train_scaling.py --shape … --gpus 1 2`
+                found.append((span.where, words, True))
+    return [(where, args, mention) for where, raw, mention in found if ours(raw) for args in substituted(raw)]
+
+
+def ours(args: list[str]) -> bool:
+    """A module of ours (`-m kubetune…`) or a script of the repository; not pytest, not `-c`."""
+    return bool(args) and (args[0] == "-m" and args[1:2] != [] and args[1].startswith("kubetune")
+                           or not args[0].startswith("-"))
+
+
+def yaml_blocks() -> list[tuple[str, str]]:
+    return [(f"{block.doc.relative_to(ROOT)}:{block.line}", block.text)
+            for doc in DOCS for block in fenced_blocks(doc) if block.language in ("yaml", "yml")]
+
+
+def cases(found: list[tuple[Any, ...]]) -> list[Any]:
+    """Test ids that name the file and line first, then what is shown there (shortened)."""
+    def shown(value: Any) -> str:
+        return " ".join(value) if isinstance(value, list) else "" if isinstance(value, (Path, bool)) else str(value)
+    return [pytest.param(*case, id=" ".join(filter(None, map(shown, case)))[:100].replace("\n", " ")) for case in found]
+
+
+# --- the real parsers -----------------------------------------------------------------------------------------------
+
+REAL_PARSE_ARGS = argparse.ArgumentParser.parse_args
+
+
+def parse_failure(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """argparse's own complaint about `args`, or None when the parser takes them."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            REAL_PARSE_ARGS(parser, args)
+    except SystemExit as exit_:
+        return None if exit_.code == 0 else stderr.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from subparsers(sub)
+
+
+def lenient(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The same parser with every argument optional: for mentions that name flags without the rest of a command."""
+    for each in subparsers(parser):
+        for action in each._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            action.required = False
+            if not action.option_strings and action.nargs in (None, "+"):
+                action.nargs = "?" if action.nargs is None else "*"
+    return parser
+
+
+class _Parsed(Exception):
+    """Raised in place of running a module's main() once its real parser took the arguments."""
+
+
+def parse_with_module_main(main: Callable[..., Any], args: list[str], monkeypatch: pytest.MonkeyPatch,
+                           *, mention: bool) -> str | None:
+    """Run the module's main() up to its parse_args: the real parser (lenient for a mention in prose), nothing after
+    it runs."""
+    def parse_only(self: argparse.ArgumentParser, argv: Any = None, namespace: Any = None) -> Any:
+        parser = lenient(self) if mention else self
+        failure = parse_failure(parser, list(argv) if argv is not None else sys.argv[1:])
+        if failure:
+            raise SystemExit(failure)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    monkeypatch.setattr(sys, "argv", ["prog", *args])
+    try:
+        main(args) if main.__code__.co_argcount else main()
+    except _Parsed:
+        return None
+    except SystemExit as exit_:
+        return str(exit_.code)
+    finally:
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", REAL_PARSE_ARGS)
+    return "main() returned without parsing its arguments"
+
+
+class ScriptParser:
+    """A benchmark's command-line flags read from its source (the scripts import torch and need a GPU): the
+    add_argument calls rebuilt as a real parser, with their nargs, action, int/float type and choices where the
+    choices are literals of the script or of a sibling it imports."""
+
+    def __init__(self, script: Path) -> None:
+        self.folder, self.name = script.parent, script.name
+        self.tree = ast.parse(script.read_text(encoding="utf-8"))
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=self.name)
+        for call in ast.walk(self.tree):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "add_argument"):
+                continue
+            names = [arg.value for arg in call.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+            kwargs: dict[str, Any] = {}
+            for keyword in call.keywords:
+                if keyword.arg in ("action", "nargs") and isinstance(keyword.value, ast.Constant):
+                    kwargs[keyword.arg] = keyword.value.value
+                elif keyword.arg == "type" and isinstance(keyword.value, ast.Name) and keyword.value.id in ("int", "float"):
+                    kwargs["type"] = {"int": int, "float": float}[keyword.value.id]
+                elif keyword.arg == "choices" and (choices := self.values(keyword.value, self.tree)) is not None:
+                    kwargs["choices"] = choices
+            if names and names[0].startswith("-"):
+                parser.add_argument(*names, **kwargs)
+            elif names:
+                parser.add_argument(*names, nargs="?", **{k: v for k, v in kwargs.items() if k != "nargs"})
+        return parser
+
+    def values(self, node: ast.expr, tree: ast.Module) -> list[Any] | None:
+        if isinstance(node, ast.Constant):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List)):
+            items: list[Any] = []
+            for element in node.elts:
+                part = self.values(element.value if isinstance(element, ast.Starred) else element, tree)
+                if part is None:
+                    return None
+                items += part
+            return items
+        if isinstance(node, ast.Dict):
+            return self.values(ast.Tuple(elts=[key for key in node.keys if key is not None]), tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("list", "sorted", "tuple") \
+                and len(node.args) == 1:
+            return self.values(node.args[0], tree)
+        if isinstance(node, ast.Name):
+            return self.named(node.id, tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            module = self.imported_module(node.value.id, tree)
+            return self.named(node.attr, module) if module else None
+        return None
+
+    def named(self, name: str, tree: ast.Module) -> list[Any] | None:
+        for statement in tree.body:
+            if isinstance(statement, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in statement.targets):
+                return self.values(statement.value, tree)
+            if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name) \
+                    and statement.target.id == name and statement.value is not None:
+                return self.values(statement.value, tree)
+            if isinstance(statement, ast.ImportFrom) and statement.module and statement.level == 0 \
+                    and any((alias.asname or alias.name) == name for alias in statement.names):
+                sibling = self.folder / f"{statement.module}.py"
+                if sibling.is_file():
+                    return self.named(name, ast.parse(sibling.read_text(encoding="utf-8")))
+        return None
+
+    def imported_module(self, alias_name: str, tree: ast.Module) -> ast.Module | None:
+        for statement in tree.body:
+            if isinstance(statement, ast.Import):
+                for alias in statement.names:
+                    if (alias.asname or alias.name) == alias_name and (self.folder / f"{alias.name}.py").is_file():
+                        return ast.parse((self.folder / f"{alias.name}.py").read_text(encoding="utf-8"))
+        return None
+
+
+# --- 1. kubetune command lines ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("where", "args"), cases(kubetune_commands()))
+def test_every_kubetune_command_in_a_code_block_parses_with_the_real_cli(where: str, args: list[str]) -> None:
+    assert parse_failure(cli.build_parser(), args) is None, f"{where}: kubetune {' '.join(args)}"
+
+
+@pytest.mark.parametrize(("where", "args"), cases(kubetune_spans()))
+def test_every_kubetune_command_named_in_prose_uses_real_subcommands_flags_and_values(where: str, args: list[str]) -> None:
+    assert parse_failure(lenient(cli.build_parser()), args) is None, f"{where}: kubetune {' '.join(args)}"
+
+
+def runnable_commands() -> list[tuple[str, list[str]]]:
+    return [(where, args) for where, args in kubetune_commands() + kubetune_spans()
+            if args and (args[0] in RUN_FOR_REAL or "--help" in args or "-h" in args)
+            and not parse_failure(cli.build_parser(), args)]
+
+
+@pytest.mark.parametrize(("where", "args"), cases(runnable_commands()))
+def test_every_read_only_kubetune_command_the_docs_show_succeeds_when_run(
+        where: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`kubetune validate` on the repository's files, `kubetune crd` into a scratch copy of the folders it writes, and
+    every `--help`: exit 0, and `crd` writes exactly the committed CRD files."""
+    outputs = [Path(args[index + 1]) for index, arg in enumerate(args[:-1]) if arg in ("-o", "--output")]
+    if outputs:
+        for output in outputs:
+            (tmp_path / output).parent.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(tmp_path)
+    else:
+        monkeypatch.chdir(ROOT)
+    expanded = [match for arg in args for match in (sorted(glob.glob(arg)) if "*" in arg else [arg])]
+    try:
+        code: object = cli.main(expanded)
+    except SystemExit as exit_:  # --help
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code == 0, f"{where}: kubetune {' '.join(args)} exited {code}: {captured.err.strip()}"
+    for output in outputs:
+        assert (tmp_path / output).read_text() == (ROOT / output).read_text(), f"{where}: {output} is not the generated CRD"
+    if args == ["crd"]:
+        assert captured.out == render_crd()
+
+
+def test_the_docs_show_kubetune_commands_and_run_some_of_them() -> None:
+    assert len(kubetune_commands()) >= 10 and len(runnable_commands()) >= 3
+
+
+# --- 2. manifests ---------------------------------------------------------------------------------------------------
+
+MINIMAL_RUN = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun", "metadata": {"name": "docs-example"}}
+
+
+@pytest.mark.parametrize(("where", "text"), cases(yaml_blocks()))
+def test_every_yaml_block_is_a_valid_finetunerun_or_a_spec_fragment_of_one(where: str, text: str) -> None:
+    """A block with `apiVersion: kubetune.dev/…` is a whole manifest; one that starts at `spec:` is a fragment, judged
+    merged into the minimal manifest (which is valid with `spec: {}`)."""
+    for document in load_documents(text):
+        assert isinstance(document, dict), f"{where}: not a YAML map"
+        if str(document.get("apiVersion", "")).startswith("kubetune.dev/"):
+            manifest = document
+        else:
+            assert set(document) == {"spec"}, f"{where}: neither a FineTuneRun nor a `spec:` fragment of one"
+            manifest = {**MINIMAL_RUN, **document}
+        try:
+            parse_run(manifest, source=where)
+        except InvalidManifest as error:
+            pytest.fail(f"{where}: " + "; ".join(map(str, error.errors)))
+
+
+def referenced_examples() -> list[str]:
+    names = {match for doc in DOCS for match in re.findall(r"examples/[\w.-]+\.ya?ml", doc.read_text(encoding="utf-8"))}
+    return sorted(names)
+
+
+@pytest.mark.parametrize("example", referenced_examples())
+def test_every_example_manifest_the_docs_name_exists_and_validates(example: str) -> None:
+    # As `kubetune validate --local` reads it (the README's command): ./ paths are the manifest folder's.
+    assert load_runs(ROOT / example, relative_paths=True)
+
+
+def test_the_readme_shows_validation_errors_as_kubetune_validate_prints_them(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.findall(r"(?m)^bad\.yaml: (spec\.\S+): (.+)$", readme)
+    assert shown, "the README's example errors are gone: update this test"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneRun\nmetadata: {name: bad}\n"
+                   "spec:\n  training:\n    method: lora\n    quantization: {type: nf4}\n    lora: {r: 0}\n")
+    with pytest.raises(InvalidManifest) as raised:
+        load_runs(bad)
+    printed = {(error.path, error.message) for error in raised.value.errors}
+    assert set(shown) <= printed
+
+
+# --- 3. repository paths --------------------------------------------------------------------------------------------
+
+def top_level_names(folder: Path) -> set[str]:
+    return {entry.name for entry in folder.iterdir() if not entry.name.startswith(".")}
+
+
+ROOT_FOLDERS = {name for name in top_level_names(ROOT) if (ROOT / name).is_dir()} - {"build"}
+
+
+def named_paths() -> list[tuple[str, Path, str]]:
+    """(where, doc, path) for every repository path the docs name in inline code, in a command or in plain prose: a
+    word starting with a top-level folder of the repository, or of the doc's own folder."""
+    found: dict[tuple[str, str], Path] = {}
+    for doc in DOCS:
+        prefixes = ROOT_FOLDERS | (top_level_names(doc.parent) if doc.parent != ROOT else set())
+        texts = [(span, re.sub(r"/\s+(?=[\w.])", "/", span.text)) for span in code_spans(doc)]
+        texts += [(line, line.text) for block in fenced_blocks(doc) if block.language in ("bash", "sh", "console", "shell")
+                  for line in command_lines(block)]
+        texts += [(Snippet(doc, number, line), line) for number, line in enumerate(prose(doc).splitlines(), 1)]
+        for snippet, text in texts:
+            for word in re.split(r"[\s=,;()'\"`\[\]]+", text):
+                word = word.split("#")[0].rstrip(".:")  # a link's heading is checked with the links
+                if "/" in word and word.split("/")[0] in prefixes and not re.search(r"[<{…]|\.\.\.", word) \
+                        and "://" not in word:
+                    found.setdefault((snippet.where, word), doc)
+    return [(where, doc, path) for (where, path), doc in found.items()]
+
+
+@pytest.mark.parametrize(("where", "doc", "path"), cases(named_paths()))
+def test_every_repository_path_the_docs_name_exists(where: str, doc: Path, path: str) -> None:
+    candidates = [doc.parent / path, ROOT / path]
+    assert any(glob.glob(str(candidate)) if "*" in path else candidate.exists() for candidate in candidates), \
+        f"{where}: {path} does not exist"
+
+
+def link_targets() -> list[tuple[str, Path, str]]:
+    return [(link.where, doc, link.text) for doc in DOCS for link in links(doc)
+            if not re.match(r"[a-z]+:", link.text)]
+
+
+@pytest.mark.parametrize(("where", "doc", "target"), cases(link_targets()))
+def test_every_link_leads_to_a_file_and_heading_that_exist(where: str, doc: Path, target: str) -> None:
+    """Relative to the linking file, as GitHub renders it."""
+    path, _, anchor = target.partition("#")
+    linked = (doc.parent / path).resolve() if path else doc
+    assert linked.exists(), f"{where}: {path} does not exist"
+    if anchor:
+        assert anchor in heading_anchors(linked), f"{where}: no heading #{anchor} in {linked.relative_to(ROOT)}"
+
+
+# --- 4. python -m kubetune… and scripts -----------------------------------------------------------------------------
+
+def module_main(args: list[str]) -> tuple[Callable[..., Any] | None, list[str]]:
+    """The main() a `python -m kubetune.X …` or `python datasets_new/X.py …` line runs, and its arguments."""
+    if args[:1] == ["-m"]:
+        name, rest = args[1], args[2:]
+        module = importlib.import_module(name if name.count(".") > 1 or name.endswith("_jsonl") else f"{name}.__main__")
+        return getattr(module, "main", None), rest
+    script = Path(args[0])
+    assert script.parts[0] == "datasets_new", f"{script}: not a script this test knows how to import"
+    return importlib.import_module("kubetune." + ".".join(script.with_suffix("").parts)).main, args[1:]
+
+
+@pytest.mark.parametrize(("where", "args", "mention"), cases(python_commands()))
+def test_every_python_command_runs_a_real_module_or_script_that_takes_its_flags(
+        where: str, args: list[str], mention: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if args[0].startswith("benchmarks/"):  # they need a GPU and import torch: their flags are read from the source
+        script = ROOT / args[0]
+        assert script.is_file(), f"{where}: {args[0]} does not exist"
+        parser = ScriptParser(script).parser()
+        assert parse_failure(lenient(parser) if mention else parser, args[1:]) is None, f"{where}: python {' '.join(args)}"
+        return
+    main, rest = module_main(args)
+    if main is None or args[1:2] == ["kubetune.operator"]:  # the operator takes no arguments: its settings are env vars
+        assert not rest, f"{where}: {args[1]} takes no arguments"
+        return
+    failure = parse_with_module_main(main, rest, monkeypatch, mention=mention)
+    assert failure is None, f"{where}: python {' '.join(args)}: {failure}"
+
+
+def test_the_docs_show_python_commands_of_every_kind() -> None:
+    kinds = {args[1] if args[0] == "-m" else args[0].split("/")[0] for _, args, _ in python_commands()}
+    assert {"kubetune.jobs", "kubetune.llama", "benchmarks", "datasets_new"} <= kinds
+
+
+# --- 5. environment variables ---------------------------------------------------------------------------------------
+
+READERS = ("kubetune", "jobs", "operator", "tools")
+BUILD_READERS = ("scripts", "images")  # build-time settings (KUBETUNE_LLAMA_CMAKE_ARGS) are read by the build
+ENV_NAME = re.compile(r"KUBETUNE_[A-Z0-9_]*[A-Z0-9_]")
+
+
+def names_in_code(folders: tuple[str, ...]) -> set[str]:
+    names: set[str] = set()
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix in ("", ".py", ".sh", ".Dockerfile") and "__pycache__" not in path.parts:
+                names |= set(ENV_NAME.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return names
+
+
+def documented_variables() -> dict[str, str]:
+    """name → where first named; `KUBETUNE_SECRET_<NAME>_<KEY>` is documented as its prefix `KUBETUNE_SECRET_`."""
+    found: dict[str, str] = {}
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            for match in re.finditer(r"KUBETUNE_[A-Z0-9_]*(?=<)|KUBETUNE_[A-Z0-9_]*[A-Z0-9]", line):
+                found.setdefault(match.group(), f"{doc.relative_to(ROOT)}:{number}")
+    return found
+
+
+def is_read(name: str, read: set[str]) -> bool:
+    return name in read or any(prefix.endswith("_") and name.startswith(prefix) for prefix in read)
+
+
+@pytest.mark.parametrize(("name", "where"), sorted(documented_variables().items()))
+def test_every_kubetune_variable_the_docs_name_is_read_by_the_code(name: str, where: str) -> None:
+    assert is_read(name, names_in_code(READERS + BUILD_READERS)), f"{where}: nothing reads {name}"
+
+
+def test_variables_the_code_reads_but_the_docs_never_name_are_reported() -> None:
+    documented = set(documented_variables())
+    undocumented = sorted(name for name in names_in_code(READERS)
+                          if not is_read(name, documented) and not any(d.startswith(name) for d in documented))
+    if undocumented:
+        warnings.warn(f"read by the code, named in no doc: {', '.join(undocumented)}", stacklevel=1)
+
+
+def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
+              "run for real": len(runnable_commands()), "python commands": len(python_commands()),
+              "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()),
+              "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
+    with capsys.disabled():
+        print("\n[docs] " + json.dumps(counts))
+    assert all(counts.values())
