@@ -21,6 +21,7 @@ runs `python -m kubetune.jobs sources` as a Job of its own and reads its `source
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ _HF_DATASET = re.compile(r"hf://datasets/(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-
                          r"(@(?P<revision>[-A-Za-z0-9_]+([.][-A-Za-z0-9_]+)*))?(?P<path>/.*)?")
 PVC_SCHEME = "pvc://"
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # set by the operator in the pods that mount a pvc:// model's claim
+MAX_CONFIG_BYTES = 16 << 20  # a model's config.json: a few KiB in every model there is
 
 StoreFactory = Callable[[str], Store]
 
@@ -410,10 +412,39 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
         folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
     if not _looks(folder.is_dir, "spec.baseModel.uri"):
         raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
+    _check_model_config(folder / "config.json")
     try:
         return ResolvedSource(uri, folder_digest(folder, cache))
     except (ValueError, OSError) as error:  # a FIFO, loop or symlinked folder in it: the field, not a bare path
         raise SourceError(f"spec.baseModel.uri: {printable(str(error))}") from None
+
+
+def _check_model_config(config: Path) -> None:
+    """A config.json no stage can parse fails the run before any stage, naming the file: the train stage failed on
+    it with transformers' bare JSON error (exit 1, retried). Its fields are the stages' to check."""
+    if not config.is_file():
+        return  # a model without one is the stage's to refuse; a FIFO or link loop, folder_digest's
+    try:
+        with config.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError:
+        return  # unreadable: folder_digest names it
+    problem = f"larger than {MAX_CONFIG_BYTES >> 20} MiB" if len(data) > MAX_CONFIG_BYTES else None
+    if problem is None and data.startswith(codecs.BOM_UTF8):
+        problem = "starts with a UTF-8 byte order mark (BOM)"
+    if problem is None:
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            problem = f"not UTF-8 (byte {error.start})"
+        except json.JSONDecodeError as error:
+            problem = f"not JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        except (ValueError, RecursionError):
+            problem = "not JSON the parser reads (nested too deep, or an integer too long)"
+        else:
+            problem = None if isinstance(value, dict) else f"not a JSON object (a {type(value).__name__})"
+    if problem is not None:
+        raise SourceError(f"spec.baseModel.uri: {config}: {problem}; re-save the model with save_pretrained")
 
 
 def is_local_model(uri: str) -> bool:

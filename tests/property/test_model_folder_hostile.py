@@ -2,10 +2,15 @@
 not an object, any value in any field, an architecture the converter does not map, weights that are no safetensors.
 Whatever the folder holds, the command ends in one line naming the folder (or a file in it) and exit 2: the
 converter's "unsupported architecture None" or "config.json lacks 'num_attention_heads'" did not say which folder
-was meant."""
+was meant.
+
+`kubetune run` reads a local base model's config.json before any stage: one that is not a JSON object (not UTF-8,
+a BOM, bad syntax, nesting or integers past the parser, another type) is one line naming the file and exit 2; the
+train stage failed on it with transformers' bare JSON error (exit 1, retried)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.property.cli_inputs import kubetune
+from tests.property.cli_inputs import kubetune, manifest, write_sources
 from tests.property.test_dataset_hostile import scratch
 
 TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8,
@@ -73,3 +78,29 @@ def test_a_config_without_an_architecture_names_the_folder(tmp_path: Path) -> No
     code, err = kubetune("check", str(tmp_path / "model"), "--run", str(tmp_path / "run.json"))
     assert (code, err) == (2, [f"kubetune: {tmp_path / 'model'}: unsupported architecture None; supported: "
                                + err[0].split("supported: ", 1)[1]]), err
+
+
+config_bytes = st.one_of(st.binary(max_size=60), json_values.map(lambda value: json.dumps(value).encode()),
+                         st.sampled_from([b"{", b"\xef\xbb\xbf{}", b"[" * 5000 + b"]" * 5000, b"{}", b'{"a": 1}',
+                                          b'{"a": ' + b"9" * 5000 + b"}", b'{"a": "\\ud800"}']))
+
+
+@given(config_bytes)
+def test_kubetune_run_refuses_a_model_config_no_stage_can_parse_before_any_stage(config: bytes) -> None:
+    with scratch() as root, contextlib.chdir(root):
+        write_sources(root)
+        (root / "model" / "config.json").write_bytes(config)
+        doc = json.loads(manifest("tree"))
+        doc["spec"]["suspend"] = True  # sources resolved, then nothing runs
+        (root / "run.yaml").write_text(json.dumps(doc), encoding="utf-8")
+        code, err = kubetune("run", "run.yaml", "--store", "store")
+    try:
+        parsed: Any = json.loads(config.decode("utf-8"))
+    except (ValueError, RecursionError):
+        parsed = None
+    lines = [line for line in err if not line.startswith("kubetune: running ")]
+    if isinstance(parsed, dict) and not config.startswith(b"\xef\xbb\xbf"):
+        assert code == 0 and len(lines) == 1 and "is suspended" in lines[0], err
+    else:  # it failed the train stage with transformers' bare JSON error, exit 1 and retries
+        assert code == 2 and lines == [lines[0]], err
+        assert lines[0].startswith(f"kubetune: default/hostile: spec.baseModel.uri: {root}/model/config.json: "), err
