@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import glob
 import importlib
 import io
@@ -385,6 +386,56 @@ def test_the_readme_shows_validation_errors_as_kubetune_validate_prints_them(tmp
     assert set(shown) <= printed
 
 
+# Dotted names in the docs that look like spec fields and are not: MLflow params taken from the resolved sources
+# (docs/contracts.md, Tracking). The chart's README is left out: its `storage.uri` and `notify.enabled` are chart values.
+NOT_SPEC_FIELDS = {"baseModel.digest", "baseModel.revision", "dataset.digest"}
+
+
+@functools.cache
+def crd_schema() -> dict[str, Any]:
+    crd = load_documents(render_crd())[0]
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def field_names() -> list[tuple[str, str]]:
+    """(where, path) for every field path in inline code: `spec.…`/`status.…`, or a path under a spec section
+    (`training.lora.r`, `notify.webhooks[].format`, `resources.<stage>.scratchSize`)."""
+    sections = set(crd_schema()["properties"]["spec"]["properties"])
+    found = []
+    for doc in DOCS:
+        if doc.parent.parent == ROOT / "charts":
+            continue
+        for span in code_spans(doc):
+            match = re.fullmatch(r"(?:spec|status)(?:\.[\w<>*]+(?:\[\])?)+|(\w+)(?:\.[\w<>*]+(?:\[\])?)+", span.text)
+            if match and (match.group(1) is None or match.group(1) in sections) and span.text not in NOT_SPEC_FIELDS:
+                found.append((span.where, span.text if match.group(1) is None else f"spec.{span.text}"))
+    return found
+
+
+def schema_has(node: dict[str, Any], path: list[str]) -> bool:
+    """Whether the schema has the path; `<placeholder>` and `*` stand for every key of a map or object."""
+    if not path:
+        return True
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        return "items" in node and schema_has(node["items"], rest)
+    if head.endswith("[]"):
+        return schema_has(node, [head[:-2], "[]", *rest])
+    if head == "*" or head.startswith("<"):
+        children = list(node.get("properties", {}).values())
+        if isinstance(node.get("additionalProperties"), dict):
+            children.append(node["additionalProperties"])
+        return bool(children) and all(schema_has(child, rest) for child in children)
+    child = node.get("properties", {}).get(head)
+    return child is not None and schema_has(child, rest)
+
+
+@pytest.mark.parametrize(("where", "path"), cases(field_names()))
+def test_every_field_path_the_docs_name_is_in_the_crd(where: str, path: str) -> None:
+    assert schema_has(crd_schema(), path.split(".")), f"{where}: the FineTuneRun CRD has no {path}"
+
+
 # --- 3. repository paths --------------------------------------------------------------------------------------------
 
 def top_level_names(folder: Path) -> set[str]:
@@ -516,7 +567,7 @@ def test_variables_the_code_reads_but_the_docs_never_name_are_reported() -> None
 def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
               "run for real": len(runnable_commands()), "python commands": len(python_commands()),
-              "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()),
+              "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()), "fields": len(field_names()),
               "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
     with capsys.disabled():
         print("\n[docs] " + json.dumps(counts))
