@@ -336,6 +336,54 @@ def test_every_read_only_kubetune_command_the_docs_show_succeeds_when_run(
         assert captured.out == render_crd()
 
 
+def dataset_conversions() -> list[tuple[str, list[str]]]:
+    return [(where, args) for where, args in kubetune_commands() if args[:2] == ["dataset", "convert"]]
+
+
+ANSWER = "<think>The user greets me.</think>\n<output>Hello! What can I help with?</output>"
+
+
+def one_conversation(data_format: str, keys: dict[str, str]) -> dict[str, Any]:
+    """A record of the format holding one question and one reasoning answer, under the keys `--field` names."""
+    def key(part: str, default: str) -> str:
+        return keys.get(part, default)
+    if data_format == "alpaca":
+        return {key("instruction", "instruction"): "Hi?", key("input", "input"): "", key("output", "output"): ANSWER}
+    role, content = (key("role", "from"), key("content", "value")) if data_format == "sharegpt" \
+        else (key("role", "role"), key("content", "content"))
+    user, assistant = ("human", "gpt") if data_format == "sharegpt" else ("user", "assistant")
+    turns = [{role: user, content: "Hi?"}, {role: assistant, content: ANSWER}]
+    return {key("messages", "conversations" if data_format == "sharegpt" else "messages"): turns}
+
+
+def write_data_file(path: Path, record: dict[str, Any]) -> None:
+    if path.suffix == ".parquet":
+        import pyarrow as pa  # a job dependency: only this example needs it here
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist([record]), path)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps([record]))
+    else:
+        path.write_text(json.dumps(record) + "\n")
+
+
+@pytest.mark.parametrize(("where", "args"), cases(dataset_conversions()))
+def test_every_dataset_convert_the_docs_show_writes_the_tree_they_describe(
+        where: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Run on a one-conversation file of the format shown (its keys renamed as the `--field`s say): exit 0, and the
+    tree datasets_new/README.md describes, `<out>/structure.enriched.json` and
+    `<out>/topics/<category>/<subcategory>/<category>.<subcategory>.reasoning.json`."""
+    shown = cli.build_parser().parse_args(args)
+    monkeypatch.chdir(tmp_path)
+    write_data_file(Path(shown.input), one_conversation(shown.format, dict(f.split("=", 1) for f in shown.field)))
+    code = cli.main(args)
+    assert code == 0, f"{where}: kubetune {' '.join(args)} exited {code}: {capsys.readouterr().err.strip()}"
+    topic = f"topics/{shown.category}/{shown.subcategory}/{shown.category}.{shown.subcategory}.reasoning.json"
+    assert (shown.out / "structure.enriched.json").is_file() and (shown.out / topic).is_file(), where
+    assert len(json.loads((shown.out / topic).read_text())) == 1
+
+
 def test_the_docs_show_kubetune_commands_and_run_some_of_them() -> None:
     assert len(kubetune_commands()) >= 10 and len(runnable_commands()) >= 3
 
@@ -566,7 +614,7 @@ def test_variables_the_code_reads_but_the_docs_never_name_are_reported() -> None
 
 def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
-              "run for real": len(runnable_commands()), "python commands": len(python_commands()),
+              "run for real": len(runnable_commands()) + len(dataset_conversions()), "python commands": len(python_commands()),
               "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()), "fields": len(field_names()),
               "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
     with capsys.disabled():
