@@ -11,6 +11,7 @@ import contextlib
 import functools
 import glob
 import importlib
+import importlib.util
 import io
 import json
 import re
@@ -50,7 +51,7 @@ PLACEHOLDERS_AFTER_FLAG = {
 PLACEHOLDERS = {
     "DIR_OR_URI": "store", "STAGE": "train", "MANIFEST": "run.yaml", "FILE": "chats.jsonl", "FORMAT": "sharegpt",
     "DIR": "tree", "N": "3", "PART=KEY": "messages=dialog", "MODEL_DIR": "model", "OUT_DIR": "out",
-    "FILE.gguf": "model.gguf", "<stage>": "train",
+    "FILE.gguf": "model.gguf", "MODEL.gguf": "model.gguf", "<stage>": "train",
 }
 # Commands that read files and print, nothing else: run for real, as the docs show them.
 RUN_FOR_REAL = {"validate", "crd"}
@@ -384,6 +385,13 @@ def test_every_dataset_convert_the_docs_show_writes_the_tree_they_describe(
     assert len(json.loads((shown.out / topic).read_text())) == 1
 
 
+def test_the_readme_command_list_shows_every_kubetune_subcommand() -> None:
+    shown = {args[0] for where, args in kubetune_commands() if where.startswith("README.md:")}
+    subcommands = next(action.choices for action in cli.build_parser()._actions
+                       if isinstance(action, argparse._SubParsersAction))
+    assert sorted(set(subcommands) - shown) == []
+
+
 def test_the_docs_show_kubetune_commands_and_run_some_of_them() -> None:
     assert len(kubetune_commands()) >= 10 and len(runnable_commands()) >= 3
 
@@ -569,6 +577,31 @@ def test_the_docs_show_python_commands_of_every_kind() -> None:
     assert {"kubetune.jobs", "kubetune.llama", "benchmarks", "datasets_new"} <= kinds
 
 
+MLFLOW_TAGS = {"kubetune.run", "kubetune.uid", "kubetune.stageKey"}  # tag names of the MLflow run, not Python names
+
+
+def python_names() -> list[tuple[str, str]]:
+    return [(span.where, span.text) for doc in DOCS for span in code_spans(doc)
+            if re.fullmatch(r"kubetune(\.\w+)+", span.text) and span.text not in MLFLOW_TAGS]
+
+
+@pytest.mark.parametrize(("where", "name"), cases(python_names()))
+def test_every_kubetune_python_name_the_docs_give_exists(where: str, name: str) -> None:
+    """`kubetune.jobs.runtime` is a module, `kubetune.store.content_digest` a name in one; a module is found without
+    running it (the train stage's imports torch)."""
+    parts = name.split(".")
+    for length in range(len(parts), 0, -1):
+        with contextlib.suppress(ModuleNotFoundError):
+            if importlib.util.find_spec(".".join(parts[:length])) is not None:
+                break
+    else:
+        pytest.fail(f"{where}: no module {parts[0]}")
+    found: Any = importlib.import_module(".".join(parts[:length])) if length < len(parts) else None
+    for attribute in parts[length:]:
+        assert hasattr(found, attribute), f"{where}: {name}: {'.'.join(parts[:length])} has no {attribute}"
+        found = getattr(found, attribute)
+
+
 # --- 5. environment variables ---------------------------------------------------------------------------------------
 
 READERS = ("kubetune", "jobs", "operator", "tools")
@@ -616,6 +649,7 @@ def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> No
     counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
               "run for real": len(runnable_commands()) + len(dataset_conversions()), "python commands": len(python_commands()),
               "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()), "fields": len(field_names()),
+              "python names": len(python_names()),
               "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
     with capsys.disabled():
         print("\n[docs] " + json.dumps(counts))
