@@ -16,17 +16,22 @@ import io
 import json
 import re
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from kubetune import cli
 from kubetune.api.crd import render as render_crd
 from kubetune.api.manifest_yaml import load_documents
+from kubetune.api.types import FineTuneRunSpec
 from kubetune.api.validate import InvalidManifest, load_runs, parse_run
+from kubetune.datasets_new import build_train_jsonl
 from tests.unit.docs_markdown import (
     DOCS,
     ROOT,
@@ -577,6 +582,57 @@ def test_the_docs_show_python_commands_of_every_kind() -> None:
     assert {"kubetune.jobs", "kubetune.llama", "benchmarks", "datasets_new"} <= kinds
 
 
+def documented_defaults() -> list[tuple[str, str, str]]:
+    """(where, field path, default) from the docs' `| field | default | … |` tables, where the default cell is one
+    literal in backticks (cells such as "none" or "`1.0` with an eval split" say more than a value)."""
+    found = []
+    for doc in DOCS:
+        header: list[str] = []
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
+            if not cells:
+                header = []
+            elif not header:
+                header = [cell.lower() for cell in cells]
+            elif header[:2] == ["field", "default"] and (path := re.fullmatch(r"`([\w.\[\]]+)`", cells[0])) \
+                    and (default := re.fullmatch(r"`([^`]+)`", cells[1])):
+                found.append((f"{doc.relative_to(ROOT)}:{number}", path.group(1), default.group(1)))
+    return found
+
+
+def spec_model_field(path: str) -> Any:
+    """The pydantic field of a spec path such as `notify.webhooks[].format` (camelCase, as in a manifest)."""
+    model: Any = FineTuneRunSpec
+    field: Any = None
+    for segment in path.removeprefix("spec.").split("."):
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        field = fields[segment.removesuffix("[]")]
+        model = next(iter(nested_models(field.annotation)), None)
+    return field
+
+
+def nested_models(annotation: Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from nested_models(argument)
+
+
+@pytest.mark.parametrize(("where", "path", "default"), cases(documented_defaults()))
+def test_every_default_the_docs_tabulate_is_the_models_default(where: str, path: str, default: str) -> None:
+    real = spec_model_field(path).get_default(call_default_factory=True)
+    assert yaml.safe_load(default) == real, f"{where}: {path} defaults to {real!r}, not {default}"
+
+
+def test_the_builders_flag_table_lists_exactly_the_flags_it_takes() -> None:
+    readme = (ROOT / "datasets_new" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Building", 1)[1].split("\n## ", 1)[0]
+    documented = {flag for row in re.findall(r"(?m)^\| `--.*", section) for flag in re.findall(r"`(--[\w-]+)", row)}
+    taken = {option for action in build_train_jsonl.parser()._actions for option in action.option_strings
+             if option.startswith("--") and option != "--help"}
+    assert documented == taken
+
+
 MLFLOW_TAGS = {"kubetune.run", "kubetune.uid", "kubetune.stageKey"}  # tag names of the MLflow run, not Python names
 
 
@@ -649,7 +705,7 @@ def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> No
     counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
               "run for real": len(runnable_commands()) + len(dataset_conversions()), "python commands": len(python_commands()),
               "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()), "fields": len(field_names()),
-              "python names": len(python_names()),
+              "python names": len(python_names()), "defaults": len(documented_defaults()),
               "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
     with capsys.disabled():
         print("\n[docs] " + json.dumps(counts))
