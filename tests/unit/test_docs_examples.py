@@ -401,6 +401,23 @@ def test_the_docs_show_kubetune_commands_and_run_some_of_them() -> None:
     assert len(kubetune_commands()) >= 10 and len(runnable_commands()) >= 3
 
 
+def helm_settings() -> list[tuple[str, str]]:
+    """(where, value path) of every `--set PATH=VALUE` in a helm command the docs show, in a block or inline."""
+    commands = [(line.where, argv) for line, argv in block_commands()]
+    commands += [(span.where, split_commands(span.text)[0]) for doc in DOCS for span in code_spans(doc)
+                 if "--set" in span.text and span.text.startswith(("helm ", "--set "))]
+    return [(where, argv[index + 1].split("=", 1)[0]) for where, argv in commands
+            if argv[0] in ("helm", "--set") for index, word in enumerate(argv[:-1]) if word == "--set"]
+
+
+@pytest.mark.parametrize(("where", "path"), cases(helm_settings()))
+def test_every_helm_set_the_docs_show_names_a_chart_value(where: str, path: str) -> None:
+    values: Any = yaml.safe_load((ROOT / "charts" / "kubetune" / "values.yaml").read_text(encoding="utf-8"))
+    for key in path.split("."):
+        assert isinstance(values, dict) and key in values, f"{where}: the chart has no value {path}"
+        values = values[key]
+
+
 # --- 2. manifests ---------------------------------------------------------------------------------------------------
 
 MINIMAL_RUN = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneRun", "metadata": {"name": "docs-example"}}
@@ -704,6 +721,7 @@ def test_variables_the_code_reads_but_the_docs_never_name_are_reported() -> None
 def test_the_counts_of_what_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     counts = {"kubetune commands": len(kubetune_commands()), "kubetune mentions": len(kubetune_spans()),
               "run for real": len(runnable_commands()) + len(dataset_conversions()), "python commands": len(python_commands()),
+              "helm --set": len(helm_settings()),
               "yaml blocks": len(yaml_blocks()), "examples": len(referenced_examples()), "fields": len(field_names()),
               "python names": len(python_names()), "defaults": len(documented_defaults()),
               "paths": len(named_paths()), "links": len(link_targets()), "variables": len(documented_variables())}
