@@ -322,6 +322,29 @@ def test_the_readme_shows_validation_errors_as_kubetune_validate_prints_them(
     assert set(shown) <= set(capsys.readouterr().err.splitlines())
 
 
+def test_the_structure_sample_and_record_datasets_new_readme_shows_are_what_the_builder_reads_and_writes(
+        tmp_path: Path) -> None:
+    """Its structure file and topic file, built as they are shown, give the train_data.jsonl line it shows (the
+    shown record abridges text with '…')."""
+    readme = ROOT / "datasets_new" / "README.md"
+    shown = [json.loads(block.text) for block in fenced_blocks(readme) if block.language == "json"]
+    structure = next(doc for doc in shown if isinstance(doc, dict) and "categories" in doc)
+    samples = next(doc for doc in shown if isinstance(doc, list))
+    record = next(doc for doc in shown if isinstance(doc, dict) and "messages" in doc)
+    topic = tmp_path / "topics" / record["metadata"]["source"].removeprefix("topics/")
+    topic.parent.mkdir(parents=True)
+    topic.write_text(json.dumps(samples))
+    (tmp_path / "structure.enriched.json").write_text(json.dumps(structure))
+    output = tmp_path / "train_data.jsonl"
+    assert build_train_jsonl.main(["--structure", str(tmp_path / "structure.enriched.json"), "--topics-dir",
+                                   str(tmp_path / "topics"), "--output", str(output), "--no-stats"]) == 0
+    built = json.loads(output.read_text().splitlines()[0])
+    for turn_shown, turn_built in zip(record.pop("messages"), built.pop("messages"), strict=True):
+        pattern = ".*".join(map(re.escape, turn_shown["content"].split("…")))
+        assert turn_shown["role"] == turn_built["role"] and re.fullmatch(pattern, turn_built["content"], re.DOTALL)
+    assert built == record
+
+
 # Dotted names in the docs that look like spec fields and are not: MLflow params taken from the resolved sources
 # (docs/contracts.md, Tracking). The chart's README is left out: its `storage.uri` and `notify.enabled` are chart values.
 NOT_SPEC_FIELDS = {"baseModel.digest", "baseModel.revision", "dataset.digest"}
