@@ -114,7 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from kubetune.check import check
     from kubetune.jobs.evaluate import summarize
 
-    run = load_runs(require_file(args.run))[0]
+    run = load_runs(require_file(args.run), relative_paths=True)[0]  # as `kubetune run` reads it
     if args.target.suffix == ".gguf":
         check_model_gguf(args.target)  # llama.cpp runs in this process here: only a well-formed GGUF reaches it
     result = check(args.target, run, args.workdir)

@@ -12,6 +12,8 @@ import pytest
 from kubetune.llama.convert import convert
 from tests.fixtures.tiny_models import build_tiny_model, small_bpe_tokenizer_dir
 
+REPO = Path(__file__).resolve().parents[2]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,3 +80,11 @@ def test_an_unknown_target_is_a_clear_error(tmp_path: Path) -> None:
     result = kubetune("check", str(tmp_path), "--run", str(run))
     assert result.returncode == 2
     assert "neither a .gguf file, an adapter folder" in result.stderr
+
+
+def test_a_run_with_relative_paths_is_read_as_kubetune_run_reads_it(tmp_path: Path) -> None:
+    """examples/local-messages.yaml names its data as `./data/chats.jsonl`: relative to the manifest's folder, as
+    `kubetune run` takes it (never the API server's refusal of a relative path)."""
+    result = kubetune("check", str(tmp_path), "--run", str(REPO / "examples" / "local-messages.yaml"))
+    assert result.returncode == 2
+    assert "neither a .gguf file, an adapter folder" in result.stderr and "spec.dataset.uri" not in result.stderr
