@@ -34,6 +34,7 @@ class BuildOptions:
     clamp_difficulty: bool = False
     max_errors: int = 50
     placeholders_origin: str = "--placeholder"  # where the values came from, as errors name it
+    categories_origin: str = "--category"
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _selected_categories(structure: Structure, options: BuildOptions, issues: Is
     names = {category.name for category in structure.categories}
     for name in options.categories:
         if name not in names:
-            issues.add(DatasetIssue(options.structure_path.as_posix(), f"--category {name!r} is not in the structure",
+            issues.add(DatasetIssue(options.structure_path.as_posix(), f"{options.categories_origin} {name!r} is not in the structure",
                                     f"categories: {', '.join(sorted(names))}"))
     return set(options.categories) & names if options.categories else names
 

@@ -45,6 +45,7 @@ def run(ctx: JobContext) -> None:
         categories=tuple(spec.categories),
         eval_split=spec.eval_split,
         placeholders_origin="spec.dataset.placeholders",
+        categories_origin="spec.dataset.categories:",
     )
     outputs_dir = ctx.workdir / "outputs"
     shutil.rmtree(outputs_dir, ignore_errors=True)

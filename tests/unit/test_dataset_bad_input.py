@@ -169,6 +169,9 @@ CASES = [
          structure_doc='{"version": 1,\n "name": }', line=2, column=10),
     Case("unknown --category", {}, "structure.enriched.json", "--category 'physics' is not in the structure",
          "categories: identity, math", options={"categories": ("physics",)}),
+    Case("unknown spec.dataset.categories entry (the dataset stage)", {}, "structure.enriched.json",
+         "spec.dataset.categories: 'physics' is not in the structure", "categories: identity, math",
+         options={"categories": ("physics",), "categories_origin": "spec.dataset.categories:"}),
     Case("lone surrogate escape", {ARITH: samples_text(sample(1), sample(2, tags=["ok"])).replace('"ok"', '"\\udc80"')},
          ARITH, "[1].tags[0] holds a lone UTF-16 surrogate escape", "both halves of a surrogate pair", line=3),
     Case("integer beyond the parser's digit limit", {ARITH: samples_text(sample(1), sample(2, difficulty=0)).replace(

@@ -132,6 +132,16 @@ def test_a_blank_placeholder_value_is_a_config_error_naming_the_field(tmp_path: 
     assert "spec.dataset.placeholders: placeholder NAME has an empty value" in err and "Traceback" not in err
 
 
+def test_an_unknown_category_is_a_config_error_naming_the_field(tmp_path: Path, monkeypatch: Any,
+                                                                 capsys: Any) -> None:
+    monkeypatch.setenv("KUBETUNE_WORKDIR", str(tmp_path / "work"))
+    write_tree(tmp_path / "tree", "I am ${NAME}.")
+    run = write_run(tmp_path, {"uri": str(tmp_path / "tree"), "tokenStats": False, "categories": ["nope"]})
+    assert run_job("dataset", run, dataset_stage.run) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "spec.dataset.categories: 'nope' is not in the structure" in err and "--category" not in err
+
+
 def link_topics_outside(root: Path, outside: Path) -> None:
     (root / "topics").rename(outside)
     (root / "topics").symlink_to(outside)
