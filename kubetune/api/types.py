@@ -64,6 +64,8 @@ BASE_MODEL_URI = (
     rf"|{_PVC}"
     rf"|{_LOCAL})$"
 )
+# An added special token: no control character, no space at either end (as RE2, Rust's regex and re all read it).
+SPECIAL_TOKEN = r"^[^\x00-\x20\x7f]([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
 # A Hub dataset, optionally at a revision (no '/': the path in the repo follows it) and a file or folder in it.
 HF_DATASET_URI = (r"hf://datasets/[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*"
                   r"(@[-A-Za-z0-9_]+([.][-A-Za-z0-9_]+)*)?"
@@ -327,9 +329,11 @@ class TrainingSpec(ApiModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """Checkpoint interval and retention."""
     added_special_tokens: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=256)
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=SPECIAL_TOKEN)]], Field(max_length=256)
     ] = Field(default_factory=list)
-    """Special tokens added to the tokenizer (embeddings are resized and trained), e.g. `<think>`, `</output>`."""
+    """Special tokens added to the tokenizer (embeddings are resized and trained), e.g. `<think>`, `</output>`. No
+    control characters, and no space at either end: the tokenizer splits every occurrence out of all text, so `" "`
+    or a newline would silently change every sample."""
     stop_sequences: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=16)] = Field(
         default_factory=lambda: ["</output>"]
     )

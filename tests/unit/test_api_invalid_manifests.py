@@ -152,6 +152,10 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("keep no checkpoints", at("training.checkpoint.keep", 0), "spec.training.checkpoint.keep", "must be >= 1"),
     ("empty special token", at("training.addedSpecialTokens", [""]), "spec.training.addedSpecialTokens[0]",
      "must not be empty"),
+    ("special token ending in a space", at("training.addedSpecialTokens", ["<x>", "<y> "]),
+     "spec.training.addedSpecialTokens[1]", "must match"),
+    ("special token that is a newline", at("training.addedSpecialTokens", ["\n"]), "spec.training.addedSpecialTokens[0]",
+     "must match"),
     ("stop sequences not a list", at("training.stopSequences", "</output>"), "spec.training.stopSequences",
      "must be a list"),
     # --- merge / export / evaluate
