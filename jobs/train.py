@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from kubetune.api.types import TrainingSpec
 from kubetune.chat_templates import ChatTemplateError, ResolvedTemplate, resolve_template
+from kubetune.jobs.basemodel import URI_FIELD as BASE_MODEL_FIELD
 from kubetune.jobs.basemodel import folder_digest
 from kubetune.jobs.checkpoints import (
     BaseModelRef,
@@ -66,7 +67,16 @@ from kubetune.jobs.train_loop import (
     restore_training_state,
     save_training_state,
 )
-from kubetune.jobs.train_model import LoadedModel, build_model, load_tokenizer, pad_token_id, resolve_device
+from kubetune.jobs.train_model import (
+    BaseModelFolderError,
+    LoadedModel,
+    build_model,
+    load_tokenizer,
+    pad_token_id,
+    resolve_device,
+)
+from kubetune.llama.errors import ConversionError
+from kubetune.llama.hf_config import read_model_spec
 from kubetune.store import ObjectNotFoundError
 
 log = logging.getLogger("kubetune.jobs.train")
@@ -370,6 +380,15 @@ def run(ctx: JobContext) -> None:
         raise
 
 
+def check_convertible(model_dir: Path) -> None:
+    """The convert stage reads the merged model's config.json as the base's: a base it cannot convert (an
+    architecture or config llama.cpp lacks) is refused before training instead of after it."""
+    try:
+        read_model_spec(model_dir)
+    except ConversionError as error:
+        raise ConfigError(f"{BASE_MODEL_FIELD}: {error}") from None
+
+
 def run_chat_template(ctx: JobContext, model_dir: Path) -> ResolvedTemplate:
     """The run's chat template (kubetune/chat_templates.py), the one the keys were computed from."""
     resolved = ctx.run.sources
@@ -390,6 +409,7 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
     if not data_path.is_file():
         raise ConfigError(f"the dataset output has no {DATASET_FILE}")
     model_dir = base_model_folder(ctx)
+    check_convertible(model_dir)
     eval_path = dataset_dir / EVAL_DATASET_FILE
     template = run_chat_template(ctx, model_dir)
     inputs = TrainInputs(
@@ -413,6 +433,8 @@ def run_rank(ctx: JobContext, ranks: Ranks, workdir: Path) -> None:
                                progress=tracker.observe(ctx.progress), ranks=ranks)
         except DataError as error:
             raise ConfigError(str(error)) from error
+        except BaseModelFolderError as error:
+            raise ConfigError(f"{BASE_MODEL_FIELD}: {error}") from None
         if result.outcome == "stopped":
             raise Stopped(f"stopped at step {result.state.step}; saved {result.state.last_checkpoint}")
         if ranks.is_main:

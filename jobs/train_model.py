@@ -74,6 +74,10 @@ class ModelSetupError(RuntimeError):
     """The requested training setup cannot run here (e.g. CUDA asked for but absent)."""
 
 
+class BaseModelFolderError(ValueError):
+    """The base model folder holds no tokenizer transformers can load: the manifest's to fix, not a retry's."""
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
@@ -89,7 +93,15 @@ def load_tokenizer(
 ) -> tuple[PreTrainedTokenizerBase, list[str]]:
     """The base tokenizer with the run's chat template and every needed special token (the template's turn markers,
     e.g. ChatML's `<|im_start|>`/`<|im_end|>`, and `added_special_tokens`); returns the tokens it added."""
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (ValueError, KeyError, TypeError) as error:  # a tokenizer file it cannot read: bad input
+        raise BaseModelFolderError(f"{model_dir}: no tokenizer transformers can load: {error}") from None
+    except OSError as error:
+        if error.errno is not None:  # a real I/O error: retried like any other
+            raise
+        # transformers' own "does not appear to have a file named ..." (no errno): a folder without tokenizer files
+        raise BaseModelFolderError(f"{model_dir}: no tokenizer transformers can load: {error}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelSetupError(f"{model_dir}: a fast tokenizer (tokenizer.json) is required for label masking")
     tokenizer.chat_template = chat_template
