@@ -369,13 +369,19 @@ def read_template_file(uri: str, store_factory: StoreFactory) -> bytes:
         raise ChatTemplateError(f"{field}: cannot read {path}: {error.strerror}") from None
     if not regular:
         raise ChatTemplateError(f"{field}: {path} is not a regular file")
+    return _read_at_most(path, MAX_TEMPLATE_BYTES, f"{field}: {path}")
+
+
+def _read_at_most(path: Path, limit: int, where: str) -> bytes:
+    """The file's bytes, or a ChatTemplateError naming `where` when it cannot be read or holds more than `limit`
+    (read only that far: no template is that large, and a huge file must not fill memory)."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_TEMPLATE_BYTES + 1)
+            data = handle.read(limit + 1)
     except OSError as error:
-        raise ChatTemplateError(f"{field}: cannot read {path}: {error.strerror}") from None
-    if len(data) > MAX_TEMPLATE_BYTES:
-        raise ChatTemplateError(f"{field}: {path} is larger than {MAX_TEMPLATE_BYTES} bytes")
+        raise ChatTemplateError(f"{where}: cannot read: {error.strerror}") from None
+    if len(data) > limit:
+        raise ChatTemplateError(f"{where}: larger than {limit} bytes, which no chat template is")
     return data
 
 
@@ -394,13 +400,7 @@ def model_template(model_dir: Path) -> str | None:
     or the entry named `default` of a list of named templates)."""
     jinja = model_dir / MODEL_TEMPLATE_FILE
     if jinja.is_file():
-        try:
-            with jinja.open("rb") as handle:
-                data = handle.read(MAX_MODEL_TEMPLATE_BYTES + 1)
-        except OSError as error:
-            raise ChatTemplateError(f"{jinja}: cannot read: {error.strerror}") from None
-        if len(data) > MAX_MODEL_TEMPLATE_BYTES:
-            raise ChatTemplateError(f"{jinja}: larger than {MAX_MODEL_TEMPLATE_BYTES} bytes, which no chat template is")
+        data = _read_at_most(jinja, MAX_MODEL_TEMPLATE_BYTES, str(jinja))
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as error:

@@ -187,7 +187,7 @@ def test_file_templates_are_read_locally_or_from_s3_and_bounded(tmp_path: Path) 
                                lambda uri: open_store(str(tmp_path / uri.removeprefix("s3://"))))
     assert local.digest == in_store.digest == hashlib.sha256(phi3_template().encode()).hexdigest()
     (bucket / "big.jinja").write_text("x" * (MAX_TEMPLATE_BYTES + 1))
-    with pytest.raises(SourceError, match=r"^spec\.training\.chatTemplate\.file: .*big\.jinja is larger than"):
+    with pytest.raises(SourceError, match=r"^spec\.training\.chatTemplate\.file: .*big\.jinja: larger than"):
         template_source(ChatTemplateSpec(source="file", file=str(bucket / "big.jinja")), MODEL, no_store)
     os.mkfifo(bucket / "fifo")
     with pytest.raises(SourceError, match="is not a regular file"):
