@@ -18,8 +18,8 @@ about 16 samples per optimizer step:
 
 The samples, shapes, MFU formula and held-out loss are `train_bench.py`'s. Prints, per shape and workload: real
 (non-pad) tokens/s after warm-up steps, MFU, peak GPU memory, held-out loss (one function for both models: full fp32
-logits, sample by sample), and kubetune / baseline ratios. Before training, a packing check compares layer outputs of packed
-rows with each sample run alone (and with a deliberately leaking packed run, to show the check can fail).
+logits, sample by sample), and kubetune / baseline ratios. Before training, a packing check compares layer outputs
+of packed rows with each sample run alone (and with a deliberately leaking packed run, to show the check can fail).
 """
 
 from __future__ import annotations

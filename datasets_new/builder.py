@@ -138,7 +138,8 @@ def _selected_categories(structure: Structure, options: BuildOptions, issues: Is
     names = {category.name for category in structure.categories}
     for name in options.categories:
         if name not in names:
-            issues.add(DatasetIssue(options.structure_path.as_posix(), f"{options.categories_origin} {name!r} is not in the structure",
+            issues.add(DatasetIssue(options.structure_path.as_posix(),
+                                    f"{options.categories_origin} {name!r} is not in the structure",
                                     f"categories: {', '.join(sorted(names))}"))
     return set(options.categories) & names if options.categories else names
 
