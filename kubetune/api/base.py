@@ -42,6 +42,18 @@ class KeyRule:
         return {"rule": f"self.all(k, {self.condition})", "message": self.message}
 
 
+class ListMapKeys:
+    """Marks a list of objects as a map keyed by these fields (`Annotated[list[...], ListMapKeys("type")]`), as
+    kubebuilder's `+listType=map` and `+listMapKey` do: the server refuses two items with the same keys, and
+    server-side apply merges the items by key instead of owning the list as a whole. Keys must be required fields."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
+
+    def to_schema(self) -> dict[str, Any]:
+        return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(self.keys)}
+
+
 def cel_string(text: str) -> str:
     """`text` as a single-quoted CEL string literal."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kubetune.api.base import ApiModel
+from kubetune.api.base import ApiModel, ListMapKeys
 from kubetune.api.notify import NotificationStatus
 from kubetune.api.types import Stage
 
@@ -160,8 +160,8 @@ class FineTuneRunStatus(ApiModel):
     """The stage running, queued or last finished."""
     progress_text: str | None = None
     """Short progress for `kubectl get`, e.g. `train 120/400 (30%)`."""
-    conditions: list[Condition] = Field(default_factory=list)
-    """Ready, Progressing, Failed, Stalled and StoreReachable conditions."""
+    conditions: Annotated[list[Condition], ListMapKeys("type")] = Field(default_factory=list)
+    """Ready, Progressing, Failed, Stalled and StoreReachable conditions, one of each type."""
     sources: SourcesStatus | None = None
     """What the stages read, resolved to content digests."""
     stages: StagesStatus = Field(default_factory=StagesStatus)

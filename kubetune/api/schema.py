@@ -3,7 +3,7 @@
 Walks pydantic fields directly (not pydantic's JSON schema) so the output is structural by construction: no $ref,
 no anyOf for optionals, `default: {}` on nested objects so the API server applies their defaults too.
 
-Nothing inside a list's items has a `default`: lists are atomic, so a list the server defaulted would differ from the
+Nothing inside a list's items has a `default`: most lists are atomic (the rest are maps keyed by required fields), so a list the server defaulted would differ from the
 one the user applied, and server-side apply could not take it over from client-side apply (a conflict on the very
 same file). Item fields say their default in their description instead; the models still apply it when they parse.
 """
@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from kubetune.api.base import ApiModel, KeyRule
+from kubetune.api.base import ApiModel, KeyRule, ListMapKeys
 
 _SCALARS: dict[type, dict[str, Any]] = {
     str: {"type": "string"},
@@ -74,6 +74,9 @@ def _type_schema(annotation: Any, metadata: list[Any], *, in_list: bool) -> dict
     elif origin is list:
         (item,) = get_args(annotation)
         schema = {"type": "array", "items": _type_schema(item, [], in_list=True)}
+        for marker in metadata:
+            if isinstance(marker, ListMapKeys):
+                schema.update(marker.to_schema())
     elif origin is dict:
         _, value = get_args(annotation)
         schema = {"type": "object", "additionalProperties": _type_schema(value, [], in_list=in_list)}

@@ -126,6 +126,44 @@ def test_cel_rules_ratchet_an_unchanged_value_passes_a_rule_tightened_since(kube
     assert api.patch(f"{WIDGETS_URL}/w1", {"spec": {"min": 1}}).status == 200
 
 
+def test_set_and_map_lists_refuse_a_repeated_item_and_name_its_second_appearance(kube: KubeEmulator,  # noqa: F811
+                                                                                    api: KubeHttp) -> None:
+    crd = widget_crd()
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["tags"] = {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"}
+    spec_schema["properties"]["ports"] = {
+        "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+        "items": {"type": "object", "required": ["name"],
+                  "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}},
+    }
+    kube.apply_crd(crd)
+    tags = api.post(WIDGETS_URL, widget("tags", tags=["a", "b", "a", "a", "b"]))
+    assert tags.status == 422, tags.body
+    assert [c["field"] for c in tags.body["details"]["causes"]] == ["spec.tags[2]", "spec.tags[4]"]
+    assert tags.body["details"]["causes"][0]["message"] == 'Duplicate value: "a"'
+    ports = api.post(WIDGETS_URL, widget("ports", ports=[{"name": "http", "port": 80}, {"name": "http", "port": 81}]))
+    assert ports.status == 422, ports.body
+    assert 'spec.ports[1]: Duplicate value: {"name":"http"}' in ports.body["message"]
+    assert api.post(WIDGETS_URL, widget("ok", tags=["a", "b"], ports=[{"name": "a"}, {"name": "b"}])).status == 201
+
+
+def test_list_uniqueness_ratchets_an_object_stored_with_duplicates_stays_writable(kube: KubeEmulator,  # noqa: F811
+                                                                                   api: KubeHttp) -> None:
+    api.post(WIDGETS_URL, widget("w1", free={"x": 1}))
+    api.patch(f"{WIDGETS_URL}/w1/status", {"status": {"seen": ["a", "a"]}})
+    crd = widget_crd()
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = {
+        "type": "object", "properties": {"seen": {"type": "array", "items": {"type": "string"},
+                                                  "x-kubernetes-list-type": "set"}}}
+    kube.apply_crd(crd)
+    # Stored before the list became a set: writes that keep (or even add to) the duplicates go through, as upstream.
+    assert api.patch(f"{WIDGETS_URL}/w1", {"metadata": {"labels": {"a": "b"}}}).status == 200
+    assert api.patch(f"{WIDGETS_URL}/w1/status", {"status": {"seen": ["a", "a", "b", "b"]}}).status == 200
+    assert api.patch(f"{WIDGETS_URL}/w1/status", {"status": {"seen": ["a", "b"]}}).status == 200
+    again = api.patch(f"{WIDGETS_URL}/w1/status", {"status": {"seen": ["b", "b"]}})
+    assert again.status == 422 and 'status.seen[1]: Duplicate value: "b"' in again.body["message"], again.body
+
+
 # --------------------------------------------------------------------------------------------- read, list, selectors
 
 def test_get_of_a_missing_object_is_a_not_found_status(api: KubeHttp) -> None:
@@ -366,3 +404,8 @@ def test_the_generated_finetunerun_crd_rules_run_server_side_with_metadata_name(
     with pytest.raises(ApiError, match="only to method qlora"):
         kube.create({**run, "metadata": {"name": "lora", "namespace": "default"},
                      "spec": {"training": {"method": "lora", "quantization": {"type": "nf4"}}}})
+    # status.conditions is a map keyed by type (kubebuilder's listType=map): one condition of each type.
+    ready = {"type": "Ready", "status": "False", "reason": "Running", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    with pytest.raises(ApiError, match=r'status.conditions\[1\]: Duplicate value: \{"type":"Ready"\}'):
+        kube.patch_status("ftr", "ok", {"conditions": [ready, {**ready, "status": "True"}]})
+    kube.patch_status("ftr", "ok", {"conditions": [ready, {**ready, "type": "Progressing"}]})

@@ -1,6 +1,7 @@
 """Structural-schema handling of custom resources, as the API server does on every write: prune unknown fields,
-apply defaults, validate the value against the OpenAPI schema (types, enums, bounds, patterns, required), then run the
-CEL `x-kubernetes-validations` unless a blocking error came first. Errors are worded as the server words them
+apply defaults, validate the value against the OpenAPI schema (types, enums, bounds, patterns, required) and the
+uniqueness of its set and map lists (`listtype`), then run the CEL `x-kubernetes-validations` unless a blocking error
+came first. Errors are worded as the server words them
 (`fielderrors`), rule failures honour `fieldPath`, `reason` and `messageExpression`.
 
 CEL rules are ratcheted as in Kubernetes 1.33+: a rule without `oldSelf` is skipped for a value an update leaves
@@ -19,6 +20,7 @@ import celpy
 
 from tests.kube import fielderrors as fe
 from tests.kube.fielderrors import FieldError
+from tests.kube.listtype import list_type_errors
 
 Schema = dict[str, Any]
 MISSING = object()  # no old value: a create, or a field the update adds
@@ -40,17 +42,12 @@ def admit(root: Schema, obj: dict[str, Any], old: dict[str, Any] | None = None) 
     _drop_nulls(root, obj)
     _default(root, obj)
     _prune(root, obj, resource_root=True)
-    old_body = MISSING if old is None else _cel_view(old)
-    return [str(error) for error in validate(root, _cel_view(obj), old_body, fe.ROOT, ratchet=True)]
-
-
-def validate(schema: Schema, value: Any, old: Any, path: str, ratchet: bool) -> list[FieldError]:
-    """The server's order: OpenAPI validation of the whole value, then the CEL rules, which a blocking error
-    (wrong type, unsupported value, missing required field, too long, too many) skips."""
-    errors = openapi_errors(schema, value, path)
+    body, old_body = _cel_view(obj), None if old is None else _cel_view(old)
+    errors = openapi_errors(root, body, fe.ROOT) + list_type_errors(root, body, old_body)
     if any(error.reason in _BLOCKING or error.reason == "FieldValueTypeInvalid" for error in errors):
-        return [*errors, fe.invalid(fe.ROOT, None, _BLOCKED + "complete validation")]
-    return errors + cel_errors(schema, value, old, path, ratchet)
+        return [str(error) for error in [*errors, fe.invalid(fe.ROOT, None, _BLOCKED + "complete validation")]]
+    errors += cel_errors(root, body, MISSING if old_body is None else old_body, fe.ROOT, ratchet=True)
+    return [str(error) for error in errors]
 
 
 def openapi_errors(schema: Schema, value: Any, path: str) -> list[FieldError]:
