@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.llama.answer import REPLY_PREFIX
 from kubetune.local import STATE_DIR
 from kubetune.stages import KEY_PREFIX_LENGTH
-from kubetune.store import open_store, read_manifest
+from kubetune.state_files import StateFileError
+from kubetune.store import LocalStore, ManifestError, NotAnObjectError, open_store, read_manifest
+from kubetune.store.verify import output_problem
 
 _KEY_PREFIX = re.compile(f"[0-9a-f]{{{KEY_PREFIX_LENGTH}}}")  # a stage output's folder (stages.py)
 PREFERRED_TYPES = ("q8_0", "f16", "bf16", "f32", "q6_k", "q5_k_m", "q4_k_m")
@@ -72,6 +74,8 @@ def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
 
     try:
         prefix = _convert_folder(load_status(run.name, run.namespace, STATE_DIR), run)
+    except StateFileError:
+        raise  # it names the file and what is wrong with it
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
         # status.json is kubetune run's own file: one edited or cut short by hand says so, not a traceback.
         raise ValueError(f"{status_path(run.name, run.namespace, STATE_DIR)}: not a status kubetune run wrote "
@@ -80,15 +84,27 @@ def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
         raise ValueError(f"{run.namespace}/{run.name} has no GGUF yet: run `kubetune run` first")
     uri = store_uri or run.spec.storage.uri or str((STATE_DIR / "store").resolve())
     store = open_store(uri)
-    manifest = read_manifest(store, f"{run.namespace}/{run.name}/{prefix}")
+    folder = f"{run.namespace}/{run.name}/{prefix}"
+    try:
+        manifest = read_manifest(store, folder)
+    except (ManifestError, NotAnObjectError) as error:
+        raise ValueError(f"{error}; run `kubetune run` again to rebuild it") from None
     if manifest is None:
-        raise ValueError(f"the convert output of {run.name} is missing from {uri}")
+        raise ValueError(f"the convert output of {run.name} is missing from {uri}: run `kubetune run` again to "
+                         "rebuild it")
     files = {f.path: f for f in manifest.files if f.path.endswith(".gguf")}
+    if not files:
+        raise ValueError(f"{store.uri_for(folder)}/manifest.json lists no GGUF: run `kubetune run` again")
     chosen = next((p for t in PREFERRED_TYPES for p in files if p.lower().endswith(f"{t}.gguf")), next(iter(files)))
-    local = Path(store.uri_for(f"{run.namespace}/{run.name}/{prefix}/{chosen}").removeprefix("file://"))
-    if not local.is_file():
-        raise ValueError(f"{chosen} is in an s3:// store; download it first or pass a local GGUF file")
-    return Target(local, f"fine-tuned {chosen}", tuple(run.spec.training.stop_sequences))
+    if isinstance(store, LocalStore):
+        # Only the file the convert stage published, as it published it: never a link out of the store, never bytes
+        # changed since (`kubetune run` would build them again rather than reuse them).
+        problem = output_problem(store, folder, replace(manifest, files=(files[chosen],)))
+        if problem is not None:
+            raise ValueError(f"{problem}; run `kubetune run` again to rebuild it")
+        local = store.regular_file(f"{folder}/{chosen}")
+        return Target(local, f"fine-tuned {chosen}", tuple(run.spec.training.stop_sequences))
+    raise ValueError(f"{chosen} is in an s3:// store; download it first or pass a local GGUF file")
 
 
 def _convert_folder(document: Any, run: FineTuneRun) -> str | None:

@@ -46,8 +46,18 @@ from kubetune.runconfig import RunConfig, StoreConfig
 from kubetune.sources import SourceError, Sources, resolve_sources
 from kubetune.stage_launcher import StageLauncher, StageProcess
 from kubetune.stages import StageRef
-from kubetune.store import Manifest, Store, content_digest, open_store, read_manifest
+from kubetune.state_files import append_lines, check_run_folder, write_state_file
+from kubetune.store import (
+    Manifest,
+    ManifestError,
+    NotAnObjectError,
+    Store,
+    content_digest,
+    open_store,
+    read_manifest,
+)
 from kubetune.store.local import LocalStore
+from kubetune.store.verify import output_problem
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 143
 PROGRESS_SECONDS = 0.5  # how often the progress view is redrawn while a stage runs
@@ -119,6 +129,7 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
         opened.check_writable()
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
+    check_run_folder(state_dir)  # a link or folder in place of its files: one line, before anything is written
     return LocalRun(run, config, opened, state_dir, StageLauncher(state_dir))
 
 
@@ -139,8 +150,8 @@ def _execute(local: LocalRun, from_stage: str | None, to_stage: str | None = Non
                 return EXIT_CONFIG
         elif isinstance(action, Lookup):
             local.refs[action.stage] = action.ref
-            if action.stage not in forced:
-                _look_up(local, action.ref)
+            if action.stage not in forced and not _look_up(local, action.ref, action.stage):
+                forced.add(action.stage)  # a damaged output is built afresh, as --from-stage would
             local.looked_up.add(action.ref.key)
         elif isinstance(action, CreateJob):
             if STAGES.index(action.stage) > last:
@@ -204,11 +215,25 @@ def _resolve(local: LocalRun) -> Sources:
     return sources
 
 
-def _look_up(local: LocalRun, ref: StageRef) -> None:
-    manifest = read_manifest(local.store, ref.prefix)
+def _look_up(local: LocalRun, ref: StageRef, stage: str, *, just_published: bool = False) -> bool:
+    """Record the stage's published output for its key, if there is one; False when one is there but damaged (a
+    manifest that is no manifest, a file it lists missing or changed): never reused, the stage runs again."""
+    try:
+        manifest = read_manifest(local.store, ref.prefix)
+        problem = None
+        if manifest is not None and manifest.input_key == ref.key and not just_published:
+            cache = DigestCache(STATE_DIR.resolve() / DIGEST_CACHE)
+            problem = output_problem(local.store, ref.prefix, manifest, cache.sha256)
+            cache.save()
+    except (ManifestError, NotAnObjectError) as error:
+        problem = str(error)
+    if problem is not None:
+        print(f"kubetune: {problem}; building the {stage} stage's output again", file=sys.stderr)
+        return False
     if manifest is not None and manifest.input_key == ref.key:
         local.outputs[ref.key] = Output(ref.key, content_digest(manifest))
         local.manifests[manifest.stage] = manifest
+    return True
 
 
 def record_status(local: LocalRun, step: Plan) -> None:
@@ -232,14 +257,12 @@ def record_status(local: LocalRun, step: Plan) -> None:
     if local.notices is not None:
         local.notices.transitions(update.transitions, update.status, utc_now(), lambda: _gate_failure(local))
     if update.transitions:  # what the operator posts as Events: kept for `kubetune ui`
-        with (local.state_dir / "events.jsonl").open("a", encoding="utf-8") as events:
-            events.writelines(json.dumps({"lastTimestamp": utc_now(),
-                                          "type": t.type, "reason": t.reason, "message": t.message}) + "\n"
-                              for t in update.transitions)
+        append_lines(local.state_dir / "events.jsonl",
+                     [json.dumps({"lastTimestamp": utc_now(), "type": t.type, "reason": t.reason,
+                                  "message": t.message}) + "\n" for t in update.transitions])
     document = {**local.run.manifest(), "status": update.status}
     document["metadata"]["creationTimestamp"] = local.status_created
-    path = local.state_dir / "status.json"
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_state_file(local.state_dir / "status.json", json.dumps(document, indent=2) + "\n")
 
 
 def _gate_failure(local: LocalRun) -> GateFailure | None:
@@ -263,7 +286,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
         sources=local.sources,
     )
     run_json = local.state_dir / f"{stage}.run.json"
-    run_json.write_text(config.dumps(), encoding="utf-8")
+    write_state_file(run_json, config.dumps())
     log_path = local.state_dir / f"{stage}.log"
     started = time.monotonic()
     local.job_times[action.name] = (utc_now(), None)
@@ -293,7 +316,7 @@ def _run_stage(local: LocalRun, action: CreateJob, view: ProgressView, step: obj
     local.jobs.append(JobState(action.name, stage, action.ref.key, action.attempt, phase,
                                config_error=code == EXIT_CONFIG, message=reason))
     if code == 0:
-        _look_up(local, action.ref)
+        _look_up(local, action.ref, stage, just_published=True)
         local.looked_up.add(action.ref.key)
         # Its outputs are in the store now; a failed or stopped stage's scratch stays for a look.
         shutil.rmtree(local.workdir / stage, ignore_errors=True)

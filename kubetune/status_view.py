@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.crd import PRINTER_COLUMNS
 from kubetune.progress_view import format_duration
+from kubetune.state_files import read_state_json
 
 STATE_DIR = Path(".kubetune")
 
@@ -18,10 +18,13 @@ def status_path(name: str, namespace: str = "default", state_dir: Path = STATE_D
 
 
 def load_status(name: str, namespace: str = "default", state_dir: Path = STATE_DIR) -> dict[str, Any]:
+    """The run's status.json; StateFileError (a ValueError) naming it when it is no file kubetune run wrote."""
     path = status_path(name, namespace, state_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no local run {namespace}/{name} (looked for {path}); start it with `kubetune run`")
-    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        document: dict[str, Any] = read_state_json(path, state_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no local run {namespace}/{name} (looked for {path}); start it with "
+                                "`kubetune run`") from None
     return document
 
 

@@ -6,6 +6,7 @@ from kubetune.store.base import Download, ObjectInfo, Store, Upload
 from kubetune.store.errors import (
     BucketNotFoundError,
     IntegrityError,
+    NotAnObjectError,
     ObjectNotFoundError,
     StoreAccessDeniedError,
     StoreAccessError,
@@ -55,6 +56,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestFile",
+    "NotAnObjectError",
     "ObjectInfo",
     "ObjectNotFoundError",
     "S3Settings",

@@ -64,3 +64,12 @@ class IntegrityError(StoreError):
         self.uri = uri
         self.expected = expected
         self.actual = actual
+
+
+class NotAnObjectError(StoreError):
+    """What sits at a key in a local store is no file the store wrote: a symbolic link (which may lead anywhere, or
+    to /dev/zero), a folder, a device or a pipe. Never followed or read."""
+
+    def __init__(self, uri: str, what: str) -> None:
+        super().__init__(f"{uri} is {what}, not a file kubetune wrote (a store holds only regular files)")
+        self.uri = uri

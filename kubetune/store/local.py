@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from kubetune.store.base import ObjectInfo, Store
-from kubetune.store.errors import IntegrityError, ObjectNotFoundError, StoreConfigError
+from kubetune.store.errors import IntegrityError, NotAnObjectError, ObjectNotFoundError, StoreConfigError
 from kubetune.store.hashing import CHUNK_SIZE
 from kubetune.store.keys import TEMP_MARKER, validate_key, validate_prefix
 from kubetune.store.localfiles import atomic_destination
@@ -51,24 +53,33 @@ class LocalStore(Store):
         self._write(key, io.BytesIO(data))
 
     def get_file(self, key: str, path: str | os.PathLike[str], *, sha256: str | None = None) -> None:
-        source_path = self._existing(key)
         digest = hashlib.sha256()
         with atomic_destination(Path(path)) as temp:
-            with source_path.open("rb") as source, temp.open("wb") as target:
+            with self._open(key) as source, temp.open("wb") as target:
                 _copy(source, target, digest)
             if sha256 is not None and digest.hexdigest() != sha256.lower():
                 raise IntegrityError(self.uri_for(key), sha256, digest.hexdigest())
 
     def get_bytes(self, key: str) -> bytes:
-        return self._existing(key).read_bytes()
+        with self._open(key) as source:
+            return source.read()
 
     def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        with self._existing(key).open("rb") as source:
+        with self._open(key) as source:
             while chunk := source.read(chunk_size):
                 yield chunk
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self._path(key)).st_mode) and self._confined(self._path(key))
+        except OSError:
+            return False
+
+    def regular_file(self, key: str) -> Path:
+        """The path of the object at ``key`` for a reader that needs a path (llama.cpp): a regular file inside the
+        root, reached through no symbolic link (``ObjectNotFoundError``, ``NotAnObjectError``)."""
+        with self._open(key):
+            return self._path(key)
 
     def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         prefix = validate_prefix(prefix)
@@ -81,7 +92,9 @@ class LocalStore(Store):
                 if name.startswith(TEMP_MARKER):
                     continue  # an in-flight (or crashed) write, not an object
                 path = Path(folder, name)
-                found.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode):  # a symlink, pipe or device is nothing the store wrote
+                    found.append(ObjectInfo(path.relative_to(self.root).as_posix(), info.st_size))
         return sorted(found)
 
     def delete(self, key: str) -> None:
@@ -104,11 +117,34 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _existing(self, key: str) -> Path:
+    def _open(self, key: str) -> BinaryIO:
+        """The object's file, opened for reading. Only a regular file the store could have written is read: a
+        symlink (to a file out of the store, to /dev/zero), a folder in a symlinked path, a pipe (a read that never
+        ends) or a device is refused, never followed."""
         path = self._path(key)
-        if not path.is_file():
-            raise ObjectNotFoundError(self.uri_for(key))
-        return path
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(self.uri_for(key)) from None
+        except OSError as error:
+            if error.errno == errno.ENOTDIR:  # a file where a folder of the key should be
+                raise ObjectNotFoundError(self.uri_for(key)) from None
+            if error.errno == errno.ELOOP:
+                raise NotAnObjectError(self.uri_for(key), "a symbolic link") from None
+            raise
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode) or not self._confined(path):
+            os.close(descriptor)
+            what = "a folder" if stat.S_ISDIR(mode) else "a pipe, socket or device" if not stat.S_ISREG(mode) \
+                else "reached through a symbolically linked folder"
+            raise NotAnObjectError(self.uri_for(key), what)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+
+    def _confined(self, path: Path) -> bool:
+        """Whether no symlink between the root and `path` leads elsewhere (the root itself may be one)."""
+        real_root = os.path.realpath(self.root)
+        return os.path.realpath(path) == os.path.join(real_root, path.relative_to(self.root))
 
     def _write(self, key: str, source: BinaryIO) -> None:
         target = self._path(key)

@@ -22,11 +22,14 @@ from kubetune.store.base import Download, Store, Upload, local_files
 from kubetune.store.errors import ObjectNotFoundError, StoreError
 from kubetune.store.hashing import sha256_file
 from kubetune.store.keys import join_key, validate_key, validate_prefix
+from kubetune.store.local import LocalStore
 
 MANIFEST_NAME = "manifest.json"
 # Provenance beside the output (jobs/lineage.py): a time, a host, a run. Listed and verified, but not content.
 LINEAGE_NAME = "lineage.json"
 SCHEMA_VERSION = 1
+# Far above any real manifest (a few hundred bytes a file): a bigger one is read no further than this.
+MAX_MANIFEST_BYTES = 64 << 20
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = {"schema", "stage", "inputKey", "createdAt", "files", "metadata"}
@@ -161,7 +164,7 @@ def read_manifest(store: Store, prefix: str) -> Manifest | None:
     """The manifest published at ``prefix``, or None when there is none (the output is absent or incomplete)."""
     key = join_key(prefix, MANIFEST_NAME)
     try:
-        raw = store.get_bytes(key)
+        raw = _read_bounded(store, key)
     except ObjectNotFoundError:
         return None
     try:
@@ -183,6 +186,20 @@ def fetch(store: Store, prefix: str, dest: str | os.PathLike[str], manifest: Man
             raise ObjectNotFoundError(store.uri_for(join_key(prefix, MANIFEST_NAME)))
     store.get_files([Download(join_key(prefix, f.path), Path(dest, f.path), f.sha256) for f in manifest.files])
     return manifest
+
+
+def _read_bounded(store: Store, key: str) -> bytes:
+    """The manifest's bytes; a local one (which may be any file: a hand-made copy of a disk image, say) is read no
+    further than MAX_MANIFEST_BYTES. A backend's own get_bytes keeps its retries of a dropped connection."""
+    if not isinstance(store, LocalStore):
+        return store.get_bytes(key)
+    chunks, size = [], 0
+    for chunk in store.read_chunks(key):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"invalid manifest at {store.uri_for(key)}: larger than {MAX_MANIFEST_BYTES} bytes")
+    return b"".join(chunks)
 
 
 def _parse_file(entry: Any) -> ManifestFile:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kubetune.state_files import read_state_bytes, read_state_json
 from kubetune.store import Store, StoreError, open_store
 from kubetune.webview.collect import RunReader, summary
 from kubetune.webview.model import FetchedFile, NotFound, RunPage, RunSummary
@@ -24,7 +25,7 @@ class LocalRuns:
     def runs(self) -> list[RunSummary]:
         found = []
         for path in sorted((self.state_dir / "runs").glob(f"*/*/{STATUS_FILE}")):
-            document = _read_json(path)
+            document = _read_json(path, self.state_dir)
             if isinstance(document, dict):
                 found.append(summary(document))
         return found
@@ -44,7 +45,7 @@ class LocalRuns:
         return folder
 
     def _reader(self, namespace: str, name: str) -> RunReader:
-        document = _read_json(self._folder(namespace, name) / STATUS_FILE)
+        document = _read_json(self._folder(namespace, name) / STATUS_FILE, self.state_dir)
         if not isinstance(document, dict):
             raise NotFound(f"{namespace}/{name}: its {STATUS_FILE} is not one kubetune run wrote")
         store, problems = self._store(document)
@@ -61,10 +62,12 @@ class LocalRuns:
 
     def _events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         path = self._folder(namespace, name) / EVENTS_FILE
-        if not path.is_file():
-            return []
+        try:
+            raw = read_state_bytes(path, self.state_dir)
+        except (OSError, ValueError):
+            return []  # none yet, or nothing kubetune run wrote (a link, a folder, a huge file): no events to show
         events = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in raw.decode("utf-8", errors="replace").splitlines():
             try:
                 event = json.loads(line)
             except ValueError:
@@ -74,8 +77,8 @@ class LocalRuns:
         return events
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, state_dir: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_state_json(path, state_dir)
     except (OSError, ValueError):
         return None
