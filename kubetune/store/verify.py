@@ -20,9 +20,10 @@ from kubetune.store.manifest import Manifest
 
 
 def output_problem(store: Store, prefix: str, manifest: Manifest,
-                   sha256_of: Callable[[Path], str] | None = None) -> str | None:
-    """What is wrong with the output at `prefix` (one line naming the file), or None when every listed file is whole."""
-    if isinstance(store, LocalStore):
+                   sha256_of: Callable[[Path], str] | None = None, *, sizes_only: bool = False) -> str | None:
+    """What is wrong with the output at `prefix` (one line naming the file), or None when every listed file is whole.
+    `sizes_only`: every store is checked as S3 is, from one listing (a page drawn again every few seconds)."""
+    if isinstance(store, LocalStore) and not sizes_only:
         return _local_problem(store, prefix, manifest, sha256_of)
     sizes = {info.key: info.size for info in store.list(prefix)}
     for entry in manifest.files:

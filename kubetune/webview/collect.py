@@ -17,6 +17,7 @@ from typing import Any
 from kubetune.api.types import STAGES
 from kubetune.stages import KEY_PREFIX_LENGTH
 from kubetune.store import (
+    MANIFEST_NAME,
     Manifest,
     ManifestError,
     ObjectNotFoundError,
@@ -25,6 +26,7 @@ from kubetune.store import (
     join_key,
     read_manifest,
 )
+from kubetune.store.verify import output_problem
 from kubetune.webview.model import (
     EventRow,
     FetchedFile,
@@ -109,6 +111,7 @@ class RunReader:
         self.store = store
         self.problems = list(problems or [])
         self._prefixes: dict[str, str | None] = {}
+        self._checked: set[str] = set()  # stages whose published files were checked against their manifest
 
     def prefix(self, stage: str) -> str | None:
         if stage not in self._prefixes:
@@ -180,6 +183,18 @@ class RunReader:
             return None
         store = self.store
         found: Manifest | None = self._read(f"{stage} manifest", lambda: read_manifest(store, prefix))
+        if stage not in self._checked:
+            # A file deleted or cut short since it was published, or the whole output: said once.
+            self._checked.add(stage)
+            if found is not None:
+                problem = self._read(f"{stage} output", lambda: output_problem(store, prefix, found, sizes_only=True))
+            elif output_folder(self.summary.namespace, self.summary.name, stage,
+                               mapping(mapping(self.status.get("stages")).get(stage))):
+                problem = f"{store.uri_for(join_key(prefix, MANIFEST_NAME))}: missing, though the run published it"
+            else:
+                problem = None  # not published yet
+            if problem:
+                self.problems.append(problem)
         return found
 
     def _json(self, key: str) -> Any:
