@@ -22,7 +22,6 @@ from kubetune.api.validate import FineTuneRun, load_runs
 from kubetune.llama.answer import REPLY_PREFIX
 from kubetune.local import STATE_DIR
 from kubetune.stages import KEY_PREFIX_LENGTH
-from kubetune.state_files import StateFileError
 from kubetune.store import LocalStore, ManifestError, NotAnObjectError, open_store, read_manifest
 from kubetune.store.verify import output_problem
 
@@ -74,8 +73,6 @@ def run_target(run: FineTuneRun, store_uri: str | None) -> Target:
 
     try:
         prefix = _convert_folder(load_status(run.name, run.namespace, STATE_DIR), run)
-    except StateFileError:
-        raise  # it names the file and what is wrong with it
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
         # status.json is kubetune run's own file: one edited or cut short by hand says so, not a traceback.
         raise ValueError(f"{status_path(run.name, run.namespace, STATE_DIR)}: not a status kubetune run wrote "

@@ -128,8 +128,8 @@ def _prepare(run: FineTuneRun, store: str | None) -> LocalRun:
     if isinstance(opened, LocalStore):
         opened.check_writable()
     state_dir = (STATE_DIR / "runs" / run.namespace / run.name).resolve()
+    check_run_folder(STATE_DIR / "runs" / run.namespace / run.name, STATE_DIR)  # before anything is made or written
     state_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad URI leaves nothing behind
-    check_run_folder(state_dir)  # a link or folder in place of its files: one line, before anything is written
     return LocalRun(run, config, opened, state_dir, StageLauncher(state_dir))
 
 

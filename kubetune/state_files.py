@@ -22,8 +22,9 @@ RUN_FILES = ("status.json", "events.jsonl", "stage-server.log")
 RUN_FILE_SUFFIXES = (".log", ".run.json")
 
 
-class StateFileError(ValueError):
-    """A state file that cannot be what kubetune wrote; the message names it and says what to do."""
+class StateFileError(OSError):
+    """A state file that cannot be what kubetune wrote; the message names it and says what to do. An OSError (the
+    file, not its content, is wrong): the CLI prints the message as it is."""
 
 
 def kind_of(mode: int) -> str:
@@ -35,13 +36,14 @@ def kind_of(mode: int) -> str:
 
 
 def read_state_json(path: Path, root: Path) -> Any:
-    """The JSON in `path` (read as read_state_bytes reads it); StateFileError naming the file when it is no JSON."""
+    """The JSON in `path`, a status (read as read_state_bytes reads it); StateFileError naming the file when it is no
+    JSON."""
     raw = read_state_bytes(path, root)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as error:  # ValueError covers UnicodeDecodeError
         reason = "empty" if not raw.strip() else f"not JSON ({type(error).__name__})"
-        raise StateFileError(f"{path}: {reason}, not a file kubetune run wrote; run `kubetune run` again to "
+        raise StateFileError(f"{path}: {reason}, not a status kubetune run wrote; run `kubetune run` again to "
                              "rewrite it") from None
 
 
@@ -70,9 +72,16 @@ def read_state_bytes(path: Path, root: Path) -> bytes:
         return handle.read(MAX_STATE_BYTES + 1)
 
 
-def check_run_folder(folder: Path) -> None:
-    """Before `kubetune run` writes anything there: each of its files that exists must be a regular file (it replaces
-    or appends to them, and must neither write through a link nor remove a folder it did not make)."""
+def check_run_folder(folder: Path, root: Path) -> None:
+    """Before `kubetune run` writes anything in a run's folder under the state folder `root`: the folder must not lead
+    out of `root` (a symlinked folder: `kubetune status` and the view would refuse what it wrote), and each of its
+    files that exists must be a regular file (it replaces or appends to them, and must neither write through a link
+    nor remove a folder it did not make)."""
+    real = os.path.realpath(folder)
+    if not Path(real).is_relative_to(os.path.realpath(root)):
+        raise StateFileError(f"{folder}: leads to {real}, outside {root} (a symbolic link?): remove it")
+    if not os.path.isdir(folder):
+        return  # made afresh (or, a file in the way, refused by the mkdir that follows)
     for entry in os.scandir(folder):
         if entry.name in RUN_FILES or entry.name.endswith(RUN_FILE_SUFFIXES):
             mode = entry.stat(follow_symlinks=False).st_mode

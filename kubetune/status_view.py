@@ -18,7 +18,7 @@ def status_path(name: str, namespace: str = "default", state_dir: Path = STATE_D
 
 
 def load_status(name: str, namespace: str = "default", state_dir: Path = STATE_DIR) -> dict[str, Any]:
-    """The run's status.json; StateFileError (a ValueError) naming it when it is no file kubetune run wrote."""
+    """The run's status.json; StateFileError (an OSError) naming it when it is no file kubetune run wrote."""
     path = status_path(name, namespace, state_dir)
     try:
         document: dict[str, Any] = read_state_json(path, state_dir)

@@ -274,6 +274,20 @@ def test_kubetune_run_rewrites_a_damaged_state_file_or_refuses_one_it_would_writ
         assert document["status"]["stages"]["dataset"]["phase"] == "Cached"
 
 
+@pytest.mark.parametrize("where", ["runs/default/hostile", "runs/default", "runs"])
+def test_a_run_folder_linked_out_of_the_state_folder_is_refused_by_every_command(finished: Finished,
+                                                                                 where: str) -> None:
+    with finished.copy() as root:
+        linked, elsewhere = root / ".kubetune" / where, root.parent / "elsewhere"
+        shutil.move(linked, elsewhere)
+        linked.symlink_to(elsewhere, target_is_directory=True)
+        before = sorted(p.name for p in elsewhere.rglob("*"))
+        for command in (RUN, ("status", "hostile"), ("ask", "run.yaml", "Who are you?", "--store", "store")):
+            code, err = kubetune(*command)
+            assert code == 2 and err[-1].startswith("kubetune: ") and "outside .kubetune" in err[-1], (command, err)
+        assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing written there
+
+
 @given(cut=st.integers(1, 200))
 def test_events_cut_short_by_a_stop_do_not_swallow_the_next_run_s_events(finished: Finished, cut: int) -> None:
     with finished.copy() as root:
