@@ -210,21 +210,25 @@ class KubeApi:
     # --- events -------------------------------------------------------------------------------------------------
 
     async def post_event(self, run: Obj, kind: str, reason: str, message: str, now: str) -> None:
-        meta = run["metadata"]
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": t.API_VERSION, "kind": t.KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid", "")},
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": labels.MANAGED_BY},
-            "reportingComponent": f"{t.GROUP}/operator",
-            "reportingInstance": self.instance[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        await self.create(event)
+        await self.create(event_manifest(run, kind, reason, message, now, self.instance))
+
+
+def event_manifest(run: Obj, kind: str, reason: str, message: str, now: str, instance: str) -> Obj:
+    """A core/v1 Event about `run`, as posted by `instance` (this operator's host). Pure."""
+    meta = run["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": t.API_VERSION, "kind": t.KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+        "type": kind,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": labels.MANAGED_BY},
+        "reportingComponent": f"{t.GROUP}/operator",
+        "reportingInstance": instance[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

@@ -24,6 +24,9 @@ MAX_STAGE_OUTPUTS = 20
 # The files that say what a stage produced, listed first when a stage has many (checkpoints, tokenizer files…).
 MAIN_SUFFIXES = (".gguf", ".safetensors", ".jsonl", ".png", ".json", ".md")
 ACTIVE_PHASES = ("Pending", "Queued", "Running")
+# status.conditions[].message's maxLength (run_status.Condition): a longer reason (an API server's refusal quotes the
+# values it refused) is cut, or the status could never be written and the run would stay as it was.
+CONDITION_MESSAGE_MAX = 32768
 TRAINING_FIELDS = {
     "step": "step", "totalSteps": "total_steps", "epoch": "epoch", "loss": "loss", "learningRate": "learning_rate",
     "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds", "lastCheckpoint": "last_checkpoint",
@@ -217,7 +220,7 @@ def _conditions(phase: rs.RunPhase, stage: str | None, message: str | None, inpu
     for kind, (value, reason, text) in values.items():
         before = previous.get(kind) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else None
-        conditions.append(rs.Condition(type=kind, status=value, reason=reason, message=text,
+        conditions.append(rs.Condition(type=kind, status=value, reason=reason, message=text[:CONDITION_MESSAGE_MAX],
                                       last_transition_time=since or inputs.now,
                                       observed_generation=inputs.generation))
     return conditions

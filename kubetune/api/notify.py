@@ -14,7 +14,7 @@ from kubetune.api.base import ApiModel
 
 # The same patterns as types.SecretKeyRef (which this module cannot import: types imports it).
 _SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+_SECRET_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 
 NotifyEvent = Literal["RunStarted", "StageSucceeded", "StageFailed", "GateFailed", "RunSucceeded", "RunFailed"]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (

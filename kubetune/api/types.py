@@ -117,6 +117,9 @@ PLACEHOLDER_KEYS = KeyRule(f"k.matches({cel_string(PLACEHOLDER_NAME)})", f"keys 
 CATEGORY_NAME = r"^[a-z0-9_]+$"
 CHECKPOINT_NAME = r"^checkpoint-[0-9]{8}$"
 IMAGE = r"^[!-~]+$"  # printable ASCII, no space
+# A Secret's (or ConfigMap's) data key as the API server allows it (IsConfigMapKey): not '.' or '..', and not
+# starting with '..' either (a pod's secretKeyRef naming such a key is refused, so its Job could never be created).
+SECRET_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 
 Dtype16 = Literal["bfloat16", "float16", "float32"]
 GgufType = Literal[
@@ -130,8 +133,8 @@ class SecretKeyRef(ApiModel):
 
     name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
     """Name of the Secret."""
-    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
-    """Key within the Secret."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY)]
+    """Key within the Secret (letters, digits, '-', '_', '.'; not '.' or '..' nor starting with '..')."""
 
 
 class BaseModelSpec(ApiModel):
