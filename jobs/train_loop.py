@@ -125,13 +125,27 @@ def save_training_state(folder: Path, optimizer: Optimizer, scheduler: LRSchedul
     (folder / STATE_FILE).write_text(json.dumps(state.to_json(), indent=1), encoding="utf-8")
 
 
+# How an optimizer computes its update, not what it learnt: its own choice for this device and mode.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: Optimizer, state: dict[str, Any]) -> None:
+    """Moments, step counts and rates from a checkpoint, keeping the optimizer's own implementation flags: a state
+    dict's param groups carry those of the optimizer that saved it (the lean mode's HostAdamW, a CPU run's), and
+    loading them as they are would turn a fused CUDA AdamW into the per-tensor loop, slower and rounding apart."""
+    own = [{flag: group[flag] for flag in IMPLEMENTATION_FLAGS if flag in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, own, strict=True):
+        group.update(flags)
+
+
 def load_trainer_state(folder: Path) -> TrainerState:
     return TrainerState.from_json(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
 
 
 def restore_training_state(folder: Path, optimizer: Optimizer, scheduler: LRScheduler) -> None:
     """Optimizer, scheduler position and RNG streams as they were when the checkpoint was taken."""
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
+    load_optimizer_state(optimizer, torch.load(folder / OPTIMIZER_FILE, weights_only=True))
     scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
     rng = torch.load(folder / RNG_FILE, weights_only=False)  # our own file: holds Python's random state tuple
     random.setstate(rng["python"])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, Qwen2Config
 
 from kubetune.jobs.train_host_state import HostAdamW, embedding_on_host, keep_input_embedding_on_host
-from kubetune.jobs.train_loop import LoopSettings, make_optimizer
+from kubetune.jobs.train_loop import LoopSettings, load_optimizer_state, make_optimizer
 from kubetune.jobs.train_model import LoadedModel, build_model
 from tests.unit.test_train_offload import SHAPE, Lora, load, tiny_model, two_steps
 
@@ -162,7 +162,9 @@ def test_host_adamw_checkpoints_resume_with_either_optimizer() -> None:
         train(before, params, range(3))
         saved = before.state_dict()
         after = second(params, lr=0.1, weight_decay=0.01)
-        after.load_state_dict(saved)
+        load_optimizer_state(after, saved)  # as the train stage resumes
+        # The saver's implementation flags stay behind: a fused AdamW resumed from the lean mode's state stays fused.
+        assert after.param_groups[0]["fused"] is (True if second is fused_adamw else None)
         train(after, params, range(3, 6))
         for param, reference in zip(params, straight, strict=True):
             assert torch.equal(param, reference), f"{first.__name__} -> {second.__name__}"
