@@ -59,7 +59,10 @@ class RunConfig:
             **({"sources": self.sources.to_json()} if self.sources is not None else {}),
         }
 
-    def dumps(self) -> str:
+    def dumps(self, *, compact: bool = False) -> str:
+        """Indented for a person to read; `compact`: one line of UTF-8 (no \\u escapes), the least room it takes."""
+        if compact:
+            return json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
     @classmethod

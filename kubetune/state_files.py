@@ -5,7 +5,6 @@ huge) is one line naming the file, never a read of something elsewhere, a write 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -13,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kubetune.store.localfiles import atomic_destination
+from kubetune.store.localfiles import NotRegularFileError, atomic_destination, kind_of, open_regular
 
 # A status is a few kilobytes; anything past this is not one kubetune wrote, and is not read into memory.
 MAX_STATE_BYTES = 16 << 20
@@ -25,14 +24,6 @@ RUN_FILE_SUFFIXES = (".log", ".run.json")
 class StateFileError(OSError):
     """A state file that cannot be what kubetune wrote; the message names it and says what to do. An OSError (the
     file, not its content, is wrong): the CLI prints the message as it is."""
-
-
-def kind_of(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "a pipe, socket or device"
 
 
 def read_state_json(path: Path, root: Path) -> Any:
@@ -51,25 +42,29 @@ def read_state_bytes(path: Path, root: Path) -> bytes:
     """The bytes of `path`, a file under the state folder `root`: only a regular file reached through no symlink that
     leads out of `root` (which may itself be a link), at most MAX_STATE_BYTES. FileNotFoundError when there is none;
     StateFileError naming the file for anything else."""
+    _check_inside(path, root)
+    try:
+        handle = open_regular(path)
+    except NotRegularFileError as error:
+        raise StateFileError(f"{path}: {error.what}, not a file kubetune run wrote: remove it") from None
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise StateFileError(f"{path}: cannot be read ({error.strerror}), not a file kubetune run wrote: "
+                             "remove it") from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_STATE_BYTES:
+            raise StateFileError(f"{path}: {size} bytes, far more than kubetune run writes, not a file kubetune run "
+                                 "wrote: remove it")
+        return handle.read(MAX_STATE_BYTES + 1)
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    """`path` must not lead out of the state folder `root` through a symlink (`root` itself may be one)."""
     real = os.path.realpath(path)
     if not Path(real).is_relative_to(os.path.realpath(root)):
         raise StateFileError(f"{path}: leads to {real}, outside {root} (a symbolic link?): remove it")
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        what = "a symbolic link" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
-        raise StateFileError(f"{path}: {what}, not a file kubetune run wrote: remove it") from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STATE_BYTES:
-        os.close(descriptor)  # before fdopen, which refuses a folder with an error naming the descriptor, not the file
-        what = kind_of(info.st_mode) if not stat.S_ISREG(info.st_mode) else \
-            f"{info.st_size} bytes, far more than kubetune run writes"
-        raise StateFileError(f"{path}: {what}, not a file kubetune run wrote: remove it")
-    os.set_blocking(descriptor, True)
-    with os.fdopen(descriptor, "rb") as handle:
-        return handle.read(MAX_STATE_BYTES + 1)
 
 
 def check_run_folder(folder: Path, root: Path) -> None:
@@ -77,9 +72,7 @@ def check_run_folder(folder: Path, root: Path) -> None:
     out of `root` (a symlinked folder: `kubetune status` and the view would refuse what it wrote), and each of its
     files that exists must be a regular file (it replaces or appends to them, and must neither write through a link
     nor remove a folder it did not make)."""
-    real = os.path.realpath(folder)
-    if not Path(real).is_relative_to(os.path.realpath(root)):
-        raise StateFileError(f"{folder}: leads to {real}, outside {root} (a symbolic link?): remove it")
+    _check_inside(folder, root)
     if not os.path.isdir(folder):
         return  # made afresh (or, a file in the way, refused by the mkdir that follows)
     for entry in os.scandir(folder):

@@ -10,7 +10,6 @@ each running `NPROC_PER_NODE` ranks (its GPUs) that meet at the rendezvous on po
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,9 +141,9 @@ def build(
     stages[stage] = action.ref
     config = RunConfig(name=run.name, namespace=run.namespace, uid=run.uid, spec=run.spec,
                        store=resolve_store(run.spec.storage, settings), stages=stages, sources=sources)
-    # Compact UTF-8: the ConfigMap holds as much of a spec as the API server stores (as RunConfig.dumps() writes it,
-    # indented with \u escapes, a spec of 300 KB of non-ASCII text came to more than the 1 MiB a ConfigMap holds).
-    run_json = json.dumps(config.to_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    # Compact: the ConfigMap holds as much of a spec as the API server stores (indented with \u escapes, a spec of
+    # 300 KB of non-ASCII text came to more than the 1 MiB a ConfigMap holds).
+    run_json = config.dumps(compact=True)
     size = len(RUN_JSON) + len(run_json.encode())
     if size > CONFIG_MAP_MAX_BYTES:
         raise JobSpecError(

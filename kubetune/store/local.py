@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import errno
 import hashlib
 import io
 import os
@@ -18,7 +17,7 @@ from kubetune.store.base import ObjectInfo, Store
 from kubetune.store.errors import IntegrityError, NotAnObjectError, ObjectNotFoundError, StoreConfigError
 from kubetune.store.hashing import CHUNK_SIZE
 from kubetune.store.keys import TEMP_MARKER, validate_key, validate_prefix
-from kubetune.store.localfiles import atomic_destination
+from kubetune.store.localfiles import NotRegularFileError, atomic_destination, open_regular
 
 
 class LocalStore(Store):
@@ -123,23 +122,17 @@ class LocalStore(Store):
         ends) or a device is refused, never followed."""
         path = self._path(key)
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            handle = open_regular(path)
         except FileNotFoundError:
             raise ObjectNotFoundError(self.uri_for(key)) from None
-        except OSError as error:
-            if error.errno == errno.ENOTDIR:  # a file where a folder of the key should be
-                raise ObjectNotFoundError(self.uri_for(key)) from None
-            if error.errno == errno.ELOOP:
-                raise NotAnObjectError(self.uri_for(key), "a symbolic link") from None
-            raise
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode) or not self._confined(path):
-            os.close(descriptor)
-            what = "a folder" if stat.S_ISDIR(mode) else "a pipe, socket or device" if not stat.S_ISREG(mode) \
-                else "reached through a symbolically linked folder"
-            raise NotAnObjectError(self.uri_for(key), what)
-        os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb")
+        except NotRegularFileError as error:
+            raise NotAnObjectError(self.uri_for(key), error.what) from None
+        except NotADirectoryError:  # a file where a folder of the key should be
+            raise ObjectNotFoundError(self.uri_for(key)) from None
+        if not self._confined(path):
+            handle.close()
+            raise NotAnObjectError(self.uri_for(key), "reached through a symbolically linked folder")
+        return handle
 
     def _confined(self, path: Path) -> bool:
         """Whether no symlink between the root and `path` leads elsewhere (the root itself may be one)."""

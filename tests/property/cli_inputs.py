@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ STRUCTURE = {"version": 1, "name": "hostile", "description": "A tree under attac
     {"name": "identity", "description": "Who.", "tags": ["identity"], "subcategories": [
         {"name": "who", "description": "Names.", "tags": ["self"], "content_types": ["reasoning"]}]}]}
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+# The tree's dataset stage, run for real: a finished output in ./store and a status in ./.kubetune (seconds).
+RUN_DATASET = ("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
 
 
 def kubetune(*args: str) -> tuple[int, list[str]]:
@@ -67,3 +71,16 @@ def manifest(kind: str, **spec: Any) -> str:
                        "spec": {"dataset": dataset, "baseModel": {"uri": "./model"},
                                 "training": {"chatTemplate": {"source": "file", "file": "./template.jinja"}},
                                 **spec}})
+
+
+@contextlib.contextmanager
+def dataset_run(prefix: str) -> Iterator[Path]:
+    """A temp folder (the current one meanwhile) holding write_sources' files, `run.yaml` (the tree's manifest) and
+    that run's finished dataset stage (RUN_DATASET)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder, contextlib.chdir(folder):
+        root = Path(folder)
+        write_sources(root)
+        (root / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
+        code, err = kubetune(*RUN_DATASET)
+        assert code == 0, err
+        yield root

@@ -39,12 +39,11 @@ from kubetune.store import LINEAGE_NAME, LocalStore, ObjectInfo, Store, StoreErr
 from kubetune.store.verify import output_problem
 from kubetune.webview.localsource import LocalRuns
 from kubetune.webview.model import NotFound
-from tests.property.cli_inputs import kubetune, manifest, write_sources
+from tests.property.cli_inputs import RUN_DATASET, dataset_run, kubetune
 from tests.property.scratch_files import overwrite
 
 RUN_DIR = Path(".kubetune", "runs", "default", "hostile")
 DATASET = Path("store", "default", "hostile", "dataset")
-RUN = ("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
 SECRET = b'{"secret": "a file outside the store and the state folder"}'
 SAID_SECRET = "a file outside the store"  # the secret's content: no message ever holds it
 # Each example copies the run and runs its dataset stage again (about half a second): fewer than the profile's count.
@@ -73,12 +72,7 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished() -> Iterator[Finished]:
-    with tempfile.TemporaryDirectory(prefix="kubetune-finished-") as folder, contextlib.chdir(folder):
-        root = Path(folder)
-        write_sources(root)
-        (root / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
-        code, err = kubetune(*RUN)
-        assert code == 0, err
+    with dataset_run("kubetune-finished-") as root:
         [output] = (root / DATASET).iterdir()
         found = read_manifest(LocalStore(root / "store"), f"default/hostile/dataset/{output.name}")
         assert found is not None
@@ -182,7 +176,7 @@ def test_a_damaged_output_is_named_and_built_again_never_reused(finished: Finish
     what, damage = data.draw(st.one_of(file_damage(finished.published), manifest_damage(finished.published)))
     with finished.copy() as root:
         damage(root / DATASET / finished.output)
-        code, err = kubetune(*RUN)
+        code, err = kubetune(*RUN_DATASET)
         assert code == 0, (what, err)
         [said] = [line for line in err if "building the dataset stage's output again" in line]
         assert f"/dataset/{finished.output}/" in said, (what, said)
@@ -200,7 +194,7 @@ def test_a_damaged_output_is_named_and_built_again_never_reused(finished: Finish
 
 def test_a_whole_output_is_reused(finished: Finished) -> None:
     with finished.copy() as root:
-        code, err = kubetune(*RUN)
+        code, err = kubetune(*RUN_DATASET)
         assert code == 0 and not any("again" in line for line in err), err
         status = json.loads((root / RUN_DIR / "status.json").read_text(encoding="utf-8"))["status"]
         assert status["stages"]["dataset"]["phase"] == "Cached"
@@ -263,7 +257,7 @@ def test_kubetune_run_rewrites_a_damaged_state_file_or_refuses_one_it_would_writ
         finished: Finished, kind: str, name: str) -> None:
     with finished.copy() as root:
         STATE_DAMAGE[kind](root / RUN_DIR / name)
-        code, err = kubetune(*RUN)
+        code, err = kubetune(*RUN_DATASET)
         if kind in UNWRITABLE:
             what = {"a pipe": "a pipe, socket or device", "a folder": "a folder"}.get(kind, "a symbolic link")
             assert code == 2 and err[-1].endswith(f"{RUN_DIR / name}: {what} where kubetune run keeps its own file: "
@@ -282,7 +276,7 @@ def test_a_run_folder_linked_out_of_the_state_folder_is_refused_by_every_command
         shutil.move(linked, elsewhere)
         linked.symlink_to(elsewhere, target_is_directory=True)
         before = sorted(p.name for p in elsewhere.rglob("*"))
-        for command in (RUN, ("status", "hostile"), ("ask", "run.yaml", "Who are you?", "--store", "store")):
+        for command in (RUN_DATASET, ("status", "hostile"), ("ask", "run.yaml", "Who are you?", "--store", "store")):
             code, err = kubetune(*command)
             assert code == 2 and err[-1].startswith("kubetune: ") and "outside .kubetune" in err[-1], (command, err)
         assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing written there
@@ -295,7 +289,7 @@ def test_events_cut_short_by_a_stop_do_not_swallow_the_next_run_s_events(finishe
         before = events.read_bytes()
         overwrite(events, before[:len(before) - min(cut, len(before) - 1)])
         kept = sum(1 for line in events.read_bytes().splitlines() if line.endswith(b"}"))
-        code, err = kubetune(*RUN)
+        code, err = kubetune(*RUN_DATASET)
         assert code == 0, err
         lines = events.read_bytes().splitlines()
         parsed = [json.loads(line) for line in lines if line.endswith(b"}")]

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import http.client
 import json
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from hypothesis import strategies as st
 
 from kubetune.webview.localsource import LocalRuns
 from kubetune.webview.server import WebView
-from tests.property.cli_inputs import kubetune, manifest, write_sources
+from tests.property.cli_inputs import dataset_run, kubetune
 
 RUN = "/runs/default/hostile"
 
@@ -57,12 +56,7 @@ class View:
 
 @pytest.fixture(scope="module")
 def view() -> Iterator[View]:
-    with tempfile.TemporaryDirectory(prefix="kubetune-hostile-") as folder, contextlib.chdir(folder):
-        root = Path(folder)
-        write_sources(root)
-        (root / "run.yaml").write_text(manifest("tree"), encoding="utf-8")
-        code, err = kubetune("run", "run.yaml", "--store", "store", "--to-stage", "dataset")
-        assert code == 0, err
+    with dataset_run("kubetune-hostile-") as root:
         state = root / ".kubetune"
         status = json.loads((state / "runs" / "default" / "hostile" / "status.json").read_text(encoding="utf-8"))
         [output] = (root / "store" / "default" / "hostile" / "dataset").iterdir()
