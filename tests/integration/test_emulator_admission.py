@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from tests.kube.emulator import KubeEmulator
 from tests.kube.errors import ApiError
 from tests.kube.http import KubeHttp
+from tests.kube.validation import quantity
 
 Obj = dict[str, Any]
 Mutation = Callable[[Obj], object]
@@ -367,6 +369,31 @@ def test_a_malformed_quantity_is_a_bad_request(kube: KubeEmulator) -> None:
     manifest = job()
     main_container(manifest)["resources"] = {"limits": {"memory": "lots"}}
     assert "quantities must match the regular expression" in refused(kube, manifest, code=400)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1.5Gi", Decimal(3 * 2**29)), ("100m", Decimal("0.1")), ("1e3", Decimal(1000)), ("1E-3", Decimal("0.001")),
+    ("1.0000000001", Decimal("1.000000001")),  # rounded away from zero to whole nanos
+    ("1e-20", Decimal("1e-9")), ("-1e-20", Decimal("-1e-9")), ("9Ei", Decimal(2**63 - 1)),  # binary: capped
+    ("1e99999999", Decimal("1e99999999")), ("1e4294967296", Decimal(1)),  # an int64 exponent, wrapped to int32
+])
+def test_quantities_parse_as_the_server_parses_them_at_any_size(text: str, value: Decimal) -> None:
+    assert quantity(text) == value
+
+
+@pytest.mark.parametrize("text", ["1e" + "9" * 30, "1e" + "1" * 5000, "1e", "1ee3", ".", "1..2"])
+def test_a_quantity_the_server_cannot_parse_is_a_bad_request(kube: KubeEmulator, text: str) -> None:
+    manifest = job()
+    main_container(manifest)["resources"] = {"limits": {"memory": text}}
+    assert "unable to parse quantity's" in refused(kube, manifest, code=400)
+
+
+def test_requests_and_limits_compare_as_parsed_quantities(kube: KubeEmulator) -> None:
+    manifest = job()
+    main_container(manifest)["resources"] = {"requests": {"memory": "1e99999999"}, "limits": {"memory": "1"}}
+    assert "must be less than or equal to memory limit of 1" in refused(kube, manifest)
+    main_container(manifest)["resources"] = {"requests": {"cpu": "1e-20"}, "limits": {"cpu": "1e-21"}}  # both 1n
+    kube.create(manifest)
 
 
 def test_a_job_refused_on_update_keeps_its_stored_version(kube: KubeEmulator) -> None:

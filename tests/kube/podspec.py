@@ -386,7 +386,7 @@ def _resources(resources: Obj, path: str) -> list[str]:
             amount = v.quantity(value)
             if amount < 0:
                 causes.append(v.invalid(at, value, "must be greater than or equal to 0"))
-            if "/" in name and amount.denominator != 1:
+            if "/" in name and amount != amount.to_integral_value():
                 causes.append(v.invalid(at, value, "must be an integer"))
     for name, value in requests.items():
         at = f"{path}.requests[{name}]"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from fractions import Fraction
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 from tests.kube import errors
@@ -284,15 +284,24 @@ def label_selector(selector: Any, path: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- quantities
 
 _QUANTITY = re.compile(r"([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)")
-_SUFFIXES: dict[str, int | Fraction] = {
-    "": 1, "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "k": 10**3, "M": 10**6,
-    "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "Pi": 2**50, "Ei": 2**60,
-}
+_DECIMAL_SUFFIXES = {"": 0, "n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_NANO = Decimal("1e-9")
+_MAX_BINARY = Decimal(2**63 - 1)  # resource.maxAllowed: a binary-suffixed amount is capped there
 
 
-def quantity(value: Any) -> Fraction:
-    """resource.ParseQuantity. A malformed quantity never reaches validation: decoding the request fails (400)."""
+def _int64(text: str) -> int | None:
+    """strconv.ParseInt(text, 10, 64), None where it fails (a sign alone, other characters, out of range)."""
+    if re.fullmatch(r"[-+]?[0-9]+", text) is None or len(text.lstrip("+-").lstrip("0")) > 19:
+        return None
+    number = int(text)
+    return number if -(2**63) <= number < 2**63 else None
+
+
+def quantity(value: Any) -> Decimal:
+    """resource.ParseQuantity, exactly, at any size: a decimal exponent is an int64 wrapped to int32 (out of range,
+    the suffix is unknown), a non-zero amount is rounded away from zero to whole nanos, a binary-suffixed one capped at
+    2^63-1. A malformed quantity never reaches validation: decoding the request fails (400)."""
     text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
     match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
     if match is None:
@@ -300,13 +309,23 @@ def quantity(value: Any) -> Fraction:
             f"quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' "
             f"(got {render(value)})")
     number, suffix = match.groups()
+    # Exact arithmetic at any exponent: the digits given, plus 2^60's, never need rounding.
+    context = Context(prec=len(number) + 24, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation])
     try:
-        amount = Fraction(number)
-    except ValueError:
+        amount = context.create_decimal(number)
+    except InvalidOperation:
         raise errors.bad_request(f"unable to parse quantity's numeric part: {render(value)}") from None
-    if suffix in _SUFFIXES:
-        return amount * _SUFFIXES[suffix]
-    exponent = re.fullmatch(r"[eE]([-+]?[0-9]+)", suffix)
-    if exponent is None:
+    exponent = _int64(suffix[1:]) if suffix[:1] in ("e", "E") else None
+    if suffix in _BINARY_SUFFIXES:
+        amount = context.multiply(amount, 2 ** _BINARY_SUFFIXES[suffix])
+        if abs(amount) > _MAX_BINARY:
+            amount = _MAX_BINARY.copy_sign(amount)
+    elif suffix in _DECIMAL_SUFFIXES:
+        amount = context.scaleb(amount, _DECIMAL_SUFFIXES[suffix])
+    elif exponent is not None:
+        amount = context.scaleb(amount, (exponent + 2**31) % 2**32 - 2**31)  # Go's int32(int64)
+    else:
         raise errors.bad_request(f"unable to parse quantity's suffix: {render(value)}")
-    return amount * Fraction(10) ** int(exponent.group(1))
+    if amount and amount.as_tuple().exponent < -9:  # type: ignore[operator]  # finite: an int exponent
+        amount = amount.quantize(_NANO, rounding=ROUND_UP, context=context)
+    return amount
