@@ -38,7 +38,7 @@ class DigestCache:
             except (OSError, ValueError):
                 loaded = {}  # a damaged cache only costs rehashing
             if isinstance(loaded, dict):
-                self._entries = {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 4}
+                self._entries = {k: v for k, v in loaded.items() if _well_formed(v)}
 
     def sha256(self, path: Path) -> str:
         stat = path.stat()
@@ -58,12 +58,22 @@ class DigestCache:
         """Write the cache (atomically: concurrent runs each leave a whole file, the last one wins)."""
         if self.path is None or not self._dirty:
             return
+        # Entries of files gone since are dropped: the cache holds what is still on disk, not every file ever hashed.
+        self._entries = {name: entry for name, entry in self._entries.items() if os.path.isfile(name)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=".digests-", dir=self.path.parent)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(self._entries, out, sort_keys=True)
         os.replace(tmp, self.path)
         self._dirty = False
+
+
+def _well_formed(entry: object) -> bool:
+    """An entry as `save` writes it: size, mtime_ns and inode (ints), then a sha256 in hex. Anything else (a
+    hand-edited or damaged file) is dropped, never trusted."""
+    return (isinstance(entry, list) and len(entry) == 4
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[:3])
+            and isinstance(entry[3], str) and len(entry[3]) == 64 and all(c in "0123456789abcdef" for c in entry[3]))
 
 
 def listing_digest(lines: Iterable[tuple[str, int, str]]) -> str:

@@ -85,6 +85,8 @@ class LocalRun:
     status_created: str = field(default_factory=utc_now)
     sources: Sources | None = None
     notices: RunNotices | None = None  # spec.notify's webhooks
+    # Big files' sha256 by their stat: loaded once per invocation, saved after each use.
+    digests: DigestCache = field(default_factory=lambda: DigestCache(STATE_DIR.resolve() / DIGEST_CACHE))
 
     def observed(self) -> Observed:
         return Observed(dict(self.outputs), frozenset(self.looked_up), tuple(self.jobs), self.sources)
@@ -204,15 +206,15 @@ def _bad_input(local: LocalRun, stage: str) -> bool:
 def _resolve(local: LocalRun) -> Sources:
     """Every invocation resolves afresh: a local tree or model can change between two runs of the same manifest."""
     config = local.store_config
-    cache = DigestCache(STATE_DIR.resolve() / DIGEST_CACHE)
-    sources = resolve_sources(
-        local.run.spec,
-        store_factory=lambda uri: open_store(uri, endpoint=config.endpoint, region=config.region,
-                                             path_style=config.path_style),
-        cache=cache, hub_cache=default_cache_dir() / "hf",
-    )
-    cache.save()
-    return sources
+    try:
+        return resolve_sources(
+            local.run.spec,
+            store_factory=lambda uri: open_store(uri, endpoint=config.endpoint, region=config.region,
+                                                 path_style=config.path_style),
+            cache=local.digests, hub_cache=default_cache_dir() / "hf",
+        )
+    finally:
+        local.digests.save()
 
 
 def _look_up(local: LocalRun, ref: StageRef, stage: str, *, just_published: bool = False) -> bool:
@@ -222,9 +224,8 @@ def _look_up(local: LocalRun, ref: StageRef, stage: str, *, just_published: bool
         manifest = read_manifest(local.store, ref.prefix)
         problem = None
         if manifest is not None and manifest.input_key == ref.key and not just_published:
-            cache = DigestCache(STATE_DIR.resolve() / DIGEST_CACHE)
-            problem = output_problem(local.store, ref.prefix, manifest, cache.sha256)
-            cache.save()
+            problem = output_problem(local.store, ref.prefix, manifest, local.digests.sha256)
+            local.digests.save()
     except (ManifestError, NotAnObjectError) as error:
         problem = str(error)
     if problem is not None:

@@ -185,6 +185,32 @@ def test_the_digest_cache_rehashes_a_big_file_only_when_its_stat_changes(tmp_pat
     assert again.sha256(big) != first and hashed == [big, big]
 
 
+@pytest.mark.parametrize("entry", [
+    ["SIZE", "MTIME", "INODE", "f" * 64],  # stat fields that are no ints
+    [0, 0, 0, "not a digest"], [0, 0, 0, "F" * 64], [0, 0, 0, "f" * 63], [0, 0, 0], "text",
+])
+def test_a_damaged_digest_cache_entry_is_never_trusted(tmp_path: Path, entry: object) -> None:
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(kubetune.digests.CACHED_MIN_SIZE))
+    stat = big.stat()
+    if isinstance(entry, list) and entry[:3] == [0, 0, 0]:
+        entry[:3] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]  # the file's own stat: only the digest is off
+    saved = tmp_path / "digests.json"
+    saved.write_text(json.dumps({str(big.resolve()): entry}), encoding="utf-8")
+    assert DigestCache(saved).sha256(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+
+
+def test_the_digest_cache_forgets_files_that_are_gone(tmp_path: Path) -> None:
+    kept, gone = tmp_path / "kept.bin", tmp_path / "gone.bin"
+    for path in (kept, gone):
+        path.write_bytes(os.urandom(kubetune.digests.CACHED_MIN_SIZE))
+    cache = DigestCache(tmp_path / "digests.json")
+    cache.sha256(kept), cache.sha256(gone)
+    gone.unlink()
+    cache.save()
+    assert list(json.loads((tmp_path / "digests.json").read_text(encoding="utf-8"))) == [str(kept.resolve())]
+
+
 # --- hf:// revisions ----------------------------------------------------------------------------------------------
 
 
