@@ -16,7 +16,10 @@ this reuses). Each path runs in its own process (Unsloth patches transformers on
 - `unsloth` / `unsloth-d0`: `FastLanguageModel.from_pretrained(load_in_4bit=True)` + `get_peft_model(...,
   use_gradient_checkpointing="unsloth")` + its patched `SFTTrainer` with `packing=True` (Unsloth's sample-isolated
   packing), LoRA dropout 0.05 (the same LoRA as everyone) and 0 (Unsloth's fastest kernels);
-- `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls;
+- `kubetune` / `kubetune-fp8`: our train stage's path (`train_throughput.run_ours`), bf16 and FP8 base matmuls,
+  with the default recompute table (#11's memory budget);
+- `kubetune-fast` / `kubetune-fp8-fast`: the fast mode, `training.recomputeLayers: 0` (no layer recomputed) with
+  the step in `FAST`'s micro-batches, sized to an 80 GB card;
 - `kubetune-lean` / `kubetune-fp8-lean`: the same with `training.activationOffload` (every layer recomputed, layer
   inputs in pinned CPU memory) and the step in `LEAN`'s micro-batches, to run at or under the peers' GPU memory;
 - `kubetune-d0`, `kubetune-d0-lean`, `kubetune-fp8-d0-lean`: the same with LoRA dropout 0, the LoRA of Unsloth's
@@ -29,14 +32,17 @@ keeps the earlier measurements' setting reproducible).
 
 Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (torch allocator; Unsloth and our
 lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
-held-out loss; then each of ours against stock, against the fastest peer and against the fastest peer with the same
+held-out loss, seconds with loading; then each of ours against stock, against the fastest peer and against the fastest peer with the same
 LoRA dropout, with the memory ratio, and against each peer the fastest of ours whose peak is at most that peer's
-(issue #22's comparison).
+(issue #22's comparison). `--json` is rewritten after every path, so a run cut short keeps what it measured.
 
 Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
 liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,
-cut_cross_entropy 25.1.1, and pydantic (our train code reads the chat-template spec); torch, transformers and peft as
-installed on the GPU image (printed).
+cut_cross_entropy 25.1.1, and pydantic (our train code reads the chat-template spec); what they import that the
+GPU image lacks: tyro 1.0.17, docstring_parser 0.18.0, shtab 1.13.0, typeguard 4.6.1, msgspec 0.23.0, hf_transfer
+0.1.9, dill 0.4.1, multiprocess 0.70.19, json5 0.17.3, nest_asyncio 1.6.0, structlog 26.1.0 (installed into one
+folder, Unsloth's `studio` web app and bitsandbytes' libraries for other CUDA versions removed, it travels in 24 MB);
+torch, transformers and peft as installed on the GPU image (printed).
 """
 
 from __future__ import annotations
@@ -48,14 +54,14 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-OURS = ("kubetune", "kubetune-fp8", "kubetune-lean", "kubetune-fp8-lean", "kubetune-d0", "kubetune-d0-lean",
-        "kubetune-fp8-d0-lean")
+OURS = ("kubetune", "kubetune-fp8", "kubetune-fast", "kubetune-fp8-fast", "kubetune-lean", "kubetune-fp8-lean",
+        "kubetune-d0", "kubetune-d0-lean", "kubetune-fp8-d0-lean")
 PEERS = ("trl-liger", "unsloth", "unsloth-d0", "unsloth-d0-packed")
 PATHS = ("stock", *PEERS, *OURS)
 PAD_ID = 0  # the synthetic language never uses it (train_throughput.BIGRAM_VOCAB)
@@ -72,6 +78,10 @@ LEAN = {("qwen2.5-1.5b", "chat"): (3, 2**24), ("qwen2.5-1.5b", "long"): (2, 2**2
 LEAN_D0: dict[tuple[str, str], tuple[int, int, int | None]] = {
     ("qwen2.5-1.5b", "chat"): (2, 2**24, None), ("qwen2.5-1.5b", "long"): (2, 2**26, None),
     ("llama3.1-8b", "chat"): (1, 2**26, None), ("llama3.1-8b", "long"): (2, 2**26, None)}
+# The fast mode (no recompute): micro-batches per step, the fewest whose activations fit an 80 GB card (8B long in 3:
+# 58.6 GiB bf16, 65.0 GiB FP8 on an H200; 8B chat in one: 39.0 / 45.5 GiB).
+FAST = {("qwen2.5-1.5b", "chat"): 1, ("qwen2.5-1.5b", "long"): 2, ("llama3.1-8b", "chat"): 1,
+        ("llama3.1-8b", "long"): 3}
 OVERRIDE_FLAGS = {"micro_batches": "--lean-micro-batches", "chunk_logits": "--lean-chunk-logits",
                   "mlp_chunk_elements": "--mlp-chunk-elements", "host_moments": "--host-moments"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -98,6 +108,9 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
         result = tt.run_baseline(folder, workload, train, held_out, flops, folder.parent)
     elif path.startswith("kubetune"):
         fp8 = path.startswith("kubetune-fp8")
+        fast = path.endswith("-fast")
+        if fast:
+            workload = replace(workload, micro_batches=FAST[shape, workload_name])
         d0 = "-d0" in path
         lean = None
         if path.endswith("-lean"):
@@ -105,12 +118,16 @@ def run_worker(path: str, shape: str, workload_name: str, folder: Path, layers: 
                                                       else (*LEAN[shape, workload_name], None))
             lean = tt.Lean(overrides["micro_batches"] or micro_batches, overrides["chunk_logits"] or chunk_logits,
                            overrides["mlp_chunk_elements"] or mlp_chunk, host_moments=bool(overrides["host_moments"]))
-        recompute = 1.0 if lean else (tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
+        recompute = 1.0 if lean else 0.0 if fast else (
+            tt.FP8_RECOMPUTE if fp8 else tt.DEFAULT_RECOMPUTE)[shape, workload_name]
         result, details = tt.run_ours(folder, config, workload, train, held_out, flops, recompute, fp8=fp8,
                                       check_packing=False, lean=lean, lora_dropout=0.0 if d0 else tt.Lora.dropout)
+        result = replace(result, path=path)
         extras = {"recompute": recompute, "attention": details["attention"], "lora_dropout": 0.0 if d0 else 0.05,
                   "offloaded_layers": details["offloaded_layers"], "chunked_mlp_layers": details["chunked_mlp_layers"],
                   "host_embedding": details["host_embedding"]}
+        if fast:
+            extras["micro_batches"] = workload.micro_batches
         if lean:
             extras.update(micro_batches=lean.micro_batches, chunk_logits=lean.chunk_logits,
                           mlp_chunk_elements=lean.mlp_chunk_elements, host_moments=lean.host_moments)
@@ -255,6 +272,7 @@ def main() -> None:
         bench.release_memory()
         for name in args.workloads:
             entry: dict[str, Any] = {"shape": shape, "workload": name, "paths": {}}
+            report.append(entry)
             for path in args.paths:
                 out = workdir / f"{shape}-{name}-{path}.json"
                 command = [sys.executable, __file__, "--worker", path, "--shapes", shape, "--workloads", name,
@@ -265,19 +283,22 @@ def main() -> None:
                         command += [OVERRIDE_FLAGS[key]] + ([] if value is True else [str(value)])
                 started = time.monotonic()
                 done = subprocess.run(command, check=False)
+                seconds = time.monotonic() - started
                 if done.returncode != 0 or not out.is_file():
-                    entry["paths"][path] = {"error": f"exit {done.returncode}"}
+                    entry["paths"][path] = {"error": f"exit {done.returncode}", "seconds_with_loading": seconds}
                     print(f"[{shape} / {name}] {path}: FAILED (exit {done.returncode})", flush=True)
-                    continue
-                row = json.loads(out.read_text(encoding="utf-8"))
-                entry["paths"][path] = row
-                print(f"[{shape} / {name}] {bench.describe(bench.Result(**row['result']))} {row['extras']} "
-                      f"({time.monotonic() - started:.0f}s with loading)", flush=True)
+                else:
+                    row = json.loads(out.read_text(encoding="utf-8"))
+                    entry["paths"][path] = {**row, "seconds_with_loading": seconds}
+                    print(f"[{shape} / {name}] {bench.describe(bench.Result(**row['result']))} {row['extras']} "
+                          f"({seconds:.0f}s with loading)", flush=True)
+                if args.json:  # after every path: a run cut short still leaves what it measured
+                    args.json.write_text(json.dumps({"rows": report}, indent=1), encoding="utf-8")
             summarise(entry)
-            report.append(entry)
-    print_table(report, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print_table(report, device)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps({"device": device, "rows": report}, indent=1), encoding="utf-8")
 
 
 def summarise(entry: dict[str, Any]) -> None:
