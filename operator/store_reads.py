@@ -16,7 +16,15 @@ from kubetune.operator.observe import has_condition, latest_attempts
 from kubetune.operator.runstore import StoreClients
 from kubetune.sources import SOURCES_FILE, Sources
 from kubetune.stages import StageRef
-from kubetune.store import Manifest, ManifestError, ObjectNotFoundError, Store, StoreError, read_manifest
+from kubetune.store import (
+    Manifest,
+    ManifestError,
+    NotAnObjectError,
+    ObjectNotFoundError,
+    Store,
+    StoreError,
+    read_manifest,
+)
 
 log = logging.getLogger("kubetune.operator")
 
@@ -48,7 +56,7 @@ class StoreReads:
             return self._manifests[cache_key]
         try:
             manifest = await asyncio.to_thread(read_manifest, store, ref.prefix)
-        except ManifestError as error:
+        except (ManifestError, NotAnObjectError) as error:  # as `kubetune run` does: the stage runs again
             log.warning("ignoring %s: the stage will run again and publish a valid one", error)
             return None
         if manifest is None or manifest.input_key != ref.key:
@@ -70,7 +78,7 @@ class StoreReads:
             if hashlib.sha256(raw).hexdigest() != entry.sha256:
                 raise ValueError("it does not match its manifest")
             sources = Sources.from_json(json.loads(raw))
-        except (ObjectNotFoundError, ValueError, TypeError, KeyError) as error:
+        except (ObjectNotFoundError, NotAnObjectError, ValueError, TypeError, KeyError) as error:
             log.warning("ignoring the sources at %s: %s", store.uri_for(ref.prefix), error)
             return None
         self._sources[cache_key] = sources
