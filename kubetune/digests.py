@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kubetune.store.base import local_files
-from kubetune.store.hashing import sha256_file
+from kubetune.store.hashing import SHA256_HEX, sha256_file
 
 # Files smaller than this are hashed every time: a stat plus a cache entry would cost about as much.
 CACHED_MIN_SIZE = 1024 * 1024
@@ -73,7 +73,7 @@ def _well_formed(entry: object) -> bool:
     hand-edited or damaged file) is dropped, never trusted."""
     return (isinstance(entry, list) and len(entry) == 4
             and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[:3])
-            and isinstance(entry[3], str) and len(entry[3]) == 64 and all(c in "0123456789abcdef" for c in entry[3]))
+            and isinstance(entry[3], str) and SHA256_HEX.fullmatch(entry[3]) is not None)
 
 
 def listing_digest(lines: Iterable[tuple[str, int, str]]) -> str:

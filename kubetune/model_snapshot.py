@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from kubetune.digests import DigestCache, file_lines, listing_digest
 from kubetune.store import Store
 from kubetune.store.base import Upload
 from kubetune.store.errors import StoreError
+from kubetune.store.hashing import SHA256_HEX
 from kubetune.store.keys import join_key
 from kubetune.store.manifest import MANIFEST_NAME, Manifest, ManifestFile, fetch, read_manifest
 
@@ -43,7 +43,6 @@ MODEL_FILES = (
     "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json",
     "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
 )
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class SnapshotError(ValueError):
@@ -77,7 +76,7 @@ def files_digest(folder: Path, cache: DigestCache | None = None) -> str:
 
 
 def snapshot_prefix(digest: str) -> str:
-    if not _DIGEST.fullmatch(digest):
+    if not SHA256_HEX.fullmatch(digest):
         raise ValueError(f"a model digest is 64 lowercase hex characters, got {digest!r}")
     return f"{SNAPSHOTS}/{digest}"
 
@@ -92,7 +91,7 @@ def stored_hf_digest(store: Store, repo_id: str, commit: str) -> str | None:
     if not store.exists(key):
         return None
     digest = store.get_bytes(key).decode("ascii", errors="replace").strip()
-    if not _DIGEST.fullmatch(digest) or read_manifest(store, snapshot_prefix(digest)) is None:
+    if not SHA256_HEX.fullmatch(digest) or read_manifest(store, snapshot_prefix(digest)) is None:
         return None  # a ref left by a writer that died before its snapshot was complete: write it again
     return digest
 

@@ -41,13 +41,13 @@ from kubetune.datasets_new.errors import printable
 from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
 from kubetune.model_snapshot import SnapshotError, files_digest, hub_download, publish_snapshot, stored_hf_digest
 from kubetune.store import Store
+from kubetune.store.hashing import SHA256_HEX
 from kubetune.store.keys import validate_key
 
 SOURCES = "sources"  # the step before the stages that resolves what they read
 SOURCES_FILE = "sources.json"
 TOPICS_FOLDER = "topics"
 COMMIT = re.compile(r"[0-9a-f]{40}")
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 HF_DATASETS = "hf://datasets/"
 # A revision in a dataset URI has no '/' (the path follows it); a branch whose name has one is given by commit.
 _HF_DATASET = re.compile(r"hf://datasets/(?P<repo>[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)"
@@ -87,7 +87,7 @@ class ResolvedSource:
         if not isinstance(data, Mapping) or not isinstance(data.get("uri"), str):
             raise TypeError(f"{name} must be a JSON object with a string uri")
         digest = data.get("digest")
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
             raise ValueError(f"{name}.digest must be 64 lowercase hex characters, got {digest!r:.80}")
         revision = data.get("revision")
         return cls(uri=data["uri"], digest=digest, revision=None if revision is None else str(revision))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 CHUNK_SIZE = 1024 * 1024
+# A sha256 as hexdigest() writes it (lower case): every digest kubetune stores or is given is checked against this.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: Path) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from kubetune.store.base import Download, Store, Upload, local_files
 from kubetune.store.errors import ObjectNotFoundError, StoreError
-from kubetune.store.hashing import sha256_file
+from kubetune.store.hashing import SHA256_HEX, sha256_file
 from kubetune.store.keys import join_key, validate_key, validate_prefix
 from kubetune.store.local import LocalStore
 
@@ -31,7 +30,6 @@ SCHEMA_VERSION = 1
 # Far above any real manifest (a few hundred bytes a file): a bigger one is read no further than this.
 MAX_MANIFEST_BYTES = 64 << 20
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = {"schema", "stage", "inputKey", "createdAt", "files", "metadata"}
 _FILE_FIELDS = {"path", "size", "sha256"}
 
@@ -99,7 +97,7 @@ class Manifest:
     def validate(self) -> None:
         if not isinstance(self.stage, str) or not self.stage:
             raise ValueError(f"manifest stage must be a non-empty string, got {self.stage!r}")
-        if not isinstance(self.input_key, str) or not _SHA256.fullmatch(self.input_key):
+        if not isinstance(self.input_key, str) or not SHA256_HEX.fullmatch(self.input_key):
             raise ValueError(f"manifest inputKey must be 64 lowercase hex characters, got {self.input_key!r}")
         _check_rfc3339(self.created_at)
         paths = [validate_key(f.path) for f in self.files]
@@ -209,7 +207,7 @@ def _parse_file(entry: Any) -> ManifestFile:
     validate_key(path)
     if type(size) is not int or size < 0:
         raise ValueError(f"file {path!r}: size must be a non-negative integer, got {size!r}")
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"file {path!r}: sha256 must be 64 lowercase hex characters, got {sha256!r}")
     return ManifestFile(path, size, sha256)
 
