@@ -130,7 +130,8 @@ class S3Store(Store):
     ) -> None:
         if not _BUCKET_NAME.fullmatch(bucket):
             raise StoreConfigError(
-                f"invalid S3 bucket name {bucket!r}: use letters, digits, '.', '-' and '_' (s3://bucket/prefix)"
+                f"store URI {f's3://{bucket}/{prefix}'!r}: invalid S3 bucket name {bucket!r}: use letters, digits, "
+                "'.', '-' and '_' (s3://bucket/prefix)"
             )
         if endpoint is not None:
             check_endpoint(endpoint)
