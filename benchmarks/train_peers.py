@@ -34,7 +34,8 @@ Reported per path: real tokens/s after the warm-up steps, MFU, peak GPU memory (
 lean paths hold checkpointed activations in CPU memory, which this does not count — nor would a GPU budget),
 held-out loss, seconds with loading; then each of ours against stock, against the fastest peer and against the
 fastest peer with the same LoRA dropout, with the memory ratio, and against each peer the fastest of ours whose peak
-is at most that peer's (issue #22's comparison). `--json` is rewritten after every path, so a run cut short keeps what it measured.
+is at most that peer's (issue #22's comparison). `--json` is rewritten after every path, so a run cut short keeps
+what it measured.
 
 Pinned peers (the wheels carried to the GPU machine): trl 1.15.0 (Unsloth 2026.10.9 needs trl ≤ 1.15.0),
 liger-kernel 0.8.5, unsloth 2026.10.9, unsloth_zoo 2026.10.9, bitsandbytes 0.50.2, datasets 4.8.5, torchao 0.18.0,

@@ -62,7 +62,7 @@ def open_store(
             )
         except StoreConfigError:
             raise
-        except ValueError as error:  # the prefix's key rules
+        except ValueError as error:  # the bucket name's and the prefix's key rules
             raise StoreConfigError(f"store URI {uri!r}: {error}") from None
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):

@@ -129,9 +129,9 @@ class S3Store(Store):
         settings: S3Settings | None = None,
     ) -> None:
         if not _BUCKET_NAME.fullmatch(bucket):
-            raise StoreConfigError(
-                f"store URI {f's3://{bucket}/{prefix}'!r}: invalid S3 bucket name {bucket!r}: use letters, digits, "
-                "'.', '-' and '_' (s3://bucket/prefix)"
+            # A ValueError like the prefix's key rules: open_store names the store URI as it was given.
+            raise ValueError(
+                f"invalid S3 bucket name {bucket!r}: use letters, digits, '.', '-' and '_' (s3://bucket/prefix)"
             )
         if endpoint is not None:
             check_endpoint(endpoint)

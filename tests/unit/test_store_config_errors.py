@@ -18,6 +18,7 @@ from kubetune.store import S3Store, StoreConfigError, StoreError, open_store
         ("s3:///prefix-without-bucket", {}, "needs a bucket name: s3://bucket/prefix"),
         ("s3://user@bucket/x", {}, "needs a bucket name"),
         ("s3://bad bucket/x", {}, "store URI 's3://bad bucket/x': invalid S3 bucket name 'bad bucket'"),
+        ("s3://bad bucket", {}, "store URI 's3://bad bucket': invalid S3 bucket name 'bad bucket'"),
         ("s3://bucket//double", {}, "store URI 's3://bucket//double'"),
         ("s3://bucket/p?versionId=1", {}, "query or fragment"),
         ("s3://bucket/p", {"endpoint": "minio:9000"}, "http(s) URL such as http://minio:9000, got 'minio:9000'"),
