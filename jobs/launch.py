@@ -129,8 +129,25 @@ def run_ranks(plan: LaunchPlan, stage: str, run_json: Path) -> None:
         torchrun.run(args)
     except ChildFailedError as error:
         raise ranks_failure(error.failures) from None
-    except SignalException as error:
-        raise Stopped(f"stopped by {error.sigval.name}: the ranks saved a checkpoint and exited") from None
+    except Exception as error:
+        stop = stop_signal(error)
+        if stop is None:
+            raise
+        raise Stopped(f"stopped by {stop.sigval.name}: the ranks saved a checkpoint and exited") from None
+
+
+def stop_signal(error: BaseException) -> SignalException | None:
+    """The stop signal behind `error`, if one is. The launcher's signal handler raises SignalException wherever its
+    main thread is, and torch code it lands in may raise another exception while unwinding it (its metrics wrapper,
+    hit before it binds its start time, raises UnboundLocalError); the agent has still shut the ranks down."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SignalException):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def ranks_failure(failures: Mapping[int, ProcessFailure]) -> Exception:

@@ -4,17 +4,20 @@ exit contract, and how a resumed plan is cut when the rank count changed."""
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from kubetune.api.types import FineTuneRunSpec, TrainingSpec
 from kubetune.jobs.distributed import SINGLE, Ranks, RankSetupError, backend_for, ranks_from_env
-from kubetune.jobs.launch import LaunchPlan, launch_plan, ranks_failure, record_rank_failure
+from kubetune.jobs.launch import LaunchPlan, launch_plan, ranks_failure, record_rank_failure, run_ranks
 from kubetune.jobs.runtime import ConfigError, Stopped
 from kubetune.jobs.train import resumed_total_steps
 from kubetune.jobs.train_loop import TrainerState
@@ -133,6 +136,36 @@ def test_otherwise_the_earliest_failed_ranks_reason_is_the_stages(tmp_path: Path
 def test_a_rank_killed_by_a_signal_reports_the_signal(tmp_path: Path) -> None:
     outcome = ranks_failure({1: failure(tmp_path, 1, -9, None, at=0)})
     assert type(outcome) is RuntimeError and "Signal 9 (SIGKILL)" in str(outcome)
+
+
+def raise_a_sigterm() -> None:
+    raise SignalException("Process 1 got signal: 15", sigval=signal.SIGTERM)
+
+
+def raise_while_unwinding_a_sigterm() -> None:
+    """What torch's metrics wrapper does when the launcher's SIGTERM lands before it binds its start time."""
+    try:
+        raise_a_sigterm()
+    finally:
+        raise UnboundLocalError("cannot access local variable 'start' where it is not associated with a value")
+
+
+@pytest.mark.parametrize("launcher", [raise_a_sigterm, raise_while_unwinding_a_sigterm])
+def test_a_stop_signal_to_the_launcher_stops_the_stage_however_torch_unwinds_it(
+        launcher: Callable[[], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torchrun, "run", lambda _args: launcher())
+    with pytest.raises(Stopped, match="^stopped by SIGTERM: the ranks saved a checkpoint and exited$"):
+        run_ranks(LaunchPlan(2), "train", tmp_path / "run.json")
+
+
+def test_a_launcher_error_without_a_stop_signal_is_the_launchers_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def launcher(_args: object) -> None:
+        raise RuntimeError("rendezvous timed out")
+
+    monkeypatch.setattr(torchrun, "run", launcher)
+    with pytest.raises(RuntimeError, match="^rendezvous timed out$"):
+        run_ranks(LaunchPlan(2), "train", tmp_path / "run.json")
 
 
 def state_at(step: int, epoch_index: int, batch_index: int, total: int) -> TrainerState:
