@@ -44,6 +44,7 @@ DEFAULT_MASTER_PORT = 29500
 # killing them: inside the train pod's grace period (300 s, operator/jobspec.py), with room for the upload's end.
 DEFAULT_SHUTDOWN_TIMEOUT_S = 270
 ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where the launcher reads a failed rank's reason
+LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # torch's launcher takes these
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ def run_ranks(plan: LaunchPlan, stage: str, run_json: Path) -> None:
     args = torchrun.parse_args([*plan.torchrun_args(), f"--log-dir={log_dir}", "--module", "kubetune.jobs"])
     # Set after parsing: torchrun's parser would take `--run` for an abbreviation of its own `--run-path`.
     args.training_script_args = [stage, "--run", str(run_json)]
+    # torch's launcher swaps in handlers that raise SignalException and never puts the stage's back: a SIGTERM after
+    # the ranks ended would then raise in the stage's own code instead of asking it to stop.
+    handlers = {signum: signal.getsignal(signum) for signum in LAUNCHER_SIGNALS}
     try:
         torchrun.run(args)
     except ChildFailedError as error:
@@ -134,6 +138,10 @@ def run_ranks(plan: LaunchPlan, stage: str, run_json: Path) -> None:
         if stop is None:
             raise
         raise Stopped(f"stopped by {stop.sigval.name}: the ranks saved a checkpoint and exited") from None
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: a handler set outside Python, which Python cannot put back
+                signal.signal(signum, handler)
 
 
 def stop_signal(error: BaseException) -> SignalException | None:

@@ -168,6 +168,26 @@ def test_a_launcher_error_without_a_stop_signal_is_the_launchers_own(
         run_ranks(LaunchPlan(2), "train", tmp_path / "run.json")
 
 
+def test_the_stages_signal_handlers_are_back_once_the_ranks_are_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stage_handler(_signum: int, _frame: object) -> None:
+        pass
+
+    def launcher(_args: object) -> None:  # as torch's launcher: handlers that raise, left in place
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, signal.default_int_handler)
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
+    previous_sigterm = signal.signal(signal.SIGTERM, stage_handler)
+    try:
+        monkeypatch.setattr(torchrun, "run", launcher)
+        run_ranks(LaunchPlan(2), "train", tmp_path / "run.json")
+        assert signal.getsignal(signal.SIGTERM) is stage_handler
+        assert {signum: signal.getsignal(signum) for signum in before} == before
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
 def state_at(step: int, epoch_index: int, batch_index: int, total: int) -> TrainerState:
     return TrainerState(total_steps=total, batches_per_epoch=6, step=step, epoch_index=epoch_index,
                         batch_index=batch_index)
