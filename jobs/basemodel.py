@@ -21,13 +21,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 from kubetune.bundled import BUNDLED_MODELS, BUNDLED_SCHEME, BaseModelError
 from kubetune.digests import folder_digest
 from kubetune.model_snapshot import SnapshotError, build_atomically, files_digest, hub_download
 from kubetune.sources import PVC_SCHEME, SourceError, hub_commit, pvc_folder
 from kubetune.store.base import Store
+from kubetune.store.factory import local_uri_path
 from kubetune.store.hashing import sha256_file
 
 URI_FIELD = "spec.baseModel.uri"
@@ -70,7 +70,7 @@ def resolve_base_model(base: BaseModelSpecLike, *, store_factory: StoreFactory, 
     elif uri.startswith(PVC_SCHEME):
         folder, verify = _from_claim(uri), True
     elif uri.startswith("file://"):
-        folder, verify = _local(Path(unquote(urlsplit(uri).path))), True
+        folder, verify = _local(local_uri_path(uri)), True
     elif "://" not in uri and uri:
         folder, verify = _local(Path(uri).expanduser()), True
     else:

@@ -29,13 +29,11 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 from kubetune.api.chat_template import MAX_TEMPLATE_BYTES, ChatTemplateSpec
-
-if TYPE_CHECKING:  # the store (boto3) only where a template is read from S3: training imports this module
-    from kubetune.store import Store
+from kubetune.store import Store
+from kubetune.store.factory import local_uri_path
 
 TEMPLATE_PACKAGE, CHATML_FILE = "kubetune.templates", "chat_template.jinja"
 MODEL_TEMPLATE_FILE = "chat_template.jinja"  # beside a model's tokenizer files (transformers >= 4.47 writes it)
@@ -360,7 +358,7 @@ def read_template_file(uri: str, store_factory: StoreFactory) -> bytes:
         except (OSError, LookupError) as error:
             raise ChatTemplateError(f"{field}: cannot read {uri}: {_one_line(str(error))}") from None
         return data
-    path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+    path = local_uri_path(uri)
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
         raise ChatTemplateError(f"{field}: {uri} must be an absolute path without '..'")
     try:

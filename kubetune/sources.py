@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from kubetune.api import types as t
 from kubetune.api.chat_template import ChatTemplateSpec
@@ -41,6 +40,7 @@ from kubetune.datasets_new.errors import printable
 from kubetune.digests import DigestCache, file_lines, folder_digest, listing_digest
 from kubetune.model_snapshot import SnapshotError, files_digest, hub_download, publish_snapshot, stored_hf_digest
 from kubetune.store import Store
+from kubetune.store.factory import local_uri_path
 from kubetune.store.hashing import SHA256_HEX
 from kubetune.store.keys import validate_key
 
@@ -329,7 +329,7 @@ def _local_dataset_path(uri: str, kind: str, path: Path | None = None) -> Path:
     """The path a local dataset URI names (`path`, or the file:// or plain URI decoded), checked after decoding: a
     percent-encoded '..' (%2e%2e) passes a check of the URI as written."""
     if path is None:
-        path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
+        path = local_uri_path(uri)
     if not path.is_absolute() or ".." in path.parts or "\x00" in str(path):
         raise SourceError(f"spec.dataset.uri: {uri} must name an absolute {kind} without '..'")
     return path
@@ -409,7 +409,7 @@ def base_model_source(base: t.BaseModelSpec, store_factory: StoreFactory, cache:
     if uri.startswith(PVC_SCHEME):
         folder = pvc_folder(uri)
     else:
-        folder = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
+        folder = local_uri_path(uri).expanduser()
     if not _looks(folder.is_dir, "spec.baseModel.uri"):
         raise SourceError(f"spec.baseModel.uri: the model folder {folder} does not exist")
     _check_model_config(folder / "config.json")

@@ -68,8 +68,14 @@ def open_store(
         if parts.netloc not in ("", "localhost"):
             raise StoreConfigError(f"store URI {uri!r} must name an absolute path: file:///absolute/dir")
         _refuse_endpoint_for_local(uri, endpoint)
-        return LocalStore(_local_root(uri, Path(unquote(parts.path))))
+        return LocalStore(_local_root(uri, local_uri_path(uri)))
     raise StoreConfigError(f"unsupported store URI scheme {parts.scheme!r} in {uri!r}: {_SUPPORTED}")
+
+
+def local_uri_path(uri: str) -> Path:
+    """The path a `file://` URI names, percent-decoded, or a plain path as written. Check it after decoding: a
+    percent-encoded '..' (%2e%2e) passes a check of the URI as written."""
+    return Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else Path(uri)
 
 
 def _refuse_endpoint_for_local(uri: str, endpoint: str | None) -> None:
