@@ -361,6 +361,8 @@ def run(ctx: JobContext) -> None:
     plan = launch_plan(ctx.run.spec)
     if plan is not None:
         base_model_folder(ctx)  # fetched or converted once into the node's cache: the ranks find it there
+        if ctx.stop.is_set():  # asked while the model was fetched, before torch's launcher listens for signals
+            raise Stopped("stopped before the ranks started")
         run_json = ctx.workdir / "run.json"
         run_json.write_text(ctx.run.dumps(), encoding="utf-8")
         try:

@@ -16,11 +16,14 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from kubetune.api.types import FineTuneRunSpec, TrainingSpec
+from kubetune.jobs import train
 from kubetune.jobs.distributed import SINGLE, Ranks, RankSetupError, backend_for, ranks_from_env
 from kubetune.jobs.launch import LaunchPlan, launch_plan, ranks_failure, record_rank_failure, run_ranks
-from kubetune.jobs.runtime import ConfigError, Stopped
+from kubetune.jobs.runtime import ConfigError, JobContext, Stopped
 from kubetune.jobs.train import resumed_total_steps
 from kubetune.jobs.train_loop import TrainerState
+from kubetune.runconfig import RunConfig, StoreConfig
+from kubetune.stages import StageRef
 
 CPU_SPEC = FineTuneRunSpec.model_validate({"training": {"device": "cpu"}})
 MULTI_NODE_ENV = {"NPROC_PER_NODE": "4", "NNODES": "3", "NODE_RANK": "2", "MASTER_ADDR": "job-0.svc",
@@ -186,6 +189,18 @@ def test_the_stages_signal_handlers_are_back_once_the_ranks_are_done(
         assert {signum: signal.getsignal(signum) for signum in before} == before
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def test_a_stop_asked_while_the_model_is_fetched_ends_the_stage_before_any_rank_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = StageRef(key="0" * 64, prefix="default/demo/train/0123456789abcdef")
+    ctx = JobContext(RunConfig("demo", "default", CPU_SPEC, StoreConfig(str(tmp_path / "store")), {"train": stage}),
+                     "train", workdir=tmp_path / "work")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    monkeypatch.setattr(train, "base_model_folder", lambda ctx: ctx.stop.set())  # a SIGTERM during the fetch
+    monkeypatch.setattr(train, "run_ranks", lambda *_args: pytest.fail("the ranks started"))
+    with pytest.raises(Stopped, match="^stopped before the ranks started$"):
+        train.run(ctx)
 
 
 def state_at(step: int, epoch_index: int, batch_index: int, total: int) -> TrainerState:
