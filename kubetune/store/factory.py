@@ -68,7 +68,7 @@ def open_store(
         if parts.netloc not in ("", "localhost"):
             raise StoreConfigError(f"store URI {uri!r} must name an absolute path: file:///absolute/dir")
         _refuse_endpoint_for_local(uri, endpoint)
-        return LocalStore(_local_root(uri, local_uri_path(uri)))
+        return LocalStore(_local_root(uri, Path(unquote(parts.path))))  # the scheme as split: FILE:// too
     raise StoreConfigError(f"unsupported store URI scheme {parts.scheme!r} in {uri!r}: {_SUPPORTED}")
 
 

@@ -282,6 +282,7 @@ def test_open_store_picks_the_local_backend_for_file_uris_and_plain_paths(
     cases = {
         (tmp_path / "a").as_uri(): tmp_path / "a",
         f"file://localhost{tmp_path / 'b'}": tmp_path / "b",
+        f"FILE://{tmp_path / 'e'}": tmp_path / "e",  # URI schemes are case-insensitive (RFC 3986)
         str(tmp_path / "c"): tmp_path / "c",
         "relative/d": tmp_path / "relative" / "d",
         (tmp_path / "with space").as_uri(): tmp_path / "with space",  # percent-encoded in the URI
